@@ -1,3 +1,41 @@
+//! Warden: the bootable EL2 image. Only the glue lives here (entry code, exception
+//! vectors, per-CPU bring-up, the architecture layer); the hypervisor core is the `hyp`
+//! crate. On the host this crate is an empty program so that workspace-wide
+//! `cargo clippy` and `cargo test` work.
+
 #![cfg_attr(target_os = "none", no_std, no_main)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+#[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
+mod arch;
+#[cfg(target_os = "none")]
+mod boot;
+#[cfg(target_os = "none")]
+mod console;
+#[cfg(target_os = "none")]
+mod cpu;
+#[cfg(target_os = "none")]
+mod hypercall;
+#[cfg(target_os = "none")]
+mod mm;
+#[cfg(target_os = "none")]
+mod trap;
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(include_str!("head.S"));
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("warden: PANIC on CPU {}: {info}", cpu::this_slot());
+    arch::park()
+}
+
 #[cfg(not(target_os = "none"))]
-fn main() {}
+fn main() {
+    eprintln!("warden is a bare-metal image: build it with `cargo xtask build`");
+}

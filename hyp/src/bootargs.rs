@@ -1,1 +1,478 @@
-//! placeholder, being written
+//! Warden's own options, parsed from the `/chosen/bootargs` string (see
+//! [`crate::dtb::Platform::bootargs`]).
+//!
+//! Recognised words:
+//! - `warden.log=off|error|warn|info|debug|trace` — maximum log level (default `info`);
+//! - `warden.pool=<size>` — the boot-time page pool: a decimal or `0x` hexadecimal byte
+//!   count with an optional `K`, `M` or `G` suffix (binary multiples), a multiple of
+//!   4 KiB between [`MIN_POOL_SIZE`] and [`MAX_POOL_SIZE`] (default: the caller's);
+//! - `warden.btm=on|off` — whether broadcast TLB maintenance may be used when the SMMU
+//!   supports it (default `on`).
+//!
+//! Words are separated by ASCII whitespace; double quotes group (`key="a b"`) and are
+//! stripped from values, as in Linux. Words that do not start with `warden.` are ignored
+//! (they may be meant for someone else). Unknown `warden.*` keys and malformed values
+//! are reported as [`Warning`]s and otherwise ignored; a later word overrides an earlier
+//! one. Parsing never allocates and never panics.
+
+use core::fmt;
+
+use log::LevelFilter;
+
+/// The smallest accepted `warden.pool=` (1 MiB).
+pub const MIN_POOL_SIZE: u64 = 1 << 20;
+/// The largest accepted `warden.pool=` (16 GiB).
+pub const MAX_POOL_SIZE: u64 = 16 << 30;
+/// `warden.pool=` must be a multiple of this (4 KiB).
+pub const POOL_GRANULE: u64 = 4 << 10;
+/// How many warnings [`parse`] keeps; later ones are only counted.
+pub const MAX_WARNINGS: usize = 8;
+
+/// Warden's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// `warden.log=`: maximum log level.
+    pub log: LevelFilter,
+    /// `warden.pool=`: page pool size in bytes; `None` when not given (the caller picks
+    /// its default, which may depend on the amount of RAM).
+    pub pool_size: Option<u64>,
+    /// `warden.btm=`: BTM may be used if the hardware has it.
+    pub btm: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            log: LevelFilter::Info,
+            pool_size: None,
+            btm: true,
+        }
+    }
+}
+
+/// A problem with one word of the command line; the word was ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warning<'a> {
+    /// A `warden.*` key Warden does not know (the key, without value).
+    UnknownKey(&'a str),
+    /// A known key with a missing or malformed value.
+    BadValue {
+        /// The key, e.g. `warden.pool`.
+        key: &'a str,
+        /// The value as written (quotes stripped); empty when missing.
+        value: &'a str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for Warning<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKey(k) => write!(f, "unknown option {k} ignored"),
+            Self::BadValue { key, value, reason } => {
+                write!(f, "{key}={value:?} ignored: {reason}")
+            }
+        }
+    }
+}
+
+/// The result of [`parse`]: the options and the first [`MAX_WARNINGS`] warnings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// The options, defaults where nothing valid was given.
+    pub options: Options,
+    warnings: [Option<Warning<'a>>; MAX_WARNINGS],
+    total_warnings: usize,
+}
+
+impl<'a> Parsed<'a> {
+    /// The warnings kept, in command-line order.
+    pub fn warnings(&self) -> impl Iterator<Item = Warning<'a>> + '_ {
+        self.warnings.iter().flatten().copied()
+    }
+
+    /// How many warnings there were in all (more than kept if above [`MAX_WARNINGS`]).
+    pub fn total_warnings(&self) -> usize {
+        self.total_warnings
+    }
+}
+
+/// Parses `args`, keeping the first [`MAX_WARNINGS`] warnings.
+pub fn parse(args: &str) -> Parsed<'_> {
+    let mut warnings = [None; MAX_WARNINGS];
+    let mut total = 0;
+    let options = parse_with(args, |w| {
+        if let Some(slot) = warnings.get_mut(total) {
+            *slot = Some(w);
+        }
+        total += 1;
+    });
+    Parsed {
+        options,
+        warnings,
+        total_warnings: total,
+    }
+}
+
+/// Parses `args`, calling `warn` for every warning.
+pub fn parse_with<'a>(args: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Options {
+    let mut opts = Options::default();
+    for word in (Words { rest: args }) {
+        let Some(option) = word.strip_prefix("warden.") else {
+            continue;
+        };
+        let (name, value) = match option.split_once('=') {
+            Some((n, v)) => (n, Some(unquote(v))),
+            None => (option, None),
+        };
+        let key = &word[..word.len() - option.len() + name.len()];
+        // `key=` counts as missing, like `key`.
+        let given = value.filter(|v| !v.is_empty()).ok_or("missing value");
+        let result = match name {
+            "log" => given.and_then(parse_log).map(|l| opts.log = l),
+            "pool" => given.and_then(parse_pool).map(|s| opts.pool_size = Some(s)),
+            "btm" => given.and_then(parse_on_off).map(|b| opts.btm = b),
+            _ => {
+                warn(Warning::UnknownKey(key));
+                continue;
+            }
+        };
+        if let Err(reason) = result {
+            warn(Warning::BadValue {
+                key,
+                value: value.unwrap_or(""),
+                reason,
+            });
+        }
+    }
+    opts
+}
+
+/// Whitespace-separated words; double quotes protect whitespace.
+struct Words<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let s = self
+            .rest
+            .trim_start_matches(|c: char| c.is_ascii_whitespace());
+        if s.is_empty() {
+            self.rest = s;
+            return None;
+        }
+        let mut quoted = false;
+        let mut end = s.len();
+        for (i, c) in s.char_indices() {
+            if c == '"' {
+                quoted = !quoted;
+            } else if c.is_ascii_whitespace() && !quoted {
+                end = i;
+                break;
+            }
+        }
+        self.rest = &s[end..];
+        Some(&s[..end])
+    }
+}
+
+/// Strips one pair of surrounding double quotes (or a lone leading one, as Linux does).
+fn unquote(v: &str) -> &str {
+    match v.strip_prefix('"') {
+        Some(inner) => inner.strip_suffix('"').unwrap_or(inner),
+        None => v,
+    }
+}
+
+fn parse_log(v: &str) -> Result<LevelFilter, &'static str> {
+    const LEVELS: [(&str, LevelFilter); 6] = [
+        ("off", LevelFilter::Off),
+        ("error", LevelFilter::Error),
+        ("warn", LevelFilter::Warn),
+        ("info", LevelFilter::Info),
+        ("debug", LevelFilter::Debug),
+        ("trace", LevelFilter::Trace),
+    ];
+    LEVELS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(v))
+        .map(|&(_, l)| l)
+        .ok_or("expected off, error, warn, info, debug or trace")
+}
+
+fn parse_on_off(v: &str) -> Result<bool, &'static str> {
+    if v.eq_ignore_ascii_case("on") {
+        Ok(true)
+    } else if v.eq_ignore_ascii_case("off") {
+        Ok(false)
+    } else {
+        Err("expected on or off")
+    }
+}
+
+/// A byte count: decimal or `0x` hex, optional `K`/`M`/`G` suffix (either case).
+pub fn parse_size(v: &str) -> Result<u64, &'static str> {
+    let (digits, shift) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 10),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 20),
+        Some(b'g' | b'G') => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    let (digits, radix) = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => (hex, 16),
+        None => (digits, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err("not a number");
+    }
+    let n = u64::from_str_radix(digits, radix).map_err(|_| "too large")?;
+    n.checked_mul(1 << shift).ok_or("too large")
+}
+
+fn parse_pool(v: &str) -> Result<u64, &'static str> {
+    let size = parse_size(v)?;
+    if !size.is_multiple_of(POOL_GRANULE) {
+        Err("not a multiple of 4 KiB")
+    } else if size < MIN_POOL_SIZE {
+        Err("below the minimum of 1 MiB")
+    } else if size > MAX_POOL_SIZE {
+        Err("above the maximum of 16 GiB")
+    } else {
+        Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn warnings(args: &str) -> Vec<Warning<'_>> {
+        let mut v = Vec::new();
+        parse_with(args, |w| v.push(w));
+        v
+    }
+
+    #[test]
+    fn defaults_when_empty_or_foreign() {
+        for args in [
+            "",
+            "   ",
+            "console=ttyAMA0 quiet root=/dev/vda",
+            "wardenlog=debug warden",
+        ] {
+            let p = parse(args);
+            assert_eq!(p.options, Options::default(), "{args:?}");
+            assert_eq!(p.total_warnings(), 0, "{args:?}");
+        }
+        assert_eq!(Options::default().log, LevelFilter::Info);
+        assert!(Options::default().btm);
+        assert_eq!(Options::default().pool_size, None);
+    }
+
+    #[test]
+    fn all_options() {
+        let p = parse("console=ttyAMA0 warden.log=debug warden.pool=64M warden.btm=off quiet");
+        assert_eq!(
+            p.options,
+            Options {
+                log: LevelFilter::Debug,
+                pool_size: Some(64 << 20),
+                btm: false,
+            }
+        );
+        assert_eq!(p.total_warnings(), 0);
+    }
+
+    #[test]
+    fn log_levels() {
+        for (v, l) in [
+            ("off", LevelFilter::Off),
+            ("error", LevelFilter::Error),
+            ("warn", LevelFilter::Warn),
+            ("info", LevelFilter::Info),
+            ("debug", LevelFilter::Debug),
+            ("trace", LevelFilter::Trace),
+            ("TRACE", LevelFilter::Trace),
+        ] {
+            let args = format!("warden.log={v}");
+            assert_eq!(parse(&args).options.log, l, "{v}");
+        }
+    }
+
+    #[test]
+    fn pool_sizes() {
+        let ok = [
+            ("1M", 1 << 20),
+            ("1m", 1 << 20),
+            ("2048K", 2 << 20),
+            ("0x200000", 2 << 20),
+            ("0x1000k", 4 << 20),
+            ("1G", 1 << 30),
+            ("16G", 16 << 30),
+            ("1052672", (1 << 20) + 4096),
+        ];
+        for (v, size) in ok {
+            let args = format!("warden.pool={v}");
+            let p = parse(&args);
+            assert_eq!(p.options.pool_size, Some(size), "{v}");
+            assert_eq!(p.total_warnings(), 0, "{v}");
+        }
+        let bad = [
+            ("", "missing value"),
+            ("M", "not a number"),
+            ("12X", "not a number"),
+            ("-4M", "not a number"),
+            ("0x", "not a number"),
+            ("1.5M", "not a number"),
+            ("1048577", "not a multiple of 4 KiB"),
+            ("4K", "below the minimum of 1 MiB"),
+            ("0", "below the minimum of 1 MiB"),
+            ("17G", "above the maximum of 16 GiB"),
+            ("99999999999999999999", "too large"),
+            ("0xffffffffffffffffG", "too large"),
+            ("18446744073709551615G", "too large"),
+        ];
+        for (v, reason) in bad {
+            let args = format!("warden.pool={v}");
+            let p = parse(&args);
+            assert_eq!(p.options.pool_size, None, "{v}");
+            assert_eq!(
+                p.warnings().collect::<Vec<_>>(),
+                [Warning::BadValue {
+                    key: "warden.pool",
+                    value: v,
+                    reason
+                }],
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn btm() {
+        assert!(!parse("warden.btm=off").options.btm);
+        assert!(parse("warden.btm=off warden.btm=on").options.btm);
+        assert!(!parse("warden.btm=OFF").options.btm);
+        assert_eq!(
+            warnings("warden.btm=maybe"),
+            [Warning::BadValue {
+                key: "warden.btm",
+                value: "maybe",
+                reason: "expected on or off"
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_collected_in_order() {
+        let args = "warden.foo=1 root=/dev/vda warden.log warden.log=loud warden.bar \
+                    warden.pool=3K warden.log=warn";
+        let p = parse(args);
+        assert_eq!(p.options.log, LevelFilter::Warn, "later valid value wins");
+        assert_eq!(p.options.pool_size, None);
+        assert_eq!(
+            p.warnings().collect::<Vec<_>>(),
+            [
+                Warning::UnknownKey("warden.foo"),
+                Warning::BadValue {
+                    key: "warden.log",
+                    value: "",
+                    reason: "missing value"
+                },
+                Warning::BadValue {
+                    key: "warden.log",
+                    value: "loud",
+                    reason: "expected off, error, warn, info, debug or trace"
+                },
+                Warning::UnknownKey("warden.bar"),
+                Warning::BadValue {
+                    key: "warden.pool",
+                    value: "3K",
+                    reason: "not a multiple of 4 KiB"
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_value_keeps_earlier_good_value() {
+        let p = parse("warden.pool=8M warden.pool=nope");
+        assert_eq!(p.options.pool_size, Some(8 << 20));
+        assert_eq!(p.total_warnings(), 1);
+    }
+
+    #[test]
+    fn warnings_are_capped_but_counted() {
+        let args = "warden.a warden.b warden.c warden.d warden.e warden.f warden.g warden.h \
+                    warden.i warden.j warden.log=trace";
+        let p = parse(args);
+        assert_eq!(p.total_warnings(), 10);
+        assert_eq!(p.warnings().count(), MAX_WARNINGS);
+        assert_eq!(p.warnings().next(), Some(Warning::UnknownKey("warden.a")));
+        assert_eq!(p.options.log, LevelFilter::Trace);
+    }
+
+    #[test]
+    fn quotes_and_whitespace() {
+        let p =
+            parse("\tfoo=\"a warden.log=off b\"\n warden.log=\"debug\"  warden.pool=\"2M\"\r\n");
+        assert_eq!(
+            p.options.log,
+            LevelFilter::Debug,
+            "quoted words are not split"
+        );
+        assert_eq!(p.options.pool_size, Some(2 << 20));
+        assert_eq!(p.total_warnings(), 0);
+        // An unterminated quote swallows the rest, as in Linux.
+        assert_eq!(
+            parse("x=\"unterminated warden.log=off").options.log,
+            LevelFilter::Info
+        );
+    }
+
+    #[test]
+    fn warning_display() {
+        let w = warnings("warden.zzz=1 warden.btm=2");
+        assert_eq!(w[0].to_string(), "unknown option warden.zzz ignored");
+        assert_eq!(
+            w[1].to_string(),
+            "warden.btm=\"2\" ignored: expected on or off"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in "\\PC*") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn never_panics_on_warden_words(words in proptest::collection::vec(
+            "(warden\\.(log|pool|btm|x)(=[a-zA-Z0-9\"x.-]{0,24})?|[a-z=\"]{0,8})", 0..12)) {
+            let args = words.join(" ");
+            let p = parse(&args);
+            prop_assert!(p.warnings().count() <= MAX_WARNINGS);
+            if let Some(s) = p.options.pool_size {
+                prop_assert!(s.is_multiple_of(POOL_GRANULE) && (MIN_POOL_SIZE..=MAX_POOL_SIZE).contains(&s));
+            }
+        }
+
+        #[test]
+        fn valid_pool_sizes_round_trip(pages in (MIN_POOL_SIZE / POOL_GRANULE)..=(MAX_POOL_SIZE / POOL_GRANULE)) {
+            let size = pages * POOL_GRANULE;
+            for text in [format!("{size}"), format!("{:#x}", size), format!("{}K", size >> 10)] {
+                let args = format!("warden.pool={text}");
+                prop_assert_eq!(parse(&args).options.pool_size, Some(size));
+            }
+        }
+    }
+}

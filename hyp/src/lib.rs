@@ -6,7 +6,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 pub mod addr;
 pub mod bootargs;
 pub mod dtb;
+pub mod el2_s1;
+pub mod el2_setup;
+pub mod fault;
+pub mod layout;
+pub mod psci;
 pub mod s2mmu;

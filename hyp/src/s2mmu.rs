@@ -1,1 +1,2724 @@
-//! placeholder, being written
+//! Stage-2 translation tables (VMSAv8-64), shared by the CPU (`VTTBR_EL2`) and the SMMU
+//! (`STE.S2TTB`): geometry, descriptors, map / unmap / translate, a generic walker, and
+//! break-before-make.
+//!
+//! # Pieces
+//!
+//! - [`S2Geometry`]: granule, IPA and PA size, chosen once per table. It picks the start
+//!   level and the number of concatenated start tables and derives `VTCR_EL2` (and the
+//!   raw fields an SMMU STE needs: `S2T0SZ`, `S2SL0`, `S2TG`, `S2PS`).
+//! - [`TableMemory`]: where table memory comes from and how the hypervisor reaches it.
+//!   The code never assumes VA == PA; under `cargo test` a RAM arena poses as memory.
+//! - [`S2Tlb`]: TLB maintenance (and the write barrier) for changes to live tables. The
+//!   VMID is the implementation's business.
+//! - [`Stage2`]: one table tree: [`map`](Stage2::map), [`unmap`](Stage2::unmap),
+//!   [`translate`](Stage2::translate), [`walk`](Stage2::walk), [`destroy`](Stage2::destroy).
+//!
+//! # Break-before-make
+//!
+//! Every descriptor change goes through one helper (`Updater::set`). A change of a
+//! descriptor that a walker can see (a table reachable from the root) follows the Arm ARM
+//! rules:
+//!
+//! - invalid → valid: write, then (end of the operation) [`S2Tlb::sync`];
+//! - valid → invalid, table ↔ block, or a change of output address, memory type or
+//!   shareability: write invalid, [`S2Tlb::sync`], [`S2Tlb::invalidate_ipa_range`] over the
+//!   whole entry (`last_level_only` unless the old entry was a table), then write the new
+//!   descriptor; a table that left the tree is freed only after that invalidation;
+//! - only permissions (S2AP, XN) change: write, sync, invalidate (no break needed);
+//! - only software bits change: write (the walker ignores them, nothing to invalidate).
+//!
+//! New tables (a fresh table under an invalid entry, or the table that replaces a block
+//! being split) are filled *before* they are linked, while no walker can see them: a
+//! split table gets the block's equivalent smaller entries and then the requested change,
+//! and replaces the block in one break-before-make step. The hardware never sees a
+//! half-built table.
+//!
+//! # Descriptor layout (stage 2, 48-bit OA, `HCR_EL2.FWB = 0`)
+//!
+//! | bits  | block (L1/L2) / page (L3)                        | table (L0–L2)             |
+//! |-------|--------------------------------------------------|---------------------------|
+//! | 0     | valid = 1                                        | valid = 1                 |
+//! | 1     | 0 = block (L1/L2), 1 = page (L3)                 | 1                         |
+//! | 5:2   | MemAttr: 0b1111 Normal WB, 0b0001 Device-nGnRE   | ignored (0)               |
+//! | 6     | `S2AP[0]`: read allowed                          | ignored (0)               |
+//! | 7     | `S2AP[1]`: write allowed                         | ignored (0)               |
+//! | 9:8   | SH: 0b11 inner shareable (Normal), 0b00 (Device) | ignored (0)               |
+//! | 10    | AF: always 1 (no access-flag faults)             | ignored (0)               |
+//! | 47:n  | output address (n = block or page shift)         | next table (47:granule)   |
+//! | 51    | DBM: 0                                           | —                         |
+//! | 52    | Contiguous: 0                                    | —                         |
+//! | 53    | `XN[0]` (FEAT_XNX): 0                            | —                         |
+//! | 54    | `XN[1]`: execute never (EL1, EL0)                | —                         |
+//! | 58:55 | software: reserved for Warden's ownership states | ignored (0)               |
+//! | 63:59 | ignored / PBHA: 0                                | ignored (0)               |
+//!
+//! Leaves per granule (no 52-bit / LPA2): 4 KiB: L1 1 GiB blocks, L2 2 MiB blocks, L3
+//! pages; 16 KiB: L2 32 MiB blocks, L3 pages; 64 KiB: L2 512 MiB blocks, L3 pages.
+//!
+//! # Mapping semantics
+//!
+//! [`Stage2::map`] *sets* the translation of a range, whatever was there before (no
+//! "already mapped" error): the ownership layer above decides what may be mapped. Mapping
+//! a range that already translates exactly as asked changes nothing (no split, no TLB
+//! maintenance), so remapping is idempotent. Every step uses the largest leaf that the
+//! alignment of both IPA and PA and the remaining size allow. Tables emptied by
+//! [`Stage2::unmap`] are freed; blocks are not coalesced back from tables except when a
+//! whole aligned block is mapped over a table.
+
+use core::fmt;
+use core::ops::ControlFlow;
+
+use crate::addr::{Ipa, PhysAddr};
+
+const DESC_VALID: u64 = 1 << 0;
+const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
+const MEMATTR_MASK: u64 = 0xf << 2;
+const MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
+const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
+const S2AP_READ: u64 = 1 << 6;
+const S2AP_WRITE: u64 = 1 << 7;
+const SH_MASK: u64 = 0b11 << 8;
+const SH_INNER: u64 = 0b11 << 8;
+const AF: u64 = 1 << 10;
+const CONTIGUOUS: u64 = 1 << 52;
+const XN_MASK: u64 = 0b11 << 53;
+const XN: u64 = 1 << 54;
+const SW_SHIFT: u32 = 55;
+const SW_MASK: u64 = 0xf << SW_SHIFT;
+/// Output address / next-level table address, 48-bit OA.
+const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+/// Attribute bits of a leaf that [`S2Attrs`] carries.
+const ATTR_MASK: u64 = MEMATTR_MASK | S2AP_READ | S2AP_WRITE | SH_MASK | AF | XN_MASK | SW_MASK;
+/// Leaf fields whose change needs break-before-make.
+const BREAK_MASK: u64 =
+    DESC_VALID | DESC_TABLE_OR_PAGE | MEMATTR_MASK | SH_MASK | OA_MASK | CONTIGUOUS;
+/// Leaf fields the walker uses for permission checks: a change needs TLB invalidation but
+/// no break.
+const PERM_MASK: u64 = S2AP_READ | S2AP_WRITE | AF | XN_MASK;
+
+/// Deepest level.
+const LAST_LEVEL: u8 = 3;
+/// Largest supported IPA and PA size (no 52-bit / LPA2).
+const MAX_ADDR_BITS: u32 = 48;
+
+/// Errors of the stage-2 table code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S2Error {
+    /// IPA size not supported for this granule and PA size: outside 25..=48 bits
+    /// (`VTCR_EL2.T0SZ` 16..=39), or larger than the PA size.
+    InvalidIpaBits,
+    /// PA size not one that `VTCR_EL2.PS` encodes without FEAT_LPA: 32, 36, 40, 42, 44 or
+    /// 48 bits.
+    InvalidPaBits,
+    /// An IPA, PA or size is not a multiple of the granule.
+    Misaligned,
+    /// The range wraps around, ends beyond the IPA size, or its output ends beyond the PA
+    /// size.
+    OutOfRange,
+    /// Table memory ran out. The first `done` bytes of the requested range were processed
+    /// (mapped or unmapped) as asked; the rest of the range is unchanged and the tables
+    /// are consistent (no half-built or leaked table). `done` is a multiple of the
+    /// granule; 0 from [`Stage2::new`].
+    OutOfMemory {
+        /// Bytes done from the start of the range.
+        done: u64,
+    },
+}
+
+impl fmt::Display for S2Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            S2Error::InvalidIpaBits => f.write_str("unsupported IPA size"),
+            S2Error::InvalidPaBits => f.write_str("unsupported PA size"),
+            S2Error::Misaligned => f.write_str("address or size not granule-aligned"),
+            S2Error::OutOfRange => f.write_str("range outside the IPA or PA space"),
+            S2Error::OutOfMemory { done } => {
+                write!(f, "out of table memory after {done:#x} bytes")
+            }
+        }
+    }
+}
+
+impl core::error::Error for S2Error {}
+
+/// Translation granule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Granule {
+    /// 4 KiB pages; blocks of 1 GiB (L1) and 2 MiB (L2).
+    Size4K,
+    /// 16 KiB pages; blocks of 32 MiB (L2).
+    Size16K,
+    /// 64 KiB pages; blocks of 512 MiB (L2).
+    Size64K,
+}
+
+impl Granule {
+    /// log2 of the page size.
+    pub const fn shift(self) -> u32 {
+        match self {
+            Granule::Size4K => 12,
+            Granule::Size16K => 14,
+            Granule::Size64K => 16,
+        }
+    }
+
+    /// Page size in bytes.
+    pub const fn size(self) -> u64 {
+        1 << self.shift()
+    }
+
+    /// `VTCR_EL2.TG0` / `STE.S2TG` encoding.
+    pub const fn tg(self) -> u64 {
+        match self {
+            Granule::Size4K => 0b00,
+            Granule::Size16K => 0b10,
+            Granule::Size64K => 0b01,
+        }
+    }
+
+    /// Address bits resolved per level.
+    const fn stride(self) -> u32 {
+        self.shift() - 3
+    }
+
+    /// Shallowest start level for IPAs of at most 48 bits.
+    const fn min_start_level(self) -> u8 {
+        match self {
+            Granule::Size4K => 0,
+            Granule::Size16K | Granule::Size64K => 1,
+        }
+    }
+
+    /// Deepest start level without FEAT_TTST.
+    const fn max_start_level(self) -> u8 {
+        match self {
+            Granule::Size4K => 2,
+            Granule::Size16K | Granule::Size64K => 3,
+        }
+    }
+
+    /// Whether a block or page descriptor is allowed at `level` (48-bit OA).
+    const fn leaf_allowed(self, level: u8) -> bool {
+        match self {
+            Granule::Size4K => level >= 1 && level <= LAST_LEVEL,
+            Granule::Size16K | Granule::Size64K => level == 2 || level == LAST_LEVEL,
+        }
+    }
+
+    /// log2 of the span of one entry at `level`.
+    const fn level_shift(self, level: u8) -> u32 {
+        self.shift() + self.stride() * (LAST_LEVEL - level) as u32
+    }
+}
+
+/// `VTCR_EL2.PS` / `STE.S2PS` encoding of a PA size.
+const fn ps_encoding(pa_bits: u32) -> Option<u64> {
+    match pa_bits {
+        32 => Some(0b000),
+        36 => Some(0b001),
+        40 => Some(0b010),
+        42 => Some(0b011),
+        44 => Some(0b100),
+        48 => Some(0b101),
+        _ => None,
+    }
+}
+
+/// The shape of a stage-2 table tree, fixed when it is created.
+///
+/// The start level is the deepest one from which at most 16 concatenated tables resolve
+/// the whole IPA (fewest levels), as Arm ARM `AArch64.S2InconsistentSL` allows: the start
+/// level `l` must resolve between 1 and `stride + 4` bits. For example with 4 KiB pages:
+/// 25..=34-bit IPAs start at L2 (1 to 16 tables), 35..=43 at L1 (1 to 16 tables, so
+/// 40 bits gives 2), 44..=48 at L0 (one table; 44 bits would need 32 L1 tables). 16 KiB:
+/// 25..=29 L3, 30..=40 L2, 41..=48 L1 (48 bits: 2 tables). 64 KiB: 25..=33 L3, 34..=46 L2,
+/// 47..=48 L1.
+///
+/// The IPA size may not exceed the PA size. This keeps every start level within what
+/// `AArch64.S2InvalidSL` allows for the implemented PA size (which `pa_bits` must not
+/// exceed: pass at most `ID_AA64MMFR0_EL1.PARange`, or the SMMU's OAS), and matches
+/// the SMMU, whose stage-2 input size is bounded by its output size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct S2Geometry {
+    granule: Granule,
+    ipa_bits: u32,
+    pa_bits: u32,
+    start_level: u8,
+    root_tables: u32,
+}
+
+impl S2Geometry {
+    /// Smallest IPA size (`T0SZ` = 39; smaller needs FEAT_TTST).
+    pub const MIN_IPA_BITS: u32 = 25;
+    /// Largest IPA size (`T0SZ` = 16; larger needs 52-bit support).
+    pub const MAX_IPA_BITS: u32 = MAX_ADDR_BITS;
+
+    /// Chooses start level and concatenation for `granule`, an IPA of `ipa_bits` and
+    /// output addresses of `pa_bits` (`VTCR_EL2.PS`).
+    pub fn new(granule: Granule, ipa_bits: u32, pa_bits: u32) -> Result<Self, S2Error> {
+        if ps_encoding(pa_bits).is_none() {
+            return Err(S2Error::InvalidPaBits);
+        }
+        if !(Self::MIN_IPA_BITS..=Self::MAX_IPA_BITS).contains(&ipa_bits) || ipa_bits > pa_bits {
+            return Err(S2Error::InvalidIpaBits);
+        }
+        let stride = granule.stride();
+        let mut level = granule.max_start_level();
+        loop {
+            // Bits resolved by the start level; at least 1 because ipa_bits >= 25 exceeds
+            // the shift of the deepest start level and we only go up when it is too many.
+            let bits = ipa_bits - granule.level_shift(level);
+            if bits <= stride + 4 {
+                return Ok(Self {
+                    granule,
+                    ipa_bits,
+                    pa_bits,
+                    start_level: level,
+                    root_tables: 1 << bits.saturating_sub(stride),
+                });
+            }
+            if level == granule.min_start_level() {
+                return Err(S2Error::InvalidIpaBits);
+            }
+            level -= 1;
+        }
+    }
+
+    /// The translation granule.
+    pub const fn granule(&self) -> Granule {
+        self.granule
+    }
+
+    /// IPA size in bits.
+    pub const fn ipa_bits(&self) -> u32 {
+        self.ipa_bits
+    }
+
+    /// PA (output) size in bits.
+    pub const fn pa_bits(&self) -> u32 {
+        self.pa_bits
+    }
+
+    /// Bytes of IPA space: `1 << ipa_bits`.
+    pub const fn ipa_size(&self) -> u64 {
+        1 << self.ipa_bits
+    }
+
+    /// Level of the root (start) tables.
+    pub const fn start_level(&self) -> u8 {
+        self.start_level
+    }
+
+    /// Number of concatenated start tables (1..=16).
+    pub const fn root_tables(&self) -> usize {
+        self.root_tables as usize
+    }
+
+    /// Size in bytes of the root: `root_tables` granule-sized tables.
+    pub const fn root_size(&self) -> usize {
+        self.root_tables as usize * self.granule.size() as usize
+    }
+
+    /// Required alignment of the root: concatenated tables are aligned to their total size.
+    pub const fn root_align(&self) -> usize {
+        self.root_size()
+    }
+
+    /// Bytes covered by one entry of a table at `level`.
+    pub const fn entry_size(&self, level: u8) -> u64 {
+        1 << self.granule.level_shift(level)
+    }
+
+    /// Bytes mapped by a leaf (block or page) at `level`, or `None` where leaves are not
+    /// allowed (above the start level, L0 with 4 KiB, L1 with 16/64 KiB).
+    pub const fn leaf_size(&self, level: u8) -> Option<u64> {
+        if level >= self.start_level && self.granule.leaf_allowed(level) {
+            Some(self.entry_size(level))
+        } else {
+            None
+        }
+    }
+
+    /// `VTCR_EL2.T0SZ` / `STE.S2T0SZ`: `64 - ipa_bits`.
+    pub const fn t0sz(&self) -> u64 {
+        64 - self.ipa_bits as u64
+    }
+
+    /// `VTCR_EL2.SL0` / `STE.S2SL0` for the start level.
+    pub const fn sl0(&self) -> u64 {
+        match self.granule {
+            Granule::Size4K => 2 - self.start_level as u64,
+            Granule::Size16K | Granule::Size64K => 3 - self.start_level as u64,
+        }
+    }
+
+    /// `VTCR_EL2.TG0` / `STE.S2TG`.
+    pub const fn tg(&self) -> u64 {
+        self.granule.tg()
+    }
+
+    /// `VTCR_EL2.PS` / `STE.S2PS`.
+    pub const fn ps(&self) -> u64 {
+        match ps_encoding(self.pa_bits) {
+            Some(ps) => ps,
+            // `new` accepted only encodable sizes.
+            None => 0,
+        }
+    }
+
+    /// `VTCR_EL2`: T0SZ, SL0, IRGN0 = ORGN0 = write-back write-allocate, SH0 = inner
+    /// shareable, TG0, PS, and RES1 bit 31. VS (16-bit VMID), HA/HD and the rest stay 0:
+    /// the caller ORs in what it needs. The SMMU STE uses the same walk attributes
+    /// (`S2IR0`, `S2OR0`, `S2SH0`) with the same encodings.
+    pub const fn vtcr_el2(&self) -> u64 {
+        const IRGN0_WBWA: u64 = 0b01 << 8;
+        const ORGN0_WBWA: u64 = 0b01 << 10;
+        const SH0_INNER: u64 = 0b11 << 12;
+        const RES1: u64 = 1 << 31;
+        self.t0sz()
+            | (self.sl0() << 6)
+            | IRGN0_WBWA
+            | ORGN0_WBWA
+            | SH0_INNER
+            | (self.tg() << 14)
+            | (self.ps() << 16)
+            | RES1
+    }
+
+    /// Number of descriptors in a table at `level` (the root may be concatenated).
+    const fn entries(&self, level: u8) -> usize {
+        let per_table = 1usize << self.granule.stride();
+        if level == self.start_level {
+            per_table * self.root_tables as usize
+        } else {
+            per_table
+        }
+    }
+
+    /// Bytes of a table at `level`.
+    const fn table_size(&self, level: u8) -> usize {
+        if level == self.start_level {
+            self.root_size()
+        } else {
+            self.granule.size() as usize
+        }
+    }
+}
+
+/// Memory type of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemType {
+    /// Normal, inner and outer write-back cacheable, inner shareable (MemAttr 0b1111).
+    Normal,
+    /// Device-nGnRE (MemAttr 0b0001).
+    Device,
+}
+
+/// Attributes of a stage-2 leaf: memory type, S2AP, XN, software bits. AF is always set.
+/// The value holds exactly the descriptor bits (see the module table), so it can only be
+/// built through the constructors below and always has a valid MemAttr.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct S2Attrs(u64);
+
+impl S2Attrs {
+    /// Normal memory, read, write and execute.
+    pub const NORMAL_RWX: Self = Self::normal().with_access(true, true).with_exec(true);
+    /// Normal memory, read and write, never executable.
+    pub const NORMAL_RW: Self = Self::normal().with_access(true, true);
+    /// Device-nGnRE, read and write, never executable.
+    pub const DEVICE_RW: Self = Self::device().with_access(true, true);
+
+    /// Normal write-back inner-shareable memory, no access, not executable.
+    pub const fn normal() -> Self {
+        Self(MEMATTR_NORMAL_WB | SH_INNER | AF | XN)
+    }
+
+    /// Device-nGnRE memory, no access, not executable.
+    pub const fn device() -> Self {
+        Self(MEMATTR_DEVICE_NGNRE | AF | XN)
+    }
+
+    /// With S2AP set to allow reads and/or writes.
+    pub const fn with_access(self, read: bool, write: bool) -> Self {
+        let mut bits = self.0 & !(S2AP_READ | S2AP_WRITE);
+        if read {
+            bits |= S2AP_READ;
+        }
+        if write {
+            bits |= S2AP_WRITE;
+        }
+        Self(bits)
+    }
+
+    /// With execution allowed (XN clear) or forbidden (XN set).
+    pub const fn with_exec(self, exec: bool) -> Self {
+        let bits = self.0 & !XN_MASK;
+        Self(if exec { bits } else { bits | XN })
+    }
+
+    /// With the 4 software bits (descriptor bits 55..=58) set to `sw & 0xf`.
+    pub const fn with_sw(self, sw: u8) -> Self {
+        Self((self.0 & !SW_MASK) | (((sw & 0xf) as u64) << SW_SHIFT))
+    }
+
+    /// The memory type.
+    pub const fn mem_type(self) -> MemType {
+        if self.0 & MEMATTR_MASK == MEMATTR_DEVICE_NGNRE {
+            MemType::Device
+        } else {
+            MemType::Normal
+        }
+    }
+
+    /// Whether reads are allowed.
+    pub const fn readable(self) -> bool {
+        self.0 & S2AP_READ != 0
+    }
+
+    /// Whether writes are allowed.
+    pub const fn writable(self) -> bool {
+        self.0 & S2AP_WRITE != 0
+    }
+
+    /// Whether instruction fetches are allowed.
+    pub const fn executable(self) -> bool {
+        self.0 & XN_MASK == 0
+    }
+
+    /// The software bits (0..=15).
+    pub const fn sw(self) -> u8 {
+        ((self.0 & SW_MASK) >> SW_SHIFT) as u8
+    }
+
+    /// The descriptor bits.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for S2Attrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "S2Attrs({:?} {}{}{} sw={:#x})",
+            self.mem_type(),
+            if self.readable() { 'r' } else { '-' },
+            if self.writable() { 'w' } else { '-' },
+            if self.executable() { 'x' } else { '-' },
+            self.sw()
+        )
+    }
+}
+
+/// A raw stage-2 descriptor. What it is depends on the level it sits at.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(transparent)]
+pub struct Descriptor(u64);
+
+impl Descriptor {
+    /// The invalid descriptor (all zero).
+    pub const INVALID: Self = Self(0);
+
+    /// A descriptor from its raw bits.
+    pub const fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+
+    /// The raw bits.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// Whether bit 0 (valid) is set.
+    pub const fn is_valid(self) -> bool {
+        self.0 & DESC_VALID != 0
+    }
+
+    /// Whether this is a table descriptor at `level` (valid, bit 1 set, above L3).
+    pub const fn is_table(self, level: u8) -> bool {
+        self.is_valid() && level < LAST_LEVEL && self.0 & DESC_TABLE_OR_PAGE != 0
+    }
+
+    /// Whether this is a leaf at `level`: a block above L3, a page at L3.
+    pub const fn is_leaf(self, level: u8) -> bool {
+        self.is_valid() && ((self.0 & DESC_TABLE_OR_PAGE != 0) == (level == LAST_LEVEL))
+    }
+
+    /// Output address of a leaf, or the next-level table of a table descriptor
+    /// (bits 47:12; Warden never sets bits below the block or granule size).
+    pub const fn address(self) -> PhysAddr {
+        PhysAddr(self.0 & OA_MASK)
+    }
+
+    /// Leaf attributes.
+    pub const fn attrs(self) -> S2Attrs {
+        S2Attrs(self.0 & ATTR_MASK)
+    }
+
+    /// A block (level < 3) or page (level 3) descriptor.
+    const fn leaf(pa: u64, attrs: S2Attrs, level: u8) -> Self {
+        let kind = if level == LAST_LEVEL {
+            DESC_TABLE_OR_PAGE
+        } else {
+            0
+        };
+        Self((pa & OA_MASK) | attrs.0 | kind | DESC_VALID)
+    }
+
+    /// A table descriptor pointing at `table`.
+    const fn table(table: PhysAddr) -> Self {
+        Self((table.0 & OA_MASK) | DESC_TABLE_OR_PAGE | DESC_VALID)
+    }
+}
+
+impl fmt::Debug for Descriptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Descriptor({:#018x})", self.0)
+    }
+}
+
+/// Memory for translation tables, and the hypervisor's way to reach it.
+///
+/// # Safety
+///
+/// For every `pa` returned by [`alloc_zeroed(size, align)`](Self::alloc_zeroed) and not yet
+/// passed to [`free`](Self::free), the implementation guarantees:
+///
+/// - `pa` is a multiple of `align`, and the `size` bytes from `pa` are zero on return and
+///   belong to no other live allocation;
+/// - `table_ptr(pa)` returns a pointer, aligned to 8 bytes, that is valid for volatile
+///   reads and writes of those `size` bytes for as long as the allocation lives, and that
+///   no Rust reference aliases.
+pub unsafe trait TableMemory {
+    /// Allocates `size` bytes of zeroed table memory aligned to `align` (both powers of
+    /// two, `align <= size`). `None` when memory is exhausted.
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr>;
+
+    /// Returns an allocation.
+    ///
+    /// # Safety
+    ///
+    /// `pa` and `size` come from one earlier `alloc_zeroed` of this memory, not freed
+    /// since, and no descriptor and no walker (TLB invalidation completed) refers to it.
+    unsafe fn free(&mut self, pa: PhysAddr, size: usize);
+
+    /// Where the hypervisor reads and writes the table at `pa` (a live allocation).
+    fn table_ptr(&self, pa: PhysAddr) -> *mut u64;
+
+    /// Called after descriptors in `[pa, pa + size)` were written, before a walker may
+    /// depend on them. Walkers that snoop the caches need nothing (the default); for a
+    /// non-coherent SMMU (`IDR0.COHACC = 0`) the implementation cleans those lines to PoC
+    /// (`DC CVAC`). The barrier that follows is [`S2Tlb::sync`].
+    fn clean(&mut self, pa: PhysAddr, size: usize) {
+        let _ = (pa, size);
+    }
+}
+
+/// TLB maintenance for changes of a live stage-2, for the VMID (and SMMU) it belongs to.
+///
+/// The EL2 implementation for the CPU: `invalidate_ipa_range` issues `TLBI IPAS2E1IS`
+/// (`IPAS2LE1IS` when `last_level_only`) per granule or a range TLBI, `DSB ISH`, then
+/// `TLBI VMALLE1IS` + `DSB ISH` (combined stage 1+2 entries); `sync` is `DSB ISHST`.
+/// Without BTM, SMMU commands for the same VMID follow.
+pub trait S2Tlb {
+    /// Invalidates cached translations of `[ipa, ipa + size)` (leaf entries, and walk
+    /// cache entries too unless `last_level_only`) and waits for completion. Called after
+    /// the changed descriptor was written and [`sync`](Self::sync)ed.
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool);
+
+    /// Invalidates every cached translation of this stage-2 and waits for completion.
+    fn invalidate_all(&mut self);
+
+    /// Makes all earlier descriptor writes visible to table walkers (`DSB ISHST`).
+    /// Called before each invalidation, before a new table is linked into a live table,
+    /// and at the end of every [`Stage2::map`] / [`Stage2::unmap`].
+    fn sync(&mut self) {}
+}
+
+/// An [`S2Tlb`] that does nothing: for a table that no walker uses yet (before `VTTBR_EL2`
+/// or an STE points at it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoTlb;
+
+impl S2Tlb for NoTlb {
+    fn invalidate_ipa_range(&mut self, _ipa: Ipa, _size: u64, _last_level_only: bool) {}
+    fn invalidate_all(&mut self) {}
+}
+
+/// A stage-2 translation table tree.
+///
+/// Tables live in a [`TableMemory`] passed to every call; all tables reachable from the
+/// root are treated as live (visible to walkers), so changes follow break-before-make.
+/// Dropping a `Stage2` without [`destroy`](Self::destroy) leaks its tables.
+#[derive(Debug)]
+pub struct Stage2 {
+    geom: S2Geometry,
+    root: PhysAddr,
+}
+
+/// A table in the tree, as the update code sees it.
+#[derive(Clone, Copy)]
+struct Node {
+    /// Where the table is.
+    pa: PhysAddr,
+    /// First IPA the table covers.
+    base: u64,
+    /// Its level.
+    level: u8,
+    /// Whether walkers can reach it (through the root).
+    live: bool,
+}
+
+/// What [`Stage2::map`] maps.
+struct MapReq {
+    ipa: u64,
+    pa: u64,
+    attrs: S2Attrs,
+}
+
+impl Stage2 {
+    /// Allocates the (possibly concatenated) zeroed root for `geometry`.
+    ///
+    /// # Safety
+    ///
+    /// Every later call on the returned value passes this same `mem` (or one through which
+    /// `table_ptr` reaches the same allocations), and nothing else writes or frees the
+    /// tables' memory while the `Stage2` exists.
+    pub unsafe fn new<M: TableMemory + ?Sized>(
+        geometry: S2Geometry,
+        mem: &mut M,
+    ) -> Result<Self, S2Error> {
+        let size = geometry.root_size();
+        let root = alloc_table(&geometry, mem, size).ok_or(S2Error::OutOfMemory { done: 0 })?;
+        mem.clean(root, size);
+        Ok(Self {
+            geom: geometry,
+            root,
+        })
+    }
+
+    /// The geometry chosen at creation.
+    pub const fn geometry(&self) -> S2Geometry {
+        self.geom
+    }
+
+    /// Physical address of the root: `VTTBR_EL2.BADDR`, `STE.S2TTB`.
+    pub const fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// Makes `[ipa, ipa + size)` translate to `[pa, pa + size)` with `attrs`, replacing
+    /// whatever was mapped there (see the module docs). All three must be granule-aligned;
+    /// `size == 0` does nothing. On return the new descriptors are visible to walkers and
+    /// every replaced translation has been invalidated through `tlb`.
+    ///
+    /// On [`S2Error::OutOfMemory`] the first `done` bytes are mapped and the rest is as
+    /// before.
+    pub fn map<M: TableMemory + ?Sized, T: S2Tlb + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        tlb: &mut T,
+        ipa: Ipa,
+        pa: PhysAddr,
+        size: u64,
+        attrs: S2Attrs,
+    ) -> Result<(), S2Error> {
+        let end = self.check_range(ipa, size)?;
+        if !pa.is_aligned(self.geom.granule.size()) {
+            return Err(S2Error::Misaligned);
+        }
+        match pa.checked_add(size) {
+            Some(pa_end) if pa_end.0 <= 1 << self.geom.pa_bits => {}
+            _ => return Err(S2Error::OutOfRange),
+        }
+        if size == 0 {
+            return Ok(());
+        }
+        let req = MapReq {
+            ipa: ipa.0,
+            pa: pa.0,
+            attrs,
+        };
+        let mut up = Updater {
+            geom: self.geom,
+            mem,
+            tlb,
+        };
+        let result = up.map_in(self.root_node(), ipa.0, end, &req);
+        up.tlb.sync();
+        result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
+    }
+
+    /// Removes every translation in `[ipa, ipa + size)` (granule-aligned; unmapped parts
+    /// are fine), splitting blocks that straddle the range ends and freeing tables left
+    /// empty. On return no walker can use a removed translation.
+    ///
+    /// On [`S2Error::OutOfMemory`] (splitting a block needs tables) the first `done`
+    /// bytes are unmapped and the rest is as before.
+    pub fn unmap<M: TableMemory + ?Sized, T: S2Tlb + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        tlb: &mut T,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<(), S2Error> {
+        let end = self.check_range(ipa, size)?;
+        if size == 0 {
+            return Ok(());
+        }
+        let mut up = Updater {
+            geom: self.geom,
+            mem,
+            tlb,
+        };
+        let result = up.unmap_in(self.root_node(), ipa.0, end);
+        up.tlb.sync();
+        result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
+    }
+
+    /// The translation of `ipa`: output address (offset within the page included),
+    /// attributes, and the level of the leaf. `None` if unmapped or outside the IPA space.
+    pub fn translate<M: TableMemory + ?Sized>(
+        &self,
+        mem: &M,
+        ipa: Ipa,
+    ) -> Option<(PhysAddr, S2Attrs, u8)> {
+        if ipa.0 >= self.geom.ipa_size() {
+            return None;
+        }
+        let mut node = self.root_node();
+        loop {
+            let shift = self.geom.granule.level_shift(node.level);
+            let idx = ((ipa.0 - node.base) >> shift) as usize;
+            let desc = read_desc(&self.geom, mem, node, idx);
+            let entry_base = ipa.0 & !((1u64 << shift) - 1);
+            if desc.is_table(node.level) {
+                node = Node {
+                    pa: desc.address(),
+                    base: entry_base,
+                    level: node.level + 1,
+                    live: true,
+                };
+            } else if desc.is_leaf(node.level) {
+                let pa = PhysAddr(desc.address().0 + (ipa.0 - entry_base));
+                return Some((pa, desc.attrs(), node.level));
+            } else {
+                return None;
+            }
+        }
+    }
+
+    /// Visits, in IPA order and depth first, every descriptor whose span intersects
+    /// `[ipa, ipa + size)`: invalid entries, leaves, and table descriptors (before the
+    /// entries of their table). `f` gets the first IPA of the entry's span, the
+    /// descriptor and its level, and may stop the walk with `ControlFlow::Break`.
+    /// Addresses need no alignment.
+    pub fn walk<M, B, F>(
+        &self,
+        mem: &M,
+        ipa: Ipa,
+        size: u64,
+        mut f: F,
+    ) -> Result<ControlFlow<B>, S2Error>
+    where
+        M: TableMemory + ?Sized,
+        F: FnMut(Ipa, Descriptor, u8) -> ControlFlow<B>,
+    {
+        let end = match ipa.checked_add(size) {
+            Some(end) if end.0 <= self.geom.ipa_size() => end.0,
+            _ => return Err(S2Error::OutOfRange),
+        };
+        if size == 0 {
+            return Ok(ControlFlow::Continue(()));
+        }
+        Ok(self.walk_in(mem, self.root_node(), ipa.0, end, &mut f))
+    }
+
+    /// Frees every table, root included.
+    ///
+    /// The caller must first make sure no walker uses the tables any more: `VTTBR_EL2`
+    /// and STEs point elsewhere and the VMID's TLB entries are invalidated.
+    pub fn destroy<M: TableMemory + ?Sized>(self, mem: &mut M) {
+        let mut up = Updater {
+            geom: self.geom,
+            mem,
+            tlb: &mut NoTlb,
+        };
+        up.free_subtree(self.root, self.geom.start_level);
+    }
+
+    fn root_node(&self) -> Node {
+        Node {
+            pa: self.root,
+            base: 0,
+            level: self.geom.start_level,
+            live: true,
+        }
+    }
+
+    /// Checks a granule-aligned IPA range and returns its end.
+    fn check_range(&self, ipa: Ipa, size: u64) -> Result<u64, S2Error> {
+        let granule = self.geom.granule.size();
+        if !ipa.is_aligned(granule) || !size.is_multiple_of(granule) {
+            return Err(S2Error::Misaligned);
+        }
+        match ipa.checked_add(size) {
+            Some(end) if end.0 <= self.geom.ipa_size() => Ok(end.0),
+            _ => Err(S2Error::OutOfRange),
+        }
+    }
+
+    fn walk_in<M, B, F>(
+        &self,
+        mem: &M,
+        node: Node,
+        start: u64,
+        end: u64,
+        f: &mut F,
+    ) -> ControlFlow<B>
+    where
+        M: TableMemory + ?Sized,
+        F: FnMut(Ipa, Descriptor, u8) -> ControlFlow<B>,
+    {
+        let shift = self.geom.granule.level_shift(node.level);
+        let mut addr = start;
+        while addr < end {
+            let entry_base = addr & !((1u64 << shift) - 1);
+            let entry_end = entry_base + (1u64 << shift);
+            let idx = ((addr - node.base) >> shift) as usize;
+            let desc = read_desc(&self.geom, mem, node, idx);
+            f(Ipa(entry_base), desc, node.level)?;
+            if desc.is_table(node.level) {
+                let child = Node {
+                    pa: desc.address(),
+                    base: entry_base,
+                    level: node.level + 1,
+                    live: true,
+                };
+                self.walk_in(mem, child, addr, end.min(entry_end), f)?;
+            }
+            addr = entry_end;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Allocates a zeroed table of `size` bytes aligned to its size, within the output range
+/// (a walker cannot reach a table beyond PS).
+fn alloc_table<M: TableMemory + ?Sized>(
+    geom: &S2Geometry,
+    mem: &mut M,
+    size: usize,
+) -> Option<PhysAddr> {
+    let pa = mem.alloc_zeroed(size, size)?;
+    let fits = pa
+        .checked_add(size as u64)
+        .is_some_and(|end| end.0 <= 1 << geom.pa_bits);
+    if pa.is_aligned(size as u64) && fits {
+        Some(pa)
+    } else {
+        // SAFETY: `pa` was just allocated with `size` and nothing refers to it.
+        unsafe { mem.free(pa, size) };
+        None
+    }
+}
+
+/// Reads entry `idx` of the table `node`.
+fn read_desc<M: TableMemory + ?Sized>(
+    geom: &S2Geometry,
+    mem: &M,
+    node: Node,
+    idx: usize,
+) -> Descriptor {
+    debug_assert!(idx < geom.entries(node.level));
+    let table = mem.table_ptr(node.pa);
+    // SAFETY: `node.pa` is a live table of this tree, allocated from `mem` with
+    // `table_size(level)` bytes (the `Stage2::new` contract guarantees the same memory),
+    // so by the `TableMemory` contract `table` is valid and aligned for
+    // `entries(level)` u64s, and `idx` is below that: callers index with IPAs inside the
+    // table's span.
+    Descriptor(unsafe { table.add(idx).read_volatile() })
+}
+
+/// Changes descriptors: map, unmap, split, free. Holds the seams for one operation.
+struct Updater<'a, M: ?Sized, T: ?Sized> {
+    geom: S2Geometry,
+    mem: &'a mut M,
+    tlb: &'a mut T,
+}
+
+impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
+    fn read(&self, node: Node, idx: usize) -> Descriptor {
+        read_desc(&self.geom, &*self.mem, node, idx)
+    }
+
+    /// Writes entry `idx` of `node` and, for a live table, cleans it for the walkers.
+    fn write(&mut self, node: Node, idx: usize, desc: Descriptor) {
+        debug_assert!(idx < self.geom.entries(node.level));
+        let table = self.mem.table_ptr(node.pa);
+        // SAFETY: as in `read_desc`: `node.pa` is a table of this tree or one being built
+        // for it, allocated from `self.mem`, and `idx` is within it.
+        unsafe { table.add(idx).write_volatile(desc.0) };
+        if node.live {
+            self.mem.clean(PhysAddr(node.pa.0 + idx as u64 * 8), 8);
+        }
+    }
+
+    /// The one place a descriptor changes from `old` to `new`: break-before-make and TLB
+    /// maintenance for live tables (see the module docs), a plain write otherwise. A
+    /// table that `old` pointed to may be freed once this returns.
+    fn set(&mut self, node: Node, idx: usize, old: Descriptor, new: Descriptor) {
+        if old == new {
+            return;
+        }
+        let level = node.level;
+        if new.is_table(level) {
+            // The new table must be complete in memory before anything points at it.
+            self.mem
+                .clean(new.address(), self.geom.granule.size() as usize);
+        }
+        if !node.live {
+            self.write(node, idx, new);
+            return;
+        }
+        if new.is_table(level) {
+            self.tlb.sync();
+        }
+        if !old.is_valid() {
+            self.write(node, idx, new);
+            return;
+        }
+        let shift = self.geom.granule.level_shift(level);
+        let entry_ipa = Ipa(node.base + ((idx as u64) << shift));
+        let entry_size = 1u64 << shift;
+        if needs_break(old, new, level) {
+            self.write(node, idx, Descriptor::INVALID);
+            self.tlb.sync();
+            self.tlb
+                .invalidate_ipa_range(entry_ipa, entry_size, !old.is_table(level));
+            if new.is_valid() {
+                self.write(node, idx, new);
+            }
+        } else {
+            self.write(node, idx, new);
+            if (old.0 ^ new.0) & PERM_MASK != 0 {
+                self.tlb.sync();
+                self.tlb.invalidate_ipa_range(entry_ipa, entry_size, true);
+            }
+        }
+    }
+
+    /// Maps `[start, end)` (inside `node`'s span) as `req` says. `Err(at)`: out of memory
+    /// with everything below `at` done and the rest unchanged.
+    fn map_in(&mut self, node: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
+        let level = node.level;
+        let shift = self.geom.granule.level_shift(level);
+        let entry_size = 1u64 << shift;
+        let mut addr = start;
+        while addr < end {
+            let idx = ((addr - node.base) >> shift) as usize;
+            let entry_base = addr & !(entry_size - 1);
+            let entry_end = entry_base + entry_size;
+            let sub_end = end.min(entry_end);
+            let pa = req.pa + (addr - req.ipa);
+            let old = self.read(node, idx);
+            let whole = addr == entry_base && sub_end == entry_end;
+            if whole && self.geom.granule.leaf_allowed(level) && pa & (entry_size - 1) == 0 {
+                self.set(node, idx, old, Descriptor::leaf(pa, req.attrs, level));
+                if old.is_table(level) {
+                    self.free_subtree(old.address(), level + 1);
+                }
+            } else if old.is_table(level) {
+                let child = Node {
+                    pa: old.address(),
+                    base: entry_base,
+                    level: level + 1,
+                    live: node.live,
+                };
+                self.map_in(child, addr, sub_end, req)?;
+            } else if old.is_leaf(level)
+                && old.attrs() == req.attrs
+                && old.address().0 + (addr - entry_base) == pa
+            {
+                // A block already maps this part exactly as asked: keep it.
+            } else {
+                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
+                    up.map_in(child, addr, sub_end, req)
+                })?;
+            }
+            addr = sub_end;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `[start, end)` (inside `node`'s span). `Err(at)`: out of memory with
+    /// everything below `at` unmapped and the rest unchanged.
+    fn unmap_in(&mut self, node: Node, start: u64, end: u64) -> Result<(), u64> {
+        let level = node.level;
+        let shift = self.geom.granule.level_shift(level);
+        let entry_size = 1u64 << shift;
+        let mut addr = start;
+        while addr < end {
+            let idx = ((addr - node.base) >> shift) as usize;
+            let entry_base = addr & !(entry_size - 1);
+            let entry_end = entry_base + entry_size;
+            let sub_end = end.min(entry_end);
+            let old = self.read(node, idx);
+            let whole = addr == entry_base && sub_end == entry_end;
+            if !old.is_valid() {
+                // Nothing mapped here.
+            } else if whole {
+                self.set(node, idx, old, Descriptor::INVALID);
+                if old.is_table(level) {
+                    self.free_subtree(old.address(), level + 1);
+                }
+            } else if old.is_table(level) {
+                let child = Node {
+                    pa: old.address(),
+                    base: entry_base,
+                    level: level + 1,
+                    live: node.live,
+                };
+                let result = self.unmap_in(child, addr, sub_end);
+                if self.is_empty(child) {
+                    self.set(node, idx, old, Descriptor::INVALID);
+                    self.free_table(child.pa, child.level);
+                }
+                result?;
+            } else {
+                // A block partly unmapped: split it.
+                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
+                    up.unmap_in(child, addr, sub_end)
+                })?;
+            }
+            addr = sub_end;
+        }
+        Ok(())
+    }
+
+    /// Replaces entry `idx` of `node` (invalid, or a block to split) by a new next-level
+    /// table: allocates it, fills it with the block's equivalent entries, lets `fill` apply
+    /// the operation to it while no walker can see it, then links it in one step. If
+    /// `fill` did nothing (out of memory at `at`), the new table is dropped and the entry
+    /// stays as it was; if the table ends up empty, the entry becomes invalid.
+    fn replace_with_table(
+        &mut self,
+        node: Node,
+        idx: usize,
+        old: Descriptor,
+        entry_base: u64,
+        at: u64,
+        fill: impl FnOnce(&mut Self, Node) -> Result<(), u64>,
+    ) -> Result<(), u64> {
+        let level = node.level;
+        if level >= LAST_LEVEL {
+            // Not reachable: L3 entries are pages, always covered whole.
+            debug_assert!(false, "split below the last level");
+            return Err(at);
+        }
+        let size = self.geom.granule.size() as usize;
+        let pa = alloc_table(&self.geom, self.mem, size).ok_or(at)?;
+        let child = Node {
+            pa,
+            base: entry_base,
+            level: level + 1,
+            live: false,
+        };
+        if old.is_leaf(level) {
+            let child_size = self.geom.entry_size(child.level);
+            for i in 0..self.geom.entries(child.level) {
+                let out = old.address().0 + i as u64 * child_size;
+                self.write(child, i, Descriptor::leaf(out, old.attrs(), child.level));
+            }
+        }
+        let result = fill(self, child);
+        let progressed = match result {
+            Ok(()) => true,
+            Err(stop) => stop > at,
+        };
+        if !progressed {
+            self.free_table(pa, child.level);
+        } else if self.is_empty(child) {
+            self.set(node, idx, old, Descriptor::INVALID);
+            self.free_table(pa, child.level);
+        } else {
+            self.set(node, idx, old, Descriptor::table(pa));
+        }
+        result
+    }
+
+    fn is_empty(&self, node: Node) -> bool {
+        (0..self.geom.entries(node.level)).all(|i| !self.read(node, i).is_valid())
+    }
+
+    /// Frees the table at `pa` (level `level`) and every table below it. Nothing may refer
+    /// to it any more (see `set`).
+    fn free_subtree(&mut self, pa: PhysAddr, level: u8) {
+        if level < LAST_LEVEL {
+            let node = Node {
+                pa,
+                base: 0,
+                level,
+                live: false,
+            };
+            for i in 0..self.geom.entries(level) {
+                let desc = self.read(node, i);
+                if desc.is_table(level) {
+                    self.free_subtree(desc.address(), level + 1);
+                }
+            }
+        }
+        self.free_table(pa, level);
+    }
+
+    fn free_table(&mut self, pa: PhysAddr, level: u8) {
+        // SAFETY: `pa` is a table of this tree allocated from `self.mem` with
+        // `table_size(level)` bytes; the caller has unlinked it (with TLB invalidation if
+        // it was live) or never linked it, so nothing refers to it.
+        unsafe { self.mem.free(pa, self.geom.table_size(level)) };
+    }
+}
+
+/// Whether changing a live `old` into `new` at `level` needs break-before-make: removing
+/// a translation, anything involving a table, or a change of output address, memory type
+/// or shareability. Permission and software-bit changes do not.
+const fn needs_break(old: Descriptor, new: Descriptor, level: u8) -> bool {
+    !new.is_valid()
+        || old.is_table(level)
+        || new.is_table(level)
+        || (old.0 ^ new.0) & BREAK_MASK != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::alloc::{Layout, alloc_zeroed, dealloc};
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    use std::vec::Vec;
+
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    /// Where the arena poses as physical memory.
+    const ARENA_BASE: u64 = 0x8000_0000;
+    /// Written over freed tables: a valid-looking block, so a walk through a freed table
+    /// shows up as a wrong translation.
+    const POISON: u8 = 0xa5;
+
+    /// Host memory posing as physical memory at `base`.
+    struct Buffer {
+        ptr: *mut u8,
+        layout: Layout,
+        base: u64,
+    }
+
+    impl Buffer {
+        fn new(len: usize) -> Self {
+            let layout = Layout::from_size_align(len, 4096).unwrap();
+            // SAFETY: `layout` has a non-zero size.
+            let ptr = unsafe { alloc_zeroed(layout) };
+            assert!(!ptr.is_null());
+            Self {
+                ptr,
+                layout,
+                base: ARENA_BASE,
+            }
+        }
+
+        /// Host pointer to `len` bytes at fake physical address `pa`.
+        fn ptr(&self, pa: u64, len: usize) -> *mut u8 {
+            let off = pa.checked_sub(self.base).expect("below the arena") as usize;
+            assert!(off + len <= self.layout.size(), "{pa:#x} beyond the arena");
+            // SAFETY: `off + len` is within the allocation.
+            unsafe { self.ptr.add(off) }
+        }
+
+        fn read(&self, pa: u64) -> u64 {
+            assert_eq!(pa % 8, 0);
+            let p = self.ptr(pa, 8).cast::<u64>();
+            // SAFETY: in bounds and aligned (the buffer is page-aligned, `pa` 8-aligned);
+            // the buffer is only ever accessed through raw pointers.
+            unsafe { p.read_volatile() }
+        }
+    }
+
+    impl Drop for Buffer {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { dealloc(self.ptr, self.layout) }
+        }
+    }
+
+    type Live = Rc<RefCell<BTreeMap<u64, usize>>>;
+
+    /// A RAM arena: bump allocator with a free list, live-allocation tracking, an
+    /// optional allocation budget (to run out of memory on purpose), poison on free.
+    struct Arena {
+        buf: Rc<Buffer>,
+        bump: u64,
+        free: Vec<(u64, usize)>,
+        live: Live,
+        budget: Option<usize>,
+    }
+
+    impl Arena {
+        fn new(len: usize) -> Self {
+            Self {
+                buf: Rc::new(Buffer::new(len)),
+                bump: ARENA_BASE,
+                free: Vec::new(),
+                live: Rc::default(),
+                budget: None,
+            }
+        }
+
+        fn view(&self) -> View {
+            View {
+                buf: self.buf.clone(),
+                live: self.live.clone(),
+            }
+        }
+
+        fn live_count(&self) -> usize {
+            self.live.borrow().len()
+        }
+    }
+
+    // SAFETY: allocations are disjoint ranges of the buffer, zeroed when handed out and
+    // aligned as asked; `table_ptr` returns the buffer address of a live allocation, and
+    // the buffer is only accessed through raw pointers.
+    unsafe impl TableMemory for Arena {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            if let Some(budget) = &mut self.budget {
+                if *budget == 0 {
+                    return None;
+                }
+                *budget -= 1;
+            }
+            let reuse = self
+                .free
+                .iter()
+                .position(|&(pa, s)| s == size && pa % align as u64 == 0);
+            let pa = match reuse {
+                Some(i) => self.free.swap_remove(i).0,
+                None => {
+                    let pa = self.bump.next_multiple_of(align as u64);
+                    if pa + size as u64 > self.buf.base + self.buf.layout.size() as u64 {
+                        return None;
+                    }
+                    self.bump = pa + size as u64;
+                    pa
+                }
+            };
+            let p = self.buf.ptr(pa, size);
+            // SAFETY: `size` bytes at `pa` are inside the buffer and not allocated.
+            unsafe { p.write_bytes(0, size) };
+            assert!(self.live.borrow_mut().insert(pa, size).is_none());
+            Some(PhysAddr(pa))
+        }
+
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            let was = self.live.borrow_mut().remove(&pa.0);
+            assert_eq!(
+                was,
+                Some(size),
+                "free({pa:?}, {size:#x}) of no such allocation"
+            );
+            let p = self.buf.ptr(pa.0, size);
+            // SAFETY: the allocation was inside the buffer; nobody uses it any more.
+            unsafe { p.write_bytes(POISON, size) };
+            self.free.push((pa.0, size));
+        }
+
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            let live = self.live.borrow();
+            let (&start, &size) = live
+                .range(..=pa.0)
+                .next_back()
+                .unwrap_or_else(|| panic!("table_ptr({pa:?}): not allocated"));
+            assert!(
+                pa.0 < start + size as u64,
+                "table_ptr({pa:?}): not allocated"
+            );
+            self.buf.ptr(pa.0, 8).cast()
+        }
+    }
+
+    /// Read-only access to the arena, for the TLB model and the checks.
+    #[derive(Clone)]
+    struct View {
+        buf: Rc<Buffer>,
+        live: Live,
+    }
+
+    impl View {
+        fn read(&self, pa: u64) -> u64 {
+            self.buf.read(pa)
+        }
+
+        fn is_live(&self, pa: u64) -> bool {
+            self.live.borrow().contains_key(&pa)
+        }
+    }
+
+    /// What the TLB model saw; `watch` is the descriptor chain (level, bits) from the root
+    /// to the watched IPA at that moment.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Event {
+        Sync {
+            watch: Vec<(u8, u64)>,
+        },
+        Invalidate {
+            ipa: u64,
+            size: u64,
+            last_level_only: bool,
+            watch: Vec<(u8, u64)>,
+        },
+        InvalidateAll,
+    }
+
+    /// An independent reference walker over the arena (does not use the code under test).
+    fn shift_of(g: &S2Geometry, level: u8) -> u32 {
+        let gs = g.granule().shift();
+        gs + (gs - 3) * (3 - level as u32)
+    }
+
+    fn index_of(g: &S2Geometry, level: u8, ipa: u64) -> u64 {
+        let idx = ipa >> shift_of(g, level);
+        if level == g.start_level() {
+            idx
+        } else {
+            idx & ((1 << (g.granule().shift() - 3)) - 1)
+        }
+    }
+
+    /// Descriptors from the root down to the entry translating `ipa`.
+    fn chain(view: &View, g: &S2Geometry, root: u64, ipa: u64) -> Vec<(u8, u64)> {
+        let mut out = Vec::new();
+        let (mut table, mut level) = (root, g.start_level());
+        loop {
+            let d = view.read(table + 8 * index_of(g, level, ipa));
+            out.push((level, d));
+            if level < 3 && d & 3 == 3 {
+                table = d & OA_MASK;
+                level += 1;
+            } else {
+                return out;
+            }
+        }
+    }
+
+    /// Number of tables reachable from the root (root included), and how many of the
+    /// non-root ones are empty.
+    fn tree_stats(view: &View, g: &S2Geometry, root: u64) -> (usize, usize) {
+        fn visit(view: &View, g: &S2Geometry, table: u64, level: u8, stats: &mut (usize, usize)) {
+            assert!(view.is_live(table), "table {table:#x} reachable but freed");
+            stats.0 += 1;
+            let n = g.entries(level) as u64;
+            let mut any = false;
+            for i in 0..n {
+                let d = view.read(table + 8 * i);
+                any |= d & 1 != 0;
+                if level < 3 && d & 3 == 3 {
+                    visit(view, g, d & OA_MASK, level + 1, stats);
+                }
+            }
+            if !any && level != g.start_level() {
+                stats.1 += 1;
+            }
+        }
+        let mut stats = (0, 0);
+        visit(view, g, root, g.start_level(), &mut stats);
+        stats
+    }
+
+    /// A model of a CPU/SMMU TLB with walk caches: it caches what lookups walked, keeps it
+    /// until invalidated, and so returns stale translations if an invalidation is
+    /// missing. It also records every call, with the watched descriptor chain.
+    struct ModelTlb {
+        view: View,
+        geom: S2Geometry,
+        root: u64,
+        /// Per level: entry base IPA → cached leaf.
+        leaves: [BTreeMap<u64, Descriptor>; 4],
+        /// Per level l: base IPA of the span of a table at level l → its address.
+        walks: [BTreeMap<u64, u64>; 4],
+        events: Vec<Event>,
+        watch: Option<u64>,
+    }
+
+    impl ModelTlb {
+        fn new(arena: &Arena, s2: &Stage2) -> Self {
+            Self {
+                view: arena.view(),
+                geom: s2.geometry(),
+                root: s2.root().0,
+                leaves: Default::default(),
+                walks: Default::default(),
+                events: Vec::new(),
+                watch: None,
+            }
+        }
+
+        fn watched(&self) -> Vec<(u8, u64)> {
+            self.watch
+                .map(|ipa| chain(&self.view, &self.geom, self.root, ipa))
+                .unwrap_or_default()
+        }
+
+        fn take_events(&mut self) -> Vec<Event> {
+            std::mem::take(&mut self.events)
+        }
+
+        fn invalidations(&self) -> Vec<&Event> {
+            self.events
+                .iter()
+                .filter(|e| matches!(e, Event::Invalidate { .. }))
+                .collect()
+        }
+
+        /// Translates `ipa` as hardware would: TLB first, else a walk (through the walk
+        /// cache) that fills the TLB.
+        fn lookup(&mut self, ipa: u64) -> Option<(u64, S2Attrs)> {
+            let g = self.geom;
+            let mut hit = None;
+            for level in g.start_level()..=3 {
+                let size = g.entry_size(level);
+                if let Some(d) = self.leaves[level as usize].get(&(ipa & !(size - 1))) {
+                    assert!(hit.is_none(), "TLB conflict for {ipa:#x}");
+                    hit = Some((d.address().0 + (ipa & (size - 1)), d.attrs()));
+                }
+            }
+            if hit.is_some() {
+                return hit;
+            }
+            let (mut level, mut table) = (g.start_level(), self.root);
+            for l in (g.start_level() + 1..=3).rev() {
+                let span = g.entry_size(l - 1);
+                if let Some(&t) = self.walks[l as usize].get(&(ipa & !(span - 1))) {
+                    assert!(
+                        self.view.is_live(t),
+                        "walk cache: freed table {t:#x} for {ipa:#x}"
+                    );
+                    (level, table) = (l, t);
+                    break;
+                }
+            }
+            loop {
+                let d = Descriptor(self.view.read(table + 8 * index_of(&g, level, ipa)));
+                let size = g.entry_size(level);
+                if d.is_table(level) {
+                    table = d.address().0;
+                    assert!(
+                        self.view.is_live(table),
+                        "descriptor to freed table {table:#x}"
+                    );
+                    self.walks[level as usize + 1].insert(ipa & !(size - 1), table);
+                    level += 1;
+                } else if d.is_leaf(level) {
+                    self.leaves[level as usize].insert(ipa & !(size - 1), d);
+                    return Some((d.address().0 + (ipa & (size - 1)), d.attrs()));
+                } else {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn drop_range<V>(map: &mut BTreeMap<u64, V>, span: u64, ipa: u64, size: u64) {
+        let keys: Vec<u64> = map
+            .range(ipa & !(span - 1)..ipa + size)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in keys {
+            map.remove(&k);
+        }
+    }
+
+    impl S2Tlb for ModelTlb {
+        fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+            let watch = self.watched();
+            self.events.push(Event::Invalidate {
+                ipa: ipa.0,
+                size,
+                last_level_only,
+                watch,
+            });
+            let g = self.geom;
+            for level in g.start_level()..=3 {
+                drop_range(
+                    &mut self.leaves[level as usize],
+                    g.entry_size(level),
+                    ipa.0,
+                    size,
+                );
+                if !last_level_only && level > g.start_level() {
+                    let span = g.entry_size(level - 1);
+                    drop_range(&mut self.walks[level as usize], span, ipa.0, size);
+                }
+            }
+        }
+
+        fn invalidate_all(&mut self) {
+            self.events.push(Event::InvalidateAll);
+            self.leaves = Default::default();
+            self.walks = Default::default();
+        }
+
+        fn sync(&mut self) {
+            let watch = self.watched();
+            self.events.push(Event::Sync { watch });
+        }
+    }
+
+    fn geom(granule: Granule, ipa_bits: u32, pa_bits: u32) -> S2Geometry {
+        S2Geometry::new(granule, ipa_bits, pa_bits).unwrap()
+    }
+
+    fn setup(granule: Granule, ipa_bits: u32, pa_bits: u32) -> (Arena, Stage2, ModelTlb) {
+        let mut arena = Arena::new(32 << 20);
+        // SAFETY: every call below passes this arena.
+        let s2 = unsafe { Stage2::new(geom(granule, ipa_bits, pa_bits), &mut arena) }.unwrap();
+        let tlb = ModelTlb::new(&arena, &s2);
+        (arena, s2, tlb)
+    }
+
+    /// Leaves in `[ipa, ipa + size)`: (entry IPA, level, descriptor).
+    fn leaves(s2: &Stage2, arena: &Arena, ipa: u64, size: u64) -> Vec<(u64, u8, Descriptor)> {
+        let mut out = Vec::new();
+        let flow = s2
+            .walk(arena, Ipa(ipa), size, |at, d, level| {
+                if d.is_leaf(level) {
+                    out.push((at.0, level, d));
+                }
+                ControlFlow::<()>::Continue(())
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Continue(()));
+        out
+    }
+
+    fn tr(s2: &Stage2, arena: &Arena, ipa: u64) -> Option<(u64, S2Attrs, u8)> {
+        s2.translate(arena, Ipa(ipa)).map(|(pa, a, l)| (pa.0, a, l))
+    }
+
+    // ---- geometry ----
+
+    #[test]
+    fn geometry_4k_40_bits_starts_at_l1_with_two_tables() {
+        let g = geom(Granule::Size4K, 40, 40);
+        assert_eq!(g.start_level(), 1);
+        assert_eq!(g.root_tables(), 2);
+        assert_eq!(g.root_size(), 8192);
+        assert_eq!(g.root_align(), 8192);
+        assert_eq!((g.t0sz(), g.sl0(), g.tg(), g.ps()), (24, 1, 0, 0b010));
+        // T0SZ 24 | SL0 1 | IRGN0 01 | ORGN0 01 | SH0 11 | TG0 00 | PS 010 | RES1 bit 31.
+        assert_eq!(g.vtcr_el2(), 0x8002_3558);
+        assert_eq!(g.ipa_size(), 1 << 40);
+        assert_eq!(g.leaf_size(1), Some(GIB));
+        assert_eq!(g.leaf_size(2), Some(2 * MIB));
+        assert_eq!(g.leaf_size(3), Some(4 * KIB));
+        assert_eq!(g.leaf_size(0), None);
+    }
+
+    #[test]
+    fn geometry_4k_large_ipas() {
+        let g = geom(Granule::Size4K, 48, 48);
+        assert_eq!(
+            (g.start_level(), g.root_tables(), g.sl0(), g.t0sz()),
+            (0, 1, 2, 16)
+        );
+        assert_eq!(g.ps(), 0b101);
+        assert_eq!(g.vtcr_el2(), 16 | 2 << 6 | 0x3500 | 0b101 << 16 | 1 << 31);
+        // 44 bits would need 32 concatenated L1 tables: start at L0 instead.
+        let g = geom(Granule::Size4K, 44, 44);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (0, 1, 2));
+        assert_eq!(g.ps(), 0b100);
+        // 43 bits: 16 concatenated L1 tables, 64 KiB aligned.
+        let g = geom(Granule::Size4K, 43, 44);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (1, 16, 1));
+        assert_eq!((g.root_size(), g.root_align()), (64 << 10, 64 << 10));
+        assert_eq!(g.vtcr_el2() & 0x3f, 21);
+    }
+
+    #[test]
+    fn geometry_4k_small_ipas_start_at_l2() {
+        let g = geom(Granule::Size4K, 32, 32);
+        assert_eq!(
+            (g.start_level(), g.root_tables(), g.sl0(), g.ps()),
+            (2, 4, 0, 0)
+        );
+        let g = geom(Granule::Size4K, 34, 36);
+        assert_eq!((g.start_level(), g.root_tables(), g.ps()), (2, 16, 1));
+        let g = geom(Granule::Size4K, 35, 36);
+        assert_eq!((g.start_level(), g.root_tables()), (1, 1));
+        let g = geom(Granule::Size4K, 25, 32);
+        assert_eq!((g.start_level(), g.root_tables(), g.t0sz()), (2, 1, 39));
+    }
+
+    #[test]
+    fn geometry_16k() {
+        let g = geom(Granule::Size16K, 40, 40);
+        assert_eq!(
+            (g.start_level(), g.root_tables(), g.sl0(), g.tg()),
+            (2, 16, 1, 0b10)
+        );
+        assert_eq!(g.root_size(), 16 * 16 * 1024);
+        assert_eq!((g.vtcr_el2() >> 14) & 3, 0b10);
+        let g = geom(Granule::Size16K, 48, 48);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (1, 2, 2));
+        let g = geom(Granule::Size16K, 41, 42);
+        assert_eq!((g.start_level(), g.root_tables(), g.ps()), (1, 1, 0b011));
+        let g = geom(Granule::Size16K, 29, 32);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (3, 16, 0));
+        assert_eq!(g.leaf_size(2), None, "above the start level");
+        assert_eq!(g.leaf_size(3), Some(16 * KIB));
+        let g = geom(Granule::Size16K, 36, 36);
+        assert_eq!((g.start_level(), g.root_tables()), (2, 1));
+        assert_eq!(g.leaf_size(1), None);
+        assert_eq!(g.leaf_size(2), Some(32 * MIB));
+        assert_eq!(g.leaf_size(3), Some(16 * KIB));
+    }
+
+    #[test]
+    fn geometry_64k() {
+        let g = geom(Granule::Size64K, 48, 48);
+        assert_eq!(
+            (g.start_level(), g.root_tables(), g.sl0(), g.tg()),
+            (1, 1, 2, 0b01)
+        );
+        assert_eq!((g.vtcr_el2() >> 14) & 3, 0b01);
+        let g = geom(Granule::Size64K, 42, 42);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (2, 1, 1));
+        assert_eq!(g.leaf_size(2), Some(512 * MIB));
+        let g = geom(Granule::Size64K, 46, 48);
+        assert_eq!((g.start_level(), g.root_tables()), (2, 16));
+        assert_eq!(g.root_size(), 1 << 20);
+        let g = geom(Granule::Size64K, 32, 32);
+        assert_eq!((g.start_level(), g.root_tables(), g.sl0()), (3, 8, 0));
+        assert_eq!(g.leaf_size(3), Some(64 * KIB));
+        assert_eq!(g.leaf_size(2), None);
+    }
+
+    #[test]
+    fn geometry_rejects_invalid_combinations() {
+        use S2Error::*;
+        for granule in [Granule::Size4K, Granule::Size16K, Granule::Size64K] {
+            assert_eq!(S2Geometry::new(granule, 24, 32), Err(InvalidIpaBits));
+            assert_eq!(S2Geometry::new(granule, 49, 48), Err(InvalidIpaBits));
+            assert_eq!(S2Geometry::new(granule, 44, 40), Err(InvalidIpaBits));
+            assert_eq!(S2Geometry::new(granule, 40, 39), Err(InvalidPaBits));
+            assert_eq!(S2Geometry::new(granule, 40, 52), Err(InvalidPaBits));
+            assert_eq!(S2Geometry::new(granule, 32, 0), Err(InvalidPaBits));
+        }
+    }
+
+    // ---- attributes ----
+
+    #[test]
+    fn attrs_encode_the_descriptor_fields() {
+        // MemAttr 0b1111 at 5:2, S2AP 11 at 7:6, SH 11 at 9:8, AF at 10, XN at 54.
+        assert_eq!(
+            S2Attrs::NORMAL_RW.bits(),
+            0x3c | 0xc0 | 0x300 | 0x400 | 1 << 54
+        );
+        assert_eq!(S2Attrs::NORMAL_RWX.bits(), 0x3c | 0xc0 | 0x300 | 0x400);
+        // MemAttr 0b0001, SH 00.
+        assert_eq!(S2Attrs::DEVICE_RW.bits(), 0x04 | 0xc0 | 0x400 | 1 << 54);
+        let a = S2Attrs::normal().with_access(true, false).with_sw(0b1010);
+        assert_eq!(
+            a.bits(),
+            0x3c | 0x40 | 0x300 | 0x400 | 1 << 54 | 0b1010 << 55
+        );
+        assert!(a.readable() && !a.writable() && !a.executable());
+        assert_eq!((a.mem_type(), a.sw()), (MemType::Normal, 0b1010));
+        assert_eq!(a.with_sw(0xff).sw(), 0xf);
+        assert_eq!(S2Attrs::DEVICE_RW.mem_type(), MemType::Device);
+        assert!(S2Attrs::NORMAL_RWX.executable());
+        assert_eq!(S2Attrs::NORMAL_RWX.with_exec(false), S2Attrs::NORMAL_RW);
+    }
+
+    // ---- map ----
+
+    #[test]
+    fn map_2m_aligned_writes_one_l2_block() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let (ipa, pa) = (GIB + 2 * MIB, 0x8_0060_0000);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        // Read the tables directly: root[1] → L2 table, L2[1] = the block.
+        let view = arena.view();
+        let root = s2.root().0;
+        let l1 = view.read(root + 8);
+        assert_eq!(l1 & 3, 3, "L1 entry is a table");
+        let l2 = l1 & OA_MASK;
+        assert_eq!(view.read(l2 + 8), 0x0040_0008_0060_07fd);
+        let others = (0..512)
+            .filter(|&i| i != 1 && view.read(l2 + 8 * i) != 0)
+            .count();
+        assert_eq!(others, 0);
+        assert_eq!(arena.live_count(), 2);
+        let found = leaves(&s2, &arena, 0, 1 << 40);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].0, found[0].1), (ipa, 2));
+        assert_eq!(
+            tr(&s2, &arena, ipa + 0x1_2345),
+            Some((pa + 0x12345, S2Attrs::NORMAL_RW, 2))
+        );
+        assert_eq!(tr(&s2, &arena, ipa + 2 * MIB), None);
+        assert_eq!(tr(&s2, &arena, ipa - 1), None);
+        // Mapping into empty entries needs no invalidation.
+        assert!(tlb.invalidations().is_empty());
+    }
+
+    #[test]
+    fn map_1g_aligned_writes_an_l1_block() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(3 * GIB),
+            PhysAddr(GIB),
+            GIB,
+            S2Attrs::DEVICE_RW,
+        )
+        .unwrap();
+        assert_eq!(arena.live_count(), 1, "no table below the root");
+        let found = leaves(&s2, &arena, 0, 1 << 40);
+        assert_eq!(found.len(), 1);
+        assert_eq!((found[0].0, found[0].1), (3 * GIB, 1));
+        assert_eq!(found[0].2.bits(), GIB | S2Attrs::DEVICE_RW.bits() | 1);
+        assert_eq!(
+            tr(&s2, &arena, 4 * GIB - 8),
+            Some((2 * GIB - 8, S2Attrs::DEVICE_RW, 1))
+        );
+    }
+
+    #[test]
+    fn map_unaligned_start_uses_pages_then_blocks_then_pages() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let ipa = GIB + 2 * MIB - 8 * KIB;
+        let size = 8 * KIB + 4 * MIB + 12 * KIB;
+        let delta = 0x10_0000_0000;
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(ipa + delta),
+            size,
+            S2Attrs::NORMAL_RWX,
+        )
+        .unwrap();
+        let got: Vec<(u64, u8)> = leaves(&s2, &arena, 0, 1 << 40)
+            .iter()
+            .map(|&(at, level, d)| {
+                assert_eq!(d.address().0, at + delta);
+                (at, level)
+            })
+            .collect();
+        let base = GIB;
+        let expect = [
+            (base + 2 * MIB - 8 * KIB, 3),
+            (base + 2 * MIB - 4 * KIB, 3),
+            (base + 2 * MIB, 2),
+            (base + 4 * MIB, 2),
+            (base + 6 * MIB, 3),
+            (base + 6 * MIB + 4 * KIB, 3),
+            (base + 6 * MIB + 8 * KIB, 3),
+        ];
+        assert_eq!(got, expect);
+        // root + L2 + two L3 tables
+        assert_eq!(arena.live_count(), 4);
+    }
+
+    #[test]
+    fn map_with_pa_misaligned_to_ipa_uses_pages() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(GIB),
+            PhysAddr(0x10_0000_1000),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let found = leaves(&s2, &arena, 0, 1 << 40);
+        assert_eq!(found.len(), 512);
+        assert!(found.iter().all(|&(_, level, _)| level == 3));
+        assert_eq!(
+            tr(&s2, &arena, GIB + 2 * MIB - 1),
+            Some((0x10_0020_0fff, S2Attrs::NORMAL_RW, 3))
+        );
+    }
+
+    #[test]
+    fn map_16k_uses_32m_blocks() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size16K, 40, 40);
+        let size = 32 * MIB + 16 * KIB;
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(32 * MIB),
+            PhysAddr(GIB),
+            size,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let got: Vec<(u64, u8)> = leaves(&s2, &arena, 0, 1 << 40)
+            .iter()
+            .map(|&(at, l, _)| (at, l))
+            .collect();
+        assert_eq!(got, [(32 * MIB, 2), (64 * MIB, 3)]);
+        assert_eq!(
+            tr(&s2, &arena, 64 * MIB + 100),
+            Some((GIB + 32 * MIB + 100, S2Attrs::NORMAL_RW, 3))
+        );
+        assert_eq!(tr(&s2, &arena, 64 * MIB + 16 * KIB), None);
+        // Root is 16 concatenated L2 tables: the block sits in the root itself.
+        assert_eq!(arena.live_count(), 2);
+    }
+
+    #[test]
+    fn map_64k_uses_512m_blocks() {
+        for (ipa_bits, tables) in [(48, 3), (42, 2)] {
+            let (mut arena, mut s2, mut tlb) = setup(Granule::Size64K, ipa_bits, ipa_bits);
+            let size = 512 * MIB + 64 * KIB;
+            s2.map(
+                &mut arena,
+                &mut tlb,
+                Ipa(512 * MIB),
+                PhysAddr(2 * GIB),
+                size,
+                S2Attrs::NORMAL_RW,
+            )
+            .unwrap();
+            let got: Vec<(u64, u8)> = leaves(&s2, &arena, 0, 1 << ipa_bits)
+                .iter()
+                .map(|&(at, l, _)| (at, l))
+                .collect();
+            assert_eq!(got, [(512 * MIB, 2), (GIB, 3)]);
+            assert_eq!(arena.live_count(), tables);
+            assert_eq!(
+                tr(&s2, &arena, GIB + 0xffff),
+                Some((2 * GIB + 512 * MIB + 0xffff, S2Attrs::NORMAL_RW, 3))
+            );
+        }
+    }
+
+    // ---- split, break-before-make ----
+
+    #[test]
+    fn unmap_4k_from_1g_block_splits_with_break_before_make() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let delta = 0x40_0000_0000 - GIB;
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(GIB),
+            PhysAddr(GIB + delta),
+            GIB,
+            S2Attrs::NORMAL_RWX,
+        )
+        .unwrap();
+        let hole = GIB + 0x0123_4000;
+        // Warm the TLB model with the block.
+        for ipa in [GIB, hole, hole - 4 * KIB, hole + 4 * KIB] {
+            assert_eq!(tlb.lookup(ipa), Some((ipa + delta, S2Attrs::NORMAL_RWX)));
+        }
+        let block = chain(&arena.view(), &s2.geometry(), s2.root().0, hole);
+        assert_eq!(block.len(), 1);
+        assert_eq!(block[0].1, (GIB + delta) | S2Attrs::NORMAL_RWX.bits() | 1);
+        tlb.take_events();
+        tlb.watch = Some(hole);
+
+        s2.unmap(&mut arena, &mut tlb, Ipa(hole), 4 * KIB).unwrap();
+
+        let events = tlb.take_events();
+        let inval: Vec<usize> = (0..events.len())
+            .filter(|&i| matches!(events[i], Event::Invalidate { .. }))
+            .collect();
+        assert_eq!(inval.len(), 1, "{events:#?}");
+        let i = inval[0];
+        // The block descriptor was invalid (and synced) when the TLB was invalidated...
+        assert_eq!(
+            events[i],
+            Event::Invalidate {
+                ipa: GIB,
+                size: GIB,
+                last_level_only: true,
+                watch: vec![(1, 0)],
+            }
+        );
+        assert_eq!(
+            events[i - 1],
+            Event::Sync {
+                watch: vec![(1, 0)]
+            }
+        );
+        // ...and before that it was still the block: no window with a half-built table.
+        assert!(
+            events[..i - 1]
+                .iter()
+                .all(|e| matches!(e, Event::Sync { watch } if *watch == block))
+        );
+        // Afterwards: L1 → table, L2 → table, L3 hole invalid.
+        let after = chain(&arena.view(), &s2.geometry(), s2.root().0, hole);
+        assert_eq!(after.len(), 3);
+        assert!(after[0].1 & 3 == 3 && after[1].1 & 3 == 3);
+        assert_eq!(after[2], (3, 0));
+        assert_eq!(events.last(), Some(&Event::Sync { watch: after }));
+        assert_eq!(arena.live_count(), 3);
+
+        // The hole is gone, everything else translates as before, hardware included.
+        assert_eq!(tr(&s2, &arena, hole), None);
+        assert_eq!(tr(&s2, &arena, hole + 4 * KIB - 1), None);
+        assert_eq!(tlb.lookup(hole), None);
+        let hole_2m = hole & !(2 * MIB - 1);
+        for ipa in (GIB..2 * GIB).step_by(4 * KIB as usize) {
+            if ipa == hole {
+                continue;
+            }
+            let level = if ipa & !(2 * MIB - 1) == hole_2m {
+                3
+            } else {
+                2
+            };
+            if level == 3 || ipa % (64 * KIB) == 0 {
+                assert_eq!(
+                    tr(&s2, &arena, ipa + 5),
+                    Some((ipa + 5 + delta, S2Attrs::NORMAL_RWX, level))
+                );
+                assert_eq!(
+                    tlb.lookup(ipa + 5),
+                    Some((ipa + 5 + delta, S2Attrs::NORMAL_RWX))
+                );
+            }
+        }
+        let found = leaves(&s2, &arena, GIB, GIB);
+        assert_eq!(found.len(), 511 + 511);
+    }
+
+    #[test]
+    fn map_over_block_with_other_attrs_splits_it() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let (ipa, pa) = (GIB + 2 * MIB, 0x8_0000_0000);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let page = ipa + 5 * 4 * KIB;
+        assert_eq!(
+            tlb.lookup(page),
+            Some((pa + 5 * 4 * KIB, S2Attrs::NORMAL_RW))
+        );
+        tlb.take_events();
+        tlb.watch = Some(page);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(page),
+            PhysAddr(0x0900_0000),
+            4 * KIB,
+            S2Attrs::DEVICE_RW,
+        )
+        .unwrap();
+        let inval = tlb.invalidations();
+        assert_eq!(inval.len(), 1);
+        let Event::Invalidate {
+            ipa: at,
+            size,
+            last_level_only,
+            watch,
+        } = inval[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!((*at, *size, *last_level_only), (ipa, 2 * MIB, true));
+        assert_eq!(watch.len(), 2);
+        assert_eq!(watch[1], (2, 0), "L2 block invalid at invalidation time");
+        assert_eq!(
+            tr(&s2, &arena, page),
+            Some((0x0900_0000, S2Attrs::DEVICE_RW, 3))
+        );
+        assert_eq!(
+            tlb.lookup(page + 4),
+            Some((0x0900_0004, S2Attrs::DEVICE_RW))
+        );
+        for i in (0..512).filter(|&i| i != 5) {
+            let at = ipa + i * 4 * KIB;
+            assert_eq!(
+                tr(&s2, &arena, at),
+                Some((pa + i * 4 * KIB, S2Attrs::NORMAL_RW, 3))
+            );
+        }
+    }
+
+    #[test]
+    fn remapping_identically_changes_nothing() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let (ipa, pa) = (GIB + 2 * MIB, 0x8_0000_0000);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let before = leaves(&s2, &arena, 0, 1 << 40);
+        let live = arena.live_count();
+        tlb.take_events();
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        // A page inside the block, mapped the way the block already maps it: no split.
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa + 8 * KIB),
+            PhysAddr(pa + 8 * KIB),
+            4 * KIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        assert!(tlb.invalidations().is_empty());
+        assert_eq!(arena.live_count(), live);
+        assert_eq!(leaves(&s2, &arena, 0, 1 << 40), before);
+    }
+
+    #[test]
+    fn permission_and_software_bit_changes_skip_the_break() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let (ipa, pa) = (GIB + 0x5000, 0x8_0000_5000);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa),
+            4 * KIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        assert!(tlb.lookup(ipa).is_some());
+        tlb.watch = Some(ipa);
+        tlb.take_events();
+
+        // Write access removed: no invalid window, but invalidated afterwards.
+        let ro = S2Attrs::NORMAL_RW.with_access(true, false);
+        s2.map(&mut arena, &mut tlb, Ipa(ipa), PhysAddr(pa), 4 * KIB, ro)
+            .unwrap();
+        let events = tlb.take_events();
+        assert!(events.iter().all(|e| match e {
+            Event::Sync { watch } | Event::Invalidate { watch, .. } => watch[2].1 & 1 == 1,
+            Event::InvalidateAll => false,
+        }));
+        let new_desc = pa | ro.bits() | 3;
+        assert!(events.contains(&Event::Invalidate {
+            ipa,
+            size: 4 * KIB,
+            last_level_only: true,
+            watch: chain(&arena.view(), &s2.geometry(), s2.root().0, ipa),
+        }));
+        assert_eq!(
+            chain(&arena.view(), &s2.geometry(), s2.root().0, ipa)[2].1,
+            new_desc
+        );
+        assert_eq!(tlb.lookup(ipa), Some((pa, ro)));
+
+        // Only software bits: nothing to invalidate.
+        let owned = ro.with_sw(3);
+        s2.map(&mut arena, &mut tlb, Ipa(ipa), PhysAddr(pa), 4 * KIB, owned)
+            .unwrap();
+        assert!(tlb.invalidations().is_empty());
+        assert_eq!(tr(&s2, &arena, ipa), Some((pa, owned, 3)));
+
+        // Output address changes: break-before-make.
+        tlb.take_events();
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(pa + GIB),
+            4 * KIB,
+            owned,
+        )
+        .unwrap();
+        let inval = tlb.invalidations();
+        assert_eq!(inval.len(), 1);
+        assert!(matches!(inval[0], Event::Invalidate { watch, .. } if watch[2] == (3, 0)));
+        assert_eq!(tlb.lookup(ipa), Some((pa + GIB, owned)));
+    }
+
+    #[test]
+    fn mapping_a_block_over_a_table_frees_the_table() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let ipa = GIB + 2 * MIB;
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(0x8_0000_0000),
+            8 * KIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        assert_eq!(arena.live_count(), 3);
+        // Puts the L3 table in the model's walk cache.
+        assert!(tlb.lookup(ipa).is_some());
+        tlb.take_events();
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(0x9_0000_0000),
+            2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let inval = tlb.invalidations();
+        assert_eq!(inval.len(), 1);
+        assert!(matches!(
+            inval[0],
+            Event::Invalidate { ipa: at, size, last_level_only: false, .. } if *at == ipa && *size == 2 * MIB
+        ));
+        assert_eq!(arena.live_count(), 2);
+        // The walk cache entry for the freed table is gone (the model asserts otherwise).
+        assert_eq!(
+            tlb.lookup(ipa + 4 * KIB),
+            Some((0x9_0000_1000, S2Attrs::NORMAL_RW))
+        );
+        assert_eq!(leaves(&s2, &arena, 0, 1 << 40).len(), 1);
+    }
+
+    // ---- unmap, freeing ----
+
+    #[test]
+    fn unmap_frees_empty_tables_and_destroy_frees_everything() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        assert_eq!(arena.live_count(), 1);
+        let pieces = [
+            (0x1000, 4 * KIB),
+            (GIB + 0x20_3000, 12 * KIB),
+            (2 * GIB + 6 * MIB, 2 * MIB),
+            (5 * GIB - 4 * KIB, 8 * KIB),
+            (7 * GIB, GIB),
+        ];
+        for &(ipa, size) in &pieces {
+            s2.map(
+                &mut arena,
+                &mut tlb,
+                Ipa(ipa),
+                PhysAddr(ipa + 0x10_0000_0000),
+                size,
+                S2Attrs::NORMAL_RW,
+            )
+            .unwrap();
+            assert!(tlb.lookup(ipa).is_some());
+        }
+        assert!(arena.live_count() > 1);
+        tlb.take_events();
+        for &(ipa, size) in &pieces {
+            s2.unmap(&mut arena, &mut tlb, Ipa(ipa), size).unwrap();
+            assert_eq!(tlb.lookup(ipa), None);
+            assert_eq!(tree_stats(&arena.view(), &s2.geometry(), s2.root().0).1, 0);
+        }
+        assert_eq!(arena.live_count(), 1, "only the root is left");
+        assert!(leaves(&s2, &arena, 0, 1 << 40).is_empty());
+        // Tables were unlinked with walk-cache invalidation.
+        assert!(tlb.invalidations().iter().any(|e| matches!(
+            e,
+            Event::Invalidate {
+                last_level_only: false,
+                ..
+            }
+        )));
+
+        // Unmapping nothing is fine.
+        s2.unmap(&mut arena, &mut tlb, Ipa(0), 1 << 40).unwrap();
+        assert_eq!(arena.live_count(), 1);
+
+        for &(ipa, size) in &pieces {
+            s2.map(
+                &mut arena,
+                &mut tlb,
+                Ipa(ipa),
+                PhysAddr(ipa),
+                size,
+                S2Attrs::DEVICE_RW,
+            )
+            .unwrap();
+        }
+        s2.destroy(&mut arena);
+        assert_eq!(arena.live_count(), 0);
+    }
+
+    #[test]
+    fn boot_map_then_carve_out() {
+        // RAM as Normal, the rest as Device, over the whole IPA space; then Warden's
+        // carve-out comes out of the middle of a 1 GiB block.
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let (ram, ram_size) = (GIB, 4 * GIB);
+        s2.map(
+            &mut arena,
+            &mut NoTlb,
+            Ipa(0),
+            PhysAddr(0),
+            ram,
+            S2Attrs::DEVICE_RW,
+        )
+        .unwrap();
+        s2.map(
+            &mut arena,
+            &mut NoTlb,
+            Ipa(ram),
+            PhysAddr(ram),
+            ram_size,
+            S2Attrs::NORMAL_RWX,
+        )
+        .unwrap();
+        let rest = (1 << 40) - ram - ram_size;
+        s2.map(
+            &mut arena,
+            &mut NoTlb,
+            Ipa(ram + ram_size),
+            PhysAddr(ram + ram_size),
+            rest,
+            S2Attrs::DEVICE_RW,
+        )
+        .unwrap();
+        assert_eq!(arena.live_count(), 1, "only 1 GiB blocks");
+        let (carve, carve_size) = (2 * GIB + 0x0345_0000, 0x0123_0000);
+        for ipa in [carve, carve + carve_size - 1, carve - 1, carve + carve_size] {
+            assert!(tlb.lookup(ipa).is_some());
+        }
+        s2.unmap(&mut arena, &mut tlb, Ipa(carve), carve_size)
+            .unwrap();
+        for ipa in [carve, carve + 0x1000, carve + carve_size - 1] {
+            assert_eq!(tr(&s2, &arena, ipa), None);
+            assert_eq!(tlb.lookup(ipa), None);
+        }
+        for ipa in [
+            carve - 1,
+            carve + carve_size,
+            2 * GIB,
+            3 * GIB - 1,
+            ram,
+            0x0900_0000,
+        ] {
+            let attrs = if ipa < ram {
+                S2Attrs::DEVICE_RW
+            } else {
+                S2Attrs::NORMAL_RWX
+            };
+            assert_eq!(
+                tr(&s2, &arena, ipa).map(|(pa, a, _)| (pa, a)),
+                Some((ipa, attrs))
+            );
+            assert_eq!(tlb.lookup(ipa), Some((ipa, attrs)));
+        }
+        assert_eq!(tr(&s2, &arena, carve - 1).unwrap().2, 3);
+        assert_eq!(tr(&s2, &arena, 2 * GIB).unwrap().2, 2);
+        assert_eq!(tr(&s2, &arena, 3 * GIB).unwrap().2, 1);
+    }
+
+    // ---- out of memory ----
+
+    #[test]
+    fn out_of_memory_while_creating_tables_leaves_consistent_tables() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        // Two pages across a 2 MiB boundary need an L2 table and two L3 tables.
+        let ipa = GIB + 2 * MIB - 4 * KIB;
+        let pa = 0x8_0000_0000;
+        let map = |s2: &mut Stage2, arena: &mut Arena, tlb: &mut ModelTlb| {
+            s2.map(
+                arena,
+                tlb,
+                Ipa(ipa),
+                PhysAddr(pa),
+                8 * KIB,
+                S2Attrs::NORMAL_RW,
+            )
+        };
+
+        arena.budget = Some(1);
+        assert_eq!(
+            map(&mut s2, &mut arena, &mut tlb),
+            Err(S2Error::OutOfMemory { done: 0 })
+        );
+        assert_eq!(arena.live_count(), 1, "the unused L2 table was freed");
+        assert_eq!(tr(&s2, &arena, ipa), None);
+
+        arena.budget = Some(2);
+        assert_eq!(
+            map(&mut s2, &mut arena, &mut tlb),
+            Err(S2Error::OutOfMemory { done: 4 * KIB })
+        );
+        assert_eq!(tr(&s2, &arena, ipa), Some((pa, S2Attrs::NORMAL_RW, 3)));
+        assert_eq!(tr(&s2, &arena, ipa + 4 * KIB), None);
+        assert_eq!(
+            tree_stats(&arena.view(), &s2.geometry(), s2.root().0),
+            (3, 0)
+        );
+        assert_eq!(arena.live_count(), 3);
+
+        arena.budget = None;
+        map(&mut s2, &mut arena, &mut tlb).unwrap();
+        assert_eq!(
+            tr(&s2, &arena, ipa + 4 * KIB),
+            Some((pa + 4 * KIB, S2Attrs::NORMAL_RW, 3))
+        );
+        assert_eq!(arena.live_count(), 4);
+    }
+
+    #[test]
+    fn out_of_memory_while_splitting_keeps_the_block() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(GIB),
+            PhysAddr(GIB),
+            GIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let hole = GIB + 0x40_0000;
+        assert!(tlb.lookup(hole).is_some());
+        tlb.take_events();
+
+        // The L2 table can be allocated, the L3 one cannot: nothing changes.
+        arena.budget = Some(1);
+        assert_eq!(
+            s2.unmap(&mut arena, &mut tlb, Ipa(hole), 4 * KIB),
+            Err(S2Error::OutOfMemory { done: 0 })
+        );
+        assert_eq!(arena.live_count(), 1);
+        assert!(tlb.invalidations().is_empty());
+        assert_eq!(tr(&s2, &arena, hole), Some((hole, S2Attrs::NORMAL_RW, 1)));
+
+        // Unmapping a 2 MiB block and then a page: the first part is done.
+        arena.budget = Some(1);
+        assert_eq!(
+            s2.unmap(&mut arena, &mut tlb, Ipa(hole), 2 * MIB + 4 * KIB),
+            Err(S2Error::OutOfMemory { done: 2 * MIB })
+        );
+        assert_eq!(tr(&s2, &arena, hole), None);
+        assert_eq!(tlb.lookup(hole), None);
+        assert_eq!(
+            tr(&s2, &arena, hole + 2 * MIB),
+            Some((hole + 2 * MIB, S2Attrs::NORMAL_RW, 2))
+        );
+        assert_eq!(
+            tr(&s2, &arena, hole - 1),
+            Some((hole - 1, S2Attrs::NORMAL_RW, 2))
+        );
+        assert_eq!(
+            tree_stats(&arena.view(), &s2.geometry(), s2.root().0),
+            (2, 0)
+        );
+
+        // Root allocation failure.
+        let mut empty = Arena::new(1 << 20);
+        empty.budget = Some(0);
+        // SAFETY: the arena is not used again.
+        let r = unsafe { Stage2::new(geom(Granule::Size4K, 40, 40), &mut empty) };
+        assert_eq!(r.unwrap_err(), S2Error::OutOfMemory { done: 0 });
+    }
+
+    // ---- bad input ----
+
+    #[test]
+    fn bad_input_is_rejected_without_changes() {
+        use S2Error::*;
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let a = S2Attrs::NORMAL_RW;
+        let mut map = |ipa: u64, pa: u64, size: u64| {
+            s2.map(&mut arena, &mut tlb, Ipa(ipa), PhysAddr(pa), size, a)
+        };
+        assert_eq!(map(0x800, 0, 4 * KIB), Err(Misaligned));
+        assert_eq!(map(0, 0x800, 4 * KIB), Err(Misaligned));
+        assert_eq!(map(0, 0, 4 * KIB + 1), Err(Misaligned));
+        assert_eq!(map((1 << 40) - 4 * KIB, 0, 8 * KIB), Err(OutOfRange));
+        assert_eq!(map(1 << 40, 0, 4 * KIB), Err(OutOfRange));
+        assert_eq!(map(!0xfff, 0, 4 * KIB), Err(OutOfRange));
+        assert_eq!(map(0, (1 << 40) - 4 * KIB, 8 * KIB), Err(OutOfRange));
+        assert_eq!(map(0, !0xfff, 8 * KIB), Err(OutOfRange));
+        assert_eq!(map(0, 0, 0), Ok(()));
+        assert_eq!(
+            s2.unmap(&mut arena, &mut tlb, Ipa(0x10), 4 * KIB),
+            Err(Misaligned)
+        );
+        assert_eq!(s2.unmap(&mut arena, &mut tlb, Ipa(0), 12), Err(Misaligned));
+        assert_eq!(
+            s2.unmap(&mut arena, &mut tlb, Ipa(1 << 40), 4 * KIB),
+            Err(OutOfRange)
+        );
+        assert_eq!(
+            s2.unmap(&mut arena, &mut tlb, Ipa(4 * KIB), !0xfff),
+            Err(OutOfRange)
+        );
+        let walk = s2.walk(&arena, Ipa(1 << 39), 1 << 40, |_, _, _| {
+            ControlFlow::<()>::Continue(())
+        });
+        assert_eq!(walk, Err(OutOfRange));
+        assert_eq!(tr(&s2, &arena, 1 << 40), None);
+        assert_eq!(tr(&s2, &arena, u64::MAX), None);
+        assert_eq!(arena.live_count(), 1);
+        assert!(leaves(&s2, &arena, 0, 1 << 40).is_empty());
+        assert!(tlb.invalidations().is_empty());
+    }
+
+    // ---- walker ----
+
+    #[test]
+    fn walk_visits_in_order_and_can_stop() {
+        let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+        let ipa = GIB + 2 * MIB - 8 * KIB;
+        s2.map(
+            &mut arena,
+            &mut tlb,
+            Ipa(ipa),
+            PhysAddr(ipa),
+            8 * KIB + 2 * MIB,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        let flow = s2
+            .walk(&arena, Ipa(ipa + 4 * KIB), 2 * MIB, |at, d, level| {
+                seen.push((at.0, level, d.is_table(level), d.is_valid()));
+                ControlFlow::<()>::Continue(())
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Continue(()));
+        assert_eq!(
+            seen,
+            [
+                (GIB, 1, true, true),
+                (GIB, 2, true, true),
+                (ipa + 4 * KIB, 3, false, true),
+                (GIB + 2 * MIB, 2, false, true),
+            ]
+        );
+        // Unmapped entries are visited too; Break stops the walk.
+        let mut count = 0;
+        let flow = s2
+            .walk(&arena, Ipa(0), 1 << 40, |at, d, level| {
+                count += 1;
+                if d.is_leaf(level) {
+                    ControlFlow::Break(at.0)
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert_eq!(flow, ControlFlow::Break(ipa));
+        // root[0] invalid, root[1] table, L2[0] table, L3 entries up to the first leaf
+        assert_eq!(count, 3 + 510 + 1);
+    }
+
+    // ---- property test against a reference model ----
+
+    const ATTRS: [S2Attrs; 4] = [
+        S2Attrs::NORMAL_RWX,
+        S2Attrs::NORMAL_RW,
+        S2Attrs::DEVICE_RW,
+        S2Attrs::normal().with_access(true, false).with_sw(5),
+    ];
+    /// First IPA of the window the property tests work in.
+    const WINDOW_BASE: u64 = GIB;
+    const PA_BASE: u64 = 0x40_0000_0000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map {
+            start: u64,
+            pages: u64,
+            pa_off: u64,
+            attrs: usize,
+            budget: Option<usize>,
+        },
+        Unmap {
+            start: u64,
+            pages: u64,
+            budget: Option<usize>,
+        },
+    }
+
+    /// Ops on a window of `window_pages` pages; `block_pages` = pages per L2 block.
+    fn ops(window_pages: u64, block_pages: u64) -> impl Strategy<Value = Vec<Op>> {
+        let blocks = window_pages / block_pages;
+        let start = prop_oneof![
+            0..window_pages,
+            (0..blocks).prop_map(move |b| b * block_pages),
+            (0..blocks).prop_map(move |b| (b * block_pages).saturating_sub(1)),
+        ];
+        let pages = prop_oneof![
+            1..=4u64,
+            (1..=2u64).prop_map(move |n| n * block_pages),
+            (1..=2u64).prop_map(move |n| n * block_pages + 1),
+            1..=window_pages,
+        ];
+        let pa_off = prop_oneof![
+            (0..4u64).prop_map(move |n| n * block_pages),
+            0..4 * block_pages,
+        ];
+        let budget = prop_oneof![4 => Just(None), 1 => (0..4usize).prop_map(Some)];
+        let op = prop_oneof![
+            3 => (start.clone(), pages.clone(), pa_off, 0..ATTRS.len(), budget.clone())
+                .prop_map(|(start, pages, pa_off, attrs, budget)| Op::Map { start, pages, pa_off, attrs, budget }),
+            2 => (start, pages, budget).prop_map(|(start, pages, budget)| Op::Unmap { start, pages, budget }),
+        ];
+        prop::collection::vec(op, 1..14)
+    }
+
+    /// Every page of the window, through the tables and through the TLB model, agrees
+    /// with the reference; no empty or leaked table.
+    fn check(
+        s2: &Stage2,
+        arena: &Arena,
+        tlb: &mut ModelTlb,
+        reference: &BTreeMap<u64, (u64, S2Attrs)>,
+        page: u64,
+        window: u64,
+    ) {
+        for p in 0..window / page {
+            let ipa = WINDOW_BASE + p * page;
+            let expect = reference.get(&ipa).map(|&(pa, a)| (pa + 8, a));
+            let got = s2
+                .translate(arena, Ipa(ipa + 8))
+                .map(|(pa, a, _)| (pa.0, a));
+            assert_eq!(got, expect, "translate({:#x})", ipa + 8);
+            assert_eq!(tlb.lookup(ipa + 8), expect, "TLB model at {:#x}", ipa + 8);
+        }
+        let (tables, empty) = tree_stats(&arena.view(), &s2.geometry(), s2.root().0);
+        assert_eq!(empty, 0, "empty table left behind");
+        assert_eq!(tables, arena.live_count(), "leaked table");
+    }
+
+    fn run_ops(granule: Granule, ipa_bits: u32, window: u64, ops: &[Op]) {
+        let (mut arena, mut s2, mut tlb) = setup(granule, ipa_bits, ipa_bits);
+        let page = granule.size();
+        let window_pages = window / page;
+        let mut reference = BTreeMap::new();
+        for op in ops {
+            let (start, pages, budget) = match *op {
+                Op::Map {
+                    start,
+                    pages,
+                    budget,
+                    ..
+                }
+                | Op::Unmap {
+                    start,
+                    pages,
+                    budget,
+                } => (start, pages.min(window_pages - start), budget),
+            };
+            let ipa = WINDOW_BASE + start * page;
+            let size = pages * page;
+            arena.budget = budget;
+            let result = match *op {
+                Op::Map { pa_off, attrs, .. } => {
+                    let pa = PA_BASE + (start + pa_off) * page;
+                    s2.map(
+                        &mut arena,
+                        &mut tlb,
+                        Ipa(ipa),
+                        PhysAddr(pa),
+                        size,
+                        ATTRS[attrs],
+                    )
+                }
+                Op::Unmap { .. } => s2.unmap(&mut arena, &mut tlb, Ipa(ipa), size),
+            };
+            arena.budget = None;
+            let done = match result {
+                Ok(()) => size,
+                Err(S2Error::OutOfMemory { done }) => {
+                    assert!(budget.is_some() && done < size && done % page == 0);
+                    done
+                }
+                Err(e) => panic!("{op:?}: {e:?}"),
+            };
+            for p in 0..done / page {
+                let at = ipa + p * page;
+                match *op {
+                    Op::Map { pa_off, attrs, .. } => {
+                        let pa = PA_BASE + (start + pa_off + p) * page;
+                        reference.insert(at, (pa, ATTRS[attrs]));
+                    }
+                    Op::Unmap { .. } => {
+                        reference.remove(&at);
+                    }
+                }
+            }
+            check(&s2, &arena, &mut tlb, &reference, page, window);
+        }
+        s2.unmap(&mut arena, &mut tlb, Ipa(WINDOW_BASE), window)
+            .unwrap();
+        reference.clear();
+        check(&s2, &arena, &mut tlb, &reference, page, window);
+        assert_eq!(arena.live_count(), 1);
+        s2.destroy(&mut arena);
+        assert_eq!(arena.live_count(), 0);
+    }
+
+    fn config(cases: u32) -> ProptestConfig {
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    // Windows: 16 MiB (4096 pages, 2 MiB blocks), 128 MiB (8192 pages, 32 MiB blocks),
+    // 1 GiB (16384 pages, 512 MiB blocks). Case counts keep each under a few seconds.
+    proptest! {
+        #![proptest_config(config(32))]
+        #[test]
+        fn prop_4k_matches_reference(ops in ops(16 * MIB / (4 * KIB), 512)) {
+            run_ops(Granule::Size4K, 40, 16 * MIB, &ops);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(16))]
+        #[test]
+        fn prop_16k_matches_reference(ops in ops(128 * MIB / (16 * KIB), 2048)) {
+            run_ops(Granule::Size16K, 42, 128 * MIB, &ops);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(12))]
+        #[test]
+        fn prop_64k_matches_reference(ops in ops(GIB / (64 * KIB), 8192)) {
+            run_ops(Granule::Size64K, 48, GIB, &ops);
+        }
+    }
+}

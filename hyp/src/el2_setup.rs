@@ -1,0 +1,421 @@
+//! The EL2 state each CPU gets before the host runs at EL1: the same job as Linux's
+//! `init_el2_state`, computed here as plain values from the CPU's ID registers so that
+//! it is testable on the host. `src/cpu.rs` reads the ID registers and writes the result.
+//!
+//! Real hardware leaves most EL2 controls UNKNOWN at reset (QEMU happens to reset them to
+//! friendly values), so every control that can trap or hide a feature from EL1 is set
+//! explicitly, and only for features the CPU implements.
+
+/// Snapshot of the ID registers (and a few feature probes) that decide the EL2 setup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdRegs {
+    /// ID_AA64PFR0_EL1.
+    pub pfr0: u64,
+    /// ID_AA64PFR1_EL1.
+    pub pfr1: u64,
+    /// ID_AA64PFR2_EL1.
+    pub pfr2: u64,
+    /// ID_AA64MMFR0_EL1.
+    pub mmfr0: u64,
+    /// ID_AA64MMFR1_EL1.
+    pub mmfr1: u64,
+    /// ID_AA64MMFR3_EL1.
+    pub mmfr3: u64,
+    /// ID_AA64DFR0_EL1.
+    pub dfr0: u64,
+    /// ID_AA64ISAR1_EL1.
+    pub isar1: u64,
+    /// ID_AA64ISAR2_EL1.
+    pub isar2: u64,
+    /// ID_AA64SMFR0_EL1 (0 without SME).
+    pub smfr0: u64,
+    /// PMCR_EL0.N, valid when a PMUv3 is present.
+    pub pmcr_n: u64,
+    /// SMIDR_EL1.SMPS (SME priority mapping), valid with SME.
+    pub sme_prio: bool,
+    /// SPE present and PMBIDR_EL1.P == 0 (EL1 may own the profiling buffer).
+    pub spe_for_el1: bool,
+    /// TRBE present and TRBIDR_EL1.P == 0 (EL1 may own the trace buffer).
+    pub trbe_for_el1: bool,
+    /// MPAMIDR_EL1.HAS_HCR, valid with MPAM.
+    pub mpam_has_hcr: bool,
+}
+
+const fn field(reg: u64, shift: u32) -> u64 {
+    (reg >> shift) & 0xf
+}
+
+impl IdRegs {
+    /// FEAT_SVE.
+    pub const fn sve(&self) -> bool {
+        field(self.pfr0, 32) != 0
+    }
+    /// FEAT_SME.
+    pub const fn sme(&self) -> bool {
+        field(self.pfr1, 24) != 0
+    }
+    /// Any pointer authentication (address or generic, QARMA3 included).
+    pub const fn pauth(&self) -> bool {
+        field(self.isar1, 4) != 0
+            || field(self.isar1, 8) != 0
+            || field(self.isar1, 24) != 0
+            || field(self.isar1, 28) != 0
+            || field(self.isar2, 12) != 0
+            || field(self.isar2, 8) != 0
+    }
+    /// FEAT_MTE2 or later (tag storage the guest can use).
+    pub const fn mte2(&self) -> bool {
+        field(self.pfr1, 8) >= 2
+    }
+    /// The GICv3+ system register interface.
+    pub const fn gic_sysregs(&self) -> bool {
+        field(self.pfr0, 24) != 0
+    }
+    /// FEAT_HCX (HCRX_EL2 exists).
+    pub const fn hcx(&self) -> bool {
+        field(self.mmfr1, 40) != 0
+    }
+    /// FEAT_FGT level: 0 none, 1 FGT, 2 FGT2.
+    pub const fn fgt(&self) -> u64 {
+        field(self.mmfr0, 56)
+    }
+    /// A PMUv3 (not absent, not IMPLEMENTATION DEFINED).
+    pub const fn pmuv3(&self) -> bool {
+        let v = field(self.dfr0, 8);
+        v != 0 && v != 0xf
+    }
+    /// FEAT_LOR.
+    pub const fn lor(&self) -> bool {
+        field(self.mmfr1, 16) != 0
+    }
+    /// FEAT_AMUv1.
+    pub const fn amu(&self) -> bool {
+        field(self.pfr0, 44) != 0
+    }
+    /// FEAT_MPAM (major or minor version non-zero).
+    pub const fn mpam(&self) -> bool {
+        field(self.pfr0, 40) != 0 || field(self.pfr1, 16) != 0
+    }
+    /// FEAT_GCS.
+    pub const fn gcs(&self) -> bool {
+        field(self.pfr1, 44) != 0
+    }
+    /// FEAT_BRBE.
+    pub const fn brbe(&self) -> bool {
+        field(self.dfr0, 52) != 0
+    }
+    /// Physical address size in bits, from ID_AA64MMFR0_EL1.PARange.
+    pub const fn pa_bits(&self) -> u32 {
+        match field(self.mmfr0, 0) {
+            0 => 32,
+            1 => 36,
+            2 => 40,
+            3 => 42,
+            4 => 44,
+            5 => 48,
+            _ => 52,
+        }
+    }
+    /// VMID width in bits (8 or 16).
+    pub const fn vmid_bits(&self) -> u32 {
+        if field(self.mmfr1, 4) == 2 { 16 } else { 8 }
+    }
+    /// Stage-2 support of the three granules (4K, 16K, 64K), from the TGRAN*_2 fields.
+    pub const fn s2_granules(&self) -> [bool; 3] {
+        // TGranX_2: 0 = as stage 1 (TGranX), 1 = not supported, >= 2 = supported.
+        let t4 = field(self.mmfr0, 40);
+        let t16 = field(self.mmfr0, 32);
+        let t64 = field(self.mmfr0, 36);
+        let s1_4 = field(self.mmfr0, 28) != 0xf;
+        let s1_16 = field(self.mmfr0, 20) != 0;
+        let s1_64 = field(self.mmfr0, 24) != 0xf;
+        [
+            if t4 == 0 { s1_4 } else { t4 >= 2 },
+            if t16 == 0 { s1_16 } else { t16 >= 2 },
+            if t64 == 0 { s1_64 } else { t64 >= 2 },
+        ]
+    }
+}
+
+/// HCR_EL2 bits Warden uses.
+pub mod hcr {
+    /// Stage-2 translation enabled.
+    pub const VM: u64 = 1 << 0;
+    /// SMC from EL1 traps to EL2.
+    pub const TSC: u64 = 1 << 19;
+    /// EL1 is AArch64.
+    pub const RW: u64 = 1 << 31;
+    /// Pointer-authentication key registers not trapped.
+    pub const APK: u64 = 1 << 40;
+    /// Pointer-authentication instructions not trapped.
+    pub const API: u64 = 1 << 41;
+    /// Allocation-tag access allowed at EL1/EL0.
+    pub const ATA: u64 = 1 << 56;
+}
+
+/// Values of the fine-grained trap registers (FEAT_FGT). Zero bits trap nothing except the
+/// negative-polarity `n*` bits, which are set for every implemented feature they cover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FineGrainedTraps {
+    /// HFGRTR_EL2.
+    pub hfgrtr: u64,
+    /// HFGWTR_EL2.
+    pub hfgwtr: u64,
+    /// HFGITR_EL2.
+    pub hfgitr: u64,
+    /// HDFGRTR_EL2.
+    pub hdfgrtr: u64,
+    /// HDFGWTR_EL2.
+    pub hdfgwtr: u64,
+    /// Whether HAFGRTR_EL2 exists (FEAT_AMUv1) and must be cleared.
+    pub hafgrtr: bool,
+    /// Whether the FEAT_FGT2 registers exist and must be cleared.
+    pub fgt2: bool,
+}
+
+/// The EL2 configuration for running the host at EL1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct El2Config {
+    /// HCR_EL2.
+    pub hcr: u64,
+    /// HCRX_EL2, when FEAT_HCX is implemented.
+    pub hcrx: Option<u64>,
+    /// CNTHCTL_EL2 (EL1 physical timer and counter access).
+    pub cnthctl: u64,
+    /// MDCR_EL2.
+    pub mdcr: u64,
+    /// CPTR_EL2 (nVHE layout).
+    pub cptr: u64,
+    /// ZCR_EL2, with SVE.
+    pub zcr: Option<u64>,
+    /// SMCR_EL2, with SME.
+    pub smcr: Option<u64>,
+    /// Clear SMPRIMAP_EL2 (SME priority mapping implemented).
+    pub clear_smprimap: bool,
+    /// Bits to set in SCTLR_EL2 besides the MMU/cache controls.
+    pub sctlr_extra: u64,
+    /// Fine-grained traps, with FEAT_FGT.
+    pub fgt: Option<FineGrainedTraps>,
+    /// Enable the GICv3 system-register interface for EL1 (ICC_SRE_EL2) and clear ICH_HCR_EL2.
+    pub gicv3: bool,
+    /// MPAM2_EL2 value, with MPAM (plus whether MPAMHCR_EL2 exists and must be cleared).
+    pub mpam2: Option<(u64, bool)>,
+    /// Clear LORC_EL1 (FEAT_LOR).
+    pub clear_lorc: bool,
+}
+
+/// CPTR_EL2 (nVHE): RES1 bits plus TZ (bit 8) and TSM (bit 12) set, TFP and TTA clear.
+const CPTR_EL2_BASE: u64 = 0x33ff;
+const CPTR_EL2_TZ: u64 = 1 << 8;
+const CPTR_EL2_TSM: u64 = 1 << 12;
+
+impl El2Config {
+    /// Computes the configuration for a CPU with these ID registers.
+    pub fn for_host(id: &IdRegs) -> Self {
+        let mut hcr = hcr::RW | hcr::VM | hcr::TSC;
+        if id.pauth() {
+            hcr |= hcr::API | hcr::APK;
+        }
+        if id.mte2() {
+            hcr |= hcr::ATA;
+        }
+
+        let hcrx = id.hcx().then(|| {
+            let mut v = 0;
+            if field(id.isar2, 16) != 0 {
+                v |= (1 << 11) | (1 << 10); // MSCEn, MCE2: FEAT_MOPS usable at EL1/EL0
+            }
+            if field(id.mmfr3, 0) != 0 {
+                v |= 1 << 14; // TCR2En
+            }
+            if field(id.mmfr3, 4) != 0 {
+                v |= 1 << 15; // SCTLR2En
+            }
+            if id.gcs() {
+                v |= 1 << 22; // GCSEn
+            }
+            if field(id.pfr2, 32) != 0 {
+                v |= 1 << 23; // EnFPM
+            }
+            let ls64 = field(id.isar1, 60);
+            if ls64 >= 1 {
+                v |= 1 << 1; // EnALS
+            }
+            if ls64 >= 2 {
+                v |= 1 << 2; // EnASR
+            }
+            v
+        });
+
+        let mut mdcr = if id.pmuv3() { id.pmcr_n & 0x1f } else { 0 };
+        if id.spe_for_el1 {
+            mdcr |= 3 << 12; // E2PB: EL1 owns the profiling buffer
+        }
+        if id.trbe_for_el1 {
+            mdcr |= 3 << 24; // E2TB: EL1 owns the trace buffer
+        }
+
+        let mut cptr = CPTR_EL2_BASE;
+        if id.sve() {
+            cptr &= !CPTR_EL2_TZ;
+        }
+        if id.sme() {
+            cptr &= !CPTR_EL2_TSM;
+        }
+
+        let smcr = id.sme().then(|| {
+            let mut v = 0xf; // LEN: the largest vector length
+            if id.smfr0 >> 63 != 0 {
+                v |= 1 << 31; // FA64
+            }
+            if field(id.smfr0, 56) != 0 {
+                v |= 1 << 30; // EZT0 (SME2)
+            }
+            v
+        });
+
+        let fgt = (id.fgt() != 0).then(|| Self::fine_grained(id));
+
+        let mpam2 = id.mpam().then(|| {
+            let v = if id.sme() { 1 << 50 } else { 0 }; // EnMPAMSM
+            (v, id.mpam_has_hcr)
+        });
+
+        Self {
+            hcr,
+            hcrx,
+            cnthctl: 3, // EL1PCTEN | EL1PCEN
+            mdcr,
+            cptr,
+            zcr: id.sve().then_some(0xf),
+            smcr,
+            clear_smprimap: id.sme() && id.sme_prio,
+            sctlr_extra: if id.sme() { 1 << 60 } else { 0 }, // EnTP2
+            fgt,
+            gicv3: id.gic_sysregs(),
+            mpam2,
+            clear_lorc: id.lor(),
+        }
+    }
+
+    fn fine_grained(id: &IdRegs) -> FineGrainedTraps {
+        let mut rw = 0u64; // HFGRTR_EL2 / HFGWTR_EL2 share the n-bit layout
+        if id.sme() {
+            rw |= (1 << 54) | (1 << 55); // nSMPRI_EL1, nTPIDR2_EL0
+        }
+        if field(id.mmfr3, 8) != 0 {
+            rw |= (1 << 57) | (1 << 58); // nPIRE0_EL1, nPIR_EL1 (S1PIE)
+        }
+        if field(id.mmfr3, 16) != 0 {
+            rw |= (1 << 59) | (1 << 60); // nPOR_EL0, nPOR_EL1 (S1POE)
+        }
+        if field(id.mmfr3, 20) != 0 {
+            rw |= 1 << 61; // nS2POR_EL1
+        }
+        if field(id.mmfr3, 24) != 0 {
+            rw |= (1 << 62) | (1 << 63); // nMAIR2_EL1, nAMAIR2_EL1 (AIE)
+        }
+        if id.gcs() {
+            rw |= (1 << 52) | (1 << 53); // nGCS_EL0, nGCS_EL1
+        }
+        if field(id.pfr1, 48) != 0 {
+            rw |= 1 << 56; // nRCWMASK_EL1 (THE)
+        }
+        if field(id.isar1, 60) >= 3 {
+            rw |= 1 << 50; // nACCDATA_EL1 (LS64_ACCDATA)
+        }
+        let mut itr = 0u64;
+        let (mut dr, mut dw) = (0u64, 0u64);
+        if id.brbe() {
+            itr |= (1 << 56) | (1 << 55); // nBRBIALL, nBRBINJ
+            dr |= (1 << 61) | (1 << 60) | (1 << 59); // nBRBDATA, nBRBCTL, nBRBIDR
+            dw |= (1 << 61) | (1 << 60);
+        }
+        if field(id.dfr0, 32) >= 3 {
+            dr |= 1 << 62; // nPMSNEVFR_EL1 (SPEv1p2)
+            dw |= 1 << 62;
+        }
+        FineGrainedTraps {
+            hfgrtr: rw,
+            hfgwtr: rw,
+            hfgitr: itr,
+            hdfgrtr: dr,
+            hdfgwtr: dw,
+            hafgrtr: id.amu(),
+            fgt2: id.fgt() >= 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cortex-A57-like: no SVE/SME/PAuth/FGT/HCX, GICv3 sysregs absent (GICv2 system).
+    fn a57() -> IdRegs {
+        IdRegs {
+            pfr0: 0x0000_0000_0000_2222,
+            mmfr0: 0x0000_0000_0000_1124,
+            mmfr1: 0,
+            dfr0: 0x0000_0000_1030_5106,
+            pmcr_n: 6,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plain_v8_cpu() {
+        let c = El2Config::for_host(&a57());
+        assert_eq!(c.hcr, hcr::RW | hcr::VM | hcr::TSC);
+        assert_eq!(c.hcrx, None);
+        assert_eq!(c.cptr, 0x33ff, "TFP clear, TZ/TSM stay RES1/set");
+        assert_eq!(c.zcr, None);
+        assert_eq!(c.fgt, None);
+        assert!(!c.gicv3);
+        assert_eq!(c.mdcr, 6, "HPMN = PMCR_EL0.N, no traps");
+        assert_eq!(c.cnthctl, 3);
+        assert_eq!(a57().pa_bits(), 44);
+        assert_eq!(a57().vmid_bits(), 8);
+    }
+
+    #[test]
+    fn modern_cpu_opens_everything_it_has() {
+        let id = IdRegs {
+            pfr0: (1 << 32) | (1 << 24) | (1 << 44), // SVE, GICv3 sysregs, AMU
+            pfr1: (1 << 24) | (2 << 8),              // SME, MTE2
+            mmfr0: (1 << 56) | 5,                    // FGT, 48-bit PA
+            mmfr1: (1 << 40) | (2 << 4),             // HCX, 16-bit VMID
+            mmfr3: (1 << 8) | 1,                     // S1PIE, TCRX
+            isar1: 1 << 4,                           // APA
+            isar2: 1 << 16,                          // MOPS
+            smfr0: 1 << 63,                          // FA64
+            sme_prio: true,
+            ..Default::default()
+        };
+        let c = El2Config::for_host(&id);
+        assert_eq!(c.hcr & (hcr::API | hcr::APK), hcr::API | hcr::APK);
+        assert_ne!(c.hcr & hcr::ATA, 0);
+        assert_eq!(c.hcrx, Some((1 << 11) | (1 << 10) | (1 << 14)));
+        assert_eq!(c.cptr & (CPTR_EL2_TZ | CPTR_EL2_TSM), 0);
+        assert_eq!(c.zcr, Some(0xf));
+        assert_eq!(c.smcr, Some(0xf | (1 << 31)));
+        assert!(c.clear_smprimap);
+        assert_eq!(c.sctlr_extra, 1 << 60);
+        let f = c.fgt.unwrap();
+        assert_eq!(f.hfgrtr, (1 << 54) | (1 << 55) | (1 << 57) | (1 << 58));
+        assert_eq!(f.hfgwtr, f.hfgrtr);
+        assert!(f.hafgrtr);
+        assert!(!f.fgt2);
+        assert!(c.gicv3);
+        assert_eq!(id.pa_bits(), 48);
+        assert_eq!(id.vmid_bits(), 16);
+    }
+
+    #[test]
+    fn stage2_granules_follow_tgran_2_fields() {
+        // TGran4 = 0 (supported), TGran64 = 0 (supported), TGran16 = 1 (supported);
+        // TGran4_2 = 0 (as stage 1), TGran16_2 = 1 (not at stage 2), TGran64_2 = 2.
+        let id = IdRegs { mmfr0: (1 << 20) | (1 << 32) | (2 << 36), ..Default::default() };
+        assert_eq!(id.s2_granules(), [true, false, true]);
+    }
+}

@@ -1,0 +1,126 @@
+//! Physical memory layout decisions made once at boot: where Warden's page pool goes,
+//! where the host's device tree goes, and the range arithmetic they need. Pure functions
+//! over the RAM banks and the ranges that are already taken, so they are tested on the host.
+
+use crate::addr::PhysRange;
+
+/// Rounds `v` up to a multiple of `align` (a power of two), or `None` on overflow.
+pub const fn align_up(v: u64, align: u64) -> Option<u64> {
+    match v.checked_add(align - 1) {
+        Some(x) => Some(x & !(align - 1)),
+        None => None,
+    }
+}
+
+/// Calls `f` for each piece of `range` not covered by any of `holes` (in address order).
+pub fn subtract(range: PhysRange, holes: &[PhysRange], mut f: impl FnMut(PhysRange)) {
+    let mut cursor = range.base.get();
+    let end = range.end();
+    while cursor < end {
+        // The hole that covers `cursor`, if any: skip past it.
+        if let Some(h) = holes.iter().find(|h| h.contains(cursor)) {
+            cursor = h.end().min(end);
+            continue;
+        }
+        // Otherwise run up to the next hole start.
+        let next = holes
+            .iter()
+            .map(|h| h.base.get())
+            .filter(|&b| b > cursor && b < end)
+            .min()
+            .unwrap_or(end);
+        f(PhysRange::new(cursor, next - cursor));
+        cursor = next;
+    }
+}
+
+/// Whether `r` overlaps any of `taken`.
+pub fn overlaps_any(r: &PhysRange, taken: &[PhysRange]) -> bool {
+    taken.iter().any(|t| t.overlaps(r))
+}
+
+/// Finds `size` bytes aligned to `align` inside one RAM bank, overlapping nothing in
+/// `taken`. The address `prefer` is tried first (if it fits); otherwise the highest
+/// fitting address is chosen, which keeps low memory (where loaders put kernels) free.
+pub fn find_free(
+    ram: &[PhysRange],
+    taken: &[PhysRange],
+    size: u64,
+    align: u64,
+    prefer: Option<u64>,
+) -> Option<PhysRange> {
+    let fits = |base: u64| {
+        let r = PhysRange::new(base, size);
+        base % align == 0
+            && base.checked_add(size).is_some()
+            && ram.iter().any(|b| b.contains_range(&r))
+            && !overlaps_any(&r, taken)
+    };
+    if let Some(p) = prefer
+        && fits(p)
+    {
+        return Some(PhysRange::new(p, size));
+    }
+    let mut best: Option<u64> = None;
+    for bank in ram {
+        // Candidate tops: the bank end and the start of every taken range inside it.
+        let tops = core::iter::once(bank.end()).chain(
+            taken.iter().map(|t| t.base.get()).filter(|&b| b > bank.base.get() && b <= bank.end()),
+        );
+        for top in tops {
+            let Some(start) = top.checked_sub(size) else { continue };
+            let base = start & !(align - 1);
+            if base >= bank.base.get() && fits(base) && best.is_none_or(|b| base > b) {
+                best = Some(base);
+            }
+        }
+    }
+    best.map(|b| PhysRange::new(b, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn subtract_pieces() {
+        let mut out = vec![];
+        subtract(
+            PhysRange::new(0, 100),
+            &[PhysRange::new(10, 10), PhysRange::new(50, 60), PhysRange::new(15, 10)],
+            |r| out.push((r.base.get(), r.size)),
+        );
+        assert_eq!(out, vec![(0, 10), (25, 25)]);
+        let mut out = vec![];
+        subtract(PhysRange::new(0, 100), &[], |r| out.push((r.base.get(), r.size)));
+        assert_eq!(out, vec![(0, 100)]);
+    }
+
+    #[test]
+    fn prefers_the_given_address_then_the_highest_fit() {
+        let ram = [PhysRange::new(0x4000_0000, 1024 * MB)];
+        let image = PhysRange::new(0x4020_0000, 2 * MB);
+        let dtb = PhysRange::new(0x4800_0000, MB);
+        let kernel = PhysRange::new(0x5000_0000, 64 * MB);
+        let taken = [image, dtb, kernel];
+        let r = find_free(&ram, &taken, 32 * MB, 2 * MB, Some(0x4040_0000)).unwrap();
+        assert_eq!(r.base.get(), 0x4040_0000);
+        // Preferred spot collides with the DTB: highest fit instead.
+        let r = find_free(&ram, &taken, 128 * MB, 2 * MB, Some(0x4040_0000)).unwrap();
+        assert_eq!(r.end(), 0x8000_0000);
+        // Nothing big enough.
+        assert!(find_free(&ram, &taken, 2048 * MB, 2 * MB, None).is_none());
+    }
+
+    #[test]
+    fn highest_fit_skips_taken_ranges() {
+        let ram = [PhysRange::new(0x4000_0000, 64 * MB), PhysRange::new(0x1_0000_0000, 8 * MB)];
+        let taken = [PhysRange::new(0x1_0000_0000, 8 * MB), PhysRange::new(0x4300_0000, MB)];
+        let r = find_free(&ram, &taken, 16 * MB, 2 * MB, None).unwrap();
+        assert_eq!(r.base.get(), 0x4000_0000 + 32 * MB, "just below... or above the hole");
+        assert!(!overlaps_any(&r, &taken));
+        assert!(ram[0].contains_range(&r));
+    }
+}

@@ -1,0 +1,164 @@
+//! The thin architecture layer: system registers, barriers, cache and TLB maintenance,
+//! and the SMC conduit to firmware. Everything above it is plain Rust in `hyp`.
+
+use core::arch::asm;
+
+/// Reads a system register by name or `s3_…` encoding.
+macro_rules! read_sysreg {
+    ($name:literal) => {{
+        let v: u64;
+        // SAFETY: reading a system register has no memory effects; the register exists
+        // on every CPU Warden runs on (callers check the ID registers for optional ones).
+        unsafe {
+            core::arch::asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags))
+        };
+        v
+    }};
+}
+
+/// Writes a system register by name or `s3_…` encoding.
+macro_rules! write_sysreg {
+    ($name:literal, $v:expr) => {{
+        let v: u64 = $v;
+        // SAFETY: EL2 owns these registers; each call site documents why the value is
+        // right and checks the ID registers for optional ones.
+        unsafe {
+            core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) v, options(nostack, preserves_flags))
+        };
+    }};
+}
+
+pub(crate) use read_sysreg;
+pub(crate) use write_sysreg;
+
+/// Instruction synchronisation barrier.
+#[inline(always)]
+pub fn isb() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+}
+
+/// Full-system data synchronisation barrier.
+#[inline(always)]
+pub fn dsb_sy() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+
+/// Inner-shareable store barrier: table writes become visible to walkers.
+#[inline(always)]
+pub fn dsb_ishst() {
+    // SAFETY: a barrier has no memory-safety effect.
+    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+}
+
+/// Smallest data cache line size in bytes (CTR_EL0.DminLine).
+fn dcache_line() -> u64 {
+    4 << ((read_sysreg!("ctr_el0") >> 16) & 0xf)
+}
+
+/// Cleans `[start, start + len)` to the point of coherency, so a non-cached observer
+/// (a CPU with its MMU off, a non-coherent device) sees what this CPU wrote.
+pub fn clean_dcache_range(start: u64, len: u64) {
+    let line = dcache_line();
+    let mut a = start & !(line - 1);
+    while a < start + len {
+        // SAFETY: cache maintenance by VA on a mapped address has no effect on memory
+        // contents (a clean only writes back dirty data).
+        unsafe { asm!("dc cvac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    dsb_sy();
+}
+
+/// Invalidates `[start, start + len)` from the data caches, discarding any copy.
+///
+/// # Safety
+/// Dirty lines in the range are lost: only for memory whose cached copies are known to be
+/// stale or clean (used before the MMU is turned on, for memory written with it off).
+pub unsafe fn invalidate_dcache_range(start: u64, len: u64) {
+    let line = dcache_line();
+    let mut a = start & !(line - 1);
+    while a < start + len {
+        // SAFETY: the caller guarantees no dirty data in the range matters.
+        unsafe { asm!("dc ivac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    dsb_sy();
+}
+
+/// Invalidates all EL2 stage-1 TLB entries on this CPU.
+pub fn tlbi_alle2() {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe { asm!("tlbi alle2", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Invalidates stage-2 entries for `ipa` (one page), then all combined stage-1+2 entries
+/// of the current VMID, inner shareable — the sequence a host stage-2 change needs.
+pub fn tlbi_ipa_is(ipa: u64) {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe {
+        asm!(
+            "dsb ishst",
+            "tlbi ipas2e1is, {}",
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            in(reg) ipa >> 12,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// Invalidates all stage-1 and stage-2 entries of the current VMID, inner shareable.
+pub fn tlbi_vmalls12_is() {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe {
+        asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack, preserves_flags))
+    };
+}
+
+/// Invalidates all stage-1 and stage-2 entries of the current VMID on this CPU only.
+pub fn tlbi_vmalls12_local() {
+    // SAFETY: TLB maintenance only drops cached translations.
+    unsafe { asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+}
+
+/// Arguments and results of an SMCCC call (x0–x17).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SmcArgs(pub [u64; 18]);
+
+/// Issues `SMC #0` to firmware with x0–x17 and returns x0–x17 (SMCCC 1.2 allows results
+/// beyond x3; earlier versions preserve x4–x17).
+pub fn smc(args: &SmcArgs) -> SmcArgs {
+    let mut r = *args;
+    // SAFETY: an SMC transfers control to EL3 firmware, which follows SMCCC and returns
+    // here; it does not touch Warden's memory.
+    unsafe {
+        asm!(
+            "smc #0",
+            inout("x0") r.0[0], inout("x1") r.0[1], inout("x2") r.0[2], inout("x3") r.0[3],
+            inout("x4") r.0[4], inout("x5") r.0[5], inout("x6") r.0[6], inout("x7") r.0[7],
+            inout("x8") r.0[8], inout("x9") r.0[9], inout("x10") r.0[10], inout("x11") r.0[11],
+            inout("x12") r.0[12], inout("x13") r.0[13], inout("x14") r.0[14],
+            inout("x15") r.0[15], inout("x16") r.0[16], inout("x17") r.0[17],
+            options(nostack)
+        )
+    };
+    r
+}
+
+/// Parks this CPU forever (low power wait).
+pub fn park() -> ! {
+    loop {
+        // SAFETY: waiting for an event has no memory effect.
+        unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+    }
+}
+
+/// This CPU's MPIDR_EL1 affinity.
+pub fn mpidr() -> u64 {
+    read_sysreg!("mpidr_el1") & hyp::psci::MPIDR_AFF_MASK
+}

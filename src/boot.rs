@@ -1,0 +1,365 @@
+//! The boot flow: from firmware's jump to the host's first instruction at EL1, and the
+//! secondary / warm-boot path PSCI brings CPUs through.
+
+use crate::arch::{self, read_sysreg, write_sysreg};
+use crate::cpu::{self, CPUS, MAX_CPUS, NR_CPUS, STACK_SIZE};
+use crate::mm::{self, SCTLR_EL2_MMU_ON};
+use crate::println;
+use alloc::vec::Vec;
+use core::sync::atomic::Ordering;
+use hyp::addr::{Ipa, PhysRange};
+use hyp::dtb::{self, Platform};
+use hyp::el2_s1::{S1Attr, MAIR_EL2};
+use hyp::layout;
+use hyp::psci::PowerState;
+use hyp::s2mmu::{Granule, S2Attrs, S2Geometry, Stage2};
+use spin::{Mutex, Once};
+
+const MB: u64 = 1 << 20;
+/// Pool size when `warden.pool=` is not given.
+const DEFAULT_POOL: u64 = 32 * MB;
+/// The host's VMID: the first one, shared by the CPU and (later) every host StreamID.
+pub const HOST_VMID: u64 = 0;
+
+unsafe extern "C" {
+    fn secondary_entry();
+    fn enter_host(entry: u64, x0: u64, stack_top: u64) -> !;
+    static __stacks_start: u8;
+}
+
+/// Physical address of the secondary / warm-boot entry point (identity-mapped).
+pub fn secondary_entry_pa() -> u64 {
+    secondary_entry as *const () as u64
+}
+
+fn stack_top(slot: usize) -> u64 {
+    &raw const __stacks_start as u64 + (slot as u64 + 1) * STACK_SIZE
+}
+
+/// What every CPU needs to enter the host.
+struct HostCpuState {
+    vtcr: u64,
+    vttbr: u64,
+}
+
+static HOST_CPU: Once<HostCpuState> = Once::new();
+
+/// The host stage-2, shared later with the SMMU.
+pub static HOST_S2: Mutex<Option<Stage2>> = Mutex::new(None);
+
+/// Boot CPU entry from head.S, MMU off. `dtb` from firmware's x0, `base` the load address.
+#[unsafe(no_mangle)]
+extern "C" fn primary_main(dtb_pa: u64, base: u64) -> ! {
+    // SAFETY: first thing on the boot CPU, MMU off, nothing else running.
+    let Ok(map) = (unsafe { mm::early_mmu(dtb_pa) }) else {
+        // No usable DTB: there is no console to complain on either.
+        arch::park()
+    };
+    *mm::HYP_MAP.lock() = Some(map);
+    mm::init_boot_heap();
+    match boot(dtb_pa, base) {
+        Ok(()) => unreachable_park(),
+        Err(e) => {
+            println!("warden: boot failed: {e}");
+            log::error!("boot failed: {e}; parking the boot CPU");
+            arch::park()
+        }
+    }
+}
+
+fn unreachable_park() -> ! {
+    arch::park()
+}
+
+/// Maps RAM, the pool and the console, builds the host stage-2 and DTB, starts the host.
+fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
+    // SAFETY: the early map covers the whole DTB (its header size) read-write.
+    let dtb_len = unsafe { u32::from_be((dtb_pa as *const u32).add(1).read()) } as usize;
+    // SAFETY: as above; the blob stays untouched while Warden reads it.
+    let blob = unsafe { core::slice::from_raw_parts(dtb_pa as *const u8, dtb_len) };
+    let plat = Platform::parse(blob).map_err(|_| "the device tree is malformed")?;
+
+    if let Some(con) = &plat.console
+        && con.kind == dtb::ConsoleKind::Pl011
+        && mm::map_hyp(con.regs, S1Attr::Device).is_ok()
+    {
+        // SAFETY: the DTB names this PL011 and it is now mapped Device at EL2.
+        unsafe { crate::console::init_pl011(con.regs.base.get() as usize) };
+    }
+    let parsed = hyp::bootargs::parse(plat.bootargs.as_deref().unwrap_or(""));
+    let opts = parsed.options;
+    crate::console::init_log(opts.log);
+
+    let id = cpu::read_id_regs();
+    println!("Warden v{} — EL2 hypervisor", env!("CARGO_PKG_VERSION"));
+    println!("warden: load address {base:#x}, image {:?}", mm::image_range());
+    for w in parsed.warnings() {
+        log::warn!("bootargs: {w}");
+    }
+    println!(
+        "warden: CPU MIDR {:#x}: PA {} bits, VMID {} bits, stage-2 granules 4K:{} 16K:{} 64K:{}, SVE:{} SME:{} PAuth:{} MTE2:{} FGT:{} HCX:{}",
+        read_sysreg!("midr_el1"),
+        id.pa_bits(),
+        id.vmid_bits(),
+        id.s2_granules()[0],
+        id.s2_granules()[1],
+        id.s2_granules()[2],
+        id.sve(),
+        id.sme(),
+        id.pauth(),
+        id.mte2(),
+        id.fgt(),
+        id.hcx()
+    );
+
+    // ---- RAM, carve-out and pool ------------------------------------------------------
+    let ram: Vec<PhysRange> = plat.ram.clone();
+    if ram.is_empty() {
+        return Err("no /memory in the device tree");
+    }
+    for r in &ram {
+        println!("warden: RAM {:#x}..{:#x} ({} MiB)", r.base.get(), r.end(), r.size / MB);
+    }
+    let image = mm::image_range();
+    let image_2m = PhysRange::new(
+        image.base.get(),
+        layout::align_up(image.size, 2 * MB).ok_or("image size")?,
+    );
+    let kernel = plat.kernel.as_ref().ok_or("no multiboot,kernel module under /chosen")?;
+    let kernel_span = kernel_footprint(kernel.range)?;
+    let ramdisk = plat.ramdisk.as_ref().map(|m| m.range);
+    let mut taken: Vec<PhysRange> = plat.reservations.iter().map(|r| r.range).collect();
+    taken.push(PhysRange::new(dtb_pa, dtb_len as u64));
+    taken.push(kernel_span);
+    if let Some(rd) = ramdisk {
+        taken.push(rd);
+    }
+    taken.push(image_2m);
+    if let Some(clash) = taken[..taken.len() - 1].iter().find(|t| t.overlaps(&image_2m)) {
+        log::error!("Warden's image {image_2m:?} overlaps {clash:?}");
+        return Err("Warden's image overlaps the DTB, a module or a reservation");
+    }
+    let pool_size = opts.pool_size.unwrap_or(DEFAULT_POOL);
+    let pool = layout::find_free(&ram, &taken, pool_size, 2 * MB, Some(image_2m.end()))
+        .ok_or("no free RAM for Warden's pool (warden.pool=)")?;
+    taken.push(pool);
+    let carveouts: Vec<PhysRange> = if pool.base.get() == image_2m.end() {
+        alloc::vec![PhysRange::new(image_2m.base.get(), image_2m.size + pool.size)]
+    } else {
+        alloc::vec![image_2m, pool]
+    };
+
+    // Map all RAM (the image keeps its executable mapping) and hand the pool to the heap.
+    for bank in &ram {
+        let mut err = Ok(());
+        layout::subtract(*bank, &[image], |piece| {
+            if err.is_ok() {
+                err = mm::map_hyp(piece, S1Attr::NormalRw);
+            }
+        });
+        err.map_err(|_| "cannot map RAM at EL2")?;
+    }
+    // SAFETY: the pool lies in RAM (mapped above), overlaps nothing else, and is
+    // Warden's from now on (it leaves the host stage-2 below).
+    unsafe { mm::add_to_heap(pool) };
+    for c in &carveouts {
+        println!("warden: carve-out {:#x}..{:#x} ({} MiB)", c.base.get(), c.end(), c.size / MB);
+    }
+    println!("warden: pool {:#x}..{:#x} ({} MiB)", pool.base.get(), pool.end(), pool.size / MB);
+
+    // ---- Host modules -------------------------------------------------------------------
+    println!(
+        "warden: host kernel {:#x}..{:#x}, bootargs \"{}\"",
+        kernel.range.base.get(),
+        kernel.range.end(),
+        kernel.bootargs.as_deref().unwrap_or("")
+    );
+    if let Some(rd) = ramdisk {
+        println!("warden: host ramdisk {:#x}..{:#x}", rd.base.get(), rd.end());
+    }
+
+    // ---- Host stage-2 ------------------------------------------------------------------
+    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts)?;
+    let geom = s2.geometry();
+    let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
+    let vttbr = s2.root().get() | (HOST_VMID << 48);
+    println!(
+        "warden: host stage-2: IPA {} bits, 4K granule, start level {}, {} concatenated root table(s), root {:#x}, VTCR_EL2 {vtcr:#x}",
+        geom.ipa_bits(),
+        geom.start_level(),
+        geom.root_tables(),
+        s2.root().get()
+    );
+    *HOST_S2.lock() = Some(s2);
+    HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
+
+    // ---- Host DTB ----------------------------------------------------------------------
+    let out_size = layout::align_up(dtb_len as u64 + 64 * 1024, 4096).ok_or("dtb size")?;
+    if out_size > 2 * MB {
+        return Err("device tree too large for the host (over 2 MiB)");
+    }
+    let out = layout::find_free(&ram, &taken, 2 * MB, 2 * MB, Some(pool.end()))
+        .ok_or("no free RAM for the host device tree")?;
+    // SAFETY: `out` is free host RAM, mapped at EL2, overlapping nothing in use.
+    let out_buf =
+        unsafe { core::slice::from_raw_parts_mut(out.base.get() as *mut u8, out_size as usize) };
+    let edits = dtb::HostDtbEdits::for_host(&plat, &carveouts);
+    let n = dtb::build_host_dtb(blob, out_buf, &edits).map_err(|_| "cannot build the host DTB")?;
+    arch::clean_dcache_range(out.base.get(), n as u64);
+    println!("warden: host DTB at {:#x} ({n} bytes)", out.base.get());
+
+    // ---- CPUs --------------------------------------------------------------------------
+    setup_cpu_slots(&plat)?;
+    let (used, total) = mm::heap_usage();
+    println!("warden: heap {} KiB used of {} KiB; starting the host", used / 1024, total / 1024);
+
+    let me = 0;
+    write_sysreg!("tpidr_el2", me as u64);
+    CPUS[me].power.set(PowerState::On);
+    enter_host_on_this_cpu(kernel.range.base.get(), out.base.get(), me)
+}
+
+/// The kernel Image's footprint: its file, or `image_size` from its header if larger.
+fn kernel_footprint(file: PhysRange) -> Result<PhysRange, &'static str> {
+    if file.size < 64 {
+        return Err("host kernel module too small for an arm64 Image");
+    }
+    let hdr = file.base.get() as *const u64;
+    // SAFETY: RAM holding the module is mapped at EL2 (early map covers the DTB only, so
+    // map the header page first).
+    mm::map_hyp(PhysRange::new(file.base.get(), 64), S1Attr::NormalRw)
+        .map_err(|_| "cannot map the kernel header")?;
+    // SAFETY: mapped just above; an aligned 64-byte header.
+    let (text_offset, image_size, magic) =
+        unsafe { (hdr.add(1).read(), hdr.add(2).read(), (hdr.add(7) as *const u32).read()) };
+    if magic != 0x644d_5241 {
+        return Err("host kernel module is not an arm64 Image (bad magic)");
+    }
+    if (file.base.get() - text_offset) % (2 * MB) != 0 {
+        return Err("host kernel module must sit text_offset after a 2 MiB boundary");
+    }
+    Ok(PhysRange::new(file.base.get(), file.size.max(image_size)))
+}
+
+fn build_host_stage2(
+    id: &hyp::el2_setup::IdRegs,
+    plat: &Platform,
+    ram: &[PhysRange],
+    carveouts: &[PhysRange],
+) -> Result<Stage2, &'static str> {
+    let pa_bits = id.pa_bits().min(48);
+    let top = ram.iter().map(|r| r.end()).chain([plat.max_mmio_end]).max().unwrap_or(0);
+    let ipa_bits = [32u32, 36, 40, 42, 44, 48]
+        .into_iter()
+        .find(|&b| b <= pa_bits && (b == 64 || top <= 1u64 << b))
+        .ok_or("the platform's address map exceeds the CPU's PA size")?;
+    let geom =
+        S2Geometry::new(Granule::Size4K, ipa_bits, pa_bits).map_err(|_| "stage-2 geometry")?;
+    // TLB maintenance issued while building targets the host VMID.
+    write_sysreg!("vttbr_el2", HOST_VMID << 48);
+    arch::isb();
+    let mut mem = mm::S2Mem;
+    let mut tlb = HostTlb;
+    // SAFETY: every use of the host stage-2 passes `mm::S2Mem`, whose tables come from the
+    // heap and are freed only through it.
+    let mut s2 =
+        unsafe { Stage2::new(geom, &mut mem) }.map_err(|_| "no memory for the host stage-2")?;
+    let space = PhysRange::new(0, 1u64 << ipa_bits);
+    let mut err = Ok(());
+    // Everything that is not RAM: Device memory (MMIO), largest blocks possible.
+    layout::subtract(space, ram, |r| {
+        if err.is_ok() {
+            err = s2.map(&mut mem, &mut tlb, Ipa(r.base.get()), r.base, r.size, S2Attrs::DEVICE_RW);
+        }
+    });
+    // RAM minus Warden's carve-outs: Normal write-back.
+    for bank in ram {
+        layout::subtract(*bank, carveouts, |r| {
+            if err.is_ok() {
+                err = s2.map(&mut mem, &mut tlb, Ipa(r.base.get()), r.base, r.size, S2Attrs::NORMAL_RWX);
+            }
+        });
+    }
+    err.map_err(|_| "cannot build the host stage-2")?;
+    Ok(s2)
+}
+
+/// Stage-2 TLB maintenance for the host's VMID (the current VTTBR_EL2).
+pub struct HostTlb;
+
+impl hyp::s2mmu::S2Tlb for HostTlb {
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, _last_level_only: bool) {
+        if size > 64 * 4096 {
+            arch::tlbi_vmalls12_is();
+            return;
+        }
+        let mut a = ipa.get();
+        while a < ipa.get() + size {
+            arch::tlbi_ipa_is(a);
+            a += 4096;
+        }
+    }
+    fn invalidate_all(&mut self) {
+        arch::tlbi_vmalls12_is();
+    }
+}
+
+fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
+    let me = arch::mpidr();
+    let mut mpidrs: Vec<u64> = alloc::vec![me];
+    for c in plat.cpus.iter().filter(|c| c.available) {
+        let m = c.mpidr & hyp::psci::MPIDR_AFF_MASK;
+        if m != me {
+            mpidrs.push(m);
+        }
+    }
+    if mpidrs.len() > MAX_CPUS {
+        log::warn!("{} CPUs in the DTB; Warden manages the first {MAX_CPUS}", mpidrs.len());
+        mpidrs.truncate(MAX_CPUS);
+    }
+    let ttbr0 = read_sysreg!("ttbr0_el2");
+    for (i, m) in mpidrs.iter().enumerate() {
+        CPUS[i].mpidr.store(*m, Ordering::Release);
+        // SAFETY: no other CPU runs yet.
+        unsafe {
+            CPUS[i].update_boot(|b| {
+                b.stack_top = stack_top(i);
+                b.ttbr0 = ttbr0;
+                b.tcr = mm::tcr();
+                b.mair = MAIR_EL2;
+                b.sctlr = SCTLR_EL2_MMU_ON;
+                b.index = i as u64;
+            })
+        };
+    }
+    NR_CPUS.store(mpidrs.len(), Ordering::Release);
+    println!(
+        "warden: {} CPU(s), boot CPU MPIDR {me:#x}, PSCI {:?}, GIC {:?}",
+        mpidrs.len(),
+        plat.psci.as_ref().map(|p| p.method),
+        plat.gic.as_ref().map(|g| g.version)
+    );
+    Ok(())
+}
+
+fn enter_host_on_this_cpu(entry: u64, x0: u64, slot: usize) -> ! {
+    let st = HOST_CPU.get().map(|h| (h.vtcr, h.vttbr));
+    let Some((vtcr, vttbr)) = st else { arch::park() };
+    cpu::init_el2_for_host(vtcr, vttbr);
+    // SAFETY: EL2 is fully set up for the host; the stack is reset to this CPU's top.
+    unsafe { enter_host(entry, x0, stack_top(slot)) }
+}
+
+/// Secondary / warm-boot entry from head.S, MMU on, on this CPU's own stack.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_main(record: &cpu::CpuBoot) -> ! {
+    let slot = record.index as usize;
+    if slot >= MAX_CPUS {
+        arch::park()
+    }
+    write_sysreg!("tpidr_el2", slot as u64);
+    let (entry, ctx) = (record.host_entry, record.host_ctx);
+    CPUS[slot].power.set(PowerState::On);
+    log::debug!("CPU {slot} (MPIDR {:#x}) entering the host at {entry:#x}", arch::mpidr());
+    enter_host_on_this_cpu(entry, ctx, slot)
+}

@@ -1,0 +1,185 @@
+//! Warden's memory at EL2: the heap (one buddy allocator serving both Rust allocations and
+//! page-table pages, seeded from .bss and then from the pool carve-out), the EL2 identity
+//! map, and turning the MMU on.
+
+use crate::arch::{self, write_sysreg};
+use buddy_system_allocator::LockedHeap;
+use core::alloc::Layout;
+use core::cell::UnsafeCell;
+use hyp::addr::{PhysAddr, PhysRange};
+use hyp::el2_s1::{IdMap, S1Attr, TableAlloc, MAIR_EL2};
+use spin::Mutex;
+
+#[global_allocator]
+static HEAP: LockedHeap<33> = LockedHeap::empty();
+
+/// SCTLR_EL2 with MMU, data and instruction caches on (and SA, RES1 bits).
+pub const SCTLR_EL2_MMU_ON: u64 = 0x30c5_183d;
+
+const EARLY_TABLES: usize = 8;
+const BOOT_HEAP_SIZE: usize = 2 << 20;
+
+#[repr(C, align(4096))]
+struct Pages<const N: usize>([[u8; 4096]; N]);
+
+/// Memory in .bss handed out before the heap exists. Accessed only through raw pointers.
+struct BssPages<const N: usize>(UnsafeCell<Pages<N>>);
+// SAFETY: used only by the boot CPU during boot, through raw pointers.
+unsafe impl<const N: usize> Sync for BssPages<N> {}
+
+static EARLY: BssPages<EARLY_TABLES> = BssPages(UnsafeCell::new(Pages([[0; 4096]; EARLY_TABLES])));
+static BOOT_HEAP: BssPages<{ BOOT_HEAP_SIZE / 4096 }> =
+    BssPages(UnsafeCell::new(Pages([[0; 4096]; BOOT_HEAP_SIZE / 4096])));
+
+/// Table pages for the EL2 map: a few from .bss (usable with the MMU off, no locks), then
+/// from the heap.
+pub struct HypTables {
+    early_used: usize,
+}
+
+impl TableAlloc for HypTables {
+    fn alloc(&mut self) -> Option<PhysAddr> {
+        if self.early_used < EARLY_TABLES {
+            let base = EARLY.0.get() as u64;
+            let pa = base + (self.early_used as u64) * 4096;
+            self.early_used += 1;
+            // .bss was zeroed at entry and each page is handed out once.
+            return Some(PhysAddr(pa));
+        }
+        alloc_zeroed_pages(4096, 4096)
+    }
+    fn ptr(&self, pa: PhysAddr) -> *mut u64 {
+        pa.get() as *mut u64
+    }
+}
+
+/// `size` zeroed bytes aligned to `align` from the heap, as a physical address.
+pub fn alloc_zeroed_pages(size: usize, align: usize) -> Option<PhysAddr> {
+    let layout = Layout::from_size_align(size, align).ok()?;
+    // SAFETY: the layout has non-zero size.
+    let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+    (!p.is_null()).then(|| PhysAddr(p as u64))
+}
+
+/// Returns pages from [`alloc_zeroed_pages`].
+///
+/// # Safety
+/// `pa`/`size`/`align` must come from one earlier `alloc_zeroed_pages` call.
+pub unsafe fn free_pages(pa: PhysAddr, size: usize, align: usize) {
+    if let Ok(layout) = Layout::from_size_align(size, align) {
+        // SAFETY: by the caller's contract.
+        unsafe { alloc::alloc::dealloc(pa.get() as *mut u8, layout) };
+    }
+}
+
+/// The EL2 identity map and its table allocator.
+pub static HYP_MAP: Mutex<Option<(IdMap, HypTables)>> = Mutex::new(None);
+
+unsafe extern "C" {
+    static _start_image: u8;
+    static _end: u8;
+}
+
+/// Warden's image in memory: `[_start, _end)` at its runtime address.
+pub fn image_range() -> PhysRange {
+    let start = &raw const _start_image as u64;
+    let end = &raw const _end as u64;
+    PhysRange::new(start, end - start)
+}
+
+/// TCR_EL2 for this CPU's PA size.
+pub fn tcr() -> u64 {
+    hyp::el2_s1::tcr_el2(crate::arch::read_sysreg!("id_aa64mmfr0_el1") & 0xf)
+}
+
+/// Builds the boot-time EL2 map (image and DTB) and turns on the MMU and caches.
+///
+/// # Safety
+/// Must run once, on the boot CPU, with the MMU off, before anything else uses locks or
+/// the heap; `dtb` must be the address firmware passed.
+pub unsafe fn early_mmu(dtb: u64) -> Result<(IdMap, HypTables), ()> {
+    let mut tables = HypTables { early_used: 0 };
+    let mut map = IdMap::new(&mut tables).map_err(|_| ())?;
+    let image = image_range();
+    map.map(&mut tables, image, S1Attr::NormalRwx).map_err(|_| ())?;
+    // SAFETY: firmware passed a DTB address; its header is two aligned big-endian words.
+    let (magic, size) = unsafe {
+        (
+            u32::from_be((dtb as *const u32).read_volatile()),
+            u32::from_be((dtb as *const u32).add(1).read_volatile()),
+        )
+    };
+    if dtb == 0 || dtb % 8 != 0 || magic != 0xd00d_feed {
+        return Err(());
+    }
+    map.map(&mut tables, PhysRange::new(dtb, size as u64), S1Attr::NormalRw).map_err(|_| ())?;
+
+    // Everything written so far went to memory with caches off; drop any stale cached
+    // copies of the image (tables, .bss, stack) before caching is turned on.
+    // SAFETY: the boot protocol leaves the image cleaned to PoC, so no dirty line matters.
+    unsafe { arch::invalidate_dcache_range(image.base.get(), image.size) };
+    write_sysreg!("mair_el2", MAIR_EL2);
+    write_sysreg!("tcr_el2", tcr());
+    write_sysreg!("ttbr0_el2", map.root().get());
+    arch::isb();
+    arch::tlbi_alle2();
+    write_sysreg!("sctlr_el2", SCTLR_EL2_MMU_ON);
+    arch::isb();
+    // SAFETY: instruction cache invalidation has no memory effect.
+    unsafe { core::arch::asm!("ic iallu", "dsb nsh", "isb") };
+    Ok((map, tables))
+}
+
+/// Gives the heap its first memory (from .bss).
+pub fn init_boot_heap() {
+    // SAFETY: BOOT_HEAP is used for nothing else and is handed over once.
+    unsafe { HEAP.lock().init(BOOT_HEAP.0.get() as usize, BOOT_HEAP_SIZE) };
+}
+
+/// Adds `range` (Warden's pool) to the heap.
+///
+/// # Safety
+/// `range` must be mapped, owned by Warden from now on, and given only once.
+pub unsafe fn add_to_heap(range: PhysRange) {
+    let start = range.base.get() as usize;
+    // SAFETY: by the caller's contract.
+    unsafe { HEAP.lock().add_to_heap(start, start + range.size as usize) };
+}
+
+/// Heap statistics: (allocated bytes, total bytes).
+pub fn heap_usage() -> (usize, usize) {
+    let h = HEAP.lock();
+    (h.stats_alloc_actual(), h.stats_total_bytes())
+}
+
+/// Adds `range` to the live EL2 map with `attr`.
+pub fn map_hyp(range: PhysRange, attr: S1Attr) -> Result<(), hyp::el2_s1::S1Error> {
+    let mut g = HYP_MAP.lock();
+    let Some((map, tables)) = g.as_mut() else {
+        return Err(hyp::el2_s1::S1Error::BadRange);
+    };
+    let r = map.map(tables, range, attr);
+    // New valid entries replace invalid ones: no TLB maintenance, only visibility.
+    arch::dsb_ishst();
+    arch::isb();
+    r
+}
+
+/// Stage-2 table memory from the heap (identity-mapped at EL2).
+pub struct S2Mem;
+
+// SAFETY: allocations come from the global heap, zeroed and aligned as requested, are
+// identity-mapped at EL2 (VA == PA), and are owned by the page table until freed.
+unsafe impl hyp::s2mmu::TableMemory for S2Mem {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+        alloc_zeroed_pages(size, align)
+    }
+    unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+        // SAFETY: tables (roots included) are allocated with alignment == size, and
+        // the trait contract says `pa`/`size` come from `alloc_zeroed`.
+        unsafe { free_pages(pa, size, size) };
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+        pa.get() as *mut u64
+    }
+}

@@ -1,0 +1,294 @@
+//! `cargo xtask test`: every test layer in order, a summary, non-zero exit on failure.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::bail;
+use crate::boottest::{self, VARIANTS};
+use crate::util::{Result, describe};
+use crate::{build, cargo, deps, initramfs};
+
+/// The steps, in the order they run. Boot steps are named `boot:<variant>`.
+pub fn step_names() -> Vec<String> {
+    let mut names: Vec<String> = ["fmt", "clippy", "clippy-aarch64", "unit", "image"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
+    names
+}
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Run only these (step names, `boot` for all boots, or a variant name).
+    pub only: Vec<String>,
+    /// Skip these (same names).
+    pub skip: Vec<String>,
+    pub timeout_secs: Option<u64>,
+    pub direct: bool,
+    /// Boot this flat image instead of building one.
+    pub image: Option<std::path::PathBuf>,
+}
+
+/// Whether a filter word selects a step.
+pub fn matches(word: &str, step: &str) -> bool {
+    word == step
+        || (word == "boot" || word == "qemu") && step.starts_with("boot:")
+        || step.strip_prefix("boot:") == Some(word)
+        || word == "clippy" && step == "clippy-aarch64"
+}
+
+/// The steps selected by `--only`/`--skip`, in order.
+pub fn select(opts: &Options) -> Result<Vec<String>> {
+    for word in opts.only.iter().chain(&opts.skip) {
+        if !step_names().iter().any(|s| matches(word, s)) {
+            bail!(
+                "unknown test step '{word}'; the steps are: {}, boot",
+                step_names().join(", ")
+            );
+        }
+    }
+    let mut steps: Vec<String> = step_names()
+        .into_iter()
+        .filter(|s| opts.only.is_empty() || opts.only.iter().any(|w| matches(w, s)))
+        .filter(|s| !opts.skip.iter().any(|w| matches(w, s)))
+        .collect();
+    // Boots need the image (unless they boot Linux directly).
+    let boots = steps.iter().any(|s| s.starts_with("boot:"));
+    let prebuilt = opts.direct || opts.image.is_some();
+    if boots && !prebuilt && !steps.iter().any(|s| s == "image") {
+        if opts.skip.iter().any(|w| w == "image") {
+            bail!("the boot steps need the image: do not skip `image`");
+        }
+        let at = steps
+            .iter()
+            .position(|s| s.starts_with("boot:"))
+            .unwrap_or(0);
+        steps.insert(at, "image".into());
+    }
+    Ok(steps)
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+fn cargo_step(args: &[&str]) -> Outcome {
+    let mut cmd = cargo();
+    cmd.args(args);
+    run_step_cmd(cmd)
+}
+
+fn run_step_cmd(mut cmd: Command) -> Outcome {
+    println!("    $ {}", describe(&cmd));
+    match cmd.status() {
+        Ok(s) if s.success() => Outcome::Pass,
+        Ok(s) => Outcome::Fail(format!("`{}` failed ({s})", describe(&cmd))),
+        Err(e) => Outcome::Fail(format!("cannot run `{}`: {e}", describe(&cmd))),
+    }
+}
+
+/// Runs the selected steps; returns whether all passed.
+pub fn run(opts: &Options) -> Result<bool> {
+    let steps = select(opts)?;
+    let needs_target = steps.iter().any(|s| s == "clippy-aarch64" || s == "image");
+    let boots: Vec<&str> = steps
+        .iter()
+        .filter_map(|s| s.strip_prefix("boot:"))
+        .collect();
+
+    let mut results: Vec<(String, Outcome, Duration)> = Vec::new();
+    let mut payload = None;
+    let setup_start = Instant::now();
+    if needs_target {
+        deps::ensure_rust_target()?;
+    }
+    if !boots.is_empty() {
+        // Installing is part of the boot tests: a failure there fails them, not xtask.
+        let ready = deps::ensure_qemu()
+            .and_then(|()| deps::ensure_payload())
+            .and_then(|p| {
+                let initrd = initramfs::ensure(&p)?;
+                Ok((p, initrd))
+            });
+        match ready {
+            Ok(p) => payload = Some(p),
+            Err(e) => {
+                println!("xtask: cannot set up the boot tests: {e}");
+                results.push((
+                    "setup".into(),
+                    Outcome::Fail(format!("{e}")),
+                    setup_start.elapsed(),
+                ))
+            }
+        }
+    }
+
+    let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or(240));
+    let mut image_ok = false;
+    for step in &steps {
+        println!("==> {step}");
+        let start = Instant::now();
+        let outcome = match step.as_str() {
+            "fmt" => cargo_step(&["fmt", "--all", "--", "--check"]),
+            "clippy" => cargo_step(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "clippy-aarch64" => cargo_step(&[
+                "clippy",
+                "-p",
+                "warden",
+                "-p",
+                "hyp",
+                "-p",
+                "host-abi",
+                "--target",
+                "aarch64-unknown-none",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+            "unit" => cargo_step(&["test", "--workspace", "--no-fail-fast"]),
+            "image" => match build::build_image(false) {
+                Ok(_) => {
+                    image_ok = true;
+                    Outcome::Pass
+                }
+                Err(e) => Outcome::Fail(e.to_string()),
+            },
+            boot => {
+                let name = boot.strip_prefix("boot:").expect("boot step");
+                let v = VARIANTS
+                    .iter()
+                    .find(|v| v.name == name)
+                    .expect("known variant");
+                match (&payload, image_ok || opts.direct || opts.image.is_some()) {
+                    (None, _) => {
+                        Outcome::Skip("the host kernel/initramfs could not be set up".into())
+                    }
+                    (_, false) => Outcome::Skip("no image (the image step failed)".into()),
+                    (Some((p, initrd)), true) => {
+                        let bopts = boottest::Options {
+                            timeout,
+                            direct: opts.direct,
+                        };
+                        match boottest::run_variant(
+                            v,
+                            &opts.image.clone().unwrap_or_else(build::image_path),
+                            &p.kernel,
+                            initrd,
+                            &bopts,
+                        ) {
+                            Ok(problems) if problems.is_empty() => Outcome::Pass,
+                            Ok(problems) => Outcome::Fail(format!(
+                                "{} (log: {})",
+                                problems.join("; "),
+                                boottest::log_dir()
+                                    .join(format!(
+                                        "{name}{}.log",
+                                        if opts.direct { "-direct" } else { "" }
+                                    ))
+                                    .display()
+                            )),
+                            Err(e) => Outcome::Fail(e.to_string()),
+                        }
+                    }
+                }
+            }
+        };
+        let elapsed = start.elapsed();
+        let word = match &outcome {
+            Outcome::Pass => "PASS",
+            Outcome::Fail(_) => "FAIL",
+            Outcome::Skip(_) => "SKIP",
+        };
+        println!("<== {step}: {word} ({:.0} s)", elapsed.as_secs_f64());
+        results.push((step.clone(), outcome, elapsed));
+    }
+
+    println!("\n==> summary");
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, outcome, elapsed) in &results {
+        let secs = elapsed.as_secs_f64();
+        match outcome {
+            Outcome::Pass => {
+                passed += 1;
+                println!("  PASS  {name:<16} {secs:>5.0} s");
+            }
+            Outcome::Fail(why) => {
+                failed += 1;
+                println!(
+                    "  FAIL  {name:<16} {secs:>5.0} s  {}",
+                    why.lines().next().unwrap_or("")
+                );
+            }
+            Outcome::Skip(why) => {
+                skipped += 1;
+                println!("  SKIP  {name:<16} {secs:>5.0} s  {why}");
+            }
+        }
+    }
+    // Skipped steps were selected and could not run: that is a failure of the run.
+    println!("xtask: {passed} passed, {failed} failed, {skipped} skipped");
+    Ok(failed == 0 && skipped == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(only: &[&str], skip: &[&str]) -> Vec<String> {
+        select(&Options {
+            only: only.iter().map(|s| s.to_string()).collect(),
+            skip: skip.iter().map(|s| s.to_string()).collect(),
+            ..Options::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn default_runs_everything() {
+        let all = sel(&[], &[]);
+        assert_eq!(all, step_names());
+        assert!(all.contains(&"boot:relocated".to_string()));
+    }
+
+    #[test]
+    fn filters() {
+        assert_eq!(sel(&["fmt"], &[]), ["fmt"]);
+        assert_eq!(sel(&["clippy"], &[]), ["clippy", "clippy-aarch64"]);
+        assert_eq!(sel(&["max-gicv3"], &[]), ["image", "boot:max-gicv3"]);
+        assert_eq!(
+            sel(&["unit", "boot:relocated"], &[]),
+            ["unit", "image", "boot:relocated"]
+        );
+        let no_qemu = sel(&[], &["qemu"]);
+        assert!(no_qemu.iter().all(|s| !s.starts_with("boot:")));
+        assert!(no_qemu.contains(&"image".to_string()));
+        assert_eq!(sel(&["boot"], &["n1-5g"]).len(), 1 + VARIANTS.len() - 1);
+    }
+
+    #[test]
+    fn bad_filters_are_errors() {
+        let o = Options {
+            only: vec!["nope".into()],
+            ..Options::default()
+        };
+        assert!(select(&o).is_err());
+        let o = Options {
+            only: vec!["boot".into()],
+            skip: vec!["image".into()],
+            ..Options::default()
+        };
+        assert!(select(&o).is_err());
+    }
+}
