@@ -45,7 +45,6 @@ pub fn dsb_sy() {
     unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
-
 /// Inner-shareable store barrier: table writes become visible to walkers.
 #[inline(always)]
 pub fn dsb_ishst() {
@@ -91,7 +90,14 @@ pub unsafe fn invalidate_dcache_range(start: u64, len: u64) {
 /// Invalidates all EL2 stage-1 TLB entries on this CPU.
 pub fn tlbi_alle2() {
     // SAFETY: TLB maintenance only drops cached translations.
-    unsafe { asm!("tlbi alle2", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        asm!(
+            "tlbi alle2",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Invalidates stage-2 entries for `ipa` (one page), then all combined stage-1+2 entries
@@ -116,14 +122,27 @@ pub fn tlbi_ipa_is(ipa: u64) {
 pub fn tlbi_vmalls12_is() {
     // SAFETY: TLB maintenance only drops cached translations.
     unsafe {
-        asm!("dsb ishst", "tlbi vmalls12e1is", "dsb ish", "isb", options(nostack, preserves_flags))
+        asm!(
+            "dsb ishst",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
     };
 }
 
 /// Invalidates all stage-1 and stage-2 entries of the current VMID on this CPU only.
 pub fn tlbi_vmalls12_local() {
     // SAFETY: TLB maintenance only drops cached translations.
-    unsafe { asm!("tlbi vmalls12e1", "dsb nsh", "isb", options(nostack, preserves_flags)) };
+    unsafe {
+        asm!(
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        )
+    };
 }
 
 /// Arguments and results of an SMCCC call (x0–x17).

@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hyp::addr::{Ipa, PhysRange};
 use hyp::dtb::{self, Platform};
-use hyp::el2_s1::{S1Attr, MAIR_EL2};
+use hyp::el2_s1::{MAIR_EL2, S1Attr};
 use hyp::layout;
 use hyp::psci::PowerState;
 use hyp::s2mmu::{Granule, S2Attrs, S2Geometry, Stage2};
@@ -92,7 +92,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
 
     let id = cpu::read_id_regs();
     println!("Warden v{} — EL2 hypervisor", env!("CARGO_PKG_VERSION"));
-    println!("warden: load address {base:#x}, image {:?}", mm::image_range());
+    println!(
+        "warden: load address {base:#x}, image {:?}",
+        mm::image_range()
+    );
     for w in parsed.warnings() {
         log::warn!("bootargs: {w}");
     }
@@ -118,14 +121,22 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         return Err("no /memory in the device tree");
     }
     for r in &ram {
-        println!("warden: RAM {:#x}..{:#x} ({} MiB)", r.base.get(), r.end(), r.size / MB);
+        println!(
+            "warden: RAM {:#x}..{:#x} ({} MiB)",
+            r.base.get(),
+            r.end(),
+            r.size / MB
+        );
     }
     let image = mm::image_range();
     let image_2m = PhysRange::new(
         image.base.get(),
         layout::align_up(image.size, 2 * MB).ok_or("image size")?,
     );
-    let kernel = plat.kernel.as_ref().ok_or("no multiboot,kernel module under /chosen")?;
+    let kernel = plat
+        .kernel
+        .as_ref()
+        .ok_or("no multiboot,kernel module under /chosen")?;
     let kernel_span = kernel_footprint(kernel.range)?;
     let ramdisk = plat.ramdisk.as_ref().map(|m| m.range);
     let mut taken: Vec<PhysRange> = plat.reservations.iter().map(|r| r.range).collect();
@@ -135,7 +146,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         taken.push(rd);
     }
     taken.push(image_2m);
-    if let Some(clash) = taken[..taken.len() - 1].iter().find(|t| t.overlaps(&image_2m)) {
+    if let Some(clash) = taken[..taken.len() - 1]
+        .iter()
+        .find(|t| t.overlaps(&image_2m))
+    {
         log::error!("Warden's image {image_2m:?} overlaps {clash:?}");
         return Err("Warden's image overlaps the DTB, a module or a reservation");
     }
@@ -144,7 +158,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         .ok_or("no free RAM for Warden's pool (warden.pool=)")?;
     taken.push(pool);
     let carveouts: Vec<PhysRange> = if pool.base.get() == image_2m.end() {
-        alloc::vec![PhysRange::new(image_2m.base.get(), image_2m.size + pool.size)]
+        alloc::vec![PhysRange::new(
+            image_2m.base.get(),
+            image_2m.size + pool.size
+        )]
     } else {
         alloc::vec![image_2m, pool]
     };
@@ -163,9 +180,19 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // Warden's from now on (it leaves the host stage-2 below).
     unsafe { mm::add_to_heap(pool) };
     for c in &carveouts {
-        println!("warden: carve-out {:#x}..{:#x} ({} MiB)", c.base.get(), c.end(), c.size / MB);
+        println!(
+            "warden: carve-out {:#x}..{:#x} ({} MiB)",
+            c.base.get(),
+            c.end(),
+            c.size / MB
+        );
     }
-    println!("warden: pool {:#x}..{:#x} ({} MiB)", pool.base.get(), pool.end(), pool.size / MB);
+    println!(
+        "warden: pool {:#x}..{:#x} ({} MiB)",
+        pool.base.get(),
+        pool.end(),
+        pool.size / MB
+    );
 
     // ---- Host modules -------------------------------------------------------------------
     println!(
@@ -211,7 +238,11 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // ---- CPUs --------------------------------------------------------------------------
     setup_cpu_slots(&plat)?;
     let (used, total) = mm::heap_usage();
-    println!("warden: heap {} KiB used of {} KiB; starting the host", used / 1024, total / 1024);
+    println!(
+        "warden: heap {} KiB used of {} KiB; starting the host",
+        used / 1024,
+        total / 1024
+    );
 
     let me = 0;
     write_sysreg!("tpidr_el2", me as u64);
@@ -230,12 +261,17 @@ fn kernel_footprint(file: PhysRange) -> Result<PhysRange, &'static str> {
     mm::map_hyp(PhysRange::new(file.base.get(), 64), S1Attr::NormalRw)
         .map_err(|_| "cannot map the kernel header")?;
     // SAFETY: mapped just above; an aligned 64-byte header.
-    let (text_offset, image_size, magic) =
-        unsafe { (hdr.add(1).read(), hdr.add(2).read(), (hdr.add(7) as *const u32).read()) };
+    let (text_offset, image_size, magic) = unsafe {
+        (
+            hdr.add(1).read(),
+            hdr.add(2).read(),
+            (hdr.add(7) as *const u32).read(),
+        )
+    };
     if magic != 0x644d_5241 {
         return Err("host kernel module is not an arm64 Image (bad magic)");
     }
-    if (file.base.get() - text_offset) % (2 * MB) != 0 {
+    if !(file.base.get() - text_offset).is_multiple_of(2 * MB) {
         return Err("host kernel module must sit text_offset after a 2 MiB boundary");
     }
     Ok(PhysRange::new(file.base.get(), file.size.max(image_size)))
@@ -248,7 +284,12 @@ fn build_host_stage2(
     carveouts: &[PhysRange],
 ) -> Result<Stage2, &'static str> {
     let pa_bits = id.pa_bits().min(48);
-    let top = ram.iter().map(|r| r.end()).chain([plat.max_mmio_end]).max().unwrap_or(0);
+    let top = ram
+        .iter()
+        .map(|r| r.end())
+        .chain([plat.max_mmio_end])
+        .max()
+        .unwrap_or(0);
     let ipa_bits = [32u32, 36, 40, 42, 44, 48]
         .into_iter()
         .find(|&b| b <= pa_bits && (b == 64 || top <= 1u64 << b))
@@ -269,14 +310,28 @@ fn build_host_stage2(
     // Everything that is not RAM: Device memory (MMIO), largest blocks possible.
     layout::subtract(space, ram, |r| {
         if err.is_ok() {
-            err = s2.map(&mut mem, &mut tlb, Ipa(r.base.get()), r.base, r.size, S2Attrs::DEVICE_RW);
+            err = s2.map(
+                &mut mem,
+                &mut tlb,
+                Ipa(r.base.get()),
+                r.base,
+                r.size,
+                S2Attrs::DEVICE_RW,
+            );
         }
     });
     // RAM minus Warden's carve-outs: Normal write-back.
     for bank in ram {
         layout::subtract(*bank, carveouts, |r| {
             if err.is_ok() {
-                err = s2.map(&mut mem, &mut tlb, Ipa(r.base.get()), r.base, r.size, S2Attrs::NORMAL_RWX);
+                err = s2.map(
+                    &mut mem,
+                    &mut tlb,
+                    Ipa(r.base.get()),
+                    r.base,
+                    r.size,
+                    S2Attrs::NORMAL_RWX,
+                );
             }
         });
     }
@@ -314,7 +369,10 @@ fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
         }
     }
     if mpidrs.len() > MAX_CPUS {
-        log::warn!("{} CPUs in the DTB; Warden manages the first {MAX_CPUS}", mpidrs.len());
+        log::warn!(
+            "{} CPUs in the DTB; Warden manages the first {MAX_CPUS}",
+            mpidrs.len()
+        );
         mpidrs.truncate(MAX_CPUS);
     }
     let ttbr0 = read_sysreg!("ttbr0_el2");
@@ -344,7 +402,9 @@ fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
 
 fn enter_host_on_this_cpu(entry: u64, x0: u64, slot: usize) -> ! {
     let st = HOST_CPU.get().map(|h| (h.vtcr, h.vttbr));
-    let Some((vtcr, vttbr)) = st else { arch::park() };
+    let Some((vtcr, vttbr)) = st else {
+        arch::park()
+    };
     cpu::init_el2_for_host(vtcr, vttbr);
     // SAFETY: EL2 is fully set up for the host; the stack is reset to this CPU's top.
     unsafe { enter_host(entry, x0, stack_top(slot)) }
@@ -360,6 +420,9 @@ extern "C" fn secondary_main(record: &cpu::CpuBoot) -> ! {
     write_sysreg!("tpidr_el2", slot as u64);
     let (entry, ctx) = (record.host_entry, record.host_ctx);
     CPUS[slot].power.set(PowerState::On);
-    log::debug!("CPU {slot} (MPIDR {:#x}) entering the host at {entry:#x}", arch::mpidr());
+    log::debug!(
+        "CPU {slot} (MPIDR {:#x}) entering the host at {entry:#x}",
+        arch::mpidr()
+    );
     enter_host_on_this_cpu(entry, ctx, slot)
 }

@@ -84,7 +84,10 @@ impl CpuSlot {
     pub unsafe fn update_boot(&self, f: impl FnOnce(&mut CpuBoot)) {
         // SAFETY: exclusive by the caller's contract.
         f(unsafe { &mut *self.boot.get() });
-        arch::clean_dcache_range(self.boot.get() as u64, core::mem::size_of::<CpuBoot>() as u64);
+        arch::clean_dcache_range(
+            self.boot.get() as u64,
+            core::mem::size_of::<CpuBoot>() as u64,
+        );
     }
 }
 

@@ -3,7 +3,7 @@
 //! are not served yet and return NOT_SUPPORTED, changing nothing.
 
 use crate::trap::TrapFrame;
-use host_abi::{smccc, Error};
+use host_abi::{Error, smccc};
 
 /// Warden's SMCCC vendor-hypervisor UID, returned by CALL_UID in w0..w3.
 pub const WARDEN_UID: [u32; 4] = [0x7761_7264, 0x656e_2d68, 0x7970_2d76, 0x0000_0001];

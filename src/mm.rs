@@ -7,7 +7,7 @@ use buddy_system_allocator::LockedHeap;
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
 use hyp::addr::{PhysAddr, PhysRange};
-use hyp::el2_s1::{IdMap, S1Attr, TableAlloc, MAIR_EL2};
+use hyp::el2_s1::{IdMap, MAIR_EL2, S1Attr, TableAlloc};
 use spin::Mutex;
 
 #[global_allocator]
@@ -58,7 +58,7 @@ pub fn alloc_zeroed_pages(size: usize, align: usize) -> Option<PhysAddr> {
     let layout = Layout::from_size_align(size, align).ok()?;
     // SAFETY: the layout has non-zero size.
     let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
-    (!p.is_null()).then(|| PhysAddr(p as u64))
+    (!p.is_null()).then_some(PhysAddr(p as u64))
 }
 
 /// Returns pages from [`alloc_zeroed_pages`].
@@ -101,18 +101,28 @@ pub unsafe fn early_mmu(dtb: u64) -> Result<(IdMap, HypTables), ()> {
     let mut tables = HypTables { early_used: 0 };
     let mut map = IdMap::new(&mut tables).map_err(|_| ())?;
     let image = image_range();
-    map.map(&mut tables, image, S1Attr::NormalRwx).map_err(|_| ())?;
-    // SAFETY: firmware passed a DTB address; its header is two aligned big-endian words.
+    map.map(&mut tables, image, S1Attr::NormalRwx)
+        .map_err(|_| ())?;
+    if dtb == 0 || !dtb.is_multiple_of(8) {
+        return Err(());
+    }
+    // SAFETY: firmware passed a DTB address (non-null, aligned); its header starts with two
+    // big-endian words, magic and total size.
     let (magic, size) = unsafe {
         (
             u32::from_be((dtb as *const u32).read_volatile()),
             u32::from_be((dtb as *const u32).add(1).read_volatile()),
         )
     };
-    if dtb == 0 || dtb % 8 != 0 || magic != 0xd00d_feed {
+    if magic != 0xd00d_feed {
         return Err(());
     }
-    map.map(&mut tables, PhysRange::new(dtb, size as u64), S1Attr::NormalRw).map_err(|_| ())?;
+    map.map(
+        &mut tables,
+        PhysRange::new(dtb, size as u64),
+        S1Attr::NormalRw,
+    )
+    .map_err(|_| ())?;
 
     // Everything written so far went to memory with caches off; drop any stale cached
     // copies of the image (tables, .bss, stack) before caching is turned on.

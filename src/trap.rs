@@ -3,10 +3,10 @@
 //! abort injected at EL1), and anything else the host can provoke (answered with an
 //! UNDEFINED exception). Nothing the host does reaches a panic.
 
-use crate::arch::{self, read_sysreg, write_sysreg, SmcArgs};
+use crate::arch::{self, SmcArgs, read_sysreg, write_sysreg};
 use crate::cpu::{self, CPUS};
 use crate::println;
-use hyp::fault::{self, ec, HostExceptionState, Injection};
+use hyp::fault::{self, HostExceptionState, Injection, ec};
 use hyp::psci::{self, Action, PowerState};
 
 /// The registers saved by `exception_common` (src/head.S).
@@ -108,11 +108,30 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
     // HPFAR_EL2.FIPA holds IPA[51:12] for stage-2 faults.
     let hpfar = read_sysreg!("hpfar_el2");
     let ipa = ((hpfar >> 4) << 12) | (far & 0xfff);
+    // A live entry may be briefly invalid during break-before-make on another CPU: if
+    // the IPA is mapped now, the access simply retries.
+    if let Some(s2) = crate::boot::HOST_S2.lock().as_ref()
+        && s2
+            .translate(&crate::mm::S2Mem, hyp::addr::Ipa(ipa))
+            .is_some()
+    {
+        return;
+    }
     let write = esr & (1 << 6) != 0 && esr >> 26 == ec::DABT_LOW;
-    let el = if fault::from_el0(frame.spsr) { "EL0" } else { "EL1" };
+    let el = if fault::from_el0(frame.spsr) {
+        "EL0"
+    } else {
+        "EL1"
+    };
     log::error!(
         "host stage-2 fault: {} of IPA {ipa:#x} (VA {far:#x}) from {el} at {:#x} on CPU {}, ESR {esr:#x}: injecting external abort",
-        if esr >> 26 == ec::IABT_LOW { "fetch" } else if write { "write" } else { "read" },
+        if esr >> 26 == ec::IABT_LOW {
+            "fetch"
+        } else if write {
+            "write"
+        } else {
+            "read"
+        },
         frame.elr,
         cpu::this_slot(),
     );

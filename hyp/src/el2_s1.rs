@@ -144,9 +144,10 @@ impl IdMap {
             let slot = alloc.ptr(table).wrapping_add(index);
             // SAFETY: `table` is a 4 KiB table page owned by this map and `index` < 512.
             let desc = unsafe { slot.read_volatile() };
-            let block_ok = level >= 1 && addr % size == 0 && end - addr >= size;
+            let block_ok = level >= 1 && addr.is_multiple_of(size) && end - addr >= size;
             if block_ok && (desc & DESC_VALID == 0) {
-                let leaf = addr | attr.bits() | DESC_VALID | if level == 3 { DESC_TABLE } else { 0 };
+                let leaf =
+                    addr | attr.bits() | DESC_VALID | if level == 3 { DESC_TABLE } else { 0 };
                 // SAFETY: as above.
                 unsafe { slot.write_volatile(leaf) };
                 return Ok(addr + size);
@@ -162,7 +163,8 @@ impl IdMap {
                 // An existing leaf (page, or block at L1/L2): must match exactly.
                 let leaf_size = size;
                 let base = addr & !(leaf_size - 1);
-                let want = base | attr.bits() | DESC_VALID | if level == 3 { DESC_TABLE } else { 0 };
+                let want =
+                    base | attr.bits() | DESC_VALID | if level == 3 { DESC_TABLE } else { 0 };
                 if desc != want {
                     return Err(S1Error::Conflict);
                 }
@@ -207,7 +209,9 @@ mod tests {
 
     impl Arena {
         fn new() -> Self {
-            Self { pages: RefCell::new(Vec::new()) }
+            Self {
+                pages: RefCell::new(Vec::new()),
+            }
         }
         fn count(&self) -> usize {
             self.pages.borrow().len()
@@ -234,14 +238,20 @@ mod tests {
         let mut a = Arena::new();
         let mut m = IdMap::new(&mut a).unwrap();
         // 1 GiB-aligned GiB: one L1 block.
-        m.map(&mut a, PhysRange::new(0x4000_0000, 0x4000_0000), S1Attr::NormalRw).unwrap();
+        m.map(
+            &mut a,
+            PhysRange::new(0x4000_0000, 0x4000_0000),
+            S1Attr::NormalRw,
+        )
+        .unwrap();
         assert_eq!(a.count(), 2, "L0 + one L1 table");
         let (pa, desc) = m.lookup(&a, 0x4123_4567).unwrap();
         assert_eq!(pa, 0x4123_4567);
         assert_eq!(desc & 3, 1, "block descriptor");
         assert_ne!(desc & DESC_XN, 0);
         // A device page: needs L2 and L3 tables.
-        m.map(&mut a, PhysRange::new(0x0900_0000, 0x1000), S1Attr::Device).unwrap();
+        m.map(&mut a, PhysRange::new(0x0900_0000, 0x1000), S1Attr::Device)
+            .unwrap();
         assert_eq!(a.count(), 4);
         let (pa, desc) = m.lookup(&a, 0x0900_0010).unwrap();
         assert_eq!(pa, 0x0900_0010);
@@ -255,7 +265,12 @@ mod tests {
     fn unaligned_range_uses_pages_then_blocks() {
         let mut a = Arena::new();
         let mut m = IdMap::new(&mut a).unwrap();
-        m.map(&mut a, PhysRange::new(0x4010_0000, 0x0030_0000), S1Attr::NormalRwx).unwrap();
+        m.map(
+            &mut a,
+            PhysRange::new(0x4010_0000, 0x0030_0000),
+            S1Attr::NormalRwx,
+        )
+        .unwrap();
         let (_, d) = m.lookup(&a, 0x4010_0000).unwrap();
         assert_eq!(d & 3, 3, "first MiB in pages");
         let (_, d) = m.lookup(&a, 0x4020_0000).unwrap();
@@ -272,7 +287,12 @@ mod tests {
         let r = PhysRange::new(0x4000_0000, 0x20_0000);
         m.map(&mut a, r, S1Attr::NormalRw).unwrap();
         let before = a.count();
-        m.map(&mut a, PhysRange::new(0x4000_1000, 0x1000), S1Attr::NormalRw).unwrap();
+        m.map(
+            &mut a,
+            PhysRange::new(0x4000_1000, 0x1000),
+            S1Attr::NormalRw,
+        )
+        .unwrap();
         assert_eq!(a.count(), before);
         assert_eq!(
             m.map(&mut a, PhysRange::new(0x4000_1000, 0x1000), S1Attr::Device),

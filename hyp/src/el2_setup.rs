@@ -415,7 +415,10 @@ mod tests {
     fn stage2_granules_follow_tgran_2_fields() {
         // TGran4 = 0 (supported), TGran64 = 0 (supported), TGran16 = 1 (supported);
         // TGran4_2 = 0 (as stage 1), TGran16_2 = 1 (not at stage 2), TGran64_2 = 2.
-        let id = IdRegs { mmfr0: (1 << 20) | (1 << 32) | (2 << 36), ..Default::default() };
+        let id = IdRegs {
+            mmfr0: (1 << 20) | (1 << 32) | (2 << 36),
+            ..Default::default()
+        };
         assert_eq!(id.s2_granules(), [true, false, true]);
     }
 }

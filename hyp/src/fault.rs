@@ -193,17 +193,29 @@ mod tests {
         assert_eq!(inj.esr_el1 >> 26, ec::DABT_CUR);
         assert_ne!(inj.esr_el1 & ISS_WNR, 0, "write preserved");
         assert_eq!(inj.elr_el2, VBAR + 0x200);
-        assert_eq!(inj.spsr_el2 & pstate::PAN, 0, "SPAN = 1 keeps PAN (was clear)");
+        assert_eq!(
+            inj.spsr_el2 & pstate::PAN,
+            0,
+            "SPAN = 1 keeps PAN (was clear)"
+        );
         assert_ne!(inj.spsr_el2 & pstate::SSBS, 0);
     }
 
     #[test]
     fn instruction_fetch_and_undef() {
-        let st = HostExceptionState { elr_el2: 0x1000, spsr_el2: 0x4, vbar_el1: VBAR, sctlr_el1: 0 };
+        let st = HostExceptionState {
+            elr_el2: 0x1000,
+            spsr_el2: 0x4,
+            vbar_el1: VBAR,
+            sctlr_el1: 0,
+        };
         let inj = external_abort(&st, (ec::IABT_LOW << 26) | 0x07, 0x1000);
         assert_eq!(inj.esr_el1 >> 26, ec::IABT_CUR);
         assert_eq!(inj.elr_el2, VBAR, "EL1t uses the SP_EL0 vectors");
-        let a32 = HostExceptionState { spsr_el2: 0x10, ..st };
+        let a32 = HostExceptionState {
+            spsr_el2: 0x10,
+            ..st
+        };
         let inj = external_abort(&a32, (ec::DABT_LOW << 26) | 0x07, 0x8000);
         assert_eq!(inj.esr_el1 >> 26, ec::DABT_LOW, "AArch32 EL0 is a lower EL");
         assert_eq!(inj.elr_el2, VBAR + 0x600);

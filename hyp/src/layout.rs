@@ -51,7 +51,7 @@ pub fn find_free(
 ) -> Option<PhysRange> {
     let fits = |base: u64| {
         let r = PhysRange::new(base, size);
-        base % align == 0
+        base.is_multiple_of(align)
             && base.checked_add(size).is_some()
             && ram.iter().any(|b| b.contains_range(&r))
             && !overlaps_any(&r, taken)
@@ -65,10 +65,15 @@ pub fn find_free(
     for bank in ram {
         // Candidate tops: the bank end and the start of every taken range inside it.
         let tops = core::iter::once(bank.end()).chain(
-            taken.iter().map(|t| t.base.get()).filter(|&b| b > bank.base.get() && b <= bank.end()),
+            taken
+                .iter()
+                .map(|t| t.base.get())
+                .filter(|&b| b > bank.base.get() && b <= bank.end()),
         );
         for top in tops {
-            let Some(start) = top.checked_sub(size) else { continue };
+            let Some(start) = top.checked_sub(size) else {
+                continue;
+            };
             let base = start & !(align - 1);
             if base >= bank.base.get() && fits(base) && best.is_none_or(|b| base > b) {
                 best = Some(base);
@@ -89,12 +94,18 @@ mod tests {
         let mut out = vec![];
         subtract(
             PhysRange::new(0, 100),
-            &[PhysRange::new(10, 10), PhysRange::new(50, 60), PhysRange::new(15, 10)],
+            &[
+                PhysRange::new(10, 10),
+                PhysRange::new(50, 60),
+                PhysRange::new(15, 10),
+            ],
             |r| out.push((r.base.get(), r.size)),
         );
         assert_eq!(out, vec![(0, 10), (25, 25)]);
         let mut out = vec![];
-        subtract(PhysRange::new(0, 100), &[], |r| out.push((r.base.get(), r.size)));
+        subtract(PhysRange::new(0, 100), &[], |r| {
+            out.push((r.base.get(), r.size))
+        });
         assert_eq!(out, vec![(0, 100)]);
     }
 
@@ -116,10 +127,20 @@ mod tests {
 
     #[test]
     fn highest_fit_skips_taken_ranges() {
-        let ram = [PhysRange::new(0x4000_0000, 64 * MB), PhysRange::new(0x1_0000_0000, 8 * MB)];
-        let taken = [PhysRange::new(0x1_0000_0000, 8 * MB), PhysRange::new(0x4300_0000, MB)];
+        let ram = [
+            PhysRange::new(0x4000_0000, 64 * MB),
+            PhysRange::new(0x1_0000_0000, 8 * MB),
+        ];
+        let taken = [
+            PhysRange::new(0x1_0000_0000, 8 * MB),
+            PhysRange::new(0x4300_0000, MB),
+        ];
         let r = find_free(&ram, &taken, 16 * MB, 2 * MB, None).unwrap();
-        assert_eq!(r.base.get(), 0x4000_0000 + 32 * MB, "just below... or above the hole");
+        assert_eq!(
+            r.base.get(),
+            0x4000_0000 + 32 * MB,
+            "just below... or above the hole"
+        );
         assert!(!overlaps_any(&r, &taken));
         assert!(ram[0].contains_range(&r));
     }

@@ -93,9 +93,7 @@ pub const fn classify(fid: u32) -> Action {
     match fid {
         id::CPU_ON_32 | id::CPU_ON_64 => Action::CpuOn,
         id::CPU_SUSPEND_32 | id::CPU_SUSPEND_64 => Action::Suspend { entry_arg: 2 },
-        id::CPU_DEFAULT_SUSPEND_32 | id::CPU_DEFAULT_SUSPEND_64 => {
-            Action::Suspend { entry_arg: 1 }
-        }
+        id::CPU_DEFAULT_SUSPEND_32 | id::CPU_DEFAULT_SUSPEND_64 => Action::Suspend { entry_arg: 1 },
         id::SYSTEM_SUSPEND_32 | id::SYSTEM_SUSPEND_64 => Action::Suspend { entry_arg: 1 },
         id::CPU_OFF => Action::CpuOff,
         id::FEATURES => Action::Features,
@@ -173,8 +171,14 @@ mod tests {
     fn classification() {
         assert_eq!(classify(id::CPU_ON_64), Action::CpuOn);
         assert_eq!(classify(id::CPU_ON_32), Action::CpuOn);
-        assert_eq!(classify(id::CPU_SUSPEND_64), Action::Suspend { entry_arg: 2 });
-        assert_eq!(classify(id::SYSTEM_SUSPEND_64), Action::Suspend { entry_arg: 1 });
+        assert_eq!(
+            classify(id::CPU_SUSPEND_64),
+            Action::Suspend { entry_arg: 2 }
+        );
+        assert_eq!(
+            classify(id::SYSTEM_SUSPEND_64),
+            Action::Suspend { entry_arg: 1 }
+        );
         assert_eq!(classify(id::CPU_OFF), Action::CpuOff);
         assert_eq!(classify(id::SYSTEM_OFF), Action::Forward);
         assert_eq!(classify(id::AFFINITY_INFO_64), Action::Forward);
