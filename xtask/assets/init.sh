@@ -107,6 +107,37 @@ t_cpus() {
 	fi
 }
 
+# 1b. hotplug: the last CPU goes offline (PSCI CPU_OFF through Warden) and comes back
+# (CPU_ON through Warden's secondary entry).
+t_hotplug() {
+	n=$(grep -c ^processor /proc/cpuinfo)
+	if [ "$n" -lt 2 ]; then
+		pass hotplug "single CPU, nothing to unplug"
+		return
+	fi
+	c=$((n - 1))
+	f=/sys/devices/system/cpu/cpu$c/online
+	if ! echo 0 >"$f" 2>/dev/null; then
+		fail hotplug "cannot take cpu$c offline"
+		return
+	fi
+	off=$(cat /sys/devices/system/cpu/online)
+	if [ "$(cat "$f")" != 0 ]; then
+		fail hotplug "cpu$c still online after offlining (online: $off)"
+		return
+	fi
+	if ! echo 1 >"$f" 2>/dev/null; then
+		fail hotplug "cpu$c did not come back online (online: $(cat /sys/devices/system/cpu/online))"
+		return
+	fi
+	on=$(cat /sys/devices/system/cpu/online)
+	if [ "$(cat "$f")" = 1 ]; then
+		pass hotplug "cpu$c offline (online: $off) and back (online: $on)"
+	else
+		fail hotplug "cpu$c not online after onlining (online: $on)"
+	fi
+}
+
 # 2. el1: Linux found itself at EL1, i.e. under a hypervisor.
 t_el1() {
 	line=$(dmesg | grep -F 'CPU: All CPU(s) started at' | head -n 1)
@@ -277,6 +308,7 @@ t_blk() {
 echo "WTEST START $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs, cmdline: $CMDLINE"
 [ -n "$MODFAIL" ] && info "modules that failed to load:$MODFAIL"
 t_cpus
+t_hotplug
 t_el1
 t_reserved
 t_devmem

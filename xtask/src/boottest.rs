@@ -16,8 +16,9 @@ use crate::qemu::{self, Boot, Machine, RAM_BASE};
 use crate::util::{self, Context, Result, show, write_atomic};
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 5] = [
+pub const TESTS: [&str; 6] = [
     "cpus",
+    "hotplug",
     "el1",
     "reserved-memory",
     "devmem-carveout",
@@ -441,6 +442,7 @@ load address 0x43200000
 [    0.000000] Booting Linux on physical CPU 0x0000000000 [0x000f0510]
 WTEST START 6.1.0-56-cloud-arm64
 WTEST PASS cpus: online 0-3
+WTEST PASS hotplug: cpu3 offline (online: 0-2) and back (online: 0-3)
 WTEST PASS el1: CPU: All CPU(s) started at EL1
 WTEST PASS reserved-memory: warden@4fe00000 base=0x4fe00000 size=0x200000 no-map
 warden: host stage-2 fault at 0x4fe00000
@@ -462,9 +464,9 @@ WTEST DONE
     fn a_good_boot_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T, &expect()), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 5);
+        assert_eq!(r.passed.len(), 6);
         assert_eq!(r.passed[0], ("cpus".to_string(), "online 0-3".to_string()));
-        assert_eq!(r.passed[4], ("virtio-blk".to_string(), String::new()));
+        assert_eq!(r.passed[5], ("virtio-blk".to_string(), String::new()));
     }
 
     #[test]
