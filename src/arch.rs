@@ -100,21 +100,21 @@ pub fn tlbi_alle2() {
     };
 }
 
-/// Invalidates stage-2 entries for `ipa` (one page), then all combined stage-1+2 entries
-/// of the current VMID, inner shareable — the sequence a host stage-2 change needs.
-pub fn tlbi_ipa_is(ipa: u64) {
-    // SAFETY: TLB maintenance only drops cached translations.
+/// Invalidates the stage-2 entries of `[ipa, ipa + size)` page by page, then all combined
+/// stage-1+2 entries of the current VMID (they may have been built from the removed
+/// stage-2 entries), inner shareable, and waits for completion — the sequence a host
+/// stage-2 change needs.
+pub fn tlbi_ipa_range_is(ipa: u64, size: u64) {
+    dsb_ishst();
+    let mut a = ipa;
+    while a < ipa.saturating_add(size) {
+        // SAFETY: TLB maintenance only drops cached translations.
+        unsafe { asm!("tlbi ipas2e1is, {}", in(reg) a >> 12, options(nostack, preserves_flags)) };
+        a += 4096;
+    }
+    // SAFETY: as above.
     unsafe {
-        asm!(
-            "dsb ishst",
-            "tlbi ipas2e1is, {}",
-            "dsb ish",
-            "tlbi vmalle1is",
-            "dsb ish",
-            "isb",
-            in(reg) ipa >> 12,
-            options(nostack, preserves_flags)
-        )
+        asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags))
     };
 }
 

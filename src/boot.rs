@@ -115,6 +115,14 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         id.hcx()
     );
 
+    match plat.psci.as_ref().map(|p| p.method) {
+        Some(dtb::PsciMethod::Smc) => {}
+        Some(dtb::PsciMethod::Hvc) => log::warn!(
+            "the DTB's PSCI uses HVC: no EL3 firmware to forward to; host PSCI calls will fail"
+        ),
+        None => log::warn!("no PSCI in the DTB: secondary CPUs cannot be started"),
+    }
+
     // ---- RAM, carve-out and pool ------------------------------------------------------
     let ram: Vec<PhysRange> = plat.ram.clone();
     if ram.is_empty() {
@@ -348,11 +356,7 @@ impl hyp::s2mmu::S2Tlb for HostTlb {
             arch::tlbi_vmalls12_is();
             return;
         }
-        let mut a = ipa.get();
-        while a < ipa.get() + size {
-            arch::tlbi_ipa_is(a);
-            a += 4096;
-        }
+        arch::tlbi_ipa_range_is(ipa.get(), size);
     }
     fn invalidate_all(&mut self) {
         arch::tlbi_vmalls12_is();

@@ -14,6 +14,11 @@ pub mod dtb;
 pub mod el2_s1;
 pub mod el2_setup;
 pub mod fault;
+// pub mod host_mem; (enabled once the SMMU driver lands)
 pub mod layout;
 pub mod psci;
 pub mod s2mmu;
+pub mod smmu;
+#[cfg(test)]
+pub mod testutil;
+pub mod vmid_alloc;

@@ -623,7 +623,8 @@ pub unsafe trait TableMemory {
 /// Without BTM, SMMU commands for the same VMID follow.
 pub trait S2Tlb {
     /// Invalidates cached translations of `[ipa, ipa + size)` (leaf entries, and walk
-    /// cache entries too unless `last_level_only`) and waits for completion. Called after
+    /// cache entries too unless `last_level_only`); completion may be deferred until
+    /// [`complete`](Self::complete). Called after
     /// the changed descriptor was written and [`sync`](Self::sync)ed.
     fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool);
 
@@ -634,6 +635,13 @@ pub trait S2Tlb {
     /// Called before each invalidation, before a new table is linked into a live table,
     /// and at the end of every [`Stage2::map`] / [`Stage2::unmap`].
     fn sync(&mut self) {}
+
+    /// Waits for every invalidation issued so far to complete. An implementation may
+    /// defer completion of [`invalidate_ipa_range`](Self::invalidate_ipa_range) (e.g. to
+    /// send one SMMU `CMD_SYNC` for a whole unmap); it must not defer past this call,
+    /// which comes before a broken entry is re-made (break-before-make). Whoever drives a
+    /// pure unmap calls it once at the end, before the freed IPAs change owner.
+    fn complete(&mut self) {}
 }
 
 /// An [`S2Tlb`] that does nothing: for a table that no walker uses yet (before `VTTBR_EL2`
@@ -998,6 +1006,9 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
             self.tlb
                 .invalidate_ipa_range(entry_ipa, entry_size, !old.is_table(level));
             if new.is_valid() {
+                // Break-before-make: the old translation must be gone everywhere before
+                // the new one becomes visible.
+                self.tlb.complete();
                 self.write(node, idx, new);
             }
         } else {
@@ -1173,6 +1184,8 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
     }
 
     fn free_table(&mut self, pa: PhysAddr, level: u8) {
+        // No walker may still hold the table through a deferred invalidation.
+        self.tlb.complete();
         // SAFETY: `pa` is a table of this tree allocated from `self.mem` with
         // `table_size(level)` bytes; the caller has unlinked it (with TLB invalidation if
         // it was live) or never linked it, so nothing refers to it.
