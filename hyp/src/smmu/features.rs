@@ -1,0 +1,196 @@
+//! What an SMMU implements, decoded from its ID registers.
+
+use super::regs::*;
+use crate::s2mmu::Granule;
+use core::fmt;
+
+/// Extracts `(reg >> shift) & mask`.
+const fn field(reg: u32, (shift, mask): (u32, u32)) -> u32 {
+    (reg >> shift) & mask
+}
+
+/// Features of one SMMU (`IDR0`, `IDR1`, `IDR3`, `IDR5`, `AIDR`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// Stage-1 translation (`IDR0.S1P`).
+    pub s1p: bool,
+    /// Stage-2 translation (`IDR0.S2P`): required.
+    pub s2p: bool,
+    /// AArch64 translation tables (`IDR0.TTF`): required.
+    pub ttf_aarch64: bool,
+    /// Coherent table, queue and MSI accesses (`IDR0.COHACC`).
+    pub cohacc: bool,
+    /// Broadcast TLB maintenance (`IDR0.BTM`).
+    pub btm: bool,
+    /// Hardware access flag / dirty state updates (`IDR0.HTTU`: 0, 1 = AF, 2 = AF + dirty).
+    pub httu: u8,
+    /// EL2 StreamWorld and `TLBI_EL2_*` (`IDR0.HYP`).
+    pub hyp: bool,
+    /// PCIe ATS (`IDR0.ATS`).
+    pub ats: bool,
+    /// MSIs, including `CMD_SYNC` completion by MSI write (`IDR0.MSI`).
+    pub msi: bool,
+    /// `CMD_SYNC` completion by SEV (`IDR0.SEV`).
+    pub sev: bool,
+    /// 16-bit VMIDs (`IDR0.VMID16`); 8-bit otherwise.
+    pub vmid16: bool,
+    /// 16-bit ASIDs (`IDR0.ASID16`).
+    pub asid16: bool,
+    /// Two-level stream tables (`IDR0.ST_LEVEL`).
+    pub two_level_st: bool,
+    /// StreamID bits (`IDR1.SIDSIZE`).
+    pub sidsize: u32,
+    /// log2 of the largest command queue (`IDR1.CMDQS`).
+    pub cmdqs: u32,
+    /// log2 of the largest event queue (`IDR1.EVENTQS`).
+    pub eventqs: u32,
+    /// Range invalidation (`IDR3.RIL`).
+    pub ril: bool,
+    /// Break-before-make level (`IDR3.BBML`).
+    pub bbml: u8,
+    /// Output address size encoding (`IDR5.OAS`, same as `STE.S2PS`).
+    pub oas: u8,
+    /// Output address size in bits.
+    pub oas_bits: u32,
+    /// 4 KiB granule (`IDR5.GRAN4K`).
+    pub gran4k: bool,
+    /// 16 KiB granule (`IDR5.GRAN16K`).
+    pub gran16k: bool,
+    /// 64 KiB granule (`IDR5.GRAN64K`).
+    pub gran64k: bool,
+    /// Architecture minor version (`AIDR`): 0 for SMMUv3.0, 1 for v3.1, …
+    pub minor: u8,
+}
+
+/// Output address bits of an `IDR5.OAS` / `S2PS` encoding (52 for anything larger).
+pub const fn oas_bits(oas: u8) -> u32 {
+    match oas {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
+impl Features {
+    /// Decodes the ID registers.
+    pub const fn decode(idr0: u32, idr1: u32, idr3: u32, idr5: u32, aidr: u32) -> Self {
+        let oas = field(idr5, IDR5_OAS) as u8;
+        Self {
+            s1p: idr0 & IDR0_S1P != 0,
+            s2p: idr0 & IDR0_S2P != 0,
+            ttf_aarch64: field(idr0, IDR0_TTF) & IDR0_TTF_AARCH64 != 0,
+            cohacc: idr0 & IDR0_COHACC != 0,
+            btm: idr0 & IDR0_BTM != 0,
+            httu: field(idr0, IDR0_HTTU) as u8,
+            hyp: idr0 & IDR0_HYP != 0,
+            ats: idr0 & IDR0_ATS != 0,
+            msi: idr0 & IDR0_MSI != 0,
+            sev: idr0 & IDR0_SEV != 0,
+            vmid16: idr0 & IDR0_VMID16 != 0,
+            asid16: idr0 & IDR0_ASID16 != 0,
+            two_level_st: field(idr0, IDR0_ST_LEVEL) == IDR0_ST_LEVEL_2LVL,
+            sidsize: field(idr1, IDR1_SIDSIZE),
+            cmdqs: field(idr1, IDR1_CMDQS),
+            eventqs: field(idr1, IDR1_EVENTQS),
+            ril: idr3 & IDR3_RIL != 0,
+            bbml: field(idr3, IDR3_BBML) as u8,
+            oas,
+            oas_bits: oas_bits(oas),
+            gran4k: idr5 & IDR5_GRAN4K != 0,
+            gran16k: idr5 & IDR5_GRAN16K != 0,
+            gran64k: idr5 & IDR5_GRAN64K != 0,
+            minor: (aidr & 0xf) as u8,
+        }
+    }
+
+    /// Whether stage-2 tables with this granule can be walked.
+    pub const fn supports(&self, granule: Granule) -> bool {
+        match granule {
+            Granule::Size4K => self.gran4k,
+            Granule::Size16K => self.gran16k,
+            Granule::Size64K => self.gran64k,
+        }
+    }
+
+    /// Largest VMID.
+    pub const fn max_vmid(&self) -> u16 {
+        if self.vmid16 { u16::MAX } else { u8::MAX as u16 }
+    }
+}
+
+/// One line for the boot banner, e.g. `SMMUv3.0 S2 S1 AArch64 coherent RIL VMID16 …`.
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SMMUv3.{}", self.minor)?;
+        let flags = [
+            (self.s2p, "S2"),
+            (self.s1p, "S1"),
+            (self.ttf_aarch64, "AArch64"),
+            (self.cohacc, "coherent"),
+            (self.btm, "BTM"),
+            (self.httu != 0, "HTTU"),
+            (self.hyp, "HYP"),
+            (self.ats, "ATS"),
+            (self.msi, "MSI"),
+            (self.sev, "SEV"),
+            (self.ril, "RIL"),
+            (self.vmid16, "VMID16"),
+            (self.asid16, "ASID16"),
+            (self.two_level_st, "2-level-ST"),
+        ];
+        for (on, name) in flags {
+            if on {
+                write!(f, " {name}")?;
+            }
+        }
+        write!(
+            f,
+            ", SID {} bits, cmdq 2^{}, evtq 2^{}, OAS {} bits, granules",
+            self.sidsize, self.cmdqs, self.eventqs, self.oas_bits
+        )?;
+        for (on, name) in [(self.gran4k, "4K"), (self.gran16k, "16K"), (self.gran64k, "64K")] {
+            if on {
+                write!(f, " {name}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    /// The values QEMU 10.0's `virt` SMMU reports (QEMU.md §4).
+    #[test]
+    fn decodes_qemu_virt() {
+        let f = Features::decode(0x0D44_101B, 0x0273_0010, 0x1414, 0x74, 0);
+        assert!(f.s2p && f.s1p && f.ttf_aarch64 && f.cohacc);
+        assert!(!f.btm && !f.msi && !f.sev && !f.hyp);
+        assert!(f.vmid16 && f.asid16 && f.two_level_st && f.ril);
+        assert_eq!((f.sidsize, f.cmdqs, f.eventqs), (16, 19, 19));
+        assert_eq!((f.oas, f.oas_bits), (4, 44));
+        assert!(f.gran4k && f.gran16k && f.gran64k);
+        assert_eq!(f.bbml, 2);
+        assert_eq!(
+            f.to_string(),
+            "SMMUv3.0 S2 S1 AArch64 coherent RIL VMID16 ASID16 2-level-ST, SID 16 bits, \
+             cmdq 2^19, evtq 2^19, OAS 44 bits, granules 4K 16K 64K"
+        );
+    }
+
+    #[test]
+    fn decodes_small_linear_smmu() {
+        let f = Features::decode(0b1001, 8 | (4 << 21) | (3 << 16), 0, 0x10 | 2, 0x2);
+        assert!(f.s2p && !f.s1p && f.ttf_aarch64 && !f.two_level_st && !f.vmid16);
+        assert_eq!((f.sidsize, f.cmdqs, f.eventqs, f.oas_bits), (8, 4, 3, 40));
+        assert_eq!(f.max_vmid(), 255);
+        assert!(f.supports(Granule::Size4K) && !f.supports(Granule::Size64K));
+        assert_eq!(f.minor, 2);
+    }
+}

@@ -1,0 +1,1 @@
+//! SMMUv3 driver (being written).
