@@ -277,6 +277,21 @@ pub struct PciHost {
     pub bus_range: Option<(u32, u32)>,
     /// `iommu-map-mask`, applied to a requester ID before the map lookup.
     pub iommu_map_mask: Option<u32>,
+    /// The first non-prefetchable 32-bit memory window of `ranges` (where 32-bit BARs
+    /// go), if there is one and it translates to CPU addresses.
+    pub mem32: Option<PciWindow>,
+}
+
+/// A memory window of a PCI host bridge: PCI bus addresses `pci_addr .. pci_addr + size`
+/// appear at CPU physical addresses `cpu_addr ..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciWindow {
+    /// CPU physical address of the window's first byte.
+    pub cpu_addr: u64,
+    /// PCI bus address of the window's first byte (what a BAR is programmed with).
+    pub pci_addr: u64,
+    /// Size in bytes (non-zero).
+    pub size: u64,
 }
 
 /// One `iommu-map` entry: requester IDs `rid_base .. rid_base + len` of host
@@ -1256,6 +1271,7 @@ impl<'a> Scan<'a> {
                 domain: opt_u32("linux,pci-domain")?,
                 bus_range,
                 iommu_map_mask: opt_u32("iommu-map-mask")?,
+                mem32: self.pci_mem32(depth),
             };
             push(&mut self.raw_maps, (map, self.p.pci_hosts.len()))?;
             push(&mut self.p.pci_hosts, host)?;
@@ -1269,6 +1285,43 @@ impl<'a> Scan<'a> {
             push(&mut self.raw_iommus, (iommus, device))?;
         }
         Ok(())
+    }
+
+    /// The first non-prefetchable 32-bit memory window in the `ranges` of the PCI host
+    /// bridge at `depth`: an entry whose 3-cell PCI address has space code 0b10 in
+    /// `phys.hi` (bits 25:24) and the prefetchable bit (30) clear, whose parent address
+    /// translates to a CPU address, and which ends at or below 4 GiB on the PCI side.
+    fn pci_mem32(&self, depth: usize) -> Option<PciWindow> {
+        let me = self.frames[depth];
+        let parent = self.frames[depth - 1];
+        if me.address_cells != 3 {
+            return None;
+        }
+        let ranges = me.ranges.filter(|r| !r.is_empty())?;
+        for [child, parent_addr, size] in tuples(ranges, [3, parent.address_cells, me.size_cells])?
+        {
+            let hi = (child >> 64) as u32;
+            if (hi >> 24) & 3 != 0b10 || hi & (1 << 30) != 0 {
+                continue;
+            }
+            let pci_addr = child as u64;
+            let (Some(cpu_addr), Ok(size)) =
+                (self.translate(parent_addr, depth - 1), u64::try_from(size))
+            else {
+                continue;
+            };
+            let fits = size != 0
+                && cpu_addr.checked_add(size).is_some()
+                && pci_addr.checked_add(size).is_some_and(|end| end <= 1 << 32);
+            if fits {
+                return Some(PciWindow {
+                    cpu_addr,
+                    pci_addr,
+                    size,
+                });
+            }
+        }
+        None
     }
 
     fn cpu(&mut self) -> Res<()> {
@@ -2033,6 +2086,11 @@ mod tests {
             domain: Some(0),
             bus_range: Some((0, 0xff)),
             iommu_map_mask: None,
+            mem32: Some(PciWindow {
+                cpu_addr: 0x1000_0000,
+                pci_addr: 0x1000_0000,
+                size: 0x2eff_0000,
+            }),
         }]
     }
 
@@ -2267,6 +2325,11 @@ mod tests {
                 domain: Some(1),
                 bus_range: Some((0, 0xff)),
                 iommu_map_mask: Some(0xffff),
+                mem32: Some(PciWindow {
+                    cpu_addr: 0x4000_0000,
+                    pci_addr: 0x4000_0000,
+                    size: 0x2000_0000,
+                }),
             }],
             iommu_map: vec![
                 IommuMapEntry {
@@ -2552,6 +2615,68 @@ mod tests {
             .end();
         let p = Platform::parse(&b.finish()).unwrap();
         assert_eq!(p.kernel.unwrap().range, r(0x200_0000, 0x4000));
+    }
+
+    #[test]
+    fn pci_mem32_window() {
+        // A host bridge behind a bus that translates (child 0 -> CPU 0x8_0000_0000), with
+        // an I/O window, a prefetchable 32-bit window, a 32-bit window the bus cannot
+        // translate and one ending above 4 GiB on the PCI side before the usable one.
+        let host = |ranges: &[u32], address_cells: u32| {
+            let mut b = Builder::default();
+            b.begin("")
+                .prop("#address-cells", &cells(&[2]))
+                .prop("#size-cells", &cells(&[2]))
+                .begin("soc")
+                .prop("#address-cells", &cells(&[1]))
+                .prop("#size-cells", &cells(&[1]))
+                .prop("ranges", &cells(&[0x0, 0x8, 0x0, 0x8000_0000]))
+                .begin("smmu@1000")
+                .prop("compatible", &s("arm,smmu-v3"))
+                .prop("reg", &cells(&[0x1000, 0x1000]))
+                .prop("#iommu-cells", &cells(&[1]))
+                .prop("phandle", &cells(&[7]))
+                .end()
+                .begin("pcie@10000000")
+                .prop("compatible", &s("pci-host-ecam-generic"))
+                .prop("#address-cells", &cells(&[address_cells]))
+                .prop("#size-cells", &cells(&[2]))
+                .prop("reg", &cells(&[0x1000_0000, 0x100_0000]))
+                .prop("ranges", &cells(ranges))
+                .prop("iommu-map", &cells(&[0, 7, 0, 0x1_0000]))
+                .end()
+                .end()
+                .end();
+            let p = Platform::parse(&b.finish()).unwrap();
+            assert_eq!(p.pci_hosts.len(), 1);
+            assert_eq!(p.pci_hosts[0].ecam, Some(r(0x8_1000_0000, 0x100_0000)));
+            p.pci_hosts[0].mem32
+        };
+        let io = [0x0100_0000, 0, 0, 0x2000_0000, 0, 0x1_0000];
+        let pref = [0x4200_0000, 0, 0x3000_0000, 0x3000_0000, 0, 0x100_0000];
+        let untranslatable = [0x0200_0000, 0, 0x5000_0000, 0x9000_0000, 0, 0x100_0000];
+        let past_4g = [0x0200_0000, 0, 0xff00_0000, 0x4000_0000, 0, 0x200_0000];
+        let good = [0x0200_0000, 0, 0x4000_0000, 0x5000_0000, 0, 0x800_0000];
+        let mem64 = [0x4300_0000, 0x1, 0x0, 0x6000_0000, 0, 0x1000_0000];
+        let all: Vec<u32> = [io, pref, untranslatable, past_4g, good, mem64].concat();
+        assert_eq!(
+            host(&all, 3),
+            Some(PciWindow {
+                cpu_addr: 0x8_5000_0000,
+                pci_addr: 0x4000_0000,
+                size: 0x800_0000,
+            })
+        );
+        // No usable window: only I/O, prefetchable and 64-bit ones.
+        assert_eq!(host(&[io, pref, mem64].concat(), 3), None);
+        // Not a PCI address space (2 address cells): no window.
+        assert_eq!(host(&[0x0, 0x4000_0000, 0x5000_0000, 0, 0x1000], 2), None);
+        // The QEMU blobs and the synthetic board.
+        for (name, blob) in ALL {
+            let p = Platform::parse(blob).unwrap();
+            let w = p.pci_hosts[0].mem32.unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(w.cpu_addr, w.pci_addr, "{name}: identity window");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod dtb;
 pub mod el2_s1;
 pub mod el2_setup;
 pub mod fault;
-// pub mod host_mem; (enabled once the SMMU driver lands)
+pub mod host_mem;
 pub mod layout;
 pub mod psci;
 pub mod s2mmu;

@@ -71,7 +71,7 @@ impl Ram {
 
     /// As [`new`](Self::new), coherent or not (see the module docs).
     pub fn with_coherency(base: u64, len: usize, coherent: bool) -> Self {
-        assert!(len > 0 && len % (1 << 16) == 0 && base % (1 << 16) == 0);
+        assert!(len > 0 && len.is_multiple_of(1 << 16) && base.is_multiple_of(1 << 16));
         Self {
             base,
             len,
@@ -87,6 +87,7 @@ impl Ram {
     }
 
     /// Size in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -97,10 +98,7 @@ impl Ram {
     }
 
     fn offset(&self, pa: u64, len: usize) -> usize {
-        assert!(
-            self.contains(pa, len),
-            "{pa:#x}+{len:#x} outside the arena"
-        );
+        assert!(self.contains(pa, len), "{pa:#x}+{len:#x} outside the arena");
         (pa - self.base) as usize
     }
 
@@ -149,7 +147,7 @@ impl Ram {
 
     /// Reads 8 bytes as a device sees them, `None` outside the arena (an external abort).
     pub fn dev_read_u64(&self, pa: u64) -> Option<u64> {
-        if pa % 8 != 0 || !self.contains(pa, 8) {
+        if !pa.is_multiple_of(8) || !self.contains(pa, 8) {
             return None;
         }
         // SAFETY: in bounds and aligned; raw access only.
@@ -158,7 +156,7 @@ impl Ram {
 
     /// Writes 8 bytes as a device; `false` outside the arena.
     pub fn dev_write_u64(&self, pa: u64, v: u64) -> bool {
-        if pa % 8 != 0 || !self.contains(pa, 8) {
+        if !pa.is_multiple_of(8) || !self.contains(pa, 8) {
             return false;
         }
         // SAFETY: in bounds and aligned; raw access only.
@@ -168,7 +166,7 @@ impl Ram {
 
     /// Writes 4 bytes as a device; `false` outside the arena.
     pub fn dev_write_u32(&self, pa: u64, v: u32) -> bool {
-        if pa % 4 != 0 || !self.contains(pa, 4) {
+        if !pa.is_multiple_of(4) || !self.contains(pa, 4) {
             return false;
         }
         // SAFETY: in bounds and aligned; raw access only.
@@ -242,6 +240,14 @@ impl Arena {
         }
     }
 
+    /// A second allocator over the same `ram`, handing out memory from `start` on (keep
+    /// the ranges of allocators sharing a RAM disjoint).
+    pub fn with_ram_at(ram: Rc<Ram>, start: u64) -> Self {
+        let mut a = Self::with_ram(ram);
+        a.bump = start;
+        a
+    }
+
     /// The memory, to hand to a model.
     pub fn ram(&self) -> Rc<Ram> {
         self.ram.clone()
@@ -274,7 +280,7 @@ unsafe impl TableMemory for Arena {
         let reuse = self
             .free
             .iter()
-            .position(|&(pa, s)| s == size && pa % align as u64 == 0);
+            .position(|&(pa, s)| s == size && pa.is_multiple_of(align as u64));
         let pa = match reuse {
             Some(i) => self.free.swap_remove(i).0,
             None => {
@@ -303,7 +309,11 @@ unsafe impl TableMemory for Arena {
 
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
         let was = self.live.borrow_mut().remove(&pa.0);
-        assert_eq!(was, Some(size), "free({pa:?}, {size:#x}) of no such allocation");
+        assert_eq!(
+            was,
+            Some(size),
+            "free({pa:?}, {size:#x}) of no such allocation"
+        );
         // Poison, so that a use after free shows.
         let p = self.ram.cpu_ptr(pa.0, size);
         // SAFETY: the allocation was live until now: in bounds, no other user.
@@ -317,7 +327,10 @@ unsafe impl TableMemory for Arena {
             .range(..=pa.0)
             .next_back()
             .expect("table_ptr below every allocation");
-        assert!(pa.0 < start + size as u64, "table_ptr({pa:?}) of no allocation");
+        assert!(
+            pa.0 < start + size as u64,
+            "table_ptr({pa:?}) of no allocation"
+        );
         self.ram.cpu_ptr(pa.0, 8).cast()
     }
 
@@ -356,7 +369,11 @@ mod tests {
         let mut a = Arena::with_ram(ram.clone());
         let p = a.alloc_zeroed(4096, 4096).unwrap();
         ram.write_u64(p.0, 1);
-        assert_eq!(ram.dev_read_u64(p.0), Some(0), "device sees memory, not the cache");
+        assert_eq!(
+            ram.dev_read_u64(p.0),
+            Some(0),
+            "device sees memory, not the cache"
+        );
         a.clean(p, 8);
         assert_eq!(ram.dev_read_u64(p.0), Some(1));
         ram.dev_write_u64(p.0 + 64, 5);

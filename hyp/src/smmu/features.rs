@@ -118,7 +118,11 @@ impl Features {
 
     /// Largest VMID.
     pub const fn max_vmid(&self) -> u16 {
-        if self.vmid16 { u16::MAX } else { u8::MAX as u16 }
+        if self.vmid16 {
+            u16::MAX
+        } else {
+            u8::MAX as u16
+        }
     }
 }
 
@@ -152,7 +156,11 @@ impl fmt::Display for Features {
             ", SID {} bits, cmdq 2^{}, evtq 2^{}, OAS {} bits, granules",
             self.sidsize, self.cmdqs, self.eventqs, self.oas_bits
         )?;
-        for (on, name) in [(self.gran4k, "4K"), (self.gran16k, "16K"), (self.gran64k, "64K")] {
+        for (on, name) in [
+            (self.gran4k, "4K"),
+            (self.gran16k, "16K"),
+            (self.gran64k, "64K"),
+        ] {
             if on {
                 write!(f, " {name}")?;
             }

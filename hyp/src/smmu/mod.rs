@@ -1,1 +1,648 @@
-//! SMMUv3 driver (being written).
+//! SMMUv3 driver: stage-2-only stream tables, the command queue, invalidation, events.
+//!
+//! Warden owns the SMMU; the host never sees it. Every stream either aborts or translates
+//! through a stage-2 table Warden built — never bypass, not even while the driver starts
+//! (`GBPA.ABORT` is set before anything else).
+//!
+//! # Pieces
+//!
+//! - [`regs`]: the register map, no logic.
+//! - [`SmmuIo`]: the MMIO seam (volatile accesses at EL2, `model::SmmuModel` in tests).
+//! - Memory for the stream table and queues comes from an [`TableMemory`]
+//!   (the same seam the stage-2 tables use), passed to every call like
+//!   [`Stage2`](crate::s2mmu::Stage2)'s; when the SMMU does not snoop (`IDR0.COHACC = 0` or no
+//!   `dma-coherent`), every write the SMMU reads is followed by `clean` (I5).
+//! - [`features`]: `IDR*` decoded; [`ste`]: stream table entries and their
+//!   break-before-make update; [`cmdq`]: commands, `CMD_SYNC`, error recovery,
+//!   invalidation; [`evtq`]: event records.
+//!
+//! # Probe sequence ([`Smmu::probe`])
+//!
+//! 1. `GBPA.ABORT` (with the `GBPA.UPDATE` handshake), then `CR0 = 0` and wait for
+//!    `CR0ACK`: from here on, nothing passes untranslated.
+//! 2. Check the ID registers: stage 2 and AArch64 tables are required (otherwise an error,
+//!    the SMMU left disabled and aborting).
+//! 3. Interrupts off (`IRQ_CTRL = 0`; Warden polls), stale `GERROR`s acknowledged.
+//! 4. Stream table: linear for at most 2^8 StreamIDs (or without two-level support),
+//!    two-level with `SPLIT = 8` otherwise, level-2 tables only for spans that contain a
+//!    described StreamID (others are added by [`Smmu::set_ste_s2`] on demand). Every STE
+//!    starts as abort.
+//! 5. Queues: command and event queues of `min(hardware maximum, cap)` entries.
+//! 6. `CR1` (cacheable inner-shareable when coherent, non-cacheable otherwise), `CR2`
+//!    (`PTM = 1`, `RECINVSID = 1`, `E2H = 0`).
+//! 7. `CMDQEN`; `CFGI_ALL`, `TLBI_NSNH_ALL`, `TLBI_EL2_ALL` (with `IDR0.HYP`), `CMD_SYNC`;
+//!    `EVTQEN`; `SMMUEN`.
+//!
+//! # Concurrency
+//!
+//! `Smmu` methods take `&mut self`: the caller serialises (the SMMU queue lock comes last
+//! in Warden's lock order).
+
+pub mod cmdq;
+pub mod evtq;
+pub mod features;
+#[cfg(test)]
+pub mod model;
+pub mod regs;
+pub mod ste;
+#[cfg(test)]
+mod tests;
+
+pub use cmdq::{CmdError, Command, CommandCounts, TLBI_RANGE_MAX_PAGES, TlbiRange};
+pub use evtq::{Event, EventPoll, EventType};
+pub use features::Features;
+pub use ste::{S2Config, Ste};
+
+use crate::addr::PhysAddr;
+use crate::s2mmu::TableMemory;
+use alloc::vec::Vec;
+use cmdq::CmdQueue;
+use core::fmt;
+use core::marker::PhantomData;
+use evtq::EvtQueue;
+use regs::*;
+use ste::{L2_SIZE, L2_SPAN, SPLIT, STE_SIZE, StreamTable};
+
+/// Register access to one SMMU's frame: offsets from [`regs`].
+///
+/// # Ordering contract (what the EL2 implementation must provide)
+///
+/// - `write32` / `write64` are ordered after every earlier access of this CPU to normal
+///   memory and after earlier cache maintenance (`DSB SY` before the store, like Linux's
+///   `writel` but stronger): a queue entry or STE written (and cleaned) before
+///   `CMDQ_PROD` is visible to the SMMU when it sees the new `PROD`.
+/// - `read32` / `read64` are ordered before every later read of normal memory (`DSB LD`
+///   after the load): an event record is read only after the `EVENTQ_PROD` that
+///   published it.
+///
+/// Accesses are single-copy atomic, to Device-nGnRE memory.
+pub trait SmmuIo {
+    /// Reads the 32-bit register at `off`.
+    fn read32(&self, off: usize) -> u32;
+    /// Writes the 32-bit register at `off`.
+    fn write32(&self, off: usize, v: u32);
+    /// Reads the 64-bit register at `off`.
+    fn read64(&self, off: usize) -> u64;
+    /// Writes the 64-bit register at `off`.
+    fn write64(&self, off: usize, v: u64);
+}
+
+impl<T: SmmuIo + ?Sized> SmmuIo for &T {
+    fn read32(&self, off: usize) -> u32 {
+        (**self).read32(off)
+    }
+    fn write32(&self, off: usize, v: u32) {
+        (**self).write32(off, v)
+    }
+    fn read64(&self, off: usize) -> u64 {
+        (**self).read64(off)
+    }
+    fn write64(&self, off: usize, v: u64) {
+        (**self).write64(off, v)
+    }
+}
+
+/// Errors of the SMMU driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmmuError {
+    /// The SMMU lacks something Warden needs (stage 2, AArch64 tables, a granule). It was
+    /// left disabled with `GBPA.ABORT` set.
+    Unsupported(&'static str),
+    /// The SMMU did not respond in time: what was being waited for.
+    Timeout(&'static str),
+    /// Memory for a table or queue ran out.
+    OutOfMemory,
+    /// A StreamID beyond the stream table.
+    SidOutOfRange(u32),
+    /// An argument the SMMU cannot use (STE field, VMID width, address range).
+    BadConfig(&'static str),
+    /// `CMDQ_CONS` holds an index the SMMU cannot be at (the raw value).
+    BadQueueIndex(u32),
+}
+
+impl fmt::Display for SmmuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(what) => write!(f, "SMMU unsupported: {what}"),
+            Self::Timeout(what) => write!(f, "SMMU timeout: {what}"),
+            Self::OutOfMemory => write!(f, "out of memory for SMMU tables"),
+            Self::SidOutOfRange(sid) => write!(f, "StreamID {sid:#x} beyond the stream table"),
+            Self::BadConfig(what) => write!(f, "bad SMMU configuration: {what}"),
+            Self::BadQueueIndex(v) => write!(f, "SMMU reported an impossible CMDQ_CONS {v:#x}"),
+        }
+    }
+}
+
+impl core::error::Error for SmmuError {}
+
+/// How to bring an SMMU up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeConfig<'a> {
+    /// The platform says the SMMU's table walks snoop the caches (`dma-coherent`). Used
+    /// only if `IDR0.COHACC` agrees.
+    pub coherent: bool,
+    /// StreamIDs in use (`(first, count)`, from the DTB's `iommu-map` / `iommus`): a
+    /// two-level table gets level-2 tables for these spans up front.
+    pub sids: &'a [(u32, u32)],
+    /// Cap on log2 of the command queue entries (tests use tiny queues).
+    pub cmdq_log2: Option<u32>,
+    /// Cap on log2 of the event queue entries.
+    pub evtq_log2: Option<u32>,
+}
+
+/// Default cap on log2 of the command queue (1024 entries, 16 KiB).
+pub const CMDQ_LOG2_CAP: u32 = 10;
+/// Default cap on log2 of the event queue (256 entries, 8 KiB).
+pub const EVTQ_LOG2_CAP: u32 = 8;
+/// StreamID bits at or below which the stream table is linear.
+pub const LINEAR_MAX_BITS: u32 = 8;
+/// Most StreamID bits of a linear table on an SMMU without two-level support (4 MiB).
+pub const LINEAR_LIMIT_BITS: u32 = 16;
+/// Most level-1 descriptors of a two-level table, log2 (StreamIDs up to 2^20).
+pub const L1_MAX_BITS: u32 = 12;
+/// Iterations of a polling loop before [`SmmuError::Timeout`] (each reads a register or
+/// memory word).
+pub const POLL_LIMIT: u32 = 1 << 20;
+/// Smallest allocation the driver asks of its [`TableMemory`] (page-sized pools).
+pub const MIN_ALLOC: usize = 4096;
+
+/// Counters, for the STATS hypercall and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmmuStats {
+    /// Commands queued, by kind (`CMD_SYNC`s included).
+    pub commands: CommandCounts,
+    /// `CMD_SYNC`s that completed.
+    pub syncs_completed: u64,
+    /// Event records read.
+    pub events: u64,
+    /// Polls that found events lost (overflow, `EVTQ_ABT_ERR`).
+    pub event_overflows: u64,
+    /// Command errors (`CMDQ_CONS.ERR`) recovered from.
+    pub cmd_errors: u64,
+    /// Waits that timed out.
+    pub timeouts: u64,
+    /// Polls that found global errors other than command errors.
+    pub gerrors: u64,
+}
+
+/// A block of memory the SMMU reads or writes: physical address and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub(crate) pa: PhysAddr,
+    pub(crate) size: usize,
+}
+
+impl Region {
+    /// Allocates zeroed memory for `size` bytes (rounded up to [`MIN_ALLOC`] and a power
+    /// of two), aligned to its size.
+    fn alloc<M: TableMemory + ?Sized>(mem: &mut M, size: usize) -> Result<Self, SmmuError> {
+        let size = size.max(MIN_ALLOC).next_power_of_two();
+        let pa = mem.alloc_zeroed(size, size).ok_or(SmmuError::OutOfMemory)?;
+        Ok(Self { pa, size })
+    }
+
+    /// Writes `words` at byte offset `off` (8-aligned), then cleans them unless
+    /// `coherent`. Out-of-bounds writes are dropped (a driver bug, never reached).
+    fn write<M: TableMemory + ?Sized>(
+        &self,
+        mem: &mut M,
+        off: usize,
+        words: &[u64],
+        coherent: bool,
+    ) {
+        let len = words.len() * 8;
+        if !off.is_multiple_of(8) || off + len > self.size {
+            debug_assert!(false, "SMMU region write out of bounds");
+            return;
+        }
+        let base = mem.table_ptr(self.pa);
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: `self` is a live allocation of `mem` (allocated by `alloc`, freed
+            // only when the driver no longer uses it), so `table_ptr` is valid for its
+            // `size` bytes, 8-aligned; `off + len <= size` was checked.
+            unsafe { base.add(off / 8 + i).write_volatile(*w) };
+        }
+        if !coherent {
+            mem.clean(PhysAddr(self.pa.0 + off as u64), len);
+        }
+    }
+
+    /// Reads words at byte offset `off` (zeros if out of bounds: never reached).
+    fn read<M: TableMemory + ?Sized>(&self, mem: &M, off: usize, out: &mut [u64]) {
+        if !off.is_multiple_of(8) || off + out.len() * 8 > self.size {
+            debug_assert!(false, "SMMU region read out of bounds");
+            out.fill(0);
+            return;
+        }
+        let base = mem.table_ptr(self.pa);
+        for (i, w) in out.iter_mut().enumerate() {
+            // SAFETY: as in `write`.
+            *w = unsafe { base.add(off / 8 + i).read_volatile() };
+        }
+    }
+
+    /// Reads the 32-bit word at byte offset `off` (4-aligned).
+    fn read_u32<M: TableMemory + ?Sized>(&self, mem: &M, off: usize) -> u32 {
+        if !off.is_multiple_of(4) || off + 4 > self.size {
+            debug_assert!(false, "SMMU region read out of bounds");
+            return 0;
+        }
+        let base = mem.table_ptr(self.pa).cast::<u32>();
+        // SAFETY: as in `write`; 4-aligned since the allocation is 8-aligned.
+        unsafe { base.add(off / 4).read_volatile() }
+    }
+
+    /// Returns the memory.
+    ///
+    /// # Safety
+    ///
+    /// The SMMU no longer accesses it (the structure using it is disabled).
+    unsafe fn free<M: TableMemory + ?Sized>(self, mem: &mut M) {
+        // SAFETY: allocated by `alloc` with this size; the caller guarantees no user.
+        unsafe { mem.free(self.pa, self.size) }
+    }
+}
+
+/// One SMMUv3, up and translating.
+pub struct Smmu<I: SmmuIo, M: TableMemory + ?Sized> {
+    io: I,
+    features: Features,
+    /// Whether the SMMU snoops the caches (no clean needed).
+    coherent: bool,
+    strtab: StreamTable,
+    cmdq: CmdQueue,
+    evtq: EvtQueue,
+    /// Word that `CMD_SYNC`s write to on completion (MSI, coherent SMMUs only).
+    msi: Option<Region>,
+    sync_seq: u32,
+    /// `CR2` as programmed.
+    cr2: u32,
+    stats: SmmuStats,
+    errors: Vec<CmdError>,
+    /// First failure of a `push` since the last `sync`.
+    pending: Option<SmmuError>,
+    _mem: PhantomData<fn(&mut M)>,
+}
+
+impl<I: SmmuIo, M: TableMemory + ?Sized> fmt::Debug for Smmu<I, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Smmu")
+            .field("features", &self.features)
+            .field("coherent", &self.coherent)
+            .field("strtab", &self.strtab)
+            .field("cmdq", &self.cmdq)
+            .field("evtq", &self.evtq)
+            .field("msi", &self.msi)
+            .field("cr2", &self.cr2)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Polls `io.read32(off) & mask == want`.
+fn wait_reg<I: SmmuIo>(
+    io: &I,
+    off: usize,
+    mask: u32,
+    want: u32,
+    what: &'static str,
+) -> Result<(), SmmuError> {
+    for _ in 0..POLL_LIMIT {
+        if io.read32(off) & mask == want {
+            return Ok(());
+        }
+        core::hint::spin_loop();
+    }
+    Err(SmmuError::Timeout(what))
+}
+
+/// Sets `GBPA.ABORT` with the `UPDATE` handshake.
+fn gbpa_abort<I: SmmuIo>(io: &I) -> Result<(), SmmuError> {
+    wait_reg(io, GBPA, GBPA_UPDATE, 0, "GBPA update")?;
+    let gbpa = io.read32(GBPA);
+    if gbpa & GBPA_ABORT == 0 {
+        io.write32(GBPA, gbpa | GBPA_ABORT | GBPA_UPDATE);
+        wait_reg(io, GBPA, GBPA_UPDATE, 0, "GBPA update")?;
+    }
+    if io.read32(GBPA) & GBPA_ABORT == 0 {
+        return Err(SmmuError::Unsupported("GBPA.ABORT does not stick"));
+    }
+    Ok(())
+}
+
+/// Writes `CR0` and waits for `CR0ACK` to match.
+fn write_cr0<I: SmmuIo>(io: &I, v: u32) -> Result<(), SmmuError> {
+    io.write32(CR0, v);
+    wait_reg(io, CR0ACK, u32::MAX, v, "CR0ACK")
+}
+
+/// Bits needed to number `n` things (`ceil(log2(n))`).
+const fn bits_for(n: u64) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        64 - (n - 1).leading_zeros()
+    }
+}
+
+impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
+    /// Brings the SMMU up as the module docs describe. On error the SMMU is left
+    /// disabled with `GBPA.ABORT` set (if it got that far) and memory is returned.
+    ///
+    /// # Safety
+    ///
+    /// Every later call on the returned value passes this same `mem` (or one through which
+    /// `table_ptr` reaches the same allocations), and nothing else writes or frees the
+    /// driver's allocations while the `Smmu` exists. `io` gives exclusive access to one
+    /// SMMU's registers.
+    pub unsafe fn probe(io: I, mem: &mut M, cfg: &ProbeConfig<'_>) -> Result<Self, SmmuError> {
+        // 1. Nothing passes untranslated from here on.
+        gbpa_abort(&io)?;
+        write_cr0(&io, 0)?;
+
+        // 2. What we need.
+        let features = Features::decode(
+            io.read32(IDR0),
+            io.read32(IDR1),
+            io.read32(IDR3),
+            io.read32(IDR5),
+            io.read32(AIDR),
+        );
+        if !features.s2p {
+            return Err(SmmuError::Unsupported("no stage-2 translation"));
+        }
+        if !features.ttf_aarch64 {
+            return Err(SmmuError::Unsupported("no AArch64 translation tables"));
+        }
+        if io.read32(IDR1) & (IDR1_QUEUES_PRESET | IDR1_TABLES_PRESET) != 0 {
+            return Err(SmmuError::Unsupported("preset queue or table bases"));
+        }
+        let coherent = cfg.coherent && features.cohacc;
+
+        // 3. Polling, not interrupts; forget stale errors.
+        io.write32(IRQ_CTRL, 0);
+        wait_reg(&io, IRQ_CTRLACK, u32::MAX, 0, "IRQ_CTRLACK")?;
+        let stale = io.read32(GERROR) ^ io.read32(GERRORN);
+        if stale != 0 {
+            io.write32(GERRORN, io.read32(GERROR));
+        }
+
+        // 4-5. Memory.
+        let mut regions: Vec<Region> = Vec::new();
+        match Self::build(io, mem, cfg, features, coherent, &mut regions) {
+            Ok(smmu) => Ok(smmu),
+            Err((io, e)) => {
+                // Stop the queues before the memory goes back; if they do not stop, leak.
+                if write_cr0(&io, 0).is_ok() {
+                    for r in regions {
+                        // SAFETY: the SMMU is disabled (CR0ACK = 0): it no longer reads
+                        // or writes the stream table or queues.
+                        unsafe { r.free(mem) };
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Steps 4-7 of the probe. `regions` collects every allocation, for the caller to
+    /// free on failure.
+    fn build(
+        io: I,
+        mem: &mut M,
+        cfg: &ProbeConfig<'_>,
+        features: Features,
+        coherent: bool,
+        regions: &mut Vec<Region>,
+    ) -> Result<Self, (I, SmmuError)> {
+        macro_rules! tri {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((io, e)),
+                }
+            };
+        }
+        let mut alloc = |mem: &mut M, size: usize| -> Result<Region, SmmuError> {
+            let r = Region::alloc(mem, size)?;
+            regions.push(r);
+            Ok(r)
+        };
+
+        // 4. Stream table, every STE abort.
+        let sid_bits = features.sidsize.min(32);
+        let max_sid_bits = cfg
+            .sids
+            .iter()
+            .filter(|&&(_, count)| count != 0)
+            .map(|&(first, count)| bits_for(u64::from(first) + u64::from(count)))
+            .max()
+            .unwrap_or(0);
+        let (strtab, strtab_cfg) = if sid_bits <= LINEAR_MAX_BITS || !features.two_level_st {
+            let log2 = if sid_bits <= LINEAR_MAX_BITS {
+                sid_bits
+            } else {
+                max_sid_bits.clamp(1, sid_bits.min(LINEAR_LIMIT_BITS))
+            };
+            let table = tri!(alloc(mem, STE_SIZE << log2));
+            ste::fill_abort(mem, table, 1 << log2, coherent);
+            let base_cfg = (STRTAB_FMT_LINEAR << STRTAB_BASE_CFG_FMT.0) | log2;
+            (StreamTable::Linear { table, log2 }, (table.pa, base_cfg))
+        } else {
+            let log2 = sid_bits.min(L1_MAX_BITS + SPLIT);
+            let spans = 1usize << (log2 - SPLIT);
+            let l1 = tri!(alloc(mem, spans * 8));
+            let mut l2 = Vec::new();
+            if l2.try_reserve_exact(spans).is_err() {
+                return Err((io, SmmuError::OutOfMemory));
+            }
+            l2.resize(spans, None);
+            for &(first, count) in cfg.sids {
+                let last = u64::from(first) + u64::from(count);
+                let mut span = u64::from(first) >> SPLIT;
+                while count != 0 && span << SPLIT < last {
+                    if span as usize >= spans {
+                        log::warn!(
+                            "SMMU: StreamIDs from {:#x} beyond the stream table",
+                            span << SPLIT
+                        );
+                        break;
+                    }
+                    if l2[span as usize].is_none() {
+                        let table = tri!(alloc(mem, L2_SIZE));
+                        ste::fill_abort(mem, table, 1 << SPLIT, coherent);
+                        l1.write(
+                            mem,
+                            span as usize * 8,
+                            &[(table.pa.0 & L1STD_L2PTR_MASK) | L2_SPAN],
+                            true,
+                        );
+                        l2[span as usize] = Some(table);
+                    }
+                    span += 1;
+                }
+            }
+            if !coherent {
+                mem.clean(l1.pa, l1.size);
+            }
+            let base_cfg = (STRTAB_FMT_2LVL << STRTAB_BASE_CFG_FMT.0)
+                | (SPLIT << STRTAB_BASE_CFG_SPLIT.0)
+                | log2;
+            (StreamTable::TwoLevel { l1, log2, l2 }, (l1.pa, base_cfg))
+        };
+        io.write64(
+            STRTAB_BASE,
+            STRTAB_BASE_RA | (strtab_cfg.0.0 & STRTAB_BASE_ADDR_MASK),
+        );
+        io.write32(STRTAB_BASE_CFG, strtab_cfg.1);
+
+        // 5. Queues.
+        let cmdq_log2 = features
+            .cmdqs
+            .min(cfg.cmdq_log2.unwrap_or(CMDQ_LOG2_CAP))
+            .min(CMDQ_LOG2_CAP);
+        let evtq_log2 = features
+            .eventqs
+            .min(cfg.evtq_log2.unwrap_or(EVTQ_LOG2_CAP))
+            .min(EVTQ_LOG2_CAP);
+        let cq = tri!(alloc(mem, 16 << cmdq_log2));
+        let eq = tri!(alloc(mem, 32 << evtq_log2));
+        if !coherent {
+            mem.clean(eq.pa, eq.size);
+        }
+        io.write64(
+            CMDQ_BASE,
+            Q_BASE_ALLOC_HINT | (cq.pa.0 & Q_BASE_ADDR_MASK) | u64::from(cmdq_log2),
+        );
+        io.write32(CMDQ_PROD, 0);
+        io.write32(CMDQ_CONS, 0);
+        io.write64(
+            EVENTQ_BASE,
+            Q_BASE_ALLOC_HINT | (eq.pa.0 & Q_BASE_ADDR_MASK) | u64::from(evtq_log2),
+        );
+        io.write32(EVENTQ_PROD, 0);
+        io.write32(EVENTQ_CONS, 0);
+        let msi = if features.msi && coherent {
+            Some(tri!(alloc(mem, 64)))
+        } else {
+            None
+        };
+
+        // 6. Attributes of the SMMU's own accesses; private TLB maintenance for now.
+        let (cache, sh) = if coherent {
+            (CR1_CACHE_WB, CR1_SH_ISH)
+        } else {
+            (CR1_CACHE_NC, CR1_SH_OSH)
+        };
+        io.write32(
+            CR1,
+            (cache << CR1_QUEUE_IC.0)
+                | (cache << CR1_QUEUE_OC.0)
+                | (sh << CR1_QUEUE_SH.0)
+                | (cache << CR1_TABLE_IC.0)
+                | (cache << CR1_TABLE_OC.0)
+                | (sh << CR1_TABLE_SH.0),
+        );
+        let cr2 = CR2_PTM | CR2_RECINVSID;
+        io.write32(CR2, cr2);
+
+        let mut smmu = Self {
+            io,
+            features,
+            coherent,
+            strtab,
+            cmdq: CmdQueue::new(cq, cmdq_log2),
+            evtq: EvtQueue {
+                q: eq,
+                log2: evtq_log2,
+                cons: 0,
+            },
+            msi,
+            sync_seq: 0,
+            cr2,
+            stats: SmmuStats::default(),
+            errors: Vec::new(),
+            pending: None,
+            _mem: PhantomData,
+        };
+
+        // 7. Queues on, caches clean, translation on.
+        macro_rules! tri_smmu {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((smmu.io, e)),
+                }
+            };
+        }
+        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN));
+        smmu.push(mem, Command::cfgi_all());
+        smmu.push(mem, Command::tlbi_nsnh_all());
+        if features.hyp {
+            smmu.push(mem, Command::tlbi_el2_all());
+        }
+        tri_smmu!(smmu.sync(mem));
+        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN | CR0_EVENTQEN));
+        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN));
+        Ok(smmu)
+    }
+
+    /// What the SMMU implements.
+    pub const fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Counters.
+    pub const fn stats(&self) -> &SmmuStats {
+        &self.stats
+    }
+
+    /// Whether table and queue writes are cleaned to PoC (the SMMU does not snoop).
+    pub const fn needs_clean(&self) -> bool {
+        !self.coherent
+    }
+
+    /// Whether `CMD_SYNC` completion is signalled by an MSI write.
+    pub const fn uses_msi(&self) -> bool {
+        self.msi.is_some()
+    }
+
+    /// Whether the SMMU takes part in the CPUs' broadcast TLB maintenance (`CR2.PTM`
+    /// clear); then a CPU `TLBI … IS` + `DSB` also invalidates the SMMU's entries.
+    pub const fn btm_active(&self) -> bool {
+        self.cr2 & CR2_PTM == 0
+    }
+
+    /// The register seam.
+    pub const fn io(&self) -> &I {
+        &self.io
+    }
+
+    /// Sets `CR2.PTM`: `false` makes the SMMU take part in broadcast TLB maintenance
+    /// (needs `IDR0.BTM`), `true` makes it private again. `CR2` may only change while
+    /// `SMMUEN = 0`, so translation is briefly switched off (`GBPA.ABORT`: DMA aborts
+    /// meanwhile — do this at boot, before devices run); the SMMU TLB is then invalidated
+    /// (`TLBI_NSNH_ALL` + `CMD_SYNC`), as entries may have missed broadcasts.
+    pub fn set_ptm(&mut self, mem: &mut M, ptm: bool) -> Result<(), SmmuError> {
+        if !ptm && !self.features.btm {
+            return Err(SmmuError::Unsupported(
+                "broadcast TLB maintenance (IDR0.BTM = 0)",
+            ));
+        }
+        let cr2 = if ptm {
+            self.cr2 | CR2_PTM
+        } else {
+            self.cr2 & !CR2_PTM
+        };
+        if cr2 == self.cr2 {
+            return Ok(());
+        }
+        let on = CR0_CMDQEN | CR0_EVENTQEN;
+        write_cr0(&self.io, on)?;
+        self.io.write32(CR2, cr2);
+        self.cr2 = cr2;
+        self.push(mem, Command::tlbi_nsnh_all());
+        self.sync(mem)?;
+        write_cr0(&self.io, on | CR0_SMMUEN)
+    }
+}

@@ -1,0 +1,632 @@
+//! Ownership of RAM between the host and Warden, kept in the host stage-2: a page the host
+//! owns is identity-mapped there; a page Warden owns (its carve-out, pages the host
+//! donated) is not. Transitions follow one template, named initiator_verb_target:
+//! validate, check both sides' state, apply, invalidate, and only then let the page
+//! change hands (I2: ownership changes only after the invalidation has completed).
+//!
+//! | transition          | before            | after              | hypercall   |
+//! |---------------------|-------------------|--------------------|-------------|
+//! | `host_donate_hyp`   | host, mapped      | Warden, unmapped   | MEM_DONATE  |
+//! | `hyp_donate_host`   | Warden (donated)  | host, mapped       | MEM_RECLAIM |
+//!
+//! Invalidation of the host stage-2 goes through [`HostS2Tlb`]: CPU `TLBI IPAS2E1IS` +
+//! `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large ranges) with `DSB ISH`; when the SMMUs
+//! take part in broadcast TLB maintenance (BTM, CR2.PTM = 0) that is all, otherwise the
+//! same ranges are invalidated with SMMU commands and one `CMD_SYNC` per SMMU completes
+//! them.
+
+use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Tlb, Stage2, TableMemory};
+use crate::smmu::{Smmu, SmmuIo};
+use alloc::vec::Vec;
+use host_abi::Error;
+
+/// Bytes in a page (the ownership unit).
+pub const PAGE: u64 = 4096;
+/// Most pages one MEM_DONATE / MEM_RECLAIM moves (bounded work per call).
+pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
+/// Past this many pages one invalidation covers the whole VMID instead of a range.
+pub const FULL_FLUSH_PAGES: u64 = 512;
+
+/// CPU TLB maintenance for the host's VMID (the current `VTTBR_EL2`), inner shareable,
+/// each call complete (`DSB ISH`) when it returns.
+pub trait CpuTlb {
+    /// `TLBI IPAS2E1IS` for each page of the range, then `TLBI VMALLE1IS` (stage 1+2
+    /// entries built from them).
+    fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64);
+    /// `TLBI VMALLS12E1IS`.
+    fn tlbi_vmall(&mut self);
+}
+
+/// What the host stage-2's invalidations did, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvalidationCounts {
+    /// CPU TLBI operations (ranges or whole-VMID).
+    pub cpu_tlbi: u64,
+    /// SMMU invalidation requests (ranges or whole-VMID), summed over SMMUs.
+    pub smmu_tlbi: u64,
+    /// SMMU `CMD_SYNC`s waited for.
+    pub smmu_syncs: u64,
+    /// SMMU errors during invalidation (timeouts, command errors).
+    pub smmu_errors: u64,
+}
+
+/// Host stage-2 invalidation for the CPU and every SMMU that walks the same table.
+pub struct HostS2Tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> {
+    /// The CPU side.
+    pub cpu: &'a mut C,
+    /// Every SMMU whose host StreamIDs use the host stage-2.
+    pub smmus: &'a mut [Smmu<I, M>],
+    /// The SMMUs' DMA memory seam.
+    pub smmu_mem: &'a mut M,
+    /// Whether the SMMUs see the CPU's broadcast TLBIs (BTM in use).
+    pub btm: bool,
+    /// The host's VMID.
+    pub vmid: u16,
+    /// Counters.
+    pub counts: &'a mut InvalidationCounts,
+    pending: bool,
+}
+
+impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
+    /// Bundles the seams for one operation.
+    pub fn new(
+        cpu: &'a mut C,
+        smmus: &'a mut [Smmu<I, M>],
+        smmu_mem: &'a mut M,
+        btm: bool,
+        vmid: u16,
+        counts: &'a mut InvalidationCounts,
+    ) -> Self {
+        Self {
+            cpu,
+            smmus,
+            smmu_mem,
+            btm,
+            vmid,
+            counts,
+            pending: false,
+        }
+    }
+}
+
+impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, _last_level_only: bool) {
+        let whole = size / PAGE > FULL_FLUSH_PAGES;
+        if whole {
+            self.cpu.tlbi_vmall();
+        } else {
+            self.cpu.tlbi_ipa_range(ipa, size);
+        }
+        self.counts.cpu_tlbi += 1;
+        if self.btm {
+            // The DSB that completed the broadcast TLBI completed it on the SMMUs too.
+            return;
+        }
+        for smmu in self.smmus.iter_mut() {
+            if whole {
+                smmu.tlbi_vmall(self.smmu_mem, self.vmid);
+            } else {
+                smmu.tlbi_s2_range(self.smmu_mem, self.vmid, ipa, size, Granule::Size4K);
+            }
+            self.counts.smmu_tlbi += 1;
+        }
+        self.pending = true;
+    }
+
+    fn invalidate_all(&mut self) {
+        self.cpu.tlbi_vmall();
+        self.counts.cpu_tlbi += 1;
+        if self.btm {
+            return;
+        }
+        for smmu in self.smmus.iter_mut() {
+            smmu.tlbi_vmall(self.smmu_mem, self.vmid);
+            self.counts.smmu_tlbi += 1;
+        }
+        self.pending = true;
+    }
+
+    fn complete(&mut self) {
+        if !self.pending {
+            return;
+        }
+        self.pending = false;
+        for smmu in self.smmus.iter_mut() {
+            self.counts.smmu_syncs += 1;
+            if smmu.sync(self.smmu_mem).is_err() {
+                self.counts.smmu_errors += 1;
+            }
+        }
+    }
+}
+
+/// The host's RAM and who owns which part of it.
+pub struct HostMem {
+    /// The host stage-2 (shared by the CPU and every host StreamID).
+    pub s2: Stage2,
+    ram: Vec<PhysRange>,
+    /// Warden's own memory (image, pool): never the host's.
+    carveouts: Vec<PhysRange>,
+    /// Pages the host donated and Warden has not given back, in donation order.
+    donated: Vec<PhysRange>,
+}
+
+/// Attributes of host-owned RAM in the host stage-2.
+pub const HOST_RAM: S2Attrs = S2Attrs::NORMAL_RWX;
+
+impl HostMem {
+    /// Wraps the boot-time host stage-2 (RAM minus `carveouts` mapped with [`HOST_RAM`]).
+    pub fn new(s2: Stage2, ram: Vec<PhysRange>, carveouts: Vec<PhysRange>) -> Self {
+        Self {
+            s2,
+            ram,
+            carveouts,
+            donated: Vec::new(),
+        }
+    }
+
+    /// Pages currently donated to Warden.
+    pub fn donated_pages(&self) -> u64 {
+        self.donated.iter().map(|r| r.size / PAGE).sum()
+    }
+
+    /// Whether the host owns every page of `r` right now (mapped as host RAM, identity).
+    pub fn host_owns(&self, mem: &impl TableMemory, r: PhysRange) -> bool {
+        let mut a = r.base.get();
+        while a < r.end() {
+            match self.s2.translate(mem, Ipa(a)) {
+                Some((pa, attrs, _)) if pa.get() == a && attrs == HOST_RAM => {}
+                _ => return false,
+            }
+            a += PAGE;
+        }
+        true
+    }
+
+    fn check_range(&self, pa: u64, pages: u64) -> Result<PhysRange, Error> {
+        if pages == 0 || pages > MAX_PAGES_PER_CALL || !pa.is_multiple_of(PAGE) {
+            return Err(Error::Invalid);
+        }
+        let size = pages * PAGE;
+        pa.checked_add(size).ok_or(Error::Invalid)?;
+        Ok(PhysRange::new(pa, size))
+    }
+
+    /// MEM_DONATE: `pages` pages from `pa` leave the host stage-2 and become Warden's.
+    /// On any error nothing has changed.
+    pub fn host_donate_hyp<T: S2Tlb>(
+        &mut self,
+        mem: &mut impl TableMemory,
+        tlb: &mut T,
+        pa: u64,
+        pages: u64,
+    ) -> Result<(), Error> {
+        let r = self.check_range(pa, pages)?;
+        if !self.ram.iter().any(|b| b.contains_range(&r))
+            || self.carveouts.iter().any(|c| c.overlaps(&r))
+            || self.donated.iter().any(|d| d.overlaps(&r))
+            || !self.host_owns(mem, r)
+        {
+            return Err(Error::Denied);
+        }
+        match self.s2.unmap(mem, tlb, Ipa(r.base.get()), r.size) {
+            Ok(()) => {}
+            Err(S2Error::OutOfMemory { done }) => {
+                // Put back what was unmapped: the tables for it still exist, so this
+                // needs no memory.
+                let _ = self
+                    .s2
+                    .map(mem, tlb, Ipa(r.base.get()), r.base, done, HOST_RAM);
+                tlb.complete();
+                return Err(Error::NoMem);
+            }
+            Err(_) => return Err(Error::Invalid),
+        }
+        // Ownership changes only once the host's and devices' translations are gone.
+        tlb.complete();
+        self.donated.push(r);
+        Ok(())
+    }
+
+    /// MEM_RECLAIM: gives up to `wanted` donated pages back to the host (one contiguous
+    /// run). Returns the run's address and page count.
+    pub fn hyp_donate_host<T: S2Tlb>(
+        &mut self,
+        mem: &mut impl TableMemory,
+        tlb: &mut T,
+        wanted: u64,
+    ) -> Result<(PhysAddr, u64), Error> {
+        if wanted == 0 || wanted > MAX_PAGES_PER_CALL {
+            return Err(Error::Invalid);
+        }
+        let Some(first) = self.donated.first().copied() else {
+            return Err(Error::NoEnt);
+        };
+        let n = (first.size / PAGE).min(wanted);
+        let give = PhysRange::new(first.base.get(), n * PAGE);
+        match self.s2.map(
+            mem,
+            tlb,
+            Ipa(give.base.get()),
+            give.base,
+            give.size,
+            HOST_RAM,
+        ) {
+            Ok(()) => {}
+            Err(S2Error::OutOfMemory { done }) => {
+                let _ = self.s2.unmap(mem, tlb, Ipa(give.base.get()), done);
+                tlb.complete();
+                return Err(Error::NoMem);
+            }
+            Err(_) => return Err(Error::Invalid),
+        }
+        tlb.complete();
+        if n * PAGE == first.size {
+            self.donated.remove(0);
+        } else {
+            self.donated[0] = PhysRange::new(give.end(), first.size - give.size);
+        }
+        Ok((give.base, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s2mmu::{NoTlb, S2Geometry};
+    use crate::smmu::cmdq::op;
+    use crate::smmu::model::{ModelConfig, SmmuModel};
+    use crate::smmu::{ProbeConfig, S2Config};
+    use crate::testutil::Arena;
+    use alloc::vec;
+
+    const SID: u32 = 0x10;
+    const HOST_VMID: u16 = 0;
+    const MB: u64 = 1 << 20;
+    /// The host's fake RAM (outside the arena: DMA is only translated, never performed).
+    const RAM: PhysRange = PhysRange::new(0x4000_0000, 256 * MB);
+    /// Warden's carve-out inside it.
+    const CARVE: PhysRange = PhysRange::new(0x4020_0000, 4 * MB);
+
+    /// A CPU whose broadcast TLBIs reach the SMMU model (which honours them only with BTM
+    /// present and PTM clear), counting what it issued.
+    struct ModelCpu<'a> {
+        model: &'a SmmuModel,
+        ops: u64,
+    }
+
+    impl CpuTlb for ModelCpu<'_> {
+        fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
+            let mut a = ipa.get();
+            while a < ipa.get() + size {
+                self.model.cpu_tlbi_ipa(HOST_VMID, a);
+                a += PAGE;
+            }
+            self.model.cpu_tlbi_vmall(HOST_VMID);
+            self.ops += 1;
+        }
+        fn tlbi_vmall(&mut self) {
+            self.model.cpu_tlbi_vmall(HOST_VMID);
+            self.ops += 1;
+        }
+    }
+
+    type TestSmmu<'a> = Smmu<&'a SmmuModel, Arena>;
+
+    /// Seams for one host stage-2 operation: SMMU queue memory in its own allocator.
+    struct World<'m> {
+        model: &'m SmmuModel,
+        tables: Arena,
+        queues: Arena,
+        btm: bool,
+    }
+
+    fn world(model: &SmmuModel, ram: std::rc::Rc<crate::testutil::Ram>, btm: bool) -> World<'_> {
+        let base = ram.base();
+        World {
+            model,
+            tables: Arena::with_ram(ram.clone()),
+            queues: Arena::with_ram_at(ram, base + (4 << 20)),
+            btm,
+        }
+    }
+
+    impl World<'_> {
+        fn op<R>(
+            &mut self,
+            smmu: &mut TestSmmu<'_>,
+            f: impl FnOnce(&mut Arena, &mut dyn S2TlbDyn) -> R,
+        ) -> (R, InvalidationCounts, u64) {
+            let mut counts = InvalidationCounts::default();
+            let mut cpu = ModelCpu {
+                model: self.model,
+                ops: 0,
+            };
+            let r = {
+                let mut tlb = HostS2Tlb::new(
+                    &mut cpu,
+                    core::slice::from_mut(smmu),
+                    &mut self.queues,
+                    self.btm,
+                    HOST_VMID,
+                    &mut counts,
+                );
+                f(&mut self.tables, &mut tlb)
+            };
+            (r, counts, cpu.ops)
+        }
+    }
+
+    /// Object-safe view of an [`S2Tlb`] for the closures above.
+    trait S2TlbDyn {
+        fn inv(&mut self, ipa: Ipa, size: u64, leaf: bool);
+        fn all(&mut self);
+        fn sync_(&mut self);
+        fn complete_(&mut self);
+    }
+    impl<T: S2Tlb> S2TlbDyn for T {
+        fn inv(&mut self, ipa: Ipa, size: u64, leaf: bool) {
+            self.invalidate_ipa_range(ipa, size, leaf)
+        }
+        fn all(&mut self) {
+            self.invalidate_all()
+        }
+        fn sync_(&mut self) {
+            self.sync()
+        }
+        fn complete_(&mut self) {
+            self.complete()
+        }
+    }
+    impl S2Tlb for &mut dyn S2TlbDyn {
+        fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, leaf: bool) {
+            (**self).inv(ipa, size, leaf)
+        }
+        fn invalidate_all(&mut self) {
+            (**self).all()
+        }
+        fn sync(&mut self) {
+            (**self).sync_()
+        }
+        fn complete(&mut self) {
+            (**self).complete_()
+        }
+    }
+
+    /// Acceptance: after a donation, DMA to the page faults (never a stale hit); with BTM
+    /// the donation issued no SMMU command at all, without BTM range invalidation(s) and
+    /// exactly one CMD_SYNC; after reclaim the page is DMA-able again.
+    fn donation_cycle(btm: bool, ril: bool) {
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(
+            ModelConfig {
+                btm,
+                ril,
+                ..ModelConfig::default()
+            },
+            ram.clone(),
+        );
+        let mut w = world(&model, ram, btm);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, btm)
+        };
+        let page = 0x4100_0000u64;
+        // The device uses the page: its translation is now cached in the SMMU TLB.
+        assert_eq!(model.dma(SID, page, true), Ok(PhysAddr(page)));
+        assert_eq!(
+            model.dma(SID, page + PAGE, false),
+            Ok(PhysAddr(page + PAGE))
+        );
+        model.clear_counts();
+
+        let (r, counts, cpu_ops) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Ok(()));
+        assert!(cpu_ops >= 1, "the CPU side is always invalidated");
+        assert!(
+            model.dma(SID, page, true).is_err(),
+            "DMA to a donated page must fault"
+        );
+        assert!(model.dma(SID, page, false).is_err());
+        assert_eq!(
+            model.dma(SID, page + PAGE, false),
+            Ok(PhysAddr(page + PAGE)),
+            "neighbour intact"
+        );
+        let total: u64 = model.executed().len() as u64;
+        if btm {
+            assert_eq!(
+                total,
+                0,
+                "with BTM the donation issues no SMMU command: {:?}",
+                model.executed()
+            );
+            assert_eq!(counts.smmu_syncs, 0);
+        } else {
+            assert_eq!(
+                model.count(op::CMD_SYNC),
+                1,
+                "exactly one CMD_SYNC: {:?}",
+                model.executed()
+            );
+            assert!(
+                model.count(op::TLBI_S2_IPA) >= 1,
+                "range invalidation issued"
+            );
+            assert_eq!(model.count(op::TLBI_S12_VMALL), 0);
+        }
+        assert!(!hm.host_owns(&w.tables, PhysRange::new(page, PAGE)));
+        assert_eq!(hm.donated_pages(), 1);
+
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host(mem, &mut tlb, 1)
+        });
+        assert_eq!(r, Ok((PhysAddr(page), 1)));
+        assert_eq!(
+            model.dma(SID, page, true),
+            Ok(PhysAddr(page)),
+            "DMA-able again after reclaim"
+        );
+        assert!(hm.host_owns(&w.tables, PhysRange::new(page, PAGE)));
+    }
+
+    fn boot_split<'m>(
+        model: &'m SmmuModel,
+        tables: &mut Arena,
+        queues: &mut Arena,
+        btm: bool,
+    ) -> (HostMem, TestSmmu<'m>) {
+        let geom = S2Geometry::new(Granule::Size4K, 40, 40).unwrap();
+        // SAFETY: every later call passes this same arena for the tables.
+        let mut s2 = unsafe { Stage2::new(geom, tables) }.unwrap();
+        crate::layout::subtract(RAM, &[CARVE], |r| {
+            s2.map(
+                tables,
+                &mut NoTlb,
+                Ipa(r.base.get()),
+                r.base,
+                r.size,
+                HOST_RAM,
+            )
+            .unwrap();
+        });
+        let sids = [(SID, 1)];
+        let cfg = ProbeConfig {
+            coherent: true,
+            sids: &sids,
+            cmdq_log2: None,
+            evtq_log2: None,
+        };
+        // SAFETY: every later call passes this same arena for the queues.
+        let mut smmu = unsafe { Smmu::probe(model, queues, &cfg) }.unwrap();
+        smmu.set_ste_s2(queues, SID, &S2Config::for_stage2(&s2, HOST_VMID))
+            .unwrap();
+        if btm {
+            smmu.set_ptm(queues, false).unwrap();
+        }
+        (HostMem::new(s2, vec![RAM], vec![CARVE]), smmu)
+    }
+
+    #[test]
+    fn donation_without_btm_uses_smmu_commands_and_one_sync() {
+        donation_cycle(false, true);
+        donation_cycle(false, false);
+    }
+
+    #[test]
+    fn donation_with_btm_issues_no_smmu_command() {
+        donation_cycle(true, true);
+    }
+
+    #[test]
+    fn btm_present_but_not_enabled_still_needs_commands() {
+        // The SMMU has BTM but PTM stays set: broadcast TLBIs do not reach it, so Warden
+        // must use commands; a stale translation would show up here.
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(
+            ModelConfig {
+                btm: true,
+                ..ModelConfig::default()
+            },
+            ram.clone(),
+        );
+        let mut w = world(&model, ram, false);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, false)
+        };
+        let page = 0x4200_0000u64;
+        assert!(model.dma(SID, page, true).is_ok());
+        let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 4)
+        });
+        assert_eq!(r, Ok(()));
+        assert_eq!(counts.smmu_syncs, 1);
+        for i in 0..4 {
+            assert!(model.dma(SID, page + i * PAGE, true).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_donations_change_nothing() {
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
+        let mut w = world(&model, ram, false);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, false)
+        };
+        let page = 0x4300_0000u64;
+        let cases: [(u64, u64, Error); 7] = [
+            (page + 8, 1, Error::Invalid),          // unaligned
+            (page, 0, Error::Invalid),              // zero pages
+            (u64::MAX & !0xfff, 2, Error::Invalid), // wraps
+            (CARVE.base.get(), 1, Error::Denied),   // Warden's memory
+            (CARVE.end() - PAGE, 2, Error::Denied), // straddles the carve-out
+            (RAM.end(), 1, Error::Denied),          // not RAM (MMIO / nothing)
+            (RAM.end() - PAGE, 2, Error::Denied),   // runs off the end of RAM
+        ];
+        for (pa, pages, err) in cases {
+            let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+                hm.host_donate_hyp(mem, &mut tlb, pa, pages)
+            });
+            assert_eq!(r, Err(err), "donate {pa:#x} x{pages}");
+            assert_eq!(counts, InvalidationCounts::default(), "nothing invalidated");
+        }
+        assert_eq!(hm.donated_pages(), 0);
+        assert!(model.dma(SID, page, true).is_ok());
+        // Twice the same page: the second is DENIED (Warden owns it now).
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Ok(()));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Err(Error::Denied));
+        // Reclaim: zero is INVALID, then one page, then nothing left (NOENT).
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host(mem, &mut tlb, 0)
+        });
+        assert_eq!(r, Err(Error::Invalid));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host(mem, &mut tlb, 5)
+        });
+        assert_eq!(r, Ok((PhysAddr(page), 1)));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host(mem, &mut tlb, 1)
+        });
+        assert_eq!(r, Err(Error::NoEnt));
+    }
+
+    #[test]
+    fn out_of_table_memory_rolls_back() {
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
+        let mut w = world(&model, ram, false);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, false)
+        };
+        // A page inside a 2 MiB block: splitting it needs a table; allow none.
+        let page = 0x4800_1000u64;
+        w.tables.budget = Some(0);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Err(Error::NoMem));
+        assert!(
+            hm.host_owns(&w.tables, PhysRange::new(page, PAGE)),
+            "nothing changed"
+        );
+        assert_eq!(model.dma(SID, page, true), Ok(PhysAddr(page)));
+        w.tables.budget = None;
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Ok(()));
+    }
+}

@@ -1,0 +1,834 @@
+//! A software SMMUv3 for host tests: registers with their real semantics, the real
+//! command queue, stream table, stage-2 tables and event queue read from and written to
+//! a [`Ram`] (the device's view of it), a configuration cache and a TLB.
+//!
+//! What it models, and how it differs from hardware:
+//!
+//! - Registers: `CR0`/`CR0ACK` (acknowledged at once), `GBPA` (takes effect on
+//!   `UPDATE`), `IRQ_CTRL`/`ACK`, `GERROR`/`GERRORN` toggles, queue `PROD`/`CONS` with wrap
+//!   bits. Writes to guarded registers while the unit is enabled (`CR1`, `CR2`,
+//!   `STRTAB_BASE*` under `SMMUEN`; queue bases under their enables) are ignored and
+//!   counted in [`SmmuModel::guard_violations`].
+//! - Commands are consumed synchronously when `CMDQ_PROD` is written (and after a
+//!   command error is acknowledged), like QEMU. Unknown opcodes, `TLBI_EL2_*` without
+//!   `IDR0.HYP`, range fields without `IDR3.RIL`, and [`SmmuModel::reject_next`] give
+//!   `CERROR_ILL`: `CMDQ_CONS.ERR`, `GERROR.CMDQ_ERR` toggled, consumption stops until
+//!   `GERRORN` acknowledges.
+//! - `CMD_SYNC` with `CS = SIG_IRQ` and an `MSIAddr` writes `MSIData` there (with
+//!   `IDR0.MSI`).
+//! - Configurations are cached per StreamID until `CFGI_STE` / `CFGI_ALL`; translations
+//!   are cached per (VMID, page) until a `TLBI` covering them (unlimited capacity: a
+//!   missing invalidation always shows). A range `TLBI_S2_IPA` only hits entries of its
+//!   granule and, with a TTL, of that level. No walk cache.
+//! - Broadcast TLBIs from the CPU ([`SmmuModel::cpu_tlbi_ipa`],
+//!   [`SmmuModel::cpu_tlbi_vmall`]) apply only with `IDR0.BTM` and `CR2.PTM = 0`.
+//! - Stream table linear or two-level; STE: abort (silent), bypass, stage 2; anything
+//!   else, or a bad stage-2 field, is `C_BAD_STE`. Its own stage-2 walker (not
+//!   [`crate::s2mmu`]'s) with concatenated start tables, blocks, AF and permissions.
+//! - Events into the real event queue; translation-type faults only if `STE.S2R`. A full
+//!   or disabled queue raises `GERROR.EVTQ_ABT_ERR` (as QEMU).
+
+use super::cmdq::op;
+use super::evtq::{CLASS_IN, CLASS_TT, Event, EventType};
+use super::regs::*;
+use super::{Command, SmmuIo};
+use crate::addr::PhysAddr;
+use crate::testutil::Ram;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::vec::Vec;
+
+/// The model's ID register contents.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelConfig {
+    /// `IDR0.S2P`.
+    pub s2p: bool,
+    /// `IDR0.S1P`.
+    pub s1p: bool,
+    /// `IDR0.TTF` includes AArch64.
+    pub aarch64: bool,
+    /// `IDR0.COHACC`.
+    pub cohacc: bool,
+    /// `IDR0.BTM`.
+    pub btm: bool,
+    /// `IDR0.MSI`.
+    pub msi: bool,
+    /// `IDR0.HYP`.
+    pub hyp: bool,
+    /// `IDR0.VMID16`.
+    pub vmid16: bool,
+    /// `IDR0.ST_LEVEL` two-level.
+    pub two_level: bool,
+    /// `IDR1.SIDSIZE`.
+    pub sidsize: u32,
+    /// `IDR1.CMDQS`.
+    pub cmdqs: u32,
+    /// `IDR1.EVENTQS`.
+    pub eventqs: u32,
+    /// `IDR3.RIL`.
+    pub ril: bool,
+    /// `IDR5.OAS` encoding.
+    pub oas: u8,
+}
+
+impl Default for ModelConfig {
+    /// Like QEMU 10.0's `virt` SMMU (QEMU.md §4).
+    fn default() -> Self {
+        Self {
+            s2p: true,
+            s1p: true,
+            aarch64: true,
+            cohacc: true,
+            btm: false,
+            msi: false,
+            hyp: false,
+            vmid16: true,
+            two_level: true,
+            sidsize: 16,
+            cmdqs: 19,
+            eventqs: 19,
+            ril: true,
+            oas: 4,
+        }
+    }
+}
+
+impl ModelConfig {
+    fn idr0(&self) -> u32 {
+        let mut v = (u32::from(self.aarch64) * IDR0_TTF_AARCH64) << IDR0_TTF.0;
+        for (on, bit) in [
+            (self.s2p, IDR0_S2P),
+            (self.s1p, IDR0_S1P),
+            (self.cohacc, IDR0_COHACC),
+            (self.btm, IDR0_BTM),
+            (self.msi, IDR0_MSI),
+            (self.hyp, IDR0_HYP),
+            (self.vmid16, IDR0_VMID16),
+            (true, IDR0_ASID16),
+        ] {
+            if on {
+                v |= bit;
+            }
+        }
+        if self.two_level {
+            v |= IDR0_ST_LEVEL_2LVL << IDR0_ST_LEVEL.0;
+        }
+        v | (0b10 << IDR0_TTENDIAN.0)
+    }
+
+    fn idr1(&self) -> u32 {
+        self.sidsize | (self.eventqs << IDR1_EVENTQS.0) | (self.cmdqs << IDR1_CMDQS.0)
+    }
+
+    fn idr3(&self) -> u32 {
+        if self.ril { IDR3_RIL } else { 0 }
+    }
+
+    fn idr5(&self) -> u32 {
+        u32::from(self.oas) | IDR5_GRAN4K | IDR5_GRAN16K | IDR5_GRAN64K
+    }
+}
+
+/// Why a modelled DMA did not reach memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaFault {
+    /// Terminated without event: `GBPA.ABORT` while disabled, or an abort STE.
+    Abort,
+    /// `C_BAD_STREAMID`.
+    BadStreamId,
+    /// `C_BAD_STE`.
+    BadSte,
+    /// `F_STE_FETCH`.
+    SteFetch,
+    /// `F_WALK_EABT`.
+    WalkEabt,
+    /// `F_TRANSLATION`.
+    Translation,
+    /// `F_ADDR_SIZE`.
+    AddrSize,
+    /// `F_ACCESS`.
+    Access,
+    /// `F_PERMISSION`.
+    Permission,
+}
+
+/// A decoded stage-2 configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct S2Cfg {
+    /// `S2VMID`.
+    pub vmid: u16,
+    /// `S2TTB`.
+    pub ttb: u64,
+    /// IPA bits (`64 - S2T0SZ`).
+    pub ipa_bits: u32,
+    /// Output bits (`S2PS` capped to OAS).
+    pub pa_bits: u32,
+    /// Granule shift (12, 14, 16).
+    pub gshift: u32,
+    /// Start level.
+    pub start: u32,
+    /// `S2AFFD`.
+    pub affd: bool,
+    /// `S2R`.
+    pub record: bool,
+}
+
+/// A decoded (cached) STE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamCfg {
+    /// Config = abort.
+    Abort,
+    /// Config = bypass.
+    Bypass,
+    /// Stage 2 only.
+    S2(S2Cfg),
+}
+
+/// One cached translation of a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbEntry {
+    /// Output address of the page.
+    pub pa: u64,
+    /// Level of the leaf it came from.
+    pub level: u32,
+    /// Granule shift.
+    pub gshift: u32,
+    /// S2AP read.
+    pub read: bool,
+    /// S2AP write.
+    pub write: bool,
+}
+
+/// The STE in memory when a `CFGI_STE` for it executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CfgiRecord {
+    /// The StreamID.
+    pub sid: u32,
+    /// Its STE as memory held it (`None` if unreachable).
+    pub ste: Option<[u64; 8]>,
+}
+
+#[derive(Default)]
+struct State {
+    cr0: u32,
+    cr1: u32,
+    cr2: u32,
+    gbpa: u32,
+    irq_ctrl: u32,
+    gerror: u32,
+    gerrorn: u32,
+    strtab_base: u64,
+    strtab_cfg: u32,
+    cmdq_base: u64,
+    cmdq_prod: u32,
+    cmdq_cons: u32,
+    evtq_base: u64,
+    evtq_prod: u32,
+    evtq_cons: u32,
+    configs: BTreeMap<u32, StreamCfg>,
+    tlb: BTreeMap<(u16, u64), TlbEntry>,
+    executed: Vec<Command>,
+    counts: BTreeMap<u8, u64>,
+    reject: Option<u8>,
+    rejected: Vec<Command>,
+    cfgi: Vec<CfgiRecord>,
+    writes: Vec<(usize, u64)>,
+    bypassed: u64,
+    guard_violations: u64,
+    stalled: bool,
+    events: u64,
+}
+
+/// The model. Register accesses go through [`SmmuIo`] (`&SmmuModel` works too).
+pub struct SmmuModel {
+    cfg: ModelConfig,
+    ram: Rc<Ram>,
+    st: RefCell<State>,
+}
+
+fn raise(st: &mut State, bit: u32) {
+    if (st.gerror ^ st.gerrorn) & bit == 0 {
+        st.gerror ^= bit;
+    }
+}
+
+impl SmmuModel {
+    /// A model with `cfg`'s ID registers over `ram`, in its reset state (`GBPA` =
+    /// 0x1000: bypass while disabled).
+    pub fn new(cfg: ModelConfig, ram: Rc<Ram>) -> Self {
+        let st = State {
+            gbpa: 0x1000,
+            ..State::default()
+        };
+        Self {
+            cfg,
+            ram,
+            st: RefCell::new(st),
+        }
+    }
+
+    /// The ID registers it reports.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Makes the next command with `opcode` fail with `CERROR_ILL`.
+    pub fn reject_next(&self, opcode: u8) {
+        self.st.borrow_mut().reject = Some(opcode);
+    }
+
+    /// Stops (or resumes) command consumption: the queue looks stuck.
+    pub fn set_stalled(&self, stalled: bool) {
+        self.st.borrow_mut().stalled = stalled;
+        if !stalled {
+            self.consume();
+        }
+    }
+
+    /// Commands executed, in order.
+    pub fn executed(&self) -> Vec<Command> {
+        self.st.borrow().executed.clone()
+    }
+
+    /// Commands refused with an error.
+    pub fn rejected(&self) -> Vec<Command> {
+        self.st.borrow().rejected.clone()
+    }
+
+    /// How many commands with `opcode` executed.
+    pub fn count(&self, opcode: u8) -> u64 {
+        self.st.borrow().counts.get(&opcode).copied().unwrap_or(0)
+    }
+
+    /// Forgets the executed commands and counts.
+    pub fn clear_counts(&self) {
+        let mut st = self.st.borrow_mut();
+        st.executed.clear();
+        st.counts.clear();
+        st.cfgi.clear();
+    }
+
+    /// Every `CFGI_STE` executed, with the STE memory held then.
+    pub fn cfgi_log(&self) -> Vec<CfgiRecord> {
+        self.st.borrow().cfgi.clone()
+    }
+
+    /// Every register write: (offset, value).
+    pub fn writes(&self) -> Vec<(usize, u64)> {
+        self.st.borrow().writes.clone()
+    }
+
+    /// Transactions that passed untranslated (bypass).
+    pub fn bypassed(&self) -> u64 {
+        self.st.borrow().bypassed
+    }
+
+    /// Ignored writes to guarded registers.
+    pub fn guard_violations(&self) -> u64 {
+        self.st.borrow().guard_violations
+    }
+
+    /// Events written to the queue.
+    pub fn events_recorded(&self) -> u64 {
+        self.st.borrow().events
+    }
+
+    /// The cached configuration of `sid`.
+    pub fn cached_config(&self, sid: u32) -> Option<StreamCfg> {
+        self.st.borrow().configs.get(&sid).copied()
+    }
+
+    /// Number of cached translations.
+    pub fn tlb_len(&self) -> usize {
+        self.st.borrow().tlb.len()
+    }
+
+    /// Current value of a register (as `read32`).
+    pub fn reg(&self, off: usize) -> u32 {
+        self.read32(off)
+    }
+
+    /// A broadcast `TLBI IPAS2E1IS` by the CPU (with its `DSB`): invalidates the SMMU's
+    /// entries for the page of `ipa` only if it takes part (`BTM`, `CR2.PTM = 0`).
+    pub fn cpu_tlbi_ipa(&self, vmid: u16, ipa: u64) {
+        let mut st = self.st.borrow_mut();
+        if self.cfg.btm && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
+            st.tlb.retain(|&(v, page), e| {
+                v != vmid || !(page..page + (1 << e.gshift)).contains(&ipa)
+            });
+        }
+    }
+
+    /// A broadcast `TLBI VMALLS12E1IS` by the CPU (with its `DSB`).
+    pub fn cpu_tlbi_vmall(&self, vmid: u16) {
+        let mut st = self.st.borrow_mut();
+        if self.cfg.btm && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
+            st.tlb.retain(|&(v, _), _| v != vmid);
+        }
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Command queue.
+
+    fn consume(&self) {
+        let mut st = self.st.borrow_mut();
+        if st.cr0 & CR0_CMDQEN == 0 || (st.gerror ^ st.gerrorn) & GERROR_CMDQ_ERR != 0 || st.stalled
+        {
+            return;
+        }
+        let log2 = ((st.cmdq_base & 0x1f) as u32).min(self.cfg.cmdqs);
+        let n = 1u32 << log2;
+        let mask = 2 * n - 1;
+        let base = st.cmdq_base & Q_BASE_ADDR_MASK;
+        loop {
+            let cons = st.cmdq_cons & mask;
+            if cons == st.cmdq_prod & mask {
+                st.cmdq_cons = cons;
+                return;
+            }
+            let addr = base + u64::from(cons & (n - 1)) * 16;
+            let result = match (self.ram.dev_read_u64(addr), self.ram.dev_read_u64(addr + 8)) {
+                (Some(w0), Some(w1)) => self.exec(&mut st, Command([w0, w1])),
+                _ => Err(CERROR_ABT),
+            };
+            if let Err(code) = result {
+                st.cmdq_cons = cons | (code << CMDQ_CONS_ERR.0);
+                raise(&mut st, GERROR_CMDQ_ERR);
+                return;
+            }
+            st.cmdq_cons = (cons + 1) & mask;
+        }
+    }
+
+    fn exec(&self, st: &mut State, cmd: Command) -> Result<(), u32> {
+        let opcode = cmd.opcode();
+        let [w0, w1] = cmd.0;
+        if st.reject == Some(opcode) {
+            st.reject = None;
+            st.rejected.push(cmd);
+            return Err(CERROR_ILL);
+        }
+        let ill = |st: &mut State| {
+            st.rejected.push(cmd);
+            Err(CERROR_ILL)
+        };
+        match opcode {
+            op::PREFETCH_CONFIG | op::PREFETCH_ADDR | op::CFGI_CD | op::CFGI_CD_ALL => {}
+            op::TLBI_NH_ALL | op::TLBI_NH_ASID | op::TLBI_NH_VA | op::TLBI_NH_VAA => {}
+            op::ATC_INV | op::PRI_RESP | op::RESUME | op::STALL_TERM => {}
+            op::CFGI_STE => {
+                let sid = (w0 >> 32) as u32;
+                st.configs.remove(&sid);
+                let ste = self
+                    .locate_ste(st, sid)
+                    .ok()
+                    .and_then(|addr| self.read_ste(addr));
+                st.cfgi.push(CfgiRecord { sid, ste });
+            }
+            op::CFGI_STE_RANGE => {
+                let range = (w1 & 0x1f) as u32;
+                if range == 31 {
+                    st.configs.clear();
+                } else {
+                    let span = 2u64 << range;
+                    let first = (w0 >> 32) & !(span - 1);
+                    st.configs
+                        .retain(|&sid, _| !(first..first + span).contains(&u64::from(sid)));
+                }
+            }
+            op::TLBI_EL2_ALL | op::TLBI_EL2_ASID | op::TLBI_EL2_VA | op::TLBI_EL2_VAA => {
+                if !self.cfg.hyp {
+                    return ill(st);
+                }
+            }
+            op::TLBI_S12_VMALL => {
+                let vmid = (w0 >> 32) as u16;
+                st.tlb.retain(|&(v, _), _| v != vmid);
+            }
+            op::TLBI_S2_IPA => {
+                let vmid = (w0 >> 32) as u16;
+                let addr = w1 & super::cmdq::TLBI_ADDR_MASK;
+                let tg = (w1 >> 10) & 3;
+                let ttl = ((w1 >> 8) & 3) as u32;
+                let num = (w0 >> 12) & 0x1f;
+                let scale = (w0 >> 20) & 0x1f;
+                if tg == 0 {
+                    if num != 0 || scale != 0 {
+                        return ill(st);
+                    }
+                    st.tlb.retain(|&(v, page), e| {
+                        v != vmid || !(page..page + (1 << e.gshift)).contains(&addr)
+                    });
+                } else {
+                    if !self.cfg.ril {
+                        return ill(st);
+                    }
+                    let gshift = [0, 12, 14, 16][tg as usize];
+                    let len = (num + 1) << (scale as u32 + gshift);
+                    let end = addr.saturating_add(len);
+                    st.tlb.retain(|&(v, page), e| {
+                        let hit = v == vmid
+                            && e.gshift == gshift
+                            && (ttl == 0 || e.level == ttl)
+                            && page < end
+                            && page + (1 << e.gshift) > addr;
+                        !hit
+                    });
+                }
+            }
+            op::TLBI_NSNH_ALL => st.tlb.clear(),
+            op::CMD_SYNC => {
+                let cs = (w0 >> 12) & 3;
+                if cs == 3 {
+                    return ill(st);
+                }
+                let msi_addr = w1 & super::cmdq::SYNC_MSIADDR_MASK;
+                if cs == super::cmdq::SYNC_CS_IRQ
+                    && self.cfg.msi
+                    && msi_addr != 0
+                    && !self.ram.dev_write_u32(msi_addr, (w0 >> 32) as u32)
+                {
+                    raise(st, GERROR_MSI_CMDQ_ABT_ERR);
+                }
+            }
+            _ => return ill(st),
+        }
+        st.executed.push(cmd);
+        *st.counts.entry(opcode).or_default() += 1;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------------
+    // Stream table and translation.
+
+    fn read_ste(&self, addr: u64) -> Option<[u64; 8]> {
+        let mut ste = [0; 8];
+        for (i, w) in ste.iter_mut().enumerate() {
+            *w = self.ram.dev_read_u64(addr + i as u64 * 8)?;
+        }
+        Some(ste)
+    }
+
+    /// The address of the STE of `sid`, or the fault.
+    fn locate_ste(&self, st: &State, sid: u32) -> Result<u64, (DmaFault, EventType, u64)> {
+        let log2 = (st.strtab_cfg & 0x3f).min(self.cfg.sidsize);
+        let base = st.strtab_base & STRTAB_BASE_ADDR_MASK;
+        if u64::from(sid) >= 1u64 << log2 {
+            return Err((DmaFault::BadStreamId, EventType::C_BAD_STREAMID, 0));
+        }
+        let fmt = (st.strtab_cfg >> STRTAB_BASE_CFG_FMT.0) & 3;
+        if fmt == STRTAB_FMT_LINEAR {
+            return Ok(base + u64::from(sid) * 64);
+        }
+        let split = (st.strtab_cfg >> STRTAB_BASE_CFG_SPLIT.0) & 0x1f;
+        let l1_addr = base + u64::from(sid >> split) * 8;
+        let l1 = self.ram.dev_read_u64(l1_addr).ok_or((
+            DmaFault::SteFetch,
+            EventType::F_STE_FETCH,
+            l1_addr,
+        ))?;
+        let span = (l1 & 0x1f) as u32;
+        let idx = u64::from(sid & ((1 << split) - 1));
+        if span == 0 || span > split + 1 || idx >= 1 << (span - 1) {
+            return Err((DmaFault::BadStreamId, EventType::C_BAD_STREAMID, 0));
+        }
+        Ok((l1 & L1STD_L2PTR_MASK) + idx * 64)
+    }
+
+    fn fetch_config(&self, st: &State, sid: u32) -> Result<StreamCfg, (DmaFault, EventType, u64)> {
+        let addr = self.locate_ste(st, sid)?;
+        let ste = self
+            .read_ste(addr)
+            .ok_or((DmaFault::SteFetch, EventType::F_STE_FETCH, addr))?;
+        let bad = (DmaFault::BadSte, EventType::C_BAD_STE, 0);
+        if ste[0] & 1 == 0 {
+            return Err(bad);
+        }
+        match (ste[0] >> 1) & 7 {
+            0b000 => Ok(StreamCfg::Abort),
+            0b100 => Ok(StreamCfg::Bypass),
+            0b110 => self.decode_s2(&ste).map(StreamCfg::S2).ok_or(bad),
+            _ => Err(bad),
+        }
+    }
+
+    fn decode_s2(&self, ste: &[u64; 8]) -> Option<S2Cfg> {
+        let w2 = ste[2];
+        let vmid = (w2 & 0xffff) as u16;
+        if !self.cfg.vmid16 && vmid > 0xff {
+            return None;
+        }
+        // S2AA64 = 0 or big-endian or stall: not supported (QEMU: invalid or fatal).
+        if w2 & (1 << 51) == 0 || w2 & (1 << 52) != 0 || w2 & (1 << 57) != 0 {
+            return None;
+        }
+        let t0sz = ((w2 >> 32) & 0x3f) as u32;
+        let sl0 = ((w2 >> 38) & 3) as u32;
+        let gshift = match (w2 >> 46) & 3 {
+            0 => 12,
+            1 => 16,
+            2 => 14,
+            _ => return None,
+        };
+        let ps = (((w2 >> 48) & 7) as u8).min(self.cfg.oas);
+        let pa_bits = super::features::oas_bits(ps);
+        let ipa_bits = 64u32.checked_sub(t0sz)?;
+        if !(16..=39).contains(&t0sz) || ipa_bits > pa_bits || sl0 == 3 {
+            return None;
+        }
+        let start = if gshift == 12 {
+            2 - sl0 as i32
+        } else {
+            3 - sl0 as i32
+        };
+        if start < 0 || (gshift == 16 && start < 1) {
+            return None;
+        }
+        let start = start as u32;
+        let stride = gshift - 3;
+        let ls = gshift + stride * (3 - start);
+        // The start level must resolve 1..=stride+4 bits (at most 16 tables).
+        if ipa_bits <= ls || ipa_bits - ls > stride + 4 {
+            return None;
+        }
+        let ttb = ste[3] & 0x000f_ffff_ffff_fff0;
+        let root_size = 8u64 << (ipa_bits - ls);
+        if !ttb.is_multiple_of(root_size) {
+            return None;
+        }
+        Some(S2Cfg {
+            vmid,
+            ttb,
+            ipa_bits,
+            pa_bits,
+            gshift,
+            start,
+            affd: w2 & (1 << 53) != 0,
+            record: w2 & (1 << 58) != 0,
+        })
+    }
+
+    /// Walks the stage-2 tables for `ipa`: the page's entry, or the fault and its class.
+    fn walk(&self, c: &S2Cfg, ipa: u64) -> Result<TlbEntry, (DmaFault, EventType, u8)> {
+        let fault = |f, t| Err((f, t, CLASS_IN));
+        if ipa >> c.ipa_bits != 0 {
+            return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+        }
+        let stride = c.gshift - 3;
+        let level_shift = |l: u32| c.gshift + stride * (3 - l);
+        let oa_mask = |shift: u32| ((1u64 << 48) - 1) & !((1u64 << shift) - 1);
+        let mut table = c.ttb;
+        let mut level = c.start;
+        loop {
+            let ls = level_shift(level);
+            let bits = if level == c.start {
+                c.ipa_bits - ls
+            } else {
+                stride
+            };
+            let idx = (ipa >> ls) & ((1 << bits) - 1);
+            let Some(desc) = self.ram.dev_read_u64(table + idx * 8) else {
+                return Err((DmaFault::WalkEabt, EventType::F_WALK_EABT, CLASS_TT));
+            };
+            if desc & 1 == 0 {
+                return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+            }
+            let is_table = desc & 2 != 0 && level < 3;
+            if is_table {
+                table = desc & oa_mask(c.gshift);
+                if table >> c.pa_bits != 0 {
+                    return fault(DmaFault::AddrSize, EventType::F_ADDR_SIZE);
+                }
+                level += 1;
+                continue;
+            }
+            let block_ok = match c.gshift {
+                12 => level == 1 || level == 2,
+                _ => level == 2,
+            };
+            if level < 3 && !block_ok || level == 3 && desc & 2 == 0 {
+                return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+            }
+            let oa = desc & oa_mask(ls);
+            if oa >> c.pa_bits != 0 {
+                return fault(DmaFault::AddrSize, EventType::F_ADDR_SIZE);
+            }
+            if desc & (1 << 10) == 0 && !c.affd {
+                return fault(DmaFault::Access, EventType::F_ACCESS);
+            }
+            let page = ipa & !((1u64 << c.gshift) - 1);
+            return Ok(TlbEntry {
+                pa: oa + (page & ((1u64 << ls) - 1)),
+                level,
+                gshift: c.gshift,
+                read: desc & (1 << 6) != 0,
+                write: desc & (1 << 7) != 0,
+            });
+        }
+    }
+
+    /// A device with StreamID `sid` accesses `iova`: the physical address it reaches, or
+    /// why not (recording an event where the SMMU would).
+    pub fn dma(&self, sid: u32, iova: u64, write: bool) -> Result<PhysAddr, DmaFault> {
+        let mut st = self.st.borrow_mut();
+        if st.cr0 & CR0_SMMUEN == 0 {
+            if st.gbpa & GBPA_ABORT != 0 {
+                return Err(DmaFault::Abort);
+            }
+            st.bypassed += 1;
+            return Ok(PhysAddr(iova));
+        }
+        let cfg = match st.configs.get(&sid) {
+            Some(c) => *c,
+            None => match self.fetch_config(&st, sid) {
+                Ok(c) => {
+                    st.configs.insert(sid, c);
+                    c
+                }
+                Err((fault, kind, addr)) => {
+                    if kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0 {
+                        let raw = Event::encode_fault(kind, sid, addr, 0, !write, false, 0);
+                        self.record(&mut st, raw);
+                    }
+                    return Err(fault);
+                }
+            },
+        };
+        let c = match cfg {
+            StreamCfg::Abort => return Err(DmaFault::Abort),
+            StreamCfg::Bypass => {
+                st.bypassed += 1;
+                return Ok(PhysAddr(iova));
+            }
+            StreamCfg::S2(c) => c,
+        };
+        let page = iova & !((1u64 << c.gshift) - 1);
+        let entry = match st.tlb.get(&(c.vmid, page)) {
+            Some(e) if e.gshift == c.gshift => Ok(*e),
+            _ => self.walk(&c, iova).inspect(|e| {
+                st.tlb.insert((c.vmid, page), *e);
+            }),
+        };
+        let result = entry.and_then(|e| {
+            if (write && !e.write) || (!write && !e.read) {
+                Err((DmaFault::Permission, EventType::F_PERMISSION, CLASS_IN))
+            } else {
+                Ok(PhysAddr(e.pa + (iova - page)))
+            }
+        });
+        result.map_err(|(fault, kind, class)| {
+            if c.record {
+                let raw = Event::encode_fault(kind, sid, iova, iova, !write, true, class);
+                self.record(&mut st, raw);
+            }
+            fault
+        })
+    }
+
+    /// Writes an event record to the queue, or raises `EVTQ_ABT_ERR`.
+    fn record(&self, st: &mut State, raw: [u64; 4]) {
+        if st.cr0 & CR0_EVENTQEN == 0 {
+            raise(st, GERROR_EVTQ_ABT_ERR);
+            return;
+        }
+        let log2 = ((st.evtq_base & 0x1f) as u32).min(self.cfg.eventqs);
+        let n = 1u32 << log2;
+        let mask = 2 * n - 1;
+        let (prod, cons) = (st.evtq_prod & mask, st.evtq_cons & mask);
+        if prod ^ cons == n {
+            raise(st, GERROR_EVTQ_ABT_ERR);
+            return;
+        }
+        let addr = (st.evtq_base & Q_BASE_ADDR_MASK) + u64::from(prod & (n - 1)) * 32;
+        for (i, w) in raw.iter().enumerate() {
+            if !self.ram.dev_write_u64(addr + i as u64 * 8, *w) {
+                raise(st, GERROR_EVTQ_ABT_ERR);
+                return;
+            }
+        }
+        st.evtq_prod = (st.evtq_prod & EVENTQ_PROD_OVFLG) | ((prod + 1) & mask);
+        st.events += 1;
+    }
+}
+
+impl SmmuIo for SmmuModel {
+    fn read32(&self, off: usize) -> u32 {
+        let st = self.st.borrow();
+        match off {
+            IDR0 => self.cfg.idr0(),
+            IDR1 => self.cfg.idr1(),
+            IDR3 => self.cfg.idr3(),
+            IDR5 => self.cfg.idr5(),
+            CR0 | CR0ACK => st.cr0,
+            CR1 => st.cr1,
+            CR2 => st.cr2,
+            GBPA => st.gbpa,
+            IRQ_CTRL | IRQ_CTRLACK => st.irq_ctrl,
+            GERROR => st.gerror,
+            GERRORN => st.gerrorn,
+            STRTAB_BASE_CFG => st.strtab_cfg,
+            CMDQ_PROD => st.cmdq_prod,
+            CMDQ_CONS => st.cmdq_cons,
+            EVENTQ_PROD => st.evtq_prod,
+            EVENTQ_CONS => st.evtq_cons,
+            _ => 0,
+        }
+    }
+
+    fn write32(&self, off: usize, v: u32) {
+        let mut st = self.st.borrow_mut();
+        st.writes.push((off, u64::from(v)));
+        let mut consume = false;
+        match off {
+            CR0 => {
+                st.cr0 = v & (CR0_SMMUEN | CR0_EVENTQEN | CR0_CMDQEN);
+                consume = true;
+            }
+            CR1 if st.cr0 == 0 => st.cr1 = v,
+            CR2 if st.cr0 & CR0_SMMUEN == 0 => st.cr2 = v & (CR2_E2H | CR2_RECINVSID | CR2_PTM),
+            GBPA if v & GBPA_UPDATE != 0 => st.gbpa = v & !GBPA_UPDATE,
+            IRQ_CTRL => st.irq_ctrl = v & 7,
+            GERRORN => {
+                st.gerrorn = v;
+                consume = true;
+            }
+            STRTAB_BASE_CFG if st.cr0 & CR0_SMMUEN == 0 => st.strtab_cfg = v,
+            CMDQ_PROD => {
+                st.cmdq_prod = v & 0xf_ffff;
+                consume = true;
+            }
+            CMDQ_CONS if st.cr0 & CR0_CMDQEN == 0 => st.cmdq_cons = v,
+            EVENTQ_PROD if st.cr0 & CR0_EVENTQEN == 0 => st.evtq_prod = v,
+            EVENTQ_CONS => st.evtq_cons = v,
+            CR1 | CR2 | STRTAB_BASE_CFG | CMDQ_CONS | EVENTQ_PROD => st.guard_violations += 1,
+            _ => {}
+        }
+        drop(st);
+        if consume {
+            self.consume();
+        }
+    }
+
+    fn read64(&self, off: usize) -> u64 {
+        let st = self.st.borrow();
+        match off {
+            STRTAB_BASE => st.strtab_base,
+            CMDQ_BASE => st.cmdq_base,
+            EVENTQ_BASE => st.evtq_base,
+            _ => u64::from(self.read32(off)) | (u64::from(self.read32(off + 4)) << 32),
+        }
+    }
+
+    fn write64(&self, off: usize, v: u64) {
+        let mut st = self.st.borrow_mut();
+        st.writes.push((off, v));
+        match off {
+            STRTAB_BASE if st.cr0 & CR0_SMMUEN == 0 => st.strtab_base = v,
+            CMDQ_BASE if st.cr0 & CR0_CMDQEN == 0 => st.cmdq_base = v,
+            EVENTQ_BASE if st.cr0 & CR0_EVENTQEN == 0 => st.evtq_base = v,
+            STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE => st.guard_violations += 1,
+            _ => {}
+        }
+    }
+}
