@@ -71,6 +71,21 @@ pub fn clean_dcache_range(start: u64, len: u64) {
     dsb_sy();
 }
 
+/// Cleans and invalidates `[start, start + len)` to the point of coherency: what this CPU
+/// wrote reaches memory, and its next read comes from memory (what a non-coherent
+/// device wrote).
+pub fn clean_invalidate_dcache_range(start: u64, len: u64) {
+    let line = dcache_line();
+    let mut a = start & !(line - 1);
+    while a < start + len {
+        // SAFETY: clean+invalidate writes back dirty data before dropping the line, so
+        // memory contents are preserved.
+        unsafe { asm!("dc civac, {}", in(reg) a, options(nostack, preserves_flags)) };
+        a += line;
+    }
+    dsb_sy();
+}
+
 /// Invalidates `[start, start + len)` from the data caches, discarding any copy.
 ///
 /// # Safety
@@ -114,7 +129,13 @@ pub fn tlbi_ipa_range_is(ipa: u64, size: u64) {
     }
     // SAFETY: as above.
     unsafe {
-        asm!("dsb ish", "tlbi vmalle1is", "dsb ish", "isb", options(nostack, preserves_flags))
+        asm!(
+            "dsb ish",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack, preserves_flags)
+        )
     };
 }
 

@@ -10,16 +10,18 @@ use core::sync::atomic::Ordering;
 use hyp::addr::{Ipa, PhysRange};
 use hyp::dtb::{self, Platform};
 use hyp::el2_s1::{MAIR_EL2, S1Attr};
+use hyp::host_mem::HostMem;
 use hyp::layout;
 use hyp::psci::PowerState;
 use hyp::s2mmu::{Granule, S2Attrs, S2Geometry, Stage2};
+use hyp::vmid_alloc::VmidAllocator;
 use spin::{Mutex, Once};
 
 const MB: u64 = 1 << 20;
 /// Pool size when `warden.pool=` is not given.
 const DEFAULT_POOL: u64 = 32 * MB;
 /// The host's VMID: the first one, shared by the CPU and (later) every host StreamID.
-pub const HOST_VMID: u64 = 0;
+pub const HOST_VMID: u16 = 0;
 
 unsafe extern "C" {
     fn secondary_entry();
@@ -44,8 +46,12 @@ struct HostCpuState {
 
 static HOST_CPU: Once<HostCpuState> = Once::new();
 
-/// The host stage-2, shared later with the SMMU.
-pub static HOST_S2: Mutex<Option<Stage2>> = Mutex::new(None);
+/// The host's memory: its stage-2 (shared by the CPU and every host StreamID) and who owns
+/// what. Lock order: this before `iommu::IOMMU`.
+pub static HOST_MEM: Mutex<Option<HostMem>> = Mutex::new(None);
+
+/// The one VMID allocator for CPU and SMMU stage-2 contexts.
+pub static VMIDS: Mutex<VmidAllocator> = Mutex::new(VmidAllocator::unconfigured());
 
 /// Boot CPU entry from head.S, MMU off. `dtb` from firmware's x0, `base` the load address.
 #[unsafe(no_mangle)]
@@ -213,19 +219,41 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         println!("warden: host ramdisk {:#x}..{:#x}", rd.base.get(), rd.end());
     }
 
-    // ---- Host stage-2 ------------------------------------------------------------------
-    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts)?;
+    // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
+    let smmu_oas = crate::iommu::probe_all(&plat)?;
+    let frames = crate::iommu::IOMMU.lock().frames.clone();
+    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, smmu_oas, &frames)?;
     let geom = s2.geometry();
     let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
-    let vttbr = s2.root().get() | (HOST_VMID << 48);
+    let vttbr = s2.root().get() | ((HOST_VMID as u64) << 48);
     println!(
-        "warden: host stage-2: IPA {} bits, 4K granule, start level {}, {} concatenated root table(s), root {:#x}, VTCR_EL2 {vtcr:#x}",
+        "warden: host stage-2: IPA {} bits, PA {} bits, 4K granule, start level {}, {} concatenated root table(s), root {:#x}, VTCR_EL2 {vtcr:#x}",
         geom.ipa_bits(),
+        geom.pa_bits(),
         geom.start_level(),
         geom.root_tables(),
         s2.root().get()
     );
-    *HOST_S2.lock() = Some(s2);
+    crate::iommu::attach_host(&plat, &s2, HOST_VMID, opts.btm, id.vmid_bits());
+    let vmid_bits = {
+        let io = crate::iommu::IOMMU.lock();
+        let smmu16 = io.smmus.iter().all(|s| s.features().vmid16);
+        if id.vmid_bits() == 16 && smmu16 {
+            16
+        } else {
+            8
+        }
+    };
+    {
+        let mut v = VMIDS.lock();
+        v.configure(vmid_bits).map_err(|_| "VMID allocator")?;
+        v.reserve(hyp::vmid_alloc::Vmid::new(HOST_VMID))
+            .map_err(|_| "host VMID")?;
+    }
+    println!(
+        "warden: VMIDs: {vmid_bits} bits shared by CPU and SMMU stage-2; host VMID {HOST_VMID}"
+    );
+    *HOST_MEM.lock() = Some(HostMem::new(s2, ram.clone(), carveouts.clone()));
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------
@@ -290,8 +318,12 @@ fn build_host_stage2(
     plat: &Platform,
     ram: &[PhysRange],
     carveouts: &[PhysRange],
+    smmu_oas: Option<u32>,
+    smmu_frames: &[PhysRange],
 ) -> Result<Stage2, &'static str> {
-    let pa_bits = id.pa_bits().min(48);
+    // One geometry both the CPU and every SMMU can walk: output size within the CPU's
+    // PARange and every SMMU's OAS, input size covering all RAM and MMIO in the DTB.
+    let pa_bits = id.pa_bits().min(48).min(smmu_oas.unwrap_or(48));
     let top = ram
         .iter()
         .map(|r| r.end())
@@ -300,23 +332,29 @@ fn build_host_stage2(
         .unwrap_or(0);
     let ipa_bits = [32u32, 36, 40, 42, 44, 48]
         .into_iter()
-        .find(|&b| b <= pa_bits && (b == 64 || top <= 1u64 << b))
-        .ok_or("the platform's address map exceeds the CPU's PA size")?;
+        .find(|&b| b <= pa_bits && top <= 1u64 << b)
+        .ok_or("the platform's address map exceeds the CPU's or an SMMU's address size")?;
+    let pa_bits = [32u32, 36, 40, 42, 44, 48]
+        .into_iter()
+        .rev()
+        .find(|&b| b <= pa_bits)
+        .ok_or("PA size")?;
     let geom =
         S2Geometry::new(Granule::Size4K, ipa_bits, pa_bits).map_err(|_| "stage-2 geometry")?;
-    // TLB maintenance issued while building targets the host VMID.
-    write_sysreg!("vttbr_el2", HOST_VMID << 48);
-    arch::isb();
     let mut mem = mm::S2Mem;
-    let mut tlb = HostTlb;
+    // Nothing walks this table yet (VTTBR_EL2 and the STEs are set later).
+    let mut tlb = hyp::s2mmu::NoTlb;
     // SAFETY: every use of the host stage-2 passes `mm::S2Mem`, whose tables come from the
     // heap and are freed only through it.
     let mut s2 =
         unsafe { Stage2::new(geom, &mut mem) }.map_err(|_| "no memory for the host stage-2")?;
     let space = PhysRange::new(0, 1u64 << ipa_bits);
     let mut err = Ok(());
-    // Everything that is not RAM: Device memory (MMIO), largest blocks possible.
-    layout::subtract(space, ram, |r| {
+    // Everything that is not RAM: Device memory (MMIO), largest blocks possible, except
+    // the SMMUs' register frames, which only Warden may touch.
+    let mut holes: Vec<PhysRange> = ram.to_vec();
+    holes.extend_from_slice(smmu_frames);
+    layout::subtract(space, &holes, |r| {
         if err.is_ok() {
             err = s2.map(
                 &mut mem,
@@ -328,7 +366,7 @@ fn build_host_stage2(
             );
         }
     });
-    // RAM minus Warden's carve-outs: Normal write-back.
+    // RAM minus Warden's carve-outs: Normal write-back, host-owned.
     for bank in ram {
         layout::subtract(*bank, carveouts, |r| {
             if err.is_ok() {
@@ -338,29 +376,13 @@ fn build_host_stage2(
                     Ipa(r.base.get()),
                     r.base,
                     r.size,
-                    S2Attrs::NORMAL_RWX,
+                    hyp::host_mem::HOST_RAM,
                 );
             }
         });
     }
     err.map_err(|_| "cannot build the host stage-2")?;
     Ok(s2)
-}
-
-/// Stage-2 TLB maintenance for the host's VMID (the current VTTBR_EL2).
-pub struct HostTlb;
-
-impl hyp::s2mmu::S2Tlb for HostTlb {
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, _last_level_only: bool) {
-        if size > 64 * 4096 {
-            arch::tlbi_vmalls12_is();
-            return;
-        }
-        arch::tlbi_ipa_range_is(ipa.get(), size);
-    }
-    fn invalidate_all(&mut self) {
-        arch::tlbi_vmalls12_is();
-    }
 }
 
 fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {

@@ -21,7 +21,11 @@ mod cpu;
 #[cfg(target_os = "none")]
 mod hypercall;
 #[cfg(target_os = "none")]
+mod iommu;
+#[cfg(target_os = "none")]
 mod mm;
+#[cfg(target_os = "none")]
+mod platform;
 #[cfg(target_os = "none")]
 mod trap;
 

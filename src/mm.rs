@@ -192,4 +192,19 @@ unsafe impl hyp::s2mmu::TableMemory for S2Mem {
     fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
         pa.get() as *mut u64
     }
+    fn clean(&mut self, pa: PhysAddr, size: usize) {
+        if NONCOHERENT_WALKERS.load(core::sync::atomic::Ordering::Acquire) {
+            // Clean and invalidate: the SMMU also writes (event records) through here.
+            arch::clean_invalidate_dcache_range(pa.get(), size as u64);
+        }
+    }
+}
+
+/// Whether some table walker (a non-coherent SMMU) needs table writes cleaned to PoC.
+static NONCOHERENT_WALKERS: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Records that an SMMU walks tables and queues without snooping the CPU caches.
+pub fn set_noncoherent_walkers() {
+    NONCOHERENT_WALKERS.store(true, core::sync::atomic::Ordering::Release);
 }

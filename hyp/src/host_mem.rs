@@ -563,7 +563,7 @@ mod tests {
         let cases: [(u64, u64, Error); 7] = [
             (page + 8, 1, Error::Invalid),          // unaligned
             (page, 0, Error::Invalid),              // zero pages
-            (!0xfff, 2, Error::Invalid), // wraps
+            (!0xfff, 2, Error::Invalid),            // wraps
             (CARVE.base.get(), 1, Error::Denied),   // Warden's memory
             (CARVE.end() - PAGE, 2, Error::Denied), // straddles the carve-out
             (RAM.end(), 1, Error::Denied),          // not RAM (MMIO / nothing)

@@ -6,6 +6,7 @@ mod boottest;
 mod build;
 mod cpio;
 mod deps;
+mod edutest;
 mod image;
 mod initramfs;
 mod kmod;
@@ -29,7 +30,8 @@ commands:
                        build the image, then boot it in QEMU with a Linux host and a
                        busybox shell on the console (poweroff, or Ctrl-A x, to quit)
   test [options]       every test layer: fmt, clippy (host and aarch64), unit tests,
-                       the image, QEMU Linux boot tests; prints a summary
+                       the image, QEMU Linux boot tests, the edu DMA test image under
+                       Warden; prints a summary
   deps                 install/download what run and test need, build the initramfs
   elf2bin ELF OUT      convert an image ELF to a flat binary and check its Image header
 
@@ -49,14 +51,16 @@ run options:
 
 test options:
   --only STEP[,STEP]   run only these steps (repeatable)
-  --skip STEP[,STEP]   skip these steps (repeatable); --skip-qemu skips the boots
+  --skip STEP[,STEP]   skip these steps (repeatable); --skip-qemu skips all QEMU runs
   --list               list the steps
-  --timeout SECS       per QEMU boot (default 240)
+  --timeout SECS       per QEMU boot (default 240; edu boots 60)
   --image PATH         boot this flat image instead of building target/warden.bin
   --direct             boot Linux without Warden (to check the Linux side: the
                        Warden-specific checks are then expected to fail)
-  steps: fmt, clippy (both), clippy-aarch64, unit, image, boot (all boots),
-         boot:<variant> or just <variant>; variants: max-gicv3, a57-gicv2, n1-5g, relocated
+  steps: fmt, clippy (both), clippy-aarch64, unit, image, boot (all Linux boots),
+         boot:<variant> or just <variant>; variants: max-gicv3, a57-gicv2, n1-5g, relocated;
+         edu (all edu DMA boots), edu:<variant> (max-gicv3, a57-gicv2, n1-5g);
+         qemu (boots and edu boots)
 ";
 
 /// `cargo`, as the one running us.
@@ -194,7 +198,7 @@ fn parse_test(mut args: Args) -> Result<Option<suite::Options>> {
         match opt.as_str() {
             "--only" => o.only.extend(split(args.value(&opt)?)),
             "--skip" => o.skip.extend(split(args.value(&opt)?)),
-            "--skip-qemu" => o.skip.push("boot".into()),
+            "--skip-qemu" => o.skip.push("qemu".into()),
             "--timeout" => o.timeout_secs = Some(args.number(&opt)?),
             "--direct" => o.direct = true,
             "--image" => o.image = Some(args.value(&opt)?.into()),
@@ -418,7 +422,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(o.only, ["fmt", "unit"]);
-        assert_eq!(o.skip, ["boot"]);
+        assert_eq!(o.skip, ["qemu"]);
         assert_eq!(o.timeout_secs, Some(300));
         assert!(parse_test(args(&["--bogus"])).is_err());
     }

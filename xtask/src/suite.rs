@@ -6,15 +6,17 @@ use std::time::{Duration, Instant};
 use crate::bail;
 use crate::boottest::{self, VARIANTS};
 use crate::util::{Result, describe};
-use crate::{build, cargo, deps, initramfs};
+use crate::{build, cargo, deps, edutest, initramfs};
 
-/// The steps, in the order they run. Boot steps are named `boot:<variant>`.
+/// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
+/// test image's boots `edu:<variant>`.
 pub fn step_names() -> Vec<String> {
     let mut names: Vec<String> = ["fmt", "clippy", "clippy-aarch64", "unit", "image"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
+    names.extend(edutest::VARIANT_NAMES.iter().map(|v| format!("edu:{v}")));
     names
 }
 
@@ -35,6 +37,7 @@ pub struct Options {
 pub fn matches(word: &str, step: &str) -> bool {
     word == step
         || (word == "boot" || word == "qemu") && step.starts_with("boot:")
+        || (word == "edu" || word == "qemu") && step.starts_with("edu:")
         || step.strip_prefix("boot:") == Some(word)
         || word == "clippy" && step == "clippy-aarch64"
 }
@@ -54,16 +57,18 @@ pub fn select(opts: &Options) -> Result<Vec<String>> {
         .filter(|s| opts.only.is_empty() || opts.only.iter().any(|w| matches(w, s)))
         .filter(|s| !opts.skip.iter().any(|w| matches(w, s)))
         .collect();
-    // Boots need the image (unless they boot Linux directly).
+    // Boots need the image (unless they boot Linux directly); edu boots always run Warden.
     let boots = steps.iter().any(|s| s.starts_with("boot:"));
+    let edus = steps.iter().any(|s| s.starts_with("edu:"));
     let prebuilt = opts.direct || opts.image.is_some();
-    if boots && !prebuilt && !steps.iter().any(|s| s == "image") {
+    let need_image = boots && !prebuilt || edus && opts.image.is_none();
+    if need_image && !steps.iter().any(|s| s == "image") {
         if opts.skip.iter().any(|w| w == "image") {
             bail!("the boot steps need the image: do not skip `image`");
         }
         let at = steps
             .iter()
-            .position(|s| s.starts_with("boot:"))
+            .position(|s| s.starts_with("boot:") || s.starts_with("edu:"))
             .unwrap_or(0);
         steps.insert(at, "image".into());
     }
@@ -100,6 +105,7 @@ pub fn run(opts: &Options) -> Result<bool> {
         .iter()
         .filter_map(|s| s.strip_prefix("boot:"))
         .collect();
+    let edus = steps.iter().any(|s| s.starts_with("edu:"));
 
     let mut results: Vec<(String, Outcome, Duration)> = Vec::new();
     let mut payload = None;
@@ -128,6 +134,17 @@ pub fn run(opts: &Options) -> Result<bool> {
         }
     }
 
+    // The edu boots need QEMU only (no Linux payload).
+    let mut qemu_ok = !boots.is_empty() && payload.is_some();
+    if edus && !qemu_ok {
+        match deps::ensure_qemu() {
+            Ok(()) => qemu_ok = true,
+            Err(e) => println!("xtask: cannot set up the edu tests: {e}"),
+        }
+    }
+    // The edu test image, built by the first edu step.
+    let mut edu_image = None;
+
     let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or(240));
     let mut image_ok = false;
     for step in &steps {
@@ -151,6 +168,8 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "hyp",
                 "-p",
                 "host-abi",
+                "-p",
+                "edu-dma",
                 "--target",
                 "aarch64-unknown-none",
                 "--",
@@ -165,6 +184,26 @@ pub fn run(opts: &Options) -> Result<bool> {
                 }
                 Err(e) => Outcome::Fail(e.to_string()),
             },
+            edu if edu.starts_with("edu:") => {
+                let name = &edu["edu:".len()..];
+                let v = edutest::variants()
+                    .find(|v| v.name == name)
+                    .expect("known variant");
+                let warden = opts.image.clone().unwrap_or_else(build::image_path);
+                if !qemu_ok {
+                    Outcome::Skip("QEMU could not be set up".into())
+                } else if !(image_ok || opts.image.is_some()) {
+                    Outcome::Skip("no image (the image step failed)".into())
+                } else {
+                    let t = opts
+                        .timeout_secs
+                        .map_or(edutest::DEFAULT_TIMEOUT, Duration::from_secs);
+                    match edutest::run_step(v, &warden, t, &mut edu_image) {
+                        Ok(()) => Outcome::Pass,
+                        Err(why) => Outcome::Fail(why),
+                    }
+                }
+            }
             boot => {
                 let name = boot.strip_prefix("boot:").expect("boot step");
                 let v = VARIANTS
@@ -275,6 +314,43 @@ mod tests {
         assert!(no_qemu.iter().all(|s| !s.starts_with("boot:")));
         assert!(no_qemu.contains(&"image".to_string()));
         assert_eq!(sel(&["boot"], &["n1-5g"]).len(), 1 + VARIANTS.len() - 1);
+        assert!(!no_qemu.iter().any(|s| s.starts_with("edu:")));
+    }
+
+    #[test]
+    fn edu_filters() {
+        let edu: Vec<String> = edutest::VARIANT_NAMES
+            .iter()
+            .map(|v| format!("edu:{v}"))
+            .collect();
+        let mut want = vec!["image".to_string()];
+        want.extend(edu.iter().cloned());
+        assert_eq!(sel(&["edu"], &[]), want);
+        assert_eq!(sel(&["edu:a57-gicv2"], &[]), ["image", "edu:a57-gicv2"]);
+        // A variant name alone still means its Linux boot only.
+        assert_eq!(sel(&["max-gicv3"], &[]), ["image", "boot:max-gicv3"]);
+        // `boot` is the Linux boots, `qemu` both kinds.
+        assert!(!sel(&["boot"], &[]).iter().any(|s| s.starts_with("edu:")));
+        assert_eq!(
+            sel(&["qemu"], &[]).len(),
+            1 + VARIANTS.len() + edutest::VARIANT_NAMES.len()
+        );
+        assert!(sel(&[], &["edu"]).iter().all(|s| !s.starts_with("edu:")));
+        // Edu boots always run Warden: --direct does not spare the image.
+        let direct = select(&Options {
+            only: vec!["edu".into()],
+            direct: true,
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(direct[0], "image");
+        let prebuilt = select(&Options {
+            only: vec!["edu".into()],
+            image: Some("w.bin".into()),
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(prebuilt, edu);
     }
 
     #[test]

@@ -152,8 +152,9 @@ pub struct ProbeConfig<'a> {
 
 /// Default cap on log2 of the command queue (1024 entries, 16 KiB).
 pub const CMDQ_LOG2_CAP: u32 = 10;
-/// Default cap on log2 of the event queue (256 entries, 8 KiB).
-pub const EVTQ_LOG2_CAP: u32 = 8;
+/// Default cap on log2 of the event queue (4096 entries, 128 KiB): a device faulting on
+/// a buffer raises an event per access.
+pub const EVTQ_LOG2_CAP: u32 = 12;
 /// StreamID bits at or below which the stream table is linear.
 pub const LINEAR_MAX_BITS: u32 = 8;
 /// Most StreamID bits of a linear table on an SMMU without two-level support (4 MiB).

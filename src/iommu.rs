@@ -1,0 +1,244 @@
+//! Warden's SMMUs at EL2: probing every `arm,smmu-v3` node of the DTB, pointing the host's
+//! StreamIDs at the host stage-2 (the same table the CPU uses, with the host VMID),
+//! broadcast TLB maintenance when every SMMU supports it, and the event log.
+
+use crate::mm::{self, S2Mem};
+use crate::platform::El2SmmuIo;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use hyp::addr::PhysRange;
+use hyp::dtb::Platform;
+use hyp::el2_s1::S1Attr;
+use hyp::host_mem::InvalidationCounts;
+use hyp::s2mmu::Stage2;
+use hyp::smmu::{Event, ProbeConfig, S2Config, Smmu};
+use spin::Mutex;
+
+/// One SMMU Warden drives.
+pub type El2Smmu = Smmu<El2SmmuIo, S2Mem>;
+
+/// Most fault events kept for EVENT_POLL.
+const EVENT_RING: usize = 64;
+
+/// Every SMMU and what their invalidations cost.
+pub struct Iommu {
+    /// The SMMUs, in DTB order (the index is the endpoint's SMMU index).
+    pub smmus: Vec<El2Smmu>,
+    /// Their register frames (never in the host stage-2).
+    pub frames: Vec<PhysRange>,
+    /// Broadcast TLB maintenance in use (every SMMU has BTM and takes part).
+    pub btm: bool,
+    /// Host stage-2 invalidation counters.
+    pub counts: InvalidationCounts,
+    /// Recent fault events: (SMMU index, event).
+    pub events: VecDeque<(usize, Event)>,
+    /// Events dropped from the ring or lost by an SMMU.
+    pub events_lost: u64,
+}
+
+/// The SMMUs. Lock order: host memory (`boot::HOST_MEM`) before this.
+pub static IOMMU: Mutex<Iommu> = Mutex::new(Iommu {
+    smmus: Vec::new(),
+    frames: Vec::new(),
+    btm: false,
+    counts: InvalidationCounts {
+        cpu_tlbi: 0,
+        smmu_tlbi: 0,
+        smmu_syncs: 0,
+        smmu_errors: 0,
+    },
+    events: VecDeque::new(),
+    events_lost: 0,
+});
+
+/// StreamIDs the DTB gives this SMMU for devices Warden can see at boot: `iommus`
+/// properties, and the `iommu-map` entries for requester IDs on each host bridge's first
+/// bus (bridges below it are not configured yet; their devices abort until attached).
+fn described_sids(plat: &Platform, phandle: Option<u32>) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    let Some(ph) = phandle else { return out };
+    for m in plat.iommu_map.iter().filter(|m| m.iommu == ph) {
+        let host = plat.pci_hosts.get(m.host);
+        let first_bus = host.and_then(|h| h.bus_range).map(|(b, _)| b).unwrap_or(0);
+        let lo = first_bus << 8;
+        let hi = lo + 0x100;
+        let start = m.rid_base.max(lo);
+        let end = m.rid_base.saturating_add(m.len).min(hi);
+        if start < end {
+            out.push((m.sid_base + (start - m.rid_base), end - start));
+        }
+    }
+    for d in plat.iommus.iter().filter(|d| d.iommu == ph) {
+        out.push((d.sid, 1));
+    }
+    out
+}
+
+/// Probes every available SMMU of the DTB: maps its frame at EL2, takes it over (global
+/// abort first, every STE aborting) and prints its features. Returns the smallest output
+/// address size among them, which bounds the shared stage-2.
+pub fn probe_all(plat: &Platform) -> Result<Option<u32>, &'static str> {
+    let mut io = IOMMU.lock();
+    let mut min_oas: Option<u32> = None;
+    for (i, s) in plat.smmus.iter().enumerate() {
+        io.frames.push(s.regs);
+        if !s.available {
+            log::info!("smmu{i}: {:?} disabled in the DTB; left alone", s.regs);
+            continue;
+        }
+        mm::map_hyp(s.regs, S1Attr::Device).map_err(|_| "cannot map an SMMU at EL2")?;
+        let sids = described_sids(plat, s.phandle);
+        // A faulting device raises an event per access: a 4096-entry event queue
+        // (128 KiB) holds a few pages of faults between two drains.
+        let cfg = ProbeConfig {
+            coherent: s.dma_coherent,
+            sids: &sids,
+            cmdq_log2: None,
+            evtq_log2: Some(12),
+        };
+        // SAFETY: the frame comes from the DTB, is mapped Device above and is Warden's
+        // alone (it leaves the host stage-2 and the host DTB disables the node).
+        let regs = unsafe { El2SmmuIo::new(s.regs.base.get() as usize) };
+        // SAFETY: every later call on this SMMU passes `S2Mem`.
+        match unsafe { Smmu::probe(regs, &mut S2Mem, &cfg) } {
+            Ok(smmu) => {
+                let f = smmu.features();
+                crate::println!("warden: smmu{i} at {:#x}: {f}", s.regs.base.get());
+                if !s.dma_coherent || !f.cohacc {
+                    mm::set_noncoherent_walkers();
+                }
+                min_oas = Some(min_oas.map_or(f.oas_bits, |m: u32| m.min(f.oas_bits)));
+                io.smmus.push(smmu);
+            }
+            Err(e) => {
+                log::error!("smmu{i} at {:?}: {e}; left aborting all DMA", s.regs);
+            }
+        }
+    }
+    Ok(min_oas)
+}
+
+/// Points every described StreamID of every SMMU at the host stage-2, and turns on
+/// broadcast TLB maintenance if every SMMU supports it, `warden.btm` allows it and the
+/// VMID widths of CPU and SMMUs agree.
+pub fn attach_host(plat: &Platform, s2: &Stage2, vmid: u16, want_btm: bool, cpu_vmid_bits: u32) {
+    let mut io = IOMMU.lock();
+    let cfg = S2Config::for_stage2(s2, vmid);
+    let mut dtb_idx = 0;
+    let mut smmu_idx = 0;
+    let smmus_avail: Vec<_> = plat.smmus.iter().filter(|s| s.available).collect();
+    while smmu_idx < io.smmus.len() && dtb_idx < smmus_avail.len() {
+        let sids = described_sids(plat, smmus_avail[dtb_idx].phandle);
+        let smmu = &mut io.smmus[smmu_idx];
+        let mut n = 0u64;
+        for (first, count) in sids {
+            for sid in first..first.saturating_add(count) {
+                match smmu.set_ste_s2(&mut S2Mem, sid, &cfg) {
+                    Ok(()) => n += 1,
+                    Err(e) => log::error!("smmu{smmu_idx}: STE for sid {sid:#x}: {e}"),
+                }
+            }
+        }
+        crate::println!(
+            "warden: smmu{smmu_idx}: {n} StreamID(s) on the host stage-2 (VMID {vmid}), all others abort"
+        );
+        smmu_idx += 1;
+        dtb_idx += 1;
+    }
+    let all_btm = !io.smmus.is_empty() && io.smmus.iter().all(|s| s.features().btm);
+    let widths_agree = io
+        .smmus
+        .iter()
+        .all(|s| (if s.features().vmid16 { 16 } else { 8 }) == cpu_vmid_bits);
+    let mut btm = want_btm && all_btm && widths_agree;
+    if btm {
+        for s in io.smmus.iter_mut() {
+            if s.set_ptm(&mut S2Mem, false).is_err() {
+                btm = false;
+            }
+        }
+        if !btm {
+            for s in io.smmus.iter_mut() {
+                let _ = s.set_ptm(&mut S2Mem, true);
+            }
+        }
+    }
+    io.btm = btm;
+    let why = if io.smmus.is_empty() {
+        "no SMMU"
+    } else if !want_btm {
+        "warden.btm=off"
+    } else if !all_btm {
+        "an SMMU lacks BTM"
+    } else if !widths_agree {
+        "CPU and SMMU VMID widths differ"
+    } else {
+        "every SMMU takes part in broadcast TLBIs"
+    };
+    crate::println!(
+        "warden: BTM {}: {why}; host stage-2 changes use {}",
+        if btm { "on" } else { "off" },
+        if btm {
+            "CPU TLBIs only"
+        } else {
+            "CPU TLBIs plus SMMU commands and CMD_SYNC"
+        }
+    );
+}
+
+/// Drains every SMMU's event queue into Warden's log and the EVENT_POLL ring. Skipped if
+/// another CPU holds the SMMUs (it will drain them). A device that faults on a whole
+/// buffer raises one event per access: consecutive events of one StreamID, kind and
+/// direction within one page are logged as one line (first address, count).
+pub fn drain_events() {
+    let Some(mut io) = IOMMU.try_lock() else {
+        return;
+    };
+    let io = &mut *io;
+    for (i, smmu) in io.smmus.iter_mut().enumerate() {
+        let mut got: Vec<Event> = Vec::new();
+        let poll = smmu.poll_events(&mut S2Mem, |e| got.push(e));
+        let mut run: Option<(Event, u32)> = None;
+        for e in got {
+            match &mut run {
+                Some((first, n))
+                    if first.sid == e.sid
+                        && first.kind == e.kind
+                        && first.read == e.read
+                        && first.input_addr >> 12 == e.input_addr >> 12 =>
+                {
+                    *n += 1
+                }
+                _ => {
+                    if let Some((first, n)) = run.take() {
+                        log_event(i, &first, n);
+                    }
+                    run = Some((e, 1));
+                }
+            }
+            if io.events.len() == EVENT_RING {
+                io.events.pop_front();
+                io.events_lost += 1;
+            }
+            io.events.push_back((i, e));
+        }
+        if let Some((first, n)) = run {
+            log_event(i, &first, n);
+        }
+        if poll.overflow {
+            io.events_lost += 1;
+            log::warn!("smmu{i}: event queue overflowed: some events were lost");
+        }
+        if poll.gerror != 0 {
+            log::error!("smmu{i}: global error {:#x} acknowledged", poll.gerror);
+        }
+    }
+}
+
+fn log_event(smmu: usize, e: &Event, n: u32) {
+    if n == 1 {
+        log::warn!("smmu{smmu}: {e}");
+    } else {
+        log::warn!("smmu{smmu}: {e} (+{} more in this page)", n - 1);
+    }
+}

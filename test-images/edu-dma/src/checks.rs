@@ -1,0 +1,396 @@
+//! The checks. Each prints `EDU PASS <name>: details` or `EDU FAIL <name>: why`
+//! ([`rt::report`]); lines `edu: target <what>=0x…` name the addresses that DMA must not
+//! reach, for the harness to find in Warden's SMMU fault log.
+//!
+//! - `dma-to-host`: RAM -> edu -> RAM of a pattern through the host's identity stage-2.
+//! - `dma-into-carveout`: DMA at the first and the middle page of Warden's carve-out
+//!   (`/reserved-memory/warden@…`): a read into edu's buffer, then a write back. The
+//!   read must deliver nothing (edu's buffer stays as it was, or holds the zeros QEMU
+//!   gives an aborted read); the write carries whatever the read delivered, so that if
+//!   DMA does reach the carve-out (no SMMU protection) Warden gets its own bytes back and
+//!   the run goes on. Whether the write landed the program cannot see: Warden's log must
+//!   show the SMMU fault (the harness checks).
+//! - `donate-blocks-dma`: a page donated with `MEM_DONATE` is out of reach of DMA in both
+//!   directions; `MEM_RECLAIM` returns it unchanged, and DMA reaches it again.
+//! - `donate-errors`: `MEM_DONATE` / `MEM_RECLAIM` refuse bad arguments with the ABI's
+//!   error codes.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+
+use hyp::addr::PhysRange;
+use hyp::dtb::Platform;
+
+use crate::edu::Edu;
+use crate::logic::{
+    self, PAGE, PageWords, ReadOutcome, Status, Tag, WORDS, compare, judge_refused_read,
+    pattern_page,
+};
+use crate::rt::{self, report};
+use crate::{println, smccc};
+
+/// The checks, in the order they run (the harness expects exactly these).
+pub const CHECKS: [&str; 4] = [
+    "dma-to-host",
+    "dma-into-carveout",
+    "donate-blocks-dma",
+    "donate-errors",
+];
+
+const PAGE_LEN: u64 = PAGE as u64;
+
+// ---------------------------------------------------------------------------------------
+// DMA buffers
+// ---------------------------------------------------------------------------------------
+
+/// A page-aligned page of RAM in .bss that only DMA and volatile word accesses touch.
+#[repr(C, align(4096))]
+struct DmaPage(UnsafeCell<PageWords>);
+
+// SAFETY: one CPU, interrupts masked; every access is a volatile word access.
+unsafe impl Sync for DmaPage {}
+
+impl DmaPage {
+    const fn new() -> Self {
+        Self(UnsafeCell::new([0; WORDS]))
+    }
+
+    /// Physical address (the MMU is off: addresses are physical).
+    fn addr(&self) -> u64 {
+        self.0.get() as u64
+    }
+
+    /// Reads the page.
+    ///
+    /// # Safety
+    ///
+    /// The page must be the program's (not donated to Warden).
+    unsafe fn load(&self) -> PageWords {
+        let p = self.0.get() as *const u64;
+        // SAFETY: the page is ours and `i` stays inside it; volatile because devices write it.
+        core::array::from_fn(|i| unsafe { p.add(i).read_volatile() })
+    }
+
+    /// Writes the page and waits until the writes are done.
+    ///
+    /// # Safety
+    ///
+    /// The page must be the program's (not donated to Warden).
+    unsafe fn store(&self, words: &PageWords) {
+        let p = self.0.get() as *mut u64;
+        for (i, &w) in words.iter().enumerate() {
+            // SAFETY: the page is ours and `i` stays inside it.
+            unsafe { p.add(i).write_volatile(w) };
+        }
+        rt::dsb();
+    }
+}
+
+/// A page that is never donated: reading and writing it is always allowed.
+struct HostPage(DmaPage);
+
+impl HostPage {
+    const fn new() -> Self {
+        Self(DmaPage::new())
+    }
+
+    fn addr(&self) -> u64 {
+        self.0.addr()
+    }
+
+    fn load(&self) -> PageWords {
+        // SAFETY: host pages are never donated.
+        unsafe { self.0.load() }
+    }
+
+    fn store(&self, words: &PageWords) {
+        // SAFETY: host pages are never donated.
+        unsafe { self.0.store(words) }
+    }
+}
+
+/// Source data of DMAs into edu.
+static SRC: HostPage = HostPage::new();
+/// Destination of DMAs out of edu.
+static DST: HostPage = HostPage::new();
+/// The page `donate-blocks-dma` donates (only ever accessed through `DmaPage`'s unsafe
+/// methods, when the program owns it).
+static DONATED: DmaPage = DmaPage::new();
+/// The page `donate-errors` passes to calls that must fail. Never read or written by the
+/// CPU, so a call that wrongly succeeds cannot make the program fault.
+static SPARE: DmaPage = DmaPage::new();
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// Puts a page of `words` into edu's buffer (by DMA from `SRC`).
+fn load_edu(edu: &Edu, words: &PageWords) -> Result<u64, String> {
+    SRC.store(words);
+    edu.to_device(SRC.addr(), 0, PAGE_LEN)
+}
+
+/// Reads edu's buffer back (by DMA into `DST`).
+fn read_edu(edu: &Edu) -> Result<PageWords, String> {
+    DST.store(&[0; WORDS]);
+    edu.to_ram(0, DST.addr(), PAGE_LEN)?;
+    Ok(DST.load())
+}
+
+fn describe_read(r: ReadOutcome) -> String {
+    match r {
+        ReadOutcome::Untouched => "edu's buffer unchanged".into(),
+        ReadOutcome::Zeros => "edu's buffer all zeros, as after an aborted read".into(),
+        ReadOutcome::Leaked { index, value } => {
+            format!("edu's buffer holds the protected page's data (word {index} = {value:#x})")
+        }
+        ReadOutcome::Changed { index, value } => format!(
+            "edu's buffer holds data that is neither its old contents nor zeros (word {index} = {value:#x})"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The checks
+// ---------------------------------------------------------------------------------------
+
+/// Sets edu up and runs every check, reporting each.
+pub fn run(plat: &Platform, dtb: &[u8]) {
+    let uid = smccc::call_uid();
+    println!(
+        "edu: hypervisor UID {:08x}-{:08x}-{:08x}-{:08x}",
+        uid.x0 as u32, uid.x1 as u32, uid.x2 as u32, uid.x3 as u32
+    );
+    let bases = logic::warden_node_bases(dtb);
+    let carve = logic::carve_outs(plat, &bases);
+    for c in &carve {
+        println!(
+            "edu: Warden carve-out {:#x}..{:#x} (/reserved-memory/warden@{:x})",
+            c.base.get(),
+            c.end(),
+            c.base.get()
+        );
+    }
+    let edu = match Edu::setup(plat) {
+        Ok((edu, info)) => {
+            println!("edu: {info}");
+            edu
+        }
+        Err(why) => {
+            for name in CHECKS {
+                report(name, Err(format!("not run: {why}")));
+            }
+            return;
+        }
+    };
+    report("dma-to-host", dma_to_host(&edu));
+    report("dma-into-carveout", dma_into_carveout(&edu, &carve));
+    report("donate-blocks-dma", donate_blocks_dma(&edu));
+    report("donate-errors", donate_errors(carve.first().copied()));
+    println!("edu: heap {} KiB used", rt::heap_used().div_ceil(1024));
+}
+
+fn dma_to_host(edu: &Edu) -> Result<String, String> {
+    let src = pattern_page(Tag::Source);
+    SRC.store(&src);
+    DST.store(&[0; WORDS]);
+    let t1 = edu.to_device(SRC.addr(), 0, PAGE_LEN)?;
+    let t2 = edu.to_ram(0, DST.addr(), PAGE_LEN)?;
+    match compare(&DST.load(), &src) {
+        None => Ok(format!(
+            "{PAGE} bytes RAM {:#x} -> edu -> RAM {:#x} arrived intact ({t1} ms + {t2} ms)",
+            SRC.addr(),
+            DST.addr()
+        )),
+        Some(m) => Err(format!(
+            "{PAGE} bytes RAM {:#x} -> edu -> RAM {:#x}: {} of {WORDS} words differ, first word {} = {:#x}, expected {:#x}",
+            SRC.addr(),
+            DST.addr(),
+            m.count,
+            m.index,
+            m.got,
+            m.want
+        )),
+    }
+}
+
+fn dma_into_carveout(edu: &Edu, carve: &[PhysRange]) -> Result<String, String> {
+    let c = *carve
+        .first()
+        .ok_or("the DTB has no /reserved-memory/warden@… node: Warden's carve-out is unknown")?;
+    let targets = logic::carve_out_targets(c);
+    println!("edu: target carveout-base={:#x}", targets[0]);
+    println!("edu: target carveout-middle={:#x}", targets[1]);
+    let filler = pattern_page(Tag::Filler);
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    for (name, at) in [("base", targets[0]), ("middle", targets[1])] {
+        load_edu(edu, &filler)?;
+        // No call into Warden from here to the write below: Warden's memory cannot change
+        // in between, so if the read does reach it the write puts back the same bytes.
+        edu.to_device(at, 0, PAGE_LEN)?;
+        let read = judge_refused_read(&read_edu(edu)?, &filler, None);
+        edu.to_ram(0, at, PAGE_LEN)?;
+        smccc::nudge();
+        println!(
+            "edu: carve-out {name} {at:#x}: DMA read then write of {PAGE} bytes; after the read: {}",
+            describe_read(read)
+        );
+        if read.leaked() {
+            problems.push(format!(
+                "a DMA read of the carve-out {name} {at:#x} delivered data ({}): the carve-out is reachable by DMA (the DMA write that followed carried the same bytes back)",
+                describe_read(read)
+            ));
+        }
+        seen.push(format!("{name} {at:#x}"));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "carve-out {:#x}..{:#x}: DMA reads of {} delivered nothing; DMA writes to the same pages issued (Warden must log the SMMU faults)",
+            c.base.get(),
+            c.end(),
+            seen.join(" and ")
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
+    let p = DONATED.addr();
+    println!("edu: target donated-page={p:#x}");
+    let secret = pattern_page(Tag::Donated);
+    let marker = pattern_page(Tag::Marker);
+    // SAFETY: the page has not been donated yet.
+    unsafe { DONATED.store(&secret) };
+    load_edu(edu, &marker)?;
+
+    let mut problems = Vec::new();
+    // SAFETY: from here on the program touches the page again only once MEM_RECLAIM has
+    // returned it, or if MEM_DONATE failed (then it never left).
+    let r = unsafe { smccc::mem_donate(p, 1) };
+    let donated = r.x0 == 0;
+    if !donated {
+        problems.push(format!(
+            "MEM_DONATE({p:#x}, 1) = {}, expected 0",
+            Status(r.x0)
+        ));
+    }
+    // edu -> P, then P -> edu: both must be refused.
+    edu.to_ram(0, p, PAGE_LEN)?;
+    edu.to_device(p, 0, PAGE_LEN)?;
+    let read = judge_refused_read(&read_edu(edu)?, &marker, Some(&secret));
+    smccc::nudge();
+    if read.leaked() {
+        problems.push(format!(
+            "a DMA read of the donated page reached it: {}",
+            describe_read(read)
+        ));
+    }
+
+    let r = smccc::mem_reclaim(1);
+    let reclaimed = r.x0 == 0 && r.x1 == p && r.x2 == 1;
+    if r.x0 != 0 {
+        problems.push(format!(
+            "MEM_RECLAIM(1) = {}, expected 0 with x1 = {p:#x}, x2 = 1",
+            Status(r.x0)
+        ));
+    } else if !reclaimed {
+        problems.push(format!(
+            "MEM_RECLAIM(1) returned x1 = {:#x}, x2 = {}: expected {p:#x}, 1",
+            r.x1, r.x2
+        ));
+    }
+    if donated && !reclaimed {
+        problems.push(format!(
+            "page {p:#x} is still Warden's: whether the DMA write reached it cannot be checked"
+        ));
+        return Err(problems.join("; "));
+    }
+
+    // SAFETY: the page is the program's again (reclaimed, or never donated).
+    let now = unsafe { DONATED.load() };
+    if let Some(m) = compare(&now, &secret) {
+        let whose = if m.got == marker[m.index] {
+            "edu's data"
+        } else {
+            "unknown data"
+        };
+        problems.push(format!(
+            "the page changed while it was {}donated: the DMA write into it landed ({} of {WORDS} words differ, word {} = {:#x}: {whose})",
+            if donated { "" } else { "(supposedly) " },
+            m.count,
+            m.index,
+            m.got
+        ));
+    }
+
+    // Back with the host: DMA reaches it again.
+    load_edu(edu, &marker)?;
+    edu.to_ram(0, p, PAGE_LEN)?;
+    // SAFETY: as above.
+    if let Some(m) = compare(&unsafe { DONATED.load() }, &marker) {
+        problems.push(format!(
+            "after MEM_RECLAIM a DMA write into {p:#x} did not land ({} of {WORDS} words differ, word {} = {:#x})",
+            m.count, m.index, m.got
+        ));
+    }
+
+    if problems.is_empty() {
+        Ok(format!(
+            "page {p:#x} donated: DMA write into it refused (its data unchanged), DMA read of it refused ({}); MEM_RECLAIM(1) = 0, {p:#x}, 1; DMA write into it lands again",
+            describe_read(read)
+        ))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn donate_errors(carve: Option<PhysRange>) -> Result<String, String> {
+    use host_abi::Error;
+    let q = SPARE.addr();
+    let mut calls: Vec<(String, u64, Error)> = Vec::new();
+    let mut problems = Vec::new();
+    // SAFETY: this MEM_DONATE and the two below must fail; one that wrongly succeeds can
+    // only take the spare page, which the program never touches, or Warden's own memory.
+    let r = unsafe { smccc::mem_donate(q + 0x10, 1) };
+    calls.push((
+        format!("MEM_DONATE({:#x}, 1)", q + 0x10),
+        r.x0,
+        Error::Invalid,
+    ));
+    match carve {
+        Some(c) => {
+            // SAFETY: see above.
+            let r = unsafe { smccc::mem_donate(c.base.get(), 1) };
+            calls.push((
+                format!("MEM_DONATE(carve-out {:#x}, 1)", c.base.get()),
+                r.x0,
+                Error::Denied,
+            ));
+        }
+        None => problems.push("no carve-out in the DTB to try MEM_DONATE on".into()),
+    }
+    // SAFETY: see above.
+    let r = unsafe { smccc::mem_donate(q, 0) };
+    calls.push((format!("MEM_DONATE({q:#x}, 0)"), r.x0, Error::Invalid));
+    let r = smccc::mem_reclaim(0);
+    calls.push(("MEM_RECLAIM(0)".into(), r.x0, Error::Invalid));
+
+    let mut done = Vec::new();
+    for (call, got, want) in calls {
+        let line = format!("{call} = {}", Status(got));
+        if got == want.to_reg() {
+            done.push(line);
+        } else {
+            problems.push(format!("{line}, expected {}", Status(want.to_reg())));
+        }
+    }
+    if problems.is_empty() {
+        Ok(done.join("; "))
+    } else {
+        Err(problems.join("; "))
+    }
+}

@@ -1,0 +1,122 @@
+// edu-dma entry code: the arm64 Image header, the entry point (relocation, .bss, stack,
+// FP/SIMD, exception vectors) and the EL1 exception vectors.
+//
+// Warden enters the image like a Linux arm64 Image: at its first byte, at EL1h, MMU off,
+// DAIF masked, x0 = the DTB Warden wrote for the host. Everything here is position
+// independent (adr/adrp); the absolute pointers in Rust data are fixed up from .rela.dyn
+// before any Rust code runs, exactly as Warden's own src/head.S does.
+//
+// The image runs with the EL1 MMU off for its whole life: every data access is
+// Device-nGnRnE. So no unaligned accesses (the target has +strict-align) and no
+// exclusives or atomics (xtask checks the binary for them); see src/main.rs.
+
+.macro adr_l reg, sym
+    adrp    \reg, \sym
+    add     \reg, \reg, :lo12:\sym
+.endm
+
+// SCTLR_EL1 with the MMU and data cache off: RES1 bits (LSMAOE, nTLSMD, EIS, TSCXT, EOS),
+// little endian, instruction cache on, SP alignment checking on.
+.equ SCTLR_EL1_MMU_OFF, 0x30501808
+.equ R_AARCH64_RELATIVE, 1027
+// CPACR_EL1.FPEN = 0b11: FP/SIMD instructions do not trap (the compiler uses them).
+.equ CPACR_EL1_FPEN, (3 << 20)
+
+.section .text.head, "ax"
+.global _start
+_start:
+    // arm64 Image header (Documentation/arch/arm64/booting.rst)
+    b       primary_entry           // code0
+    .long   0                       // code1
+    .quad   0                       // text_offset: 2 MiB-aligned base + 0
+    .quad   _image_size             // image_size: includes .bss and the stack
+    .quad   0xa                     // flags: LE, 4K pages, placed anywhere in RAM
+    .quad   0                       // res2
+    .quad   0                       // res3
+    .quad   0                       // res4
+    .ascii  "ARM\x64"               // magic
+    .long   0                       // res5
+
+.section .text.entry, "ax"
+primary_entry:
+    mov     x19, x0                 // x19 = DTB physical address
+    mrs     x21, CurrentEL
+    lsr     x21, x21, #2            // x21 = exception level we were entered at
+
+    ldr     x1, =SCTLR_EL1_MMU_OFF
+    msr     sctlr_el1, x1
+    mov     x1, #CPACR_EL1_FPEN
+    msr     cpacr_el1, x1
+    isb
+
+    // Apply R_AARCH64_RELATIVE relocations: *(base + off) = base + addend.
+    adr     x20, _start             // x20 = runtime base (linked at 0)
+    adr_l   x1, __rela_start
+    adr_l   x2, __rela_end
+1:  cmp     x1, x2
+    b.hs    2f
+    ldp     x3, x4, [x1], #16       // r_offset, r_info
+    ldr     x5, [x1], #8            // r_addend
+    cmp     w4, #R_AARCH64_RELATIVE
+    b.ne    park                    // only relative relocations are expected
+    add     x5, x5, x20
+    str     x5, [x20, x3]
+    b       1b
+
+2:  // Zero .bss (16-byte aligned at both ends, see linker.ld).
+    adr_l   x1, __bss_start
+    adr_l   x2, __bss_end
+3:  cmp     x1, x2
+    b.hs    4f
+    stp     xzr, xzr, [x1], #16
+    b       3b
+
+4:  adr_l   x1, __stack_end
+    mov     sp, x1
+    adr_l   x1, el1_vectors
+    msr     vbar_el1, x1
+    isb
+
+    mov     x0, x19
+    mov     x1, x20
+    mov     x2, x21
+    bl      edu_main                // never returns
+    b       park
+
+.global park
+park:
+    wfe
+    b       park
+
+// ---------------------------------------------------------------------------------------
+// EL1 exception vectors. No exception is expected: each slot hands its number and the
+// syndrome to `el1_exception` (src/rt.rs), which reports it and powers the machine off.
+.macro vector kind
+    .balign 0x80
+    mov     x0, #\kind
+    mrs     x1, esr_el1
+    mrs     x2, elr_el1
+    mrs     x3, far_el1
+    b       el1_exception
+.endm
+
+.section .text.vectors, "ax"
+.balign 0x800
+.global el1_vectors
+el1_vectors:
+    vector 0        // current EL, SP_EL0: sync
+    vector 1        //   irq
+    vector 2        //   fiq
+    vector 3        //   serror
+    vector 4        // current EL, SP_ELx: sync
+    vector 5        //   irq
+    vector 6        //   fiq
+    vector 7        //   serror
+    vector 8        // lower EL, AArch64: sync
+    vector 9        //   irq
+    vector 10       //   fiq
+    vector 11       //   serror
+    vector 12       // lower EL, AArch32: sync
+    vector 13       //   irq
+    vector 14       //   fiq
+    vector 15       //   serror

@@ -1,0 +1,423 @@
+//! The runtime of a single-CPU, MMU-off EL1 program: entry from head.S, the PL011
+//! console, a lock-free bump heap, the generic timer, check reporting, unexpected
+//! exceptions and panics, and power-off.
+//!
+//! All mutable state is in `Cell`s of `Sync` wrappers. That is sound here because the
+//! program runs on one CPU with interrupts masked (Warden enters it with DAIF set and
+//! nothing unmasks them) and nothing re-enters it except the exception and panic paths,
+//! which are guarded against recursion and end in power-off.
+
+use alloc::string::String;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::{Cell, UnsafeCell};
+use core::fmt::{self, Write};
+
+use crate::{checks, smccc};
+
+// ---------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------
+
+struct State {
+    /// PL011 base (0: no console).
+    console: Cell<u64>,
+    /// PSCI conduit: SMC (true) or HVC.
+    psci_smc: Cell<bool>,
+    passed: Cell<u32>,
+    failed: Cell<u32>,
+    /// Set once the program is on its way out (exception, panic, power-off).
+    finishing: Cell<bool>,
+}
+
+// SAFETY: one CPU, interrupts masked, no re-entrancy but the guarded exception and panic
+// paths (see the module documentation): the cells are never accessed concurrently.
+unsafe impl Sync for State {}
+
+static STATE: State = State {
+    console: Cell::new(0),
+    psci_smc: Cell::new(true),
+    passed: Cell::new(0),
+    failed: Cell::new(0),
+    finishing: Cell::new(false),
+};
+
+// ---------------------------------------------------------------------------------------
+// MMIO and barriers
+// ---------------------------------------------------------------------------------------
+
+/// Reads a 32-bit device register.
+///
+/// # Safety
+///
+/// `addr` must be a 4-byte aligned device register (or RAM) the program may read.
+pub unsafe fn read32(addr: u64) -> u32 {
+    // SAFETY: per the caller's contract.
+    unsafe { (addr as *const u32).read_volatile() }
+}
+
+/// Writes a 32-bit device register.
+///
+/// # Safety
+///
+/// `addr` must be a 4-byte aligned device register the program may write.
+pub unsafe fn write32(addr: u64, value: u32) {
+    // SAFETY: per the caller's contract.
+    unsafe { (addr as *mut u32).write_volatile(value) }
+}
+
+/// Reads a 64-bit device register.
+///
+/// # Safety
+///
+/// `addr` must be an 8-byte aligned device register the program may read.
+pub unsafe fn read64(addr: u64) -> u64 {
+    // SAFETY: per the caller's contract.
+    unsafe { (addr as *const u64).read_volatile() }
+}
+
+/// Writes a 64-bit device register.
+///
+/// # Safety
+///
+/// `addr` must be an 8-byte aligned device register the program may write.
+pub unsafe fn write64(addr: u64, value: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe { (addr as *mut u64).write_volatile(value) }
+}
+
+/// `DSB SY`: every earlier memory access has completed (before a device is told to DMA,
+/// and after it has said it is done).
+pub fn dsb() {
+    // SAFETY: a barrier; no memory or register effects beyond ordering.
+    unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Timer
+// ---------------------------------------------------------------------------------------
+
+/// The virtual counter (CNTVCT_EL0).
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading the counter has no side effects; EL1 may always read CNTVCT_EL0.
+    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nostack)) };
+    v
+}
+
+/// The counter frequency in Hz (CNTFRQ_EL0), never 0.
+pub fn counter_hz() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) v, options(nomem, nostack)) };
+    v.max(1)
+}
+
+/// Milliseconds between two counter values.
+pub fn ms_between(start: u64, end: u64) -> u64 {
+    end.wrapping_sub(start).saturating_mul(1000) / counter_hz()
+}
+
+// ---------------------------------------------------------------------------------------
+// Console
+// ---------------------------------------------------------------------------------------
+
+const UARTDR: u64 = 0x00;
+const UARTFR: u64 = 0x18;
+const UARTCR: u64 = 0x30;
+const FR_BUSY: u32 = 1 << 3;
+const FR_TXFF: u32 = 1 << 5;
+/// UARTEN | TXE | RXE.
+const CR_ENABLE: u32 = 0x301;
+
+fn console_init(base: u64) {
+    STATE.console.set(base);
+    // SAFETY: `base` is the PL011 the DTB names as the console.
+    unsafe {
+        let cr = read32(base + UARTCR);
+        if cr & CR_ENABLE != CR_ENABLE {
+            write32(base + UARTCR, cr | CR_ENABLE);
+        }
+    }
+}
+
+fn putc(byte: u8) {
+    let base = STATE.console.get();
+    if base == 0 {
+        return;
+    }
+    // SAFETY: `base` is the PL011 set up by `console_init`.
+    unsafe {
+        while read32(base + UARTFR) & FR_TXFF != 0 {}
+        write32(base + UARTDR, u32::from(byte));
+    }
+}
+
+fn console_flush() {
+    let base = STATE.console.get();
+    if base == 0 {
+        return;
+    }
+    // SAFETY: as in `putc`.
+    unsafe { while read32(base + UARTFR) & FR_BUSY != 0 {} }
+}
+
+struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                putc(b'\r');
+            }
+            putc(b);
+        }
+        Ok(())
+    }
+}
+
+/// Writes formatted text to the console.
+pub fn print_fmt(args: fmt::Arguments<'_>) {
+    let _ = Console.write_fmt(args);
+}
+
+/// `println!` on the console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {
+        $crate::rt::print_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Heap: a bump allocator without a lock (no exclusives with the MMU off)
+// ---------------------------------------------------------------------------------------
+
+const HEAP_SIZE: usize = 512 * 1024;
+
+#[repr(C, align(16))]
+struct HeapMem(UnsafeCell<[u8; HEAP_SIZE]>);
+
+struct Bump {
+    mem: HeapMem,
+    /// Offset of the first free byte.
+    next: Cell<usize>,
+}
+
+// SAFETY: single CPU, interrupts masked, no allocation from the exception path before it
+// powers off (see the module documentation): no concurrent access to `next`.
+unsafe impl Sync for Bump {}
+
+impl Bump {
+    fn base(&self) -> usize {
+        self.mem.0.get() as usize
+    }
+
+    /// Whether `[ptr, ptr + size)` is the most recent allocation.
+    fn is_last(&self, ptr: *mut u8, size: usize) -> bool {
+        ptr as usize + size == self.base() + self.next.get()
+    }
+}
+
+// SAFETY: `alloc` hands out disjoint, suitably aligned ranges of `mem` (or null when it
+// is exhausted); `dealloc` and `realloc` only move `next` back over or extend the most
+// recent allocation, which its owner is giving up or growing.
+unsafe impl GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let base = self.base();
+        let Some(start) = (base + self.next.get()).checked_next_multiple_of(layout.align()) else {
+            return core::ptr::null_mut();
+        };
+        match start.checked_add(layout.size()) {
+            Some(end) if end <= base + HEAP_SIZE => {
+                self.next.set(end - base);
+                start as *mut u8
+            }
+            _ => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // Only the most recent allocation goes back; the rest stays (the program is short).
+        if self.is_last(ptr, layout.size()) {
+            self.next.set(ptr as usize - self.base());
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let start = ptr as usize - self.base();
+        if self.is_last(ptr, layout.size()) && start + new_size <= HEAP_SIZE {
+            self.next.set(start + new_size);
+            return ptr;
+        }
+        // SAFETY: `layout.align()` is valid and `new_size` is non-zero, per the caller.
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: `new_layout` has a non-zero size.
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both ranges are live allocations of at least the copied size, and
+            // disjoint (the new one lies after every live allocation).
+            unsafe {
+                core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static HEAP: Bump = Bump {
+    mem: HeapMem(UnsafeCell::new([0; HEAP_SIZE])),
+    next: Cell::new(0),
+};
+
+/// Bytes of heap in use.
+pub fn heap_used() -> usize {
+    HEAP.next.get()
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting and the end of the program
+// ---------------------------------------------------------------------------------------
+
+/// Prints a check's result line and counts it.
+pub fn report(name: &str, result: Result<String, String>) {
+    match result {
+        Ok(details) => {
+            STATE.passed.set(STATE.passed.get() + 1);
+            println!("EDU PASS {name}: {details}");
+        }
+        Err(why) => {
+            STATE.failed.set(STATE.failed.get() + 1);
+            println!("EDU FAIL {name}: {why}");
+        }
+    }
+}
+
+/// Prints the summary and powers the machine off.
+pub fn finish() -> ! {
+    STATE.finishing.set(true);
+    println!(
+        "edu: {} passed, {} failed",
+        STATE.passed.get(),
+        STATE.failed.get()
+    );
+    console_flush();
+    // Give Warden one more trap before the end (it may drain its SMMU event queue then).
+    smccc::nudge();
+    let r = smccc::psci_system_off(STATE.psci_smc.get());
+    println!("edu: PSCI SYSTEM_OFF returned {:#x}; parking", r);
+    park()
+}
+
+/// Stops this CPU for good.
+pub fn park() -> ! {
+    loop {
+        // SAFETY: waiting for an event has no effect on memory.
+        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+    }
+}
+
+/// Called by the EL1 vectors (head.S) for any exception: none is expected.
+#[unsafe(no_mangle)]
+extern "C" fn el1_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    if STATE.finishing.replace(true) {
+        park();
+    }
+    let class = esr >> 26;
+    let hint = match (class, esr & 0x3f) {
+        (0x25, 0x10) | (0x21, 0x10) => {
+            ": a synchronous external abort, i.e. Warden refused the access (memory the \
+             program does not own)"
+        }
+        (0x25, _) | (0x24, _) => ": a data abort",
+        (0x21, _) | (0x20, _) => ": an instruction abort",
+        (0x00, _) => ": an UNDEFINED instruction (Warden injects this for traps it refuses)",
+        _ => "",
+    };
+    STATE.failed.set(STATE.failed.get() + 1);
+    println!(
+        "EDU FAIL exception: unexpected exception at EL1, vector {kind}, ESR {esr:#x} (EC {class:#x}), ELR {elr:#x}, FAR {far:#x}{hint}"
+    );
+    finish()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    if STATE.finishing.replace(true) {
+        park();
+    }
+    STATE.failed.set(STATE.failed.get() + 1);
+    println!("EDU FAIL panic: {info}");
+    finish()
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry
+// ---------------------------------------------------------------------------------------
+
+/// Largest DTB accepted (Warden's host DTB is at most 2 MiB).
+const MAX_DTB: usize = 2 << 20;
+
+/// The DTB's bytes, as long as its header says (None if it does not look like one).
+fn dtb_blob(pa: u64) -> Option<&'static [u8]> {
+    if pa == 0 || !pa.is_multiple_of(8) {
+        return None;
+    }
+    // SAFETY: Warden passes the physical address of the DTB it wrote into host RAM; the
+    // program never writes it. The header is read first to learn the length.
+    let head = unsafe { core::slice::from_raw_parts(pa as *const u8, 8) };
+    if head[..4] != [0xd0, 0x0d, 0xfe, 0xed] {
+        return None;
+    }
+    let size = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if !(40..=MAX_DTB).contains(&size) {
+        return None;
+    }
+    // SAFETY: as above; the blob is `size` bytes long.
+    Some(unsafe { core::slice::from_raw_parts(pa as *const u8, size) })
+}
+
+/// Entered from head.S with the DTB address, the image's load address and the exception
+/// level the program was entered at.
+#[unsafe(no_mangle)]
+extern "C" fn edu_main(dtb: u64, load_base: u64, el: u64) -> ! {
+    let Some(blob) = dtb_blob(dtb) else {
+        // No DTB, no console: nothing can be reported. Try to end the run anyway.
+        smccc::psci_system_off(true);
+        park()
+    };
+    let plat = match hyp::dtb::Platform::parse(blob) {
+        Ok(p) => p,
+        Err(_) => {
+            smccc::psci_system_off(true);
+            park()
+        }
+    };
+    if let Some(psci) = &plat.psci {
+        STATE.psci_smc.set(psci.method == hyp::dtb::PsciMethod::Smc);
+    }
+    match &plat.console {
+        Some(c) if c.kind == hyp::dtb::ConsoleKind::Pl011 => console_init(c.regs.base.get()),
+        // Only a PL011 is driven; without it the run cannot report anything.
+        _ => {
+            smccc::psci_system_off(STATE.psci_smc.get());
+            park()
+        }
+    }
+    println!(
+        "edu: edu-dma test image at EL{el}, loaded at {load_base:#x}, DTB at {dtb:#x} ({} bytes), EL1 MMU off",
+        blob.len()
+    );
+    if el != 1 {
+        report(
+            "setup",
+            Err(alloc::format!(
+                "entered at EL{el}: the image must run at EL1 under Warden"
+            )),
+        );
+        finish();
+    }
+    checks::run(&plat, blob);
+    finish()
+}

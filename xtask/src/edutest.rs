@@ -1,0 +1,669 @@
+//! `edu:<variant>` tests: boot the `edu-dma` test image (test-images/edu-dma) through
+//! Warden, in place of Linux, with QEMU's `edu` PCI device, and judge the console log.
+//!
+//! A variant passes only if: every check printed `EDU PASS <name>` and nothing printed
+//! `EDU FAIL`; the summary line says `edu: 4 passed, 0 failed`; Warden's banner appeared;
+//! for each address the image names in an `edu: target <what>=0x…` line (the carve-out's
+//! first and middle page, the donated page) Warden logged an SMMU fault: a line of its
+//! own (not one of the image's `EDU `/`edu:` lines) containing `SMMU`, `sid 0x10` (the
+//! StreamID of `edu,addr=2`) and that address as a `0x…` number; and QEMU powered off by
+//! itself with status 0 before the timeout.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use object::elf::{FileHeader64, SHF_EXECINSTR, SHT_PROGBITS};
+use object::read::elf::{FileHeader, SectionHeader, Sym};
+use object::{Endianness, FileKind};
+
+use crate::bail;
+use crate::boottest::{BANNER_PREFIX, VARIANTS, Variant, WARDEN_ARGS, log_dir};
+use crate::qemu::{self, KERNEL_ADDR, Machine};
+use crate::util::{self, Context, Result, say, show};
+
+/// The boot-test variants the edu image runs on.
+pub const VARIANT_NAMES: [&str; 3] = ["max-gicv3", "a57-gicv2", "n1-5g"];
+/// The image's checks, in the order it runs them (test-images/edu-dma/src/checks.rs).
+pub const CHECKS: [&str; 4] = [
+    "dma-to-host",
+    "dma-into-carveout",
+    "donate-blocks-dma",
+    "donate-errors",
+];
+/// The addresses (named by the image's `edu: target <name>=0x…` lines) that Warden must
+/// report SMMU faults for.
+pub const TARGETS: [&str; 3] = ["carveout-base", "carveout-middle", "donated-page"];
+/// edu at 00:02.0, DMA addresses not truncated (QEMU's default mask is 28 bits).
+pub const EDU_DEVICE: &str = "edu,addr=2,dma_mask=0xffffffffffffffff";
+/// StreamID of 00:02.0 (requester ID 0x10; QEMU's `iommu-map` is the identity).
+pub const EDU_SID: u64 = 0x10;
+/// Per-boot timeout unless `--timeout` says otherwise (a run takes a few seconds).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The image's package (and binary) name.
+const PACKAGE: &str = "edu-dma";
+
+/// The variants, from the boot tests' table.
+pub fn variants() -> impl Iterator<Item = &'static Variant> {
+    VARIANT_NAMES
+        .iter()
+        .filter_map(|n| VARIANTS.iter().find(|v| v.name == *n))
+}
+
+/// Where the flat test image is written.
+pub fn image_path() -> PathBuf {
+    util::target_dir().join("test-images").join("edu-dma.bin")
+}
+
+/// Builds `edu-dma` (release, aarch64-unknown-none), checks that its code keeps the
+/// MMU-off rules, converts it to a flat arm64 Image and returns its path.
+pub fn build_image() -> Result<PathBuf> {
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "build",
+        "-p",
+        PACKAGE,
+        "--release",
+        "--target",
+        crate::build::TARGET,
+    ]);
+    say(format!(
+        "building the edu test image: {}",
+        util::describe(&cmd)
+    ));
+    util::run(&mut cmd)?;
+    let elf_path = util::target_dir()
+        .join(crate::build::TARGET)
+        .join("release")
+        .join(PACKAGE);
+    let elf =
+        std::fs::read(&elf_path).with_context(|| format!("cannot read {}", show(&elf_path)))?;
+    let bad = forbidden_code(&elf).with_context(|| show(&elf_path))?;
+    if !bad.is_empty() {
+        let list: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|(addr, insn, what)| format!("{addr:#x}: {insn:08x} ({what})"))
+            .collect();
+        bail!(
+            "{} runs with the EL1 MMU off (all data accesses Device memory) and must not use \
+             exclusives, atomics or DC ZVA, but contains {} such instruction(s): {}",
+            show(&elf_path),
+            bad.len(),
+            list.join(", ")
+        );
+    }
+    let out = image_path();
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::build::elf_to_image(&elf_path, &out)?;
+    Ok(out)
+}
+
+/// Why an instruction is not allowed in code that runs with the MMU off, if it is not.
+pub fn forbidden(insn: u32) -> Option<&'static str> {
+    // Load/store exclusive (LDXR, STXR, LDAXR, STLXR, LDXP, STXP, ...): o2 (bit 23) clear
+    // in the exclusive/ordered class. LDAR/STLR (o2 set) are fine.
+    if insn & 0x3f80_0000 == 0x0800_0000 {
+        return Some("load/store exclusive");
+    }
+    // CAS, CASA, CASL, CASAL (and byte/halfword forms): o2 and o1 set.
+    if insn & 0x3fa0_0000 == 0x08a0_0000 {
+        return Some("compare and swap");
+    }
+    // LSE atomic memory operations (LDADD, LDCLR, LDEOR, LDSET, LD[SU]MAX/MIN, SWP), but
+    // not LDAPR (o3 = 1, opc = 100), which is a plain load-acquire.
+    if insn & 0x3f20_0c00 == 0x3820_0000 && (insn >> 12) & 0xf != 0xc {
+        return Some("atomic memory operation");
+    }
+    // DC ZVA faults on Device memory.
+    if insn & 0xffff_ffe0 == 0xd50b_7420 {
+        return Some("DC ZVA");
+    }
+    None
+}
+
+/// The instructions of an aarch64 ELF's executable sections that [`forbidden`] rejects, as
+/// (address, encoding, why). Data in code (after a `$d` mapping symbol, up to the next
+/// `$x`) is skipped.
+pub fn forbidden_code(elf: &[u8]) -> Result<Vec<(u64, u32, &'static str)>> {
+    if !matches!(FileKind::parse(elf), Ok(FileKind::Elf64)) {
+        bail!("not a 64-bit ELF file");
+    }
+    let header = FileHeader64::<Endianness>::parse(elf).context("bad ELF header")?;
+    let endian = header.endian().context("bad ELF header")?;
+    let sections = header.sections(endian, elf).context("bad ELF sections")?;
+    // Mapping symbols: (section index, address, is data).
+    let mut marks: Vec<(usize, u64, bool)> = Vec::new();
+    if let Ok(symbols) = sections.symbols(endian, elf, object::elf::SHT_SYMTAB) {
+        for sym in symbols.iter() {
+            let Ok(name) = sym.name(endian, symbols.strings()) else {
+                continue;
+            };
+            let is_data = match name {
+                b"$d" => true,
+                b"$x" => false,
+                n if n.starts_with(b"$d.") => true,
+                n if n.starts_with(b"$x.") => false,
+                _ => continue,
+            };
+            marks.push((sym.st_shndx(endian).into(), sym.st_value(endian), is_data));
+        }
+    }
+    marks.sort_unstable();
+    let mut bad = Vec::new();
+    for (index, section) in sections.iter().enumerate() {
+        if section.sh_type(endian) != SHT_PROGBITS
+            || section.sh_flags(endian) & u64::from(SHF_EXECINSTR) == 0
+        {
+            continue;
+        }
+        let data = section
+            .data(endian, elf)
+            .with_context(|| format!("section {index}: contents outside the file"))?;
+        let base = section.sh_addr(endian);
+        let mine: Vec<(u64, bool)> = marks
+            .iter()
+            .filter(|m| m.0 == index)
+            .map(|m| (m.1, m.2))
+            .collect();
+        for (i, word) in data.chunks_exact(4).enumerate() {
+            let addr = base + 4 * i as u64;
+            let before = mine.partition_point(|m| m.0 <= addr);
+            if before > 0 && mine[before - 1].1 {
+                continue;
+            }
+            let insn = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+            if let Some(why) = forbidden(insn) {
+                bad.push((addr, insn, why));
+            }
+        }
+    }
+    Ok(bad)
+}
+
+/// The QEMU arguments of an edu boot: Warden as the firmware-loaded image, the test image
+/// as its `multiboot,kernel` module (no initrd), and the edu device.
+pub fn qemu_args(machine: &Machine, warden: &Path, image: &Path) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(s.into());
+    push("-machine");
+    push(&format!(
+        "virt,virtualization=on,iommu=smmuv3,gic-version={}",
+        machine.gic
+    ));
+    push("-cpu");
+    push(&machine.cpu);
+    push("-smp");
+    push(&machine.smp.to_string());
+    push("-m");
+    push(&machine.mem);
+    for s in ["-nographic", "-nic", "none", "-no-reboot", "-kernel"] {
+        push(s);
+    }
+    a.push(warden.into());
+    let mut push = |s: &str| a.push(s.into());
+    push("-append");
+    push(WARDEN_ARGS);
+    push("-device");
+    push(&format!(
+        "guest-loader,addr={KERNEL_ADDR:#x},kernel={}",
+        qemu::escape(&image.to_string_lossy())
+    ));
+    push("-device");
+    push(EDU_DEVICE);
+    push("-accel");
+    push("tcg,thread=multi");
+    a
+}
+
+/// What the image printed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Results {
+    /// (name, details) of each `EDU PASS`.
+    pub passed: Vec<(String, String)>,
+    /// (name, reason) of each `EDU FAIL`.
+    pub failed: Vec<(String, String)>,
+    /// The `edu: N passed, M failed` summary.
+    pub summary: Option<(u32, u32)>,
+    /// The `edu: target <name>=0x…` addresses.
+    pub targets: Vec<(String, u64)>,
+}
+
+/// Whether a console line is the image's own (not Warden's or QEMU's).
+fn is_image_line(line: &str) -> bool {
+    line.starts_with("EDU ") || line.starts_with("edu:")
+}
+
+/// Splits `name: details` into (name, details).
+fn name_and_rest(s: &str) -> (String, String) {
+    let end = s.find([':', ' ']).unwrap_or(s.len());
+    let rest = s[end..].trim_start_matches(':').trim();
+    (s[..end].to_string(), rest.to_string())
+}
+
+/// Collects the image's lines from a console log.
+pub fn parse_results(log: &str) -> Results {
+    let mut r = Results::default();
+    for line in log.lines() {
+        if let Some(p) = line.strip_prefix("EDU PASS ") {
+            r.passed.push(name_and_rest(p));
+        } else if let Some(f) = line.strip_prefix("EDU FAIL ") {
+            r.failed.push(name_and_rest(f));
+        } else if let Some(t) = line.strip_prefix("edu: target ") {
+            if let Some((name, value)) = t.trim().split_once('=')
+                && let Some(hex) = value.strip_prefix("0x")
+                && let Ok(v) = u64::from_str_radix(hex, 16)
+            {
+                r.targets.push((name.to_string(), v));
+            }
+        } else if let Some(s) = line.strip_prefix("edu: ") {
+            let words: Vec<&str> = s.split_whitespace().collect();
+            if let [n, "passed,", m, "failed"] = words.as_slice()
+                && let (Ok(n), Ok(m)) = (n.parse(), m.parse())
+            {
+                r.summary = Some((n, m));
+            }
+        }
+    }
+    r
+}
+
+/// Every `0x…` number in a line (`_` separators allowed).
+pub fn hex_numbers(line: &str) -> Vec<u64> {
+    line.match_indices("0x")
+        .filter_map(|(at, _)| {
+            let digits: String = line[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '_')
+                .collect();
+            u64::from_str_radix(&digits.replace('_', ""), 16).ok()
+        })
+        .collect()
+}
+
+/// The StreamIDs a line names: `sid 0x10`, `SID=0x10`, `sid: 0x10` (any case).
+pub fn stream_ids(line: &str) -> Vec<u64> {
+    let lower = line.to_ascii_lowercase();
+    lower
+        .match_indices("sid")
+        .filter(|(at, _)| {
+            // A word of its own: not the end of e.g. "bsid".
+            *at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric()
+        })
+        .filter_map(|(at, _)| {
+            let rest = lower[at + 3..].trim_start_matches([' ', '=', ':']);
+            let hex: String = rest
+                .strip_prefix("0x")?
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .collect()
+}
+
+/// Whether Warden logged an SMMU fault of edu at `addr`: one of its lines containing
+/// `SMMU`, StreamID [`EDU_SID`] and `addr`.
+pub fn smmu_fault_logged(output: &str, addr: u64) -> bool {
+    output.lines().any(|l| {
+        !is_image_line(l)
+            && l.contains("SMMU")
+            && stream_ids(l).contains(&EDU_SID)
+            && hex_numbers(l).contains(&addr)
+    })
+}
+
+/// Everything wrong with an edu boot (empty: it passed).
+pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<String> {
+    let mut problems = Vec::new();
+    let r = parse_results(output);
+    for (name, why) in &r.failed {
+        problems.push(format!("EDU FAIL {name}: {why}"));
+    }
+    for name in CHECKS {
+        let passed = r.passed.iter().any(|(n, _)| n == name);
+        let failed = r.failed.iter().any(|(n, _)| n == name);
+        if !passed && !failed {
+            problems.push(format!("no result for the `{name}` check"));
+        }
+    }
+    match r.summary {
+        None => {
+            problems.push("the image never printed its summary `edu: N passed, M failed`".into())
+        }
+        Some((n, 0)) if n as usize == CHECKS.len() => {}
+        Some((n, m)) => problems.push(format!(
+            "the image's summary says {n} passed, {m} failed (expected {} passed, 0 failed)",
+            CHECKS.len()
+        )),
+    }
+    if !output.lines().any(|l| l.starts_with(BANNER_PREFIX)) {
+        problems.push(format!(
+            "no Warden banner (a line starting with `{BANNER_PREFIX}`)"
+        ));
+    }
+    for target in TARGETS {
+        match r.targets.iter().find(|(n, _)| n == target) {
+            None => problems.push(format!(
+                "the image did not name its `{target}` address (`edu: target {target}=0x…`)"
+            )),
+            Some(&(_, addr)) if !smmu_fault_logged(output, addr) => problems.push(format!(
+                "Warden logged no SMMU fault for sid {EDU_SID:#x} at {target} {addr:#x} (a line \
+                 with `SMMU`, `sid {EDU_SID:#x}` and `{addr:#x}`)"
+            )),
+            Some(_) => {}
+        }
+    }
+    match exit {
+        None => problems.push(format!(
+            "QEMU did not exit within {} s and was killed",
+            timeout.as_secs()
+        )),
+        Some(0) => {}
+        Some(code) => problems.push(format!("QEMU exited with status {code}, not 0")),
+    }
+    problems
+}
+
+/// The console log of a variant.
+pub fn log_path(v: &Variant) -> PathBuf {
+    log_dir().join(format!("edu-{}.log", v.name))
+}
+
+/// Boots one variant and returns its problems (empty = passed).
+pub fn run_variant(
+    v: &Variant,
+    warden: &Path,
+    image: &Path,
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let log = log_path(v);
+    let machine = v.machine();
+    let mut cmd = std::process::Command::new("qemu-system-aarch64");
+    cmd.args(qemu_args(&machine, warden, image));
+    println!(
+        "    edu:{}: -cpu {} -smp {} -m {} gic-version={}, -device {EDU_DEVICE} (log: {})",
+        v.name,
+        v.cpu,
+        v.smp,
+        v.mem,
+        v.gic,
+        show(&log)
+    );
+    let outcome = qemu::run_captured(cmd, &log, timeout, |line| {
+        if line.starts_with("EDU ")
+            || line.starts_with("edu: target")
+            || (line.starts_with("edu: ") && line.ends_with(" failed"))
+            || (!is_image_line(line) && line.contains("SMMU"))
+            || line.starts_with("qemu stderr:")
+        {
+            println!("      {}", truncate(line, 200));
+        }
+    })?;
+    let exit = outcome.status.map(|s| s.code().unwrap_or(-1));
+    let problems = evaluate(&outcome.output, exit, timeout);
+    println!(
+        "    edu:{}: {} in {:.1} s",
+        v.name,
+        if problems.is_empty() { "PASS" } else { "FAIL" },
+        outcome.elapsed.as_secs_f64()
+    );
+    for p in &problems {
+        println!("      - {}", truncate(p, 300));
+    }
+    if !problems.is_empty() {
+        println!("      full console log: {}", log.display());
+    }
+    Ok(problems)
+}
+
+/// One `edu:<variant>` step of `cargo xtask test`: builds the test image the first time
+/// (`image` keeps the outcome for the other variants), boots it, and says what failed.
+pub fn run_step(
+    v: &Variant,
+    warden: &Path,
+    timeout: Duration,
+    image: &mut Option<std::result::Result<PathBuf, String>>,
+) -> std::result::Result<(), String> {
+    let image = image
+        .get_or_insert_with(|| build_image().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| format!("the edu test image: {e}"))?;
+    let problems = run_variant(v, warden, image, timeout).map_err(|e| e.to_string())?;
+    match problems.as_slice() {
+        [] => Ok(()),
+        [first, rest @ ..] => Err(format!(
+            "{first}{} (log: {})",
+            if rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (and {} more problems)", rest.len())
+            },
+            log_path(v).display()
+        )),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+Warden v0.1.0 — EL2 hypervisor
+warden: carve-out 0x40200000..0x42600000 (36 MiB)
+edu: edu-dma test image at EL1, loaded at 0x50000000
+EDU PASS dma-to-host: 4096 bytes RAM 0x50092000 -> edu -> RAM 0x50091000 arrived intact
+edu: target carveout-base=0x40200000
+edu: target carveout-middle=0x41400000
+warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x40200000 read
+warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x40200000 write
+warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x41400000 write
+EDU PASS dma-into-carveout: carve-out 0x40200000..0x42600000
+edu: target donated-page=0x50094000
+warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x50094000 write
+EDU PASS donate-blocks-dma: page 0x50094000 donated
+EDU PASS donate-errors: MEM_DONATE(0x50093010, 1) = -2 (INVALID)
+edu: 4 passed, 0 failed
+";
+
+    const T: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_good_run_passes() {
+        assert_eq!(evaluate(GOOD, Some(0), T), Vec::<String>::new());
+        let r = parse_results(GOOD);
+        assert_eq!(r.passed.len(), 4);
+        assert_eq!(r.summary, Some((4, 0)));
+        assert_eq!(
+            r.targets,
+            [
+                ("carveout-base".to_string(), 0x4020_0000),
+                ("carveout-middle".to_string(), 0x4140_0000),
+                ("donated-page".to_string(), 0x5009_4000)
+            ]
+        );
+    }
+
+    #[test]
+    fn every_requirement_can_fail() {
+        let check = |log: &str, exit: Option<i32>, needle: &str| {
+            let p = evaluate(log, exit, T);
+            assert!(
+                p.iter().any(|p| p.contains(needle)),
+                "{needle:?} not in {p:?}"
+            );
+        };
+        check(GOOD, None, "did not exit within 60 s");
+        check(GOOD, Some(1), "status 1");
+        check(&GOOD.replace("Warden v0.1.0", "Hello"), Some(0), "banner");
+        check(
+            &GOOD.replace("EDU PASS donate-errors", "EDU FAIL donate-errors"),
+            Some(0),
+            "EDU FAIL donate-errors",
+        );
+        check(
+            &GOOD.replace("EDU PASS dma-to-host", "EDU INFO dma-to-host"),
+            Some(0),
+            "no result for the `dma-to-host` check",
+        );
+        check(
+            &GOOD.replace("edu: 4 passed, 0 failed", ""),
+            Some(0),
+            "never printed its summary",
+        );
+        check(
+            &GOOD.replace("4 passed, 0 failed", "3 passed, 1 failed"),
+            Some(0),
+            "3 passed, 1 failed",
+        );
+        check(
+            &GOOD.replace("4 passed, 0 failed", "5 passed, 0 failed"),
+            Some(0),
+            "5 passed, 0 failed",
+        );
+        // Extra failures (setup, exceptions) fail the run too.
+        check(
+            &format!("{GOOD}EDU FAIL exception: ESR 0x96000010\n"),
+            Some(0),
+            "EDU FAIL exception",
+        );
+        check(
+            &GOOD.replace("edu: target donated-page=0x50094000\n", ""),
+            Some(0),
+            "did not name its `donated-page`",
+        );
+    }
+
+    #[test]
+    fn smmu_faults_must_name_sid_and_address() {
+        let missing = |log: &str, target: &str| {
+            evaluate(log, Some(0), T)
+                .iter()
+                .any(|p| p.contains("no SMMU fault") && p.contains(target))
+        };
+        // Remove the only event for the donated page.
+        let no_p = GOOD.replace("iova 0x50094000", "iova 0x50095000");
+        assert!(missing(&no_p, "donated-page"));
+        // Wrong StreamID, or a longer one that merely starts with 0x10.
+        for sid in ["sid 0x11", "sid 0x100", "bsid 0x10"] {
+            let log = GOOD.replace(
+                "sid 0x10 iova 0x50094000",
+                &format!("{sid} iova 0x50094000"),
+            );
+            assert!(missing(&log, "donated-page"), "{sid}");
+        }
+        // Not an SMMU line.
+        let log = GOOD.replace(
+            "WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x41400000",
+            "WARN  event F_TRANSLATION sid 0x10 iova 0x41400000",
+        );
+        assert!(missing(&log, "carveout-middle"));
+        // The image's own lines never count, whatever they say.
+        let log = GOOD.replace(
+            "warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x50094000 write",
+            "edu: SMMU sid 0x10 0x50094000",
+        );
+        assert!(missing(&log, "donated-page"));
+        // Other spellings of the same facts are fine.
+        for line in [
+            "warden: WARN SMMU event 0x10 sid=0x10 addr=0x0000000050094000",
+            "[warden] smmu0: SMMU F_PERMISSION SID: 0x10 IPA 0x5009_4000",
+        ] {
+            let log = GOOD.replace(
+                "warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x50094000 write",
+                line,
+            );
+            assert!(evaluate(&log, Some(0), T).is_empty(), "{line}");
+        }
+    }
+
+    #[test]
+    fn stream_id_parsing() {
+        assert_eq!(stream_ids("SMMU sid 0x10 iova 0x1"), [0x10]);
+        assert_eq!(stream_ids("SID=0x8, sid: 0x10"), [0x8, 0x10]);
+        assert!(stream_ids("sid 16").is_empty());
+        assert!(stream_ids("bsid 0x10").is_empty());
+        assert_eq!(
+            hex_numbers("a 0x10, b 0xffff_0000 c 0x"),
+            [0x10, 0xffff_0000]
+        );
+    }
+
+    #[test]
+    fn instruction_classes() {
+        for (insn, what) in [
+            (0xc85f_7c20, "ldxr x0, [x1]"),
+            (0xc802_7c20, "stxr w2, x0, [x1]"),
+            (0x885f_fc20, "ldaxr w0, [x1]"),
+            (0xc87f_0440, "ldxp x0, x1, [x2]"),
+            (0xc8e0_fc41, "casal x0, x1, [x2]"),
+            (0x08a0_7c41, "casb w0, w1, [x2]"),
+            (0xf820_0041, "ldadd x0, x1, [x2]"),
+            (0xb8e0_0041, "ldaddal w0, w1, [x2]"),
+            (0xf820_8041, "swp x0, x1, [x2]"),
+            (0xf820_301f, "stset x0, [x0]"),
+            (0xd50b_7420, "dc zva, x0"),
+        ] {
+            assert!(forbidden(insn).is_some(), "{what}");
+        }
+        for (insn, what) in [
+            (0xc8df_fc20, "ldar x0, [x1]"),
+            (0xc89f_fc20, "stlr x0, [x1]"),
+            (0xf8bf_c020, "ldapr x0, [x1]"),
+            (0xf940_0020, "ldr x0, [x1]"),
+            (0xb862_6820, "ldr w0, [x1, x2]"),
+            (0x3862_6820, "ldrb w0, [x1, x2]"),
+            (0xa9bf_7bfd, "stp x29, x30, [sp, #-16]!"),
+            (0xd503_201f, "nop"),
+            (0xd503_3f9f, "dsb sy"),
+            (0xd400_0002, "hvc #0"),
+            (0xd50b_7b20, "dc cvau, x0"),
+        ] {
+            assert_eq!(forbidden(insn), None, "{what}");
+        }
+    }
+
+    #[test]
+    fn variants_exist_and_fit() {
+        let names: Vec<&str> = variants().map(|v| v.name).collect();
+        assert_eq!(names, VARIANT_NAMES);
+        for v in variants() {
+            assert_eq!(v.text_offset, None, "{}", v.name);
+        }
+    }
+
+    #[test]
+    fn command_line() {
+        let v = variants().nth(1).unwrap();
+        let a: Vec<String> = qemu_args(
+            &v.machine(),
+            Path::new("target/warden.bin"),
+            Path::new("/t/edu,dma.bin"),
+        )
+        .iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+        let at = |s: &str| a.iter().position(|x| x == s).unwrap();
+        assert_eq!(
+            a[at("-machine") + 1],
+            "virt,virtualization=on,iommu=smmuv3,gic-version=2"
+        );
+        assert_eq!(a[at("-cpu") + 1], "cortex-a57");
+        assert_eq!(a[at("-kernel") + 1], "target/warden.bin");
+        assert_eq!(a[at("-append") + 1], WARDEN_ARGS);
+        assert!(a.contains(&"guest-loader,addr=0x50000000,kernel=/t/edu,,dma.bin".to_string()));
+        assert!(a.contains(&EDU_DEVICE.to_string()));
+        assert!(a.contains(&"-no-reboot".to_string()));
+        assert!(!a.iter().any(|x| x.contains("initrd")));
+    }
+}
