@@ -252,6 +252,42 @@ t_devmem() {
 	pass devmem-carveout "${seen#; }"
 }
 
+# 4b. smmu-hidden: Linux sees no SMMU (Warden owns it: the DTB node is disabled and the
+# register frame is outside the host stage-2, so reading it kills the reader).
+t_smmu() {
+	if [ -n "$(ls /sys/class/iommu 2>/dev/null)" ]; then
+		fail smmu-hidden "Linux registered an IOMMU: $(ls /sys/class/iommu | tr '\n' ' ')"
+		return
+	fi
+	if dmesg | grep -q -i 'arm-smmu-v3'; then
+		fail smmu-hidden "the arm-smmu-v3 driver probed: $(dmesg | grep -i arm-smmu-v3 | head -n 1)"
+		return
+	fi
+	node=
+	for c in /proc/device-tree/*/compatible; do
+		if grep -q 'arm,smmu-v3' "$c" 2>/dev/null; then
+			node=${c%/compatible}
+			break
+		fi
+	done
+	if [ -z "$node" ]; then
+		fail smmu-hidden "no arm,smmu-v3 node in /proc/device-tree"
+		return
+	fi
+	st=$(tr -d '\0' <"$node/status" 2>/dev/null)
+	if [ "$st" != disabled ]; then
+		fail smmu-hidden "${node##*/} has status '$st', expected 'disabled'"
+		return
+	fi
+	reg=$(hex "$node/reg")
+	base=$((0x$(echo "$reg" | cut -c1-16)))
+	if ! probe "$(printf 0x%x $base)"; then
+		fail smmu-hidden "${node##*/} registers readable by the host: $R"
+		return
+	fi
+	pass smmu-hidden "no IOMMU in Linux; ${node##*/} disabled; $R"
+}
+
 # 5. virtio-blk: the harness's disk is /dev/vda, its contents are what the harness wrote,
 # and a write at its end reads back.
 t_blk() {
@@ -312,6 +348,7 @@ t_hotplug
 t_el1
 t_reserved
 t_devmem
+t_smmu
 t_blk
 [ -n "$RBASE" ] && info "the shell is still alive after the carve-out probes"
 echo "WTEST DONE"

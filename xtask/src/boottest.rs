@@ -16,12 +16,13 @@ use crate::qemu::{self, Boot, Machine, RAM_BASE};
 use crate::util::{self, Context, Result, show, write_atomic};
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 6] = [
+pub const TESTS: [&str; 7] = [
     "cpus",
     "hotplug",
     "el1",
     "reserved-memory",
     "devmem-carveout",
+    "smmu-hidden",
     "virtio-blk",
 ];
 /// Warden's first line starts with this (`Warden v<version>`).
@@ -216,6 +217,45 @@ pub fn parse_results(log: &str) -> Results {
     r
 }
 
+/// Checks QEMU's `smmuv3_translate_success` trace: the disk's StreamID was translated
+/// at stage 2 only, identity (the host stage-2), at least once. Returns the count.
+pub fn check_disk_translation(trace: &str, sid: u32) -> std::result::Result<usize, String> {
+    let want_sid = format!("sid={sid:#x} ");
+    let mut n = 0;
+    for line in trace
+        .lines()
+        .filter(|l| l.contains("smmuv3_translate_success"))
+    {
+        if !line.contains(&want_sid) {
+            continue;
+        }
+        if !line.contains("stage=2") {
+            return Err(format!(
+                "the disk's DMA was not translated at stage 2: {line}"
+            ));
+        }
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        };
+        match (field("iova="), field("translated=")) {
+            (Some(i), Some(t)) if i == t => n += 1,
+            _ => {
+                return Err(format!(
+                    "the disk's DMA was not identity-translated: {line}"
+                ));
+            }
+        }
+    }
+    if n == 0 {
+        return Err(format!(
+            "QEMU's SMMU trace shows no translation for the disk (sid {sid:#x}): its DMA bypassed the SMMU or never happened"
+        ));
+    }
+    Ok(n)
+}
+
 /// The carve-out base the `reserved-memory` check reported (`base=0x…`).
 fn carve_out_base(r: &Results) -> Option<u64> {
     let (_, details) = r.passed.iter().find(|(n, _)| n == "reserved-memory")?;
@@ -348,6 +388,9 @@ pub fn run_variant(
         };
         Some((image, WARDEN_ARGS.to_string()))
     };
+    // QEMU's SMMU trace shows whether the disk's DMA was really translated at stage 2.
+    let trace = dir.join(format!("{}{suffix}.smmu-trace", v.name));
+    let _ = std::fs::remove_file(&trace);
     let boot = Boot {
         warden,
         kernel: kernel.to_path_buf(),
@@ -355,7 +398,12 @@ pub fn run_variant(
         host_args: test_bootargs(v.smp, &disk),
         disk: Some(disk_path.clone()),
         no_reboot: true,
-        extra: Vec::new(),
+        extra: vec![
+            "-trace".into(),
+            format!("enable=smmuv3_translate_success,file={}", trace.display()),
+            "-trace".into(),
+            format!("enable=smmuv3_record_event,file={}", trace.display()),
+        ],
     };
     let mut expect = Expect {
         warden: !opts.direct,
@@ -407,6 +455,16 @@ pub fn run_variant(
             problems.push(format!("the guest reported its disk write, but {e}"));
         }
     }
+    if !opts.direct {
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        match check_disk_translation(&text, qemu::DISK_SID) {
+            Ok(n) => println!(
+                "      SMMU trace: {n} stage-2 translations of the disk's DMA (sid {:#x}), all identity",
+                qemu::DISK_SID
+            ),
+            Err(e) => problems.push(format!("{e} (trace: {})", show(&trace))),
+        }
+    }
     println!(
         "    {}: {} in {:.0} s",
         v.name,
@@ -447,6 +505,7 @@ WTEST PASS el1: CPU: All CPU(s) started at EL1
 WTEST PASS reserved-memory: warden@4fe00000 base=0x4fe00000 size=0x200000 no-map
 warden: host stage-2 fault at 0x4fe00000
 WTEST PASS devmem-carveout: 0x4fe00000 killed by SIGBUS (status 135)
+WTEST PASS smmu-hidden: no IOMMU in Linux; smmuv3@9050000 disabled
 WTEST PASS virtio-blk
 WTEST DONE
 ";
@@ -464,9 +523,9 @@ WTEST DONE
     fn a_good_boot_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T, &expect()), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 6);
+        assert_eq!(r.passed.len(), 7);
         assert_eq!(r.passed[0], ("cpus".to_string(), "online 0-3".to_string()));
-        assert_eq!(r.passed[5], ("virtio-blk".to_string(), String::new()));
+        assert_eq!(r.passed[6], ("virtio-blk".to_string(), String::new()));
     }
 
     #[test]
@@ -600,5 +659,25 @@ WTEST DONE
             }
         }
         assert_eq!(VARIANTS[3].expected_log(), ["load address 0x43200000"]);
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::check_disk_translation;
+
+    #[test]
+    fn disk_translation_evidence() {
+        let ok = "smmuv3_translate_success smmuv3-iommu-memory-region-24-3 sid=0x18 iova=0xb9ac3002 translated=0xb9ac3002 perm=0x3 stage=2\n";
+        assert_eq!(check_disk_translation(ok, 0x18), Ok(1));
+        assert!(
+            check_disk_translation("", 0x18).is_err(),
+            "no translation = no evidence"
+        );
+        assert!(check_disk_translation(ok, 0x8).is_err(), "other device");
+        let s1 = ok.replace("stage=2", "stage=1");
+        assert!(check_disk_translation(&s1, 0x18).is_err());
+        let moved = ok.replace("translated=0xb9ac3002", "translated=0x1000");
+        assert!(check_disk_translation(&moved, 0x18).is_err());
     }
 }

@@ -120,6 +120,11 @@ pub fn check_layout(machine: &Machine, kernel: &Path, initrd: &Path) -> Result<(
     Ok(())
 }
 
+/// PCI slot of the test disk on bus 0: its requester ID, hence StreamID, is `slot << 3`.
+pub const DISK_SLOT: u32 = 3;
+/// The disk's StreamID (QEMU's `iommu-map` is the identity RID → SID).
+pub const DISK_SID: u32 = DISK_SLOT << 3;
+
 /// The QEMU arguments (without the program name).
 pub fn args(machine: &Machine, boot: &Boot) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
@@ -177,7 +182,9 @@ pub fn args(machine: &Machine, boot: &Boot) -> Vec<OsString> {
             escape_path(disk)
         ));
         push("-device".into());
-        push("virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on".into());
+        push(format!(
+            "virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on,addr={DISK_SLOT}"
+        ));
     }
     push("-accel".into());
     push("tcg,thread=multi".into());
@@ -386,9 +393,9 @@ mod tests {
         assert!(a.contains(&"guest-loader,addr=0x50000000,kernel=/k/vmlinuz,bootargs=console=ttyAMA0 rdinit=/init opt=a,,b".to_string()));
         assert!(a.contains(&"guest-loader,addr=0x58000000,initrd=/i/init,,rd.cpio".to_string()));
         assert!(a.contains(&"if=none,id=d0,format=raw,file=/d/disk.img".to_string()));
-        assert!(
-            a.contains(&"virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on".to_string())
-        );
+        assert!(a.contains(
+            &"virtio-blk-pci,drive=d0,iommu_platform=on,disable-legacy=on,addr=3".to_string()
+        ));
         assert!(a.contains(&"-no-reboot".to_string()));
         assert_eq!(&a[a.len() - 2..], ["-d", "guest_errors"]);
         assert!(!a.contains(&"-initrd".to_string()));
