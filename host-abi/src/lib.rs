@@ -40,6 +40,83 @@ pub mod func {
     pub const MEM_RECLAIM: u32 = VENDOR_HYP_BASE + 0x0B;
 }
 
+/// DOMAIN_ALLOC flags (x1).
+pub mod domain_flags {
+    /// Batched invalidation (0 = strict).
+    pub const BATCHED: u64 = 1 << 0;
+    /// The devices attached are not cache coherent: Warden cleans and invalidates the
+    /// CPU caches for mapped pages.
+    pub const NON_COHERENT: u64 = 1 << 1;
+    /// Bits 15:8: log2 of the granule (0 means 12, i.e. 4 KiB; 14 = 16 KiB; 16 = 64 KiB).
+    pub const GRANULE_SHIFT: u32 = 8;
+    /// Mask of the granule field (after shifting).
+    pub const GRANULE_MASK: u64 = 0xff;
+    /// Every defined bit; others must be zero.
+    pub const ALL: u64 = BATCHED | NON_COHERENT | (GRANULE_MASK << GRANULE_SHIFT);
+}
+
+/// Well-known domains.
+pub mod domain {
+    /// The host identity domain: the shared host stage-2.
+    pub const HOST: u64 = 0;
+    /// The blocking domain: every DMA aborts.
+    pub const BLOCKED: u64 = 1;
+    /// First host-managed domain ID.
+    pub const FIRST_MANAGED: u64 = 2;
+}
+
+/// MAP prot (x5).
+pub mod prot {
+    /// Device may read.
+    pub const READ: u64 = 1 << 0;
+    /// Device may write.
+    pub const WRITE: u64 = 1 << 1;
+    /// Every defined bit.
+    pub const ALL: u64 = READ | WRITE;
+}
+
+/// An endpoint (ATTACH x2, EVENT_POLL x1): SMMU index in bits 63:32, StreamID in 31:0.
+pub const fn endpoint(smmu: u32, sid: u32) -> u64 {
+    ((smmu as u64) << 32) | sid as u64
+}
+
+/// FEATURES results.
+pub mod features {
+    /// x1: host stage-2 changes use broadcast TLB maintenance (BTM) only.
+    pub const BTM: u64 = 1 << 0;
+    /// x1: the SMMUs support range invalidation (RIL).
+    pub const RIL: u64 = 1 << 1;
+    /// x1: batched domains are supported.
+    pub const BATCHED: u64 = 1 << 2;
+    /// x1: non-coherent domains are supported.
+    pub const NON_COHERENT: u64 = 1 << 3;
+    /// x1: host-managed domains are invalidated with CPU TLBIs by VMID (BTM).
+    pub const DOMAIN_CPU_TLBI: u64 = 1 << 4;
+    /// x3 bits 15:0: most host-managed domains.
+    pub const LIMIT_DOMAINS_SHIFT: u32 = 0;
+    /// x3 bits 23:16: VMID bits.
+    pub const LIMIT_VMID_BITS_SHIFT: u32 = 16;
+    /// x3 bits 31:24: IOVA (input) bits of host-managed domains.
+    pub const LIMIT_IAS_SHIFT: u32 = 24;
+    /// x3 bits 39:32: output address bits.
+    pub const LIMIT_OAS_SHIFT: u32 = 32;
+}
+
+/// STATS counter groups (x1); each returns three counters in x1..x3, cumulative since
+/// boot.
+pub mod stats {
+    /// (hypercalls, SMMU CMD_SYNCs, CPU TLBI operations).
+    pub const CALLS_SYNCS_TLBIS: u64 = 0;
+    /// (SMMU TLBI_S2_IPA commands, TLBI_S12_VMALL commands, CFGI_STE commands).
+    pub const SMMU_COMMANDS: u64 = 1;
+    /// (pages pinned now, batched pages pending invalidation now, pages donated now).
+    pub const PAGES: u64 = 2;
+    /// (MAP calls, UNMAP calls, FLUSH calls).
+    pub const DMA_CALLS: u64 = 3;
+    /// (level-1 blocks, level-2 blocks, level-3 pages) written by MAP into domain tables.
+    pub const LEAVES_WRITTEN: u64 = 4;
+}
+
 /// EVENT_POLL's x3: event type in bits 7:0, flags above.
 pub mod event {
     /// The access was a read (else a write).
