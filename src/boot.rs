@@ -4,10 +4,12 @@
 use crate::arch::{self, read_sysreg, write_sysreg};
 use crate::cpu::{self, CPUS, MAX_CPUS, NR_CPUS, STACK_SIZE};
 use crate::mm::{self, SCTLR_EL2_MMU_ON};
+use crate::platform::El2Cpu;
 use crate::println;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hyp::addr::{Ipa, PhysRange};
+use hyp::dma::{Hyp, HypInit};
 use hyp::dtb::{self, Platform};
 use hyp::el2_s1::{MAIR_EL2, S1Attr};
 use hyp::host_mem::HostMem;
@@ -46,9 +48,12 @@ struct HostCpuState {
 
 static HOST_CPU: Once<HostCpuState> = Once::new();
 
-/// The host's memory: its stage-2 (shared by the CPU and every host StreamID) and who owns
-/// what. Lock order: this before `iommu::IOMMU`.
-pub static HOST_MEM: Mutex<Option<HostMem>> = Mutex::new(None);
+/// The hypervisor core: host memory and its stage-2 (shared by the CPU and every host
+/// StreamID), the SMMUs, DMA domains, pins, statistics.
+pub static HYP: Once<WardenCore> = Once::new();
+
+/// The core with Warden's EL2 seams.
+pub type WardenCore = Hyp<crate::platform::El2SmmuIo, mm::S2Mem, El2Cpu>;
 
 /// The one VMID allocator for CPU and SMMU stage-2 contexts.
 pub static VMIDS: Mutex<VmidAllocator> = Mutex::new(VmidAllocator::unconfigured());
@@ -220,9 +225,8 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     }
 
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
-    let smmu_oas = crate::iommu::probe_all(&plat)?;
-    let frames = crate::iommu::IOMMU.lock().frames.clone();
-    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, smmu_oas, &frames)?;
+    let mut probed = crate::iommu::probe_all(&plat)?;
+    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, probed.min_oas, &probed.frames)?;
     let geom = s2.geometry();
     let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
     let vttbr = s2.root().get() | ((HOST_VMID as u64) << 48);
@@ -234,15 +238,13 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         geom.root_tables(),
         s2.root().get()
     );
-    crate::iommu::attach_host(&plat, &s2, HOST_VMID, opts.btm, id.vmid_bits());
-    let vmid_bits = {
-        let io = crate::iommu::IOMMU.lock();
-        let smmu16 = io.smmus.iter().all(|s| s.features().vmid16);
-        if id.vmid_bits() == 16 && smmu16 {
-            16
-        } else {
-            8
-        }
+    let btm =
+        crate::iommu::attach_host(&mut probed, &plat, &s2, HOST_VMID, opts.btm, id.vmid_bits());
+    let smmu16 = probed.smmus.iter().all(|s| s.features().vmid16);
+    let vmid_bits = if id.vmid_bits() == 16 && smmu16 {
+        16
+    } else {
+        8
     };
     {
         let mut v = VMIDS.lock();
@@ -253,7 +255,29 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     println!(
         "warden: VMIDs: {vmid_bits} bits shared by CPU and SMMU stage-2; host VMID {HOST_VMID}"
     );
-    *HOST_MEM.lock() = Some(HostMem::new(s2, ram.clone(), carveouts.clone()));
+    let init = HypInit {
+        host: HostMem::new(s2, ram.clone(), carveouts.clone()),
+        host_vmid: HOST_VMID,
+        smmus: probed.smmus,
+        btm,
+        vmids: &VMIDS,
+    };
+    let cfg = hyp::dma::Config::from_options(&opts);
+    // SAFETY: the host stage-2 and every SMMU were built with `S2Mem` (the one pool) and
+    // from now on only the core touches them.
+    let core = unsafe { Hyp::new(init, mm::S2Mem, El2Cpu, cfg) }
+        .map_err(|_| "cannot set up the DMA hypercall core")?;
+    println!(
+        "warden: DMA domains: batch {} ranges, deadline {} ms, domain invalidation by {}",
+        cfg.batch_threshold,
+        cfg.deadline_ns / 1_000_000,
+        if core.cpu_path() {
+            "CPU TLBIs (BTM)"
+        } else {
+            "SMMU commands"
+        }
+    );
+    HYP.call_once(|| core);
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------

@@ -4,52 +4,15 @@
 
 use crate::mm::{self, S2Mem};
 use crate::platform::El2SmmuIo;
-use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use hyp::addr::PhysRange;
 use hyp::dtb::Platform;
 use hyp::el2_s1::S1Attr;
-use hyp::host_mem::InvalidationCounts;
 use hyp::s2mmu::Stage2;
-use hyp::smmu::{Event, ProbeConfig, S2Config, Smmu};
-use spin::Mutex;
+use hyp::smmu::{ProbeConfig, S2Config, Smmu};
 
 /// One SMMU Warden drives.
 pub type El2Smmu = Smmu<El2SmmuIo, S2Mem>;
-
-/// Most fault events kept for EVENT_POLL.
-const EVENT_RING: usize = 64;
-
-/// Every SMMU and what their invalidations cost.
-pub struct Iommu {
-    /// The SMMUs, in DTB order (the index is the endpoint's SMMU index).
-    pub smmus: Vec<El2Smmu>,
-    /// Their register frames (never in the host stage-2).
-    pub frames: Vec<PhysRange>,
-    /// Broadcast TLB maintenance in use (every SMMU has BTM and takes part).
-    pub btm: bool,
-    /// Host stage-2 invalidation counters.
-    pub counts: InvalidationCounts,
-    /// Recent fault events: (SMMU index, event).
-    pub events: VecDeque<(usize, Event)>,
-    /// Events dropped from the ring or lost by an SMMU.
-    pub events_lost: u64,
-}
-
-/// The SMMUs. Lock order: host memory (`boot::HOST_MEM`) before this.
-pub static IOMMU: Mutex<Iommu> = Mutex::new(Iommu {
-    smmus: Vec::new(),
-    frames: Vec::new(),
-    btm: false,
-    counts: InvalidationCounts {
-        cpu_tlbi: 0,
-        smmu_tlbi: 0,
-        smmu_syncs: 0,
-        smmu_errors: 0,
-    },
-    events: VecDeque::new(),
-    events_lost: 0,
-});
 
 /// StreamIDs the DTB gives this SMMU for devices Warden can see at boot: `iommus`
 /// properties, and the `iommu-map` entries for requester IDs on each host bridge's first
@@ -77,8 +40,12 @@ fn described_sids(plat: &Platform, phandle: Option<u32>) -> Vec<(u32, u32)> {
 /// Probes every available SMMU of the DTB: maps its frame at EL2, takes it over (global
 /// abort first, every STE aborting) and prints its features. Returns the smallest output
 /// address size among them, which bounds the shared stage-2.
-pub fn probe_all(plat: &Platform) -> Result<Option<u32>, &'static str> {
-    let mut io = IOMMU.lock();
+pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
+    let mut io = Probed {
+        smmus: Vec::new(),
+        frames: Vec::new(),
+        min_oas: None,
+    };
     let mut min_oas: Option<u32> = None;
     for (i, s) in plat.smmus.iter().enumerate() {
         io.frames.push(s.regs);
@@ -115,14 +82,31 @@ pub fn probe_all(plat: &Platform) -> Result<Option<u32>, &'static str> {
             }
         }
     }
-    Ok(min_oas)
+    io.min_oas = min_oas;
+    Ok(io)
+}
+
+/// What [`probe_all`] found.
+pub struct Probed {
+    /// The SMMUs taken over (the index is the endpoint's SMMU index).
+    pub smmus: Vec<El2Smmu>,
+    /// Every SMMU register frame in the DTB (never in the host stage-2).
+    pub frames: Vec<PhysRange>,
+    /// The smallest output address size among them.
+    pub min_oas: Option<u32>,
 }
 
 /// Points every described StreamID of every SMMU at the host stage-2, and turns on
 /// broadcast TLB maintenance if every SMMU supports it, `warden.btm` allows it and the
 /// VMID widths of CPU and SMMUs agree.
-pub fn attach_host(plat: &Platform, s2: &Stage2, vmid: u16, want_btm: bool, cpu_vmid_bits: u32) {
-    let mut io = IOMMU.lock();
+pub fn attach_host(
+    io: &mut Probed,
+    plat: &Platform,
+    s2: &Stage2,
+    vmid: u16,
+    want_btm: bool,
+    cpu_vmid_bits: u32,
+) -> bool {
     let cfg = S2Config::for_stage2(s2, vmid);
     let mut dtb_idx = 0;
     let mut smmu_idx = 0;
@@ -163,7 +147,6 @@ pub fn attach_host(plat: &Platform, s2: &Stage2, vmid: u16, want_btm: bool, cpu_
             }
         }
     }
-    io.btm = btm;
     let why = if io.smmus.is_empty() {
         "no SMMU"
     } else if !want_btm {
@@ -184,61 +167,5 @@ pub fn attach_host(plat: &Platform, s2: &Stage2, vmid: u16, want_btm: bool, cpu_
             "CPU TLBIs plus SMMU commands and CMD_SYNC"
         }
     );
-}
-
-/// Drains every SMMU's event queue into Warden's log and the EVENT_POLL ring. Skipped if
-/// another CPU holds the SMMUs (it will drain them). A device that faults on a whole
-/// buffer raises one event per access: consecutive events of one StreamID, kind and
-/// direction within one page are logged as one line (first address, count).
-pub fn drain_events() {
-    let Some(mut io) = IOMMU.try_lock() else {
-        return;
-    };
-    let io = &mut *io;
-    for (i, smmu) in io.smmus.iter_mut().enumerate() {
-        let mut got: Vec<Event> = Vec::new();
-        let poll = smmu.poll_events(&mut S2Mem, |e| got.push(e));
-        let mut run: Option<(Event, u32)> = None;
-        for e in got {
-            match &mut run {
-                Some((first, n))
-                    if first.sid == e.sid
-                        && first.kind == e.kind
-                        && first.read == e.read
-                        && first.input_addr >> 12 == e.input_addr >> 12 =>
-                {
-                    *n += 1
-                }
-                _ => {
-                    if let Some((first, n)) = run.take() {
-                        log_event(i, &first, n);
-                    }
-                    run = Some((e, 1));
-                }
-            }
-            if io.events.len() == EVENT_RING {
-                io.events.pop_front();
-                io.events_lost += 1;
-            }
-            io.events.push_back((i, e));
-        }
-        if let Some((first, n)) = run {
-            log_event(i, &first, n);
-        }
-        if poll.overflow {
-            io.events_lost += 1;
-            log::warn!("smmu{i}: event queue overflowed: some events were lost");
-        }
-        if poll.gerror != 0 {
-            log::error!("smmu{i}: global error {:#x} acknowledged", poll.gerror);
-        }
-    }
-}
-
-fn log_event(smmu: usize, e: &Event, n: u32) {
-    if n == 1 {
-        log::warn!("smmu{smmu}: {e}");
-    } else {
-        log::warn!("smmu{smmu}: {e} (+{} more in this page)", n - 1);
-    }
+    btm
 }

@@ -1,9 +1,11 @@
-//! EL2 implementations of `hyp`'s hardware seams: SMMU register access and host stage-2
-//! CPU TLB maintenance.
+//! EL2 implementations of `hyp`'s hardware seams: SMMU register access, CPU TLB
+//! maintenance (host VMID and others), the clock, and cache maintenance.
 
-use crate::arch;
-use hyp::addr::Ipa;
+use crate::arch::{self, read_sysreg, write_sysreg};
+use hyp::addr::{Ipa, PhysAddr};
+use hyp::dma::{CacheMaint, Clock, VmidTlb};
 use hyp::host_mem::CpuTlb;
+use hyp::s2mmu::Granule;
 
 /// An SMMUv3 register frame mapped Device at EL2 (identity).
 pub struct El2SmmuIo {
@@ -59,14 +61,97 @@ impl hyp::smmu::SmmuIo for El2SmmuIo {
     }
 }
 
-/// CPU TLB maintenance for the host VMID (VTTBR_EL2 holds it whenever Warden runs).
-pub struct El2CpuTlb;
+// SAFETY: the frame is MMIO shared by all CPUs; every access is a single volatile load
+// or store, and the `hyp` core serialises the SMMU's users behind its own lock.
+unsafe impl Send for El2SmmuIo {}
+// SAFETY: as above.
+unsafe impl Sync for El2SmmuIo {}
 
-impl CpuTlb for El2CpuTlb {
+/// The CPU-side seams at EL2. VTTBR_EL2 holds the host's VMID whenever Warden runs on
+/// behalf of the host, so host TLB maintenance needs no switch.
+#[derive(Clone, Copy, Default)]
+pub struct El2Cpu;
+
+impl CpuTlb for El2Cpu {
     fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
         arch::tlbi_ipa_range_is(ipa.get(), size);
     }
     fn tlbi_vmall(&mut self) {
         arch::tlbi_vmalls12_is();
+    }
+}
+
+impl VmidTlb for El2Cpu {
+    fn tlbi_vmid_range(
+        &mut self,
+        vmid: u16,
+        ipa: Ipa,
+        size: u64,
+        granule: Granule,
+        leaf_only: bool,
+    ) {
+        with_vmid(vmid, || {
+            arch::dsb_ishst();
+            let step = granule.size();
+            let mut a = ipa.get();
+            while a < ipa.get().saturating_add(size) {
+                if leaf_only {
+                    // SAFETY: TLB maintenance only drops cached translations.
+                    unsafe {
+                        core::arch::asm!("tlbi ipas2le1is, {}", in(reg) a >> 12, options(nostack))
+                    };
+                } else {
+                    // SAFETY: as above.
+                    unsafe {
+                        core::arch::asm!("tlbi ipas2e1is, {}", in(reg) a >> 12, options(nostack))
+                    };
+                }
+                a += step;
+            }
+            // SAFETY: barriers and TLB maintenance only.
+            unsafe {
+                core::arch::asm!(
+                    "dsb ish",
+                    "tlbi vmalle1is",
+                    "dsb ish",
+                    "isb",
+                    options(nostack)
+                )
+            };
+        });
+    }
+    fn tlbi_vmid_all(&mut self, vmid: u16) {
+        with_vmid(vmid, arch::tlbi_vmalls12_is);
+    }
+}
+
+/// Runs `f` with VTTBR_EL2.VMID = `vmid` (interrupts are masked at EL2), then restores the
+/// host's. The table base stays the host's: nothing runs at EL1 meanwhile.
+fn with_vmid(vmid: u16, f: impl FnOnce()) {
+    let saved = read_sysreg!("vttbr_el2");
+    write_sysreg!(
+        "vttbr_el2",
+        (saved & !(0xffff << 48)) | (u64::from(vmid) << 48)
+    );
+    arch::isb();
+    f();
+    write_sysreg!("vttbr_el2", saved);
+    arch::isb();
+}
+
+impl Clock for El2Cpu {
+    fn now_ns(&self) -> u64 {
+        let cnt = read_sysreg!("cntpct_el0") as u128;
+        let freq = (read_sysreg!("cntfrq_el0") as u128).max(1);
+        (cnt * 1_000_000_000 / freq) as u64
+    }
+}
+
+impl CacheMaint for El2Cpu {
+    fn clean_inval_poc(&mut self, pa: PhysAddr, len: u64) {
+        arch::clean_invalidate_dcache_range(pa.get(), len);
+    }
+    fn dsb_ishst(&mut self) {
+        arch::dsb_ishst();
     }
 }

@@ -59,7 +59,9 @@ fn lower_sync(frame: &mut TrapFrame) {
     let esr = read_sysreg!("esr_el2");
     // No SMMU interrupt reaches EL2 (the host owns the GIC): report device faults
     // whenever the host enters Warden.
-    crate::iommu::drain_events();
+    if let Some(core) = crate::boot::HYP.get() {
+        core.drain_events();
+    }
     match esr >> 26 {
         ec::HVC64 => smccc_call(frame, Conduit::Hvc),
         ec::SMC64 => {
@@ -113,11 +115,12 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
     let ipa = ((hpfar >> 4) << 12) | (far & 0xfff);
     // A live entry may be briefly invalid during break-before-make on another CPU: if
     // the IPA is mapped now, the access simply retries.
-    if let Some(hm) = crate::boot::HOST_MEM.lock().as_ref()
-        && hm
-            .s2
-            .translate(&crate::mm::S2Mem, hyp::addr::Ipa(ipa))
-            .is_some()
+    if let Some(core) = crate::boot::HYP.get()
+        && core.with_host_mem(|hm| {
+            hm.s2
+                .translate(&crate::mm::S2Mem, hyp::addr::Ipa(ipa))
+                .is_some()
+        })
     {
         return;
     }

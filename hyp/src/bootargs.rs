@@ -7,7 +7,13 @@
 //!   count with an optional `K`, `M` or `G` suffix (binary multiples), a multiple of
 //!   4 KiB between [`MIN_POOL_SIZE`] and [`MAX_POOL_SIZE`] (default: the caller's);
 //! - `warden.btm=on|off` — whether broadcast TLB maintenance may be used when the SMMU
-//!   supports it (default `on`).
+//!   supports it (default `on`);
+//! - `warden.batch=<n>` — batched DMA domains flush their invalidation queue once it holds
+//!   `n` unmapped ranges, 1 to [`MAX_BATCH`] (default [`DEFAULT_BATCH`]);
+//! - `warden.deadline_ms=<ms>` — … or once its oldest unmap is older than this many
+//!   milliseconds, 1 to [`MAX_DEADLINE_MS`] (default [`DEFAULT_DEADLINE_MS`]);
+//! - `warden.domain_tlbi=smmu|cpu` — how host-managed DMA domains are invalidated when BTM
+//!   is in use: SMMU commands (default) or CPU TLBIs by the domain's VMID.
 //!
 //! Words are separated by ASCII whitespace; double quotes group (`key="a b"`) and are
 //! stripped from values, as in Linux. Words that do not start with `warden.` are ignored
@@ -25,6 +31,15 @@ pub const MIN_POOL_SIZE: u64 = 1 << 20;
 pub const MAX_POOL_SIZE: u64 = 16 << 30;
 /// `warden.pool=` must be a multiple of this (4 KiB).
 pub const POOL_GRANULE: u64 = 4 << 10;
+/// Default `warden.batch=`: unmapped ranges a batched domain queues before it flushes
+/// (Linux's flush queue holds 256 entries per CPU).
+pub const DEFAULT_BATCH: u32 = 256;
+/// Largest accepted `warden.batch=`.
+pub const MAX_BATCH: u32 = 65536;
+/// Default `warden.deadline_ms=` (Linux's flush queue timeout).
+pub const DEFAULT_DEADLINE_MS: u32 = 10;
+/// Largest accepted `warden.deadline_ms=` (one minute).
+pub const MAX_DEADLINE_MS: u32 = 60_000;
 /// How many warnings [`parse`] keeps; later ones are only counted.
 pub const MAX_WARNINGS: usize = 8;
 
@@ -38,6 +53,13 @@ pub struct Options {
     pub pool_size: Option<u64>,
     /// `warden.btm=`: BTM may be used if the hardware has it.
     pub btm: bool,
+    /// `warden.batch=`: batched-domain queue threshold, in unmapped ranges.
+    pub batch: u32,
+    /// `warden.deadline_ms=`: batched-domain flush deadline in milliseconds.
+    pub deadline_ms: u32,
+    /// `warden.domain_tlbi=cpu`: invalidate host-managed domains with CPU TLBIs when BTM
+    /// is in use (`false`: SMMU commands).
+    pub domain_cpu_tlbi: bool,
 }
 
 impl Default for Options {
@@ -46,6 +68,9 @@ impl Default for Options {
             log: LevelFilter::Info,
             pool_size: None,
             btm: true,
+            batch: DEFAULT_BATCH,
+            deadline_ms: DEFAULT_DEADLINE_MS,
+            domain_cpu_tlbi: false,
         }
     }
 }
@@ -133,6 +158,15 @@ pub fn parse_with<'a>(args: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Optio
             "log" => given.and_then(parse_log).map(|l| opts.log = l),
             "pool" => given.and_then(parse_pool).map(|s| opts.pool_size = Some(s)),
             "btm" => given.and_then(parse_on_off).map(|b| opts.btm = b),
+            "batch" => given
+                .and_then(|v| parse_count(v, MAX_BATCH))
+                .map(|n| opts.batch = n),
+            "deadline_ms" => given
+                .and_then(|v| parse_count(v, MAX_DEADLINE_MS))
+                .map(|n| opts.deadline_ms = n),
+            "domain_tlbi" => given
+                .and_then(parse_domain_tlbi)
+                .map(|c| opts.domain_cpu_tlbi = c),
             _ => {
                 warn(Warning::UnknownKey(key));
                 continue;
@@ -214,6 +248,28 @@ fn parse_on_off(v: &str) -> Result<bool, &'static str> {
     }
 }
 
+/// A decimal count from 1 to `max`.
+fn parse_count(v: &str, max: u32) -> Result<u32, &'static str> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a number");
+    }
+    match v.parse::<u64>() {
+        Ok(0) => Err("must be at least 1"),
+        Ok(n) if n <= u64::from(max) => Ok(n as u32),
+        _ => Err("too large"),
+    }
+}
+
+fn parse_domain_tlbi(v: &str) -> Result<bool, &'static str> {
+    if v.eq_ignore_ascii_case("cpu") {
+        Ok(true)
+    } else if v.eq_ignore_ascii_case("smmu") {
+        Ok(false)
+    } else {
+        Err("expected smmu or cpu")
+    }
+}
+
 /// A byte count: decimal or `0x` hex, optional `K`/`M`/`G` suffix (either case).
 pub fn parse_size(v: &str) -> Result<u64, &'static str> {
     let (digits, shift) = match v.as_bytes().last() {
@@ -287,6 +343,7 @@ mod tests {
                 log: LevelFilter::Debug,
                 pool_size: Some(64 << 20),
                 btm: false,
+                ..Options::default()
             }
         );
         assert_eq!(p.total_warnings(), 0);
@@ -370,6 +427,84 @@ mod tests {
                 reason: "expected on or off"
             }]
         );
+    }
+
+    #[test]
+    fn batch_deadline_and_domain_tlbi() {
+        let d = Options::default();
+        assert_eq!(
+            (d.batch, d.deadline_ms, d.domain_cpu_tlbi),
+            (256, 10, false)
+        );
+        let p = parse("warden.batch=32 warden.deadline_ms=250 warden.domain_tlbi=cpu");
+        assert_eq!(p.total_warnings(), 0);
+        assert_eq!(
+            (
+                p.options.batch,
+                p.options.deadline_ms,
+                p.options.domain_cpu_tlbi
+            ),
+            (32, 250, true)
+        );
+        assert!(
+            !parse("warden.domain_tlbi=cpu warden.domain_tlbi=SMMU")
+                .options
+                .domain_cpu_tlbi
+        );
+        assert_eq!(parse("warden.batch=65536").options.batch, MAX_BATCH);
+        assert_eq!(parse("warden.deadline_ms=1").options.deadline_ms, 1);
+        for (args, key, value, reason) in [
+            ("warden.batch=0", "warden.batch", "0", "must be at least 1"),
+            ("warden.batch=65537", "warden.batch", "65537", "too large"),
+            (
+                "warden.batch=99999999999999999999999",
+                "warden.batch",
+                "99999999999999999999999",
+                "too large",
+            ),
+            ("warden.batch=-1", "warden.batch", "-1", "not a number"),
+            ("warden.batch=0x10", "warden.batch", "0x10", "not a number"),
+            (
+                "warden.deadline_ms=",
+                "warden.deadline_ms",
+                "",
+                "missing value",
+            ),
+            (
+                "warden.deadline_ms=60001",
+                "warden.deadline_ms",
+                "60001",
+                "too large",
+            ),
+            (
+                "warden.deadline_ms=1.5",
+                "warden.deadline_ms",
+                "1.5",
+                "not a number",
+            ),
+            (
+                "warden.domain_tlbi=both",
+                "warden.domain_tlbi",
+                "both",
+                "expected smmu or cpu",
+            ),
+        ] {
+            let p = parse(args);
+            assert_eq!(
+                (
+                    p.options.batch,
+                    p.options.deadline_ms,
+                    p.options.domain_cpu_tlbi
+                ),
+                (256, 10, false),
+                "{args}"
+            );
+            assert_eq!(
+                p.warnings().collect::<Vec<_>>(),
+                [Warning::BadValue { key, value, reason }],
+                "{args}"
+            );
+        }
     }
 
     #[test]
@@ -457,13 +592,15 @@ mod tests {
 
         #[test]
         fn never_panics_on_warden_words(words in proptest::collection::vec(
-            "(warden\\.(log|pool|btm|x)(=[a-zA-Z0-9\"x.-]{0,24})?|[a-z=\"]{0,8})", 0..12)) {
+            "(warden\\.(log|pool|btm|batch|deadline_ms|domain_tlbi|x)(=[a-zA-Z0-9\"x.-]{0,24})?|[a-z=\"]{0,8})", 0..12)) {
             let args = words.join(" ");
             let p = parse(&args);
             prop_assert!(p.warnings().count() <= MAX_WARNINGS);
             if let Some(s) = p.options.pool_size {
                 prop_assert!(s.is_multiple_of(POOL_GRANULE) && (MIN_POOL_SIZE..=MAX_POOL_SIZE).contains(&s));
             }
+            prop_assert!((1..=MAX_BATCH).contains(&p.options.batch));
+            prop_assert!((1..=MAX_DEADLINE_MS).contains(&p.options.deadline_ms));
         }
 
         #[test]

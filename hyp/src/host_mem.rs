@@ -8,6 +8,13 @@
 //! |---------------------|-------------------|--------------------|-------------|
 //! | `host_donate_hyp`   | host, mapped      | Warden, unmapped   | MEM_DONATE  |
 //! | `hyp_donate_host`   | Warden (donated)  | host, mapped       | MEM_RECLAIM |
+//! | `host_pin_dma`      | host, pin count n | host, n + 1        | MAP         |
+//! | `host_unpin_dma`    | host, n + 1       | host, n            | UNMAP, FLUSH|
+//!
+//! A page with a non-zero DMA pin count (mapped in a DMA domain, or unmapped with its
+//! invalidation still pending) cannot be donated: `host_donate_hyp` returns BUSY. The pin
+//! counts live here, under the same lock as the host stage-2, so that "is it the host's
+//! and unpinned" and "take it" happen atomically.
 //!
 //! Invalidation of the host stage-2 goes through [`HostS2Tlb`]: CPU `TLBI IPAS2E1IS` +
 //! `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large ranges) with `DSB ISH`; when the SMMUs
@@ -16,6 +23,7 @@
 //! them.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::pins::{PinError, PinSet};
 use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Tlb, Stage2, TableMemory};
 use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
@@ -150,6 +158,8 @@ pub struct HostMem {
     carveouts: Vec<PhysRange>,
     /// Pages the host donated and Warden has not given back, in donation order.
     donated: Vec<PhysRange>,
+    /// DMA pin counts of host pages.
+    pins: PinSet,
 }
 
 /// Attributes of host-owned RAM in the host stage-2.
@@ -163,7 +173,46 @@ impl HostMem {
             ram,
             carveouts,
             donated: Vec::new(),
+            pins: PinSet::new(),
         }
+    }
+
+    /// The DMA pin counts.
+    pub fn pins(&self) -> &PinSet {
+        &self.pins
+    }
+
+    /// Ranges currently donated to Warden, in donation order.
+    pub fn donated(&self) -> &[PhysRange] {
+        &self.donated
+    }
+
+    /// `host_pin_dma`: checks that the host owns every 4 KiB page of `r` now (DENIED
+    /// otherwise: Warden's memory, donated pages, MMIO, beyond RAM) and adds one DMA pin to
+    /// each. On error nothing changed.
+    pub fn host_pin_dma(&mut self, mem: &impl TableMemory, r: PhysRange) -> Result<(), Error> {
+        if r.size == 0 || !r.base.get().is_multiple_of(PAGE) || !r.size.is_multiple_of(PAGE) {
+            return Err(Error::Invalid);
+        }
+        r.base.get().checked_add(r.size).ok_or(Error::Invalid)?;
+        if !self.ram.iter().any(|b| b.contains_range(&r))
+            || self.carveouts.iter().any(|c| c.overlaps(&r))
+            || self.donated.iter().any(|d| d.overlaps(&r))
+            || !self.host_owns(mem, r)
+        {
+            return Err(Error::Denied);
+        }
+        self.pins.pin(r).map_err(|e| match e {
+            PinError::Invalid => Error::Invalid,
+            PinError::NoMem => Error::NoMem,
+        })
+    }
+
+    /// `host_unpin_dma`: drops one DMA pin from every page of `r` (pinned by
+    /// [`host_pin_dma`](Self::host_pin_dma)). Call only once no device can reach the pages
+    /// through the mapping that held the pin (its invalidation completed).
+    pub fn host_unpin_dma(&mut self, r: PhysRange) {
+        self.pins.unpin(r);
     }
 
     /// Pages currently donated to Warden.
@@ -194,7 +243,8 @@ impl HostMem {
     }
 
     /// MEM_DONATE: `pages` pages from `pa` leave the host stage-2 and become Warden's.
-    /// On any error nothing has changed.
+    /// DENIED unless the host owns every page; BUSY if one is DMA-pinned (mapped in a
+    /// domain or pending a batched invalidation). On any error nothing has changed.
     pub fn host_donate_hyp<T: S2Tlb>(
         &mut self,
         mem: &mut impl TableMemory,
@@ -209,6 +259,12 @@ impl HostMem {
             || !self.host_owns(mem, r)
         {
             return Err(Error::Denied);
+        }
+        if self.pins.any_pinned(r) {
+            return Err(Error::Busy);
+        }
+        if self.donated.try_reserve(1).is_err() {
+            return Err(Error::NoMem);
         }
         match self.s2.unmap(mem, tlb, Ipa(r.base.get()), r.size) {
             Ok(()) => {}
@@ -229,8 +285,11 @@ impl HostMem {
         Ok(())
     }
 
-    /// MEM_RECLAIM: gives up to `wanted` donated pages back to the host (one contiguous
-    /// run). Returns the run's address and page count.
+    /// MEM_RECLAIM for a pool that never uses donated pages: gives up to `wanted` pages
+    /// of the oldest donated run back to the host. Returns the run's address and page
+    /// count; NOENT when nothing is donated. (The DMA core, whose pool does use donated
+    /// pages, calls [`hyp_donate_host_range`](Self::hyp_donate_host_range) with pages the
+    /// pool released.)
     pub fn hyp_donate_host<T: S2Tlb>(
         &mut self,
         mem: &mut impl TableMemory,
@@ -244,7 +303,38 @@ impl HostMem {
             return Err(Error::NoEnt);
         };
         let n = (first.size / PAGE).min(wanted);
-        let give = PhysRange::new(first.base.get(), n * PAGE);
+        self.hyp_donate_host_range(mem, tlb, PhysRange::new(first.base.get(), n * PAGE))
+    }
+
+    /// MEM_RECLAIM: gives the donated pages `give` back to the host (Warden no longer
+    /// uses them: the page pool handed them out for this). Returns the run's address and
+    /// page count. INVALID if `give` is not page-aligned or not inside one donated range;
+    /// on any error nothing has changed.
+    pub fn hyp_donate_host_range<T: S2Tlb>(
+        &mut self,
+        mem: &mut impl TableMemory,
+        tlb: &mut T,
+        give: PhysRange,
+    ) -> Result<(PhysAddr, u64), Error> {
+        let n = give.size / PAGE;
+        if n == 0
+            || n > MAX_PAGES_PER_CALL
+            || !give.base.get().is_multiple_of(PAGE)
+            || !give.size.is_multiple_of(PAGE)
+        {
+            return Err(Error::Invalid);
+        }
+        let Some(idx) = self.donated.iter().position(|d| d.contains_range(&give)) else {
+            return Err(Error::Invalid);
+        };
+        let first = self.donated[idx];
+        let (left, right) = (
+            PhysRange::new(first.base.get(), give.base.get() - first.base.get()),
+            PhysRange::new(give.end(), first.end() - give.end()),
+        );
+        if left.size != 0 && right.size != 0 && self.donated.try_reserve(1).is_err() {
+            return Err(Error::NoMem);
+        }
         match self.s2.map(
             mem,
             tlb,
@@ -262,10 +352,16 @@ impl HostMem {
             Err(_) => return Err(Error::Invalid),
         }
         tlb.complete();
-        if n * PAGE == first.size {
-            self.donated.remove(0);
-        } else {
-            self.donated[0] = PhysRange::new(give.end(), first.size - give.size);
+        match (left.size != 0, right.size != 0) {
+            (false, false) => {
+                self.donated.remove(idx);
+            }
+            (true, false) => self.donated[idx] = left,
+            (false, true) => self.donated[idx] = right,
+            (true, true) => {
+                self.donated[idx] = left;
+                self.donated.insert(idx + 1, right);
+            }
         }
         Ok((give.base, n))
     }
@@ -587,11 +683,20 @@ mod tests {
             hm.host_donate_hyp(mem, &mut tlb, page, 1)
         });
         assert_eq!(r, Err(Error::Denied));
-        // Reclaim: zero is INVALID, then one page, then nothing left (NOENT).
+        // Reclaim: zero is INVALID, a range beyond the donated run too; then the page,
+        // then nothing left (NOENT).
         let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
             hm.hyp_donate_host(mem, &mut tlb, 0)
         });
         assert_eq!(r, Err(Error::Invalid));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(page, 0))
+        });
+        assert_eq!(r, Err(Error::Invalid));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(page, 2 * PAGE))
+        });
+        assert_eq!(r, Err(Error::Invalid), "beyond the donated range");
         let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
             hm.hyp_donate_host(mem, &mut tlb, 5)
         });
@@ -600,6 +705,38 @@ mod tests {
             hm.hyp_donate_host(mem, &mut tlb, 1)
         });
         assert_eq!(r, Err(Error::NoEnt));
+        // A pinned page cannot be donated (BUSY); once unpinned it can.
+        let p2 = page + 16 * PAGE;
+        assert_eq!(
+            hm.host_pin_dma(&w.tables, PhysRange::new(p2, 2 * PAGE)),
+            Ok(())
+        );
+        assert_eq!(
+            hm.host_pin_dma(&w.tables, PhysRange::new(CARVE.base.get(), PAGE)),
+            Err(Error::Denied)
+        );
+        let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, p2 + PAGE, 4)
+        });
+        assert_eq!(r, Err(Error::Busy));
+        assert_eq!(counts, InvalidationCounts::default(), "nothing invalidated");
+        hm.host_unpin_dma(PhysRange::new(p2, 2 * PAGE));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, p2 + PAGE, 4)
+        });
+        assert_eq!(r, Ok(()));
+        // Reclaiming the middle of a donated run splits it.
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(p2 + 2 * PAGE, PAGE))
+        });
+        assert_eq!(r, Ok((PhysAddr(p2 + 2 * PAGE), 1)));
+        assert_eq!(
+            hm.donated(),
+            &[
+                PhysRange::new(p2 + PAGE, PAGE),
+                PhysRange::new(p2 + 3 * PAGE, 2 * PAGE)
+            ]
+        );
     }
 
     #[test]

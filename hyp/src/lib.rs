@@ -10,12 +10,16 @@ extern crate alloc;
 
 pub mod addr;
 pub mod bootargs;
+pub mod dma;
+pub mod domain;
 pub mod dtb;
 pub mod el2_s1;
 pub mod el2_setup;
+pub mod events;
 pub mod fault;
 pub mod host_mem;
 pub mod layout;
+pub mod pins;
 pub mod psci;
 pub mod s2mmu;
 pub mod smmu;

@@ -642,6 +642,26 @@ pub trait S2Tlb {
     /// which comes before a broken entry is re-made (break-before-make). Whoever drives a
     /// pure unmap calls it once at the end, before the freed IPAs change owner.
     fn complete(&mut self) {}
+
+    /// Offers a table of `size` bytes at `pa` that has just left the tree (unlinked, and
+    /// its entry invalidated through this TLB) or was never linked. Returning `true` takes
+    /// it over: the implementation must pass it to [`TableMemory::free`] itself, and only
+    /// once the invalidations issued so far have completed (e.g. when a batched
+    /// invalidation queue is flushed). The default returns `false`: the tree code then
+    /// calls [`complete`](Self::complete) and frees the table at once.
+    fn defer_free(&mut self, pa: PhysAddr, size: usize) -> bool {
+        let _ = (pa, size);
+        false
+    }
+
+    /// Whether [`Stage2::unmap`] leaves tables it emptied linked (`true`) instead of
+    /// unlinking and freeing them (the default). A user that defers invalidation wants
+    /// them kept: once unlinked, the span could not be mapped again (through a new table)
+    /// before the deferred walk-cache invalidation completed. Tables covered whole by an
+    /// unmapped range are removed either way.
+    fn keep_empty_tables(&self) -> bool {
+        false
+    }
 }
 
 /// An [`S2Tlb`] that does nothing: for a table that no walker uses yet (before `VTTBR_EL2`
@@ -1092,7 +1112,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
                     live: node.live,
                 };
                 let result = self.unmap_in(child, addr, sub_end);
-                if self.is_empty(child) {
+                if !self.tlb.keep_empty_tables() && self.is_empty(child) {
                     self.set(node, idx, old, Descriptor::INVALID);
                     self.free_table(child.pa, child.level);
                 }
@@ -1184,12 +1204,17 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
     }
 
     fn free_table(&mut self, pa: PhysAddr, level: u8) {
+        let size = self.geom.table_size(level);
+        if self.tlb.defer_free(pa, size) {
+            // The TLB frees it once its invalidation completed.
+            return;
+        }
         // No walker may still hold the table through a deferred invalidation.
         self.tlb.complete();
         // SAFETY: `pa` is a table of this tree allocated from `self.mem` with
         // `table_size(level)` bytes; the caller has unlinked it (with TLB invalidation if
         // it was live) or never linked it, so nothing refers to it.
-        unsafe { self.mem.free(pa, self.geom.table_size(level)) };
+        unsafe { self.mem.free(pa, size) };
     }
 }
 

@@ -205,6 +205,25 @@ impl Ram {
         }
     }
 
+    /// Zeroes `[pa, pa + len)` in every copy (CPU view, memory, snapshot): fresh memory
+    /// with no dirty line.
+    pub fn zero(&self, pa: u64, len: usize) {
+        let off = self.offset(pa, len);
+        // SAFETY: `off + len` is within each block (same length); raw access only.
+        unsafe {
+            self.cpu.ptr.add(off).write_bytes(0, len);
+            if let Some((mem, snap)) = &self.mem {
+                mem.ptr.add(off).write_bytes(0, len);
+                snap.ptr.add(off).write_bytes(0, len);
+            }
+        }
+    }
+
+    /// Reads 8 bytes as a device sees them (memory, not the CPU cache), panicking outside.
+    pub fn mem_read_u64(&self, pa: u64) -> u64 {
+        self.dev_read_u64(pa).expect("outside the arena")
+    }
+
     /// Number of `clean` calls so far.
     pub fn cleans(&self) -> u64 {
         self.cleans.get()

@@ -1,9 +1,11 @@
-//! Passes the test image's linker script to the linker (only for the bare-metal target).
+//! Passes the test images' shared linker script (test-images/el1-rt/linker.ld) to the
+//! linker (only for the bare-metal target).
 fn main() {
-    println!("cargo:rerun-if-changed=linker.ld");
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let script = format!("{dir}/../el1-rt/linker.ld");
+    println!("cargo:rerun-if-changed={script}");
     let target = std::env::var("TARGET").unwrap_or_default();
     if target == "aarch64-unknown-none" {
-        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
-        println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
+        println!("cargo:rustc-link-arg-bins=-T{script}");
     }
 }

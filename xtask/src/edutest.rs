@@ -58,24 +58,28 @@ pub fn image_path() -> PathBuf {
 /// Builds `edu-dma` (release, aarch64-unknown-none), checks that its code keeps the
 /// MMU-off rules, converts it to a flat arm64 Image and returns its path.
 pub fn build_image() -> Result<PathBuf> {
+    build_test_image(PACKAGE, "the edu test image", &image_path())
+}
+
+/// Builds a bare-metal EL1 test image `package` (release, aarch64-unknown-none), checks
+/// that its code keeps the MMU-off rules (no exclusives, atomics or `DC ZVA`), converts
+/// it to a flat arm64 Image at `out` and returns that path.
+pub fn build_test_image(package: &str, what: &str, out: &Path) -> Result<PathBuf> {
     let mut cmd = crate::cargo();
     cmd.args([
         "build",
         "-p",
-        PACKAGE,
+        package,
         "--release",
         "--target",
         crate::build::TARGET,
     ]);
-    say(format!(
-        "building the edu test image: {}",
-        util::describe(&cmd)
-    ));
+    say(format!("building {what}: {}", util::describe(&cmd)));
     util::run(&mut cmd)?;
     let elf_path = util::target_dir()
         .join(crate::build::TARGET)
         .join("release")
-        .join(PACKAGE);
+        .join(package);
     let elf =
         std::fs::read(&elf_path).with_context(|| format!("cannot read {}", show(&elf_path)))?;
     let bad = forbidden_code(&elf).with_context(|| show(&elf_path))?;
@@ -93,12 +97,11 @@ pub fn build_image() -> Result<PathBuf> {
             list.join(", ")
         );
     }
-    let out = image_path();
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::build::elf_to_image(&elf_path, &out)?;
-    Ok(out)
+    crate::build::elf_to_image(&elf_path, out)?;
+    Ok(out.to_path_buf())
 }
 
 /// Why an instruction is not allowed in code that runs with the MMU off, if it is not.
@@ -446,7 +449,7 @@ pub fn run_step(
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {

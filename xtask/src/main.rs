@@ -2,8 +2,10 @@
 //!
 //! See README.md for what each command does; `cargo xtask help` prints the options.
 
+mod abi;
 mod boottest;
 mod build;
+mod conformance;
 mod cpio;
 mod deps;
 mod edutest;
@@ -30,10 +32,12 @@ commands:
                        build the image, then boot it in QEMU with a Linux host and a
                        busybox shell on the console (poweroff, or Ctrl-A x, to quit)
   test [options]       every test layer: fmt, clippy (host and aarch64), unit tests,
-                       the image, QEMU Linux boot tests, the edu DMA test image under
-                       Warden; prints a summary
+                       the image, QEMU Linux boot tests, the edu DMA test image and
+                       the hypercall conformance suite under Warden; prints a summary
   deps                 install/download what run and test need, build the initramfs
   elf2bin ELF OUT      convert an image ELF to a flat binary and check its Image header
+  abi-header [--check] write host-abi/include/warden_abi.h from the host-abi crate
+                       (--check: only report whether it is up to date)
 
 run options:
   --kernel PATH        host kernel Image (default: Debian's arm64 cloud kernel)
@@ -53,14 +57,15 @@ test options:
   --only STEP[,STEP]   run only these steps (repeatable)
   --skip STEP[,STEP]   skip these steps (repeatable); --skip-qemu skips all QEMU runs
   --list               list the steps
-  --timeout SECS       per QEMU boot (default 240; edu boots 60)
+  --timeout SECS       per QEMU boot (default 240; edu boots 60, conformance 90)
   --image PATH         boot this flat image instead of building target/warden.bin
   --direct             boot Linux without Warden (to check the Linux side: the
                        Warden-specific checks are then expected to fail)
   steps: fmt, clippy (both), clippy-aarch64, unit, image, boot (all Linux boots),
          boot:<variant> or just <variant>; variants: max-gicv3, a57-gicv2, n1-5g, relocated;
          edu (all edu DMA boots), edu:<variant> (max-gicv3, a57-gicv2, n1-5g);
-         qemu (boots and edu boots)
+         conf (all conformance boots), conf:<variant> (the same three);
+         qemu (Linux, edu and conformance boots)
 ";
 
 /// `cargo`, as the one running us.
@@ -312,6 +317,7 @@ fn main_inner() -> Result<ExitCode> {
             }),
         },
         "deps" => cmd_deps(),
+        "abi-header" => abi::cmd(&args.rest()),
         "elf2bin" => {
             let rest = args.rest();
             let [elf, out] = rest.as_slice() else {

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use crate::bail;
 use crate::boottest::{self, VARIANTS};
 use crate::util::{Result, describe};
-use crate::{build, cargo, deps, edutest, initramfs};
+use crate::{build, cargo, conformance, deps, edutest, initramfs};
 
 /// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
-/// test image's boots `edu:<variant>`.
+/// test image's boots `edu:<variant>`, the conformance suite's boots `conf:<variant>`.
 pub fn step_names() -> Vec<String> {
     let mut names: Vec<String> = ["fmt", "clippy", "clippy-aarch64", "unit", "image"]
         .iter()
@@ -17,6 +17,11 @@ pub fn step_names() -> Vec<String> {
         .collect();
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(edutest::VARIANT_NAMES.iter().map(|v| format!("edu:{v}")));
+    names.extend(
+        conformance::VARIANT_NAMES
+            .iter()
+            .map(|v| format!("conf:{v}")),
+    );
     names
 }
 
@@ -38,6 +43,7 @@ pub fn matches(word: &str, step: &str) -> bool {
     word == step
         || (word == "boot" || word == "qemu") && step.starts_with("boot:")
         || (word == "edu" || word == "qemu") && step.starts_with("edu:")
+        || (word == "conf" || word == "qemu") && step.starts_with("conf:")
         || step.strip_prefix("boot:") == Some(word)
         || word == "clippy" && step == "clippy-aarch64"
 }
@@ -57,9 +63,12 @@ pub fn select(opts: &Options) -> Result<Vec<String>> {
         .filter(|s| opts.only.is_empty() || opts.only.iter().any(|w| matches(w, s)))
         .filter(|s| !opts.skip.iter().any(|w| matches(w, s)))
         .collect();
-    // Boots need the image (unless they boot Linux directly); edu boots always run Warden.
+    // Boots need the image (unless they boot Linux directly); edu and conformance boots
+    // always run Warden.
     let boots = steps.iter().any(|s| s.starts_with("boot:"));
-    let edus = steps.iter().any(|s| s.starts_with("edu:"));
+    let edus = steps
+        .iter()
+        .any(|s| s.starts_with("edu:") || s.starts_with("conf:"));
     let prebuilt = opts.direct || opts.image.is_some();
     let need_image = boots && !prebuilt || edus && opts.image.is_none();
     if need_image && !steps.iter().any(|s| s == "image") {
@@ -68,7 +77,7 @@ pub fn select(opts: &Options) -> Result<Vec<String>> {
         }
         let at = steps
             .iter()
-            .position(|s| s.starts_with("boot:") || s.starts_with("edu:"))
+            .position(|s| s.starts_with("boot:") || s.starts_with("edu:") || s.starts_with("conf:"))
             .unwrap_or(0);
         steps.insert(at, "image".into());
     }
@@ -105,7 +114,9 @@ pub fn run(opts: &Options) -> Result<bool> {
         .iter()
         .filter_map(|s| s.strip_prefix("boot:"))
         .collect();
-    let edus = steps.iter().any(|s| s.starts_with("edu:"));
+    let edus = steps
+        .iter()
+        .any(|s| s.starts_with("edu:") || s.starts_with("conf:"));
 
     let mut results: Vec<(String, Outcome, Duration)> = Vec::new();
     let mut payload = None;
@@ -134,16 +145,17 @@ pub fn run(opts: &Options) -> Result<bool> {
         }
     }
 
-    // The edu boots need QEMU only (no Linux payload).
+    // The edu and conformance boots need QEMU only (no Linux payload).
     let mut qemu_ok = !boots.is_empty() && payload.is_some();
     if edus && !qemu_ok {
         match deps::ensure_qemu() {
             Ok(()) => qemu_ok = true,
-            Err(e) => println!("xtask: cannot set up the edu tests: {e}"),
+            Err(e) => println!("xtask: cannot set up the edu/conformance tests: {e}"),
         }
     }
-    // The edu test image, built by the first edu step.
+    // The edu and conformance test images, built by the first step that boots each.
     let mut edu_image = None;
+    let mut conf_image = None;
 
     let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or(240));
     let mut image_ok = false;
@@ -170,6 +182,10 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "host-abi",
                 "-p",
                 "edu-dma",
+                "-p",
+                "el1-rt",
+                "-p",
+                "conformance",
                 "--target",
                 "aarch64-unknown-none",
                 "--",
@@ -199,6 +215,26 @@ pub fn run(opts: &Options) -> Result<bool> {
                         .timeout_secs
                         .map_or(edutest::DEFAULT_TIMEOUT, Duration::from_secs);
                     match edutest::run_step(v, &warden, t, &mut edu_image) {
+                        Ok(()) => Outcome::Pass,
+                        Err(why) => Outcome::Fail(why),
+                    }
+                }
+            }
+            conf if conf.starts_with("conf:") => {
+                let name = &conf["conf:".len()..];
+                let v = conformance::variants()
+                    .find(|v| v.name == name)
+                    .expect("known variant");
+                let warden = opts.image.clone().unwrap_or_else(build::image_path);
+                if !qemu_ok {
+                    Outcome::Skip("QEMU could not be set up".into())
+                } else if !(image_ok || opts.image.is_some()) {
+                    Outcome::Skip("no image (the image step failed)".into())
+                } else {
+                    let t = opts
+                        .timeout_secs
+                        .map_or(conformance::DEFAULT_TIMEOUT, Duration::from_secs);
+                    match conformance::run_step(v, &warden, t, &mut conf_image) {
                         Ok(()) => Outcome::Pass,
                         Err(why) => Outcome::Fail(why),
                     }
@@ -333,7 +369,7 @@ mod tests {
         assert!(!sel(&["boot"], &[]).iter().any(|s| s.starts_with("edu:")));
         assert_eq!(
             sel(&["qemu"], &[]).len(),
-            1 + VARIANTS.len() + edutest::VARIANT_NAMES.len()
+            1 + VARIANTS.len() + edutest::VARIANT_NAMES.len() + conformance::VARIANT_NAMES.len()
         );
         assert!(sel(&[], &["edu"]).iter().all(|s| !s.starts_with("edu:")));
         // Edu boots always run Warden: --direct does not spare the image.
@@ -351,6 +387,41 @@ mod tests {
         })
         .unwrap();
         assert_eq!(prebuilt, edu);
+    }
+
+    #[test]
+    fn conf_filters() {
+        let conf: Vec<String> = conformance::VARIANT_NAMES
+            .iter()
+            .map(|v| format!("conf:{v}"))
+            .collect();
+        let mut want = vec!["image".to_string()];
+        want.extend(conf.iter().cloned());
+        assert_eq!(sel(&["conf"], &[]), want);
+        assert_eq!(sel(&["conf:n1-5g"], &[]), ["image", "conf:n1-5g"]);
+        assert!(!sel(&["edu"], &[]).iter().any(|s| s.starts_with("conf:")));
+        assert!(!sel(&["boot"], &[]).iter().any(|s| s.starts_with("conf:")));
+        assert!(sel(&["qemu"], &[]).iter().any(|s| s == "conf:a57-gicv2"));
+        assert!(sel(&[], &["conf"]).iter().all(|s| !s.starts_with("conf:")));
+        assert!(sel(&[], &["qemu"]).iter().all(|s| !s.starts_with("conf:")));
+        // The conformance steps come last, after the edu ones.
+        let all = sel(&[], &[]);
+        assert!(all.last().unwrap().starts_with("conf:"));
+        // They always run Warden: --direct does not spare the image; --image does.
+        let direct = select(&Options {
+            only: vec!["conf".into()],
+            direct: true,
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(direct[0], "image");
+        let prebuilt = select(&Options {
+            only: vec!["conf".into()],
+            image: Some("w.bin".into()),
+            ..Options::default()
+        })
+        .unwrap();
+        assert_eq!(prebuilt, conf);
     }
 
     #[test]

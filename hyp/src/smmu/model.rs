@@ -70,6 +70,10 @@ pub struct ModelConfig {
     pub ril: bool,
     /// `IDR5.OAS` encoding.
     pub oas: u8,
+    /// `IDR5.GRAN16K`.
+    pub gran16k: bool,
+    /// `IDR5.GRAN64K`.
+    pub gran64k: bool,
 }
 
 impl Default for ModelConfig {
@@ -90,6 +94,8 @@ impl Default for ModelConfig {
             eventqs: 19,
             ril: true,
             oas: 4,
+            gran16k: true,
+            gran64k: true,
         }
     }
 }
@@ -126,7 +132,14 @@ impl ModelConfig {
     }
 
     fn idr5(&self) -> u32 {
-        u32::from(self.oas) | IDR5_GRAN4K | IDR5_GRAN16K | IDR5_GRAN64K
+        let mut v = u32::from(self.oas) | IDR5_GRAN4K;
+        if self.gran16k {
+            v |= IDR5_GRAN16K;
+        }
+        if self.gran64k {
+            v |= IDR5_GRAN64K;
+        }
+        v
     }
 }
 
@@ -342,6 +355,23 @@ impl SmmuModel {
     /// Number of cached translations.
     pub fn tlb_len(&self) -> usize {
         self.st.borrow().tlb.len()
+    }
+
+    /// Cached translations tagged with `vmid`.
+    pub fn tlb_entries(&self, vmid: u16) -> usize {
+        self.st
+            .borrow()
+            .tlb
+            .keys()
+            .filter(|&&(v, _)| v == vmid)
+            .count()
+    }
+
+    /// VMIDs with cached translations.
+    pub fn tlb_vmids(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.st.borrow().tlb.keys().map(|&(v, _)| v).collect();
+        v.dedup();
+        v
     }
 
     /// Current value of a register (as `read32`).

@@ -18,18 +18,19 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::cell::UnsafeCell;
 
 use hyp::addr::PhysRange;
 use hyp::dtb::Platform;
 
-use crate::edu::Edu;
+use el1_rt::edu::Edu;
+use el1_rt::mem::{DmaPage, HostPage};
+use el1_rt::rt::{self, report};
+use el1_rt::{println, smccc};
+
 use crate::logic::{
-    self, PAGE, PageWords, ReadOutcome, Status, Tag, WORDS, compare, judge_refused_read,
+    self, PAGE, PageWords, Status, Tag, WORDS, compare, describe_read, judge_refused_read,
     pattern_page,
 };
-use crate::rt::{self, report};
-use crate::{println, smccc};
 
 /// The checks, in the order they run (the harness expects exactly these).
 pub const CHECKS: [&str; 4] = [
@@ -44,72 +45,6 @@ const PAGE_LEN: u64 = PAGE as u64;
 // ---------------------------------------------------------------------------------------
 // DMA buffers
 // ---------------------------------------------------------------------------------------
-
-/// A page-aligned page of RAM in .bss that only DMA and volatile word accesses touch.
-#[repr(C, align(4096))]
-struct DmaPage(UnsafeCell<PageWords>);
-
-// SAFETY: one CPU, interrupts masked; every access is a volatile word access.
-unsafe impl Sync for DmaPage {}
-
-impl DmaPage {
-    const fn new() -> Self {
-        Self(UnsafeCell::new([0; WORDS]))
-    }
-
-    /// Physical address (the MMU is off: addresses are physical).
-    fn addr(&self) -> u64 {
-        self.0.get() as u64
-    }
-
-    /// Reads the page.
-    ///
-    /// # Safety
-    ///
-    /// The page must be the program's (not donated to Warden).
-    unsafe fn load(&self) -> PageWords {
-        let p = self.0.get() as *const u64;
-        // SAFETY: the page is ours and `i` stays inside it; volatile because devices write it.
-        core::array::from_fn(|i| unsafe { p.add(i).read_volatile() })
-    }
-
-    /// Writes the page and waits until the writes are done.
-    ///
-    /// # Safety
-    ///
-    /// The page must be the program's (not donated to Warden).
-    unsafe fn store(&self, words: &PageWords) {
-        let p = self.0.get() as *mut u64;
-        for (i, &w) in words.iter().enumerate() {
-            // SAFETY: the page is ours and `i` stays inside it.
-            unsafe { p.add(i).write_volatile(w) };
-        }
-        rt::dsb();
-    }
-}
-
-/// A page that is never donated: reading and writing it is always allowed.
-struct HostPage(DmaPage);
-
-impl HostPage {
-    const fn new() -> Self {
-        Self(DmaPage::new())
-    }
-
-    fn addr(&self) -> u64 {
-        self.0.addr()
-    }
-
-    fn load(&self) -> PageWords {
-        // SAFETY: host pages are never donated.
-        unsafe { self.0.load() }
-    }
-
-    fn store(&self, words: &PageWords) {
-        // SAFETY: host pages are never donated.
-        unsafe { self.0.store(words) }
-    }
-}
 
 /// Source data of DMAs into edu.
 static SRC: HostPage = HostPage::new();
@@ -128,28 +63,15 @@ static SPARE: DmaPage = DmaPage::new();
 
 /// Puts a page of `words` into edu's buffer (by DMA from `SRC`).
 fn load_edu(edu: &Edu, words: &PageWords) -> Result<u64, String> {
-    SRC.store(words);
+    SRC.store(0, words);
     edu.to_device(SRC.addr(), 0, PAGE_LEN)
 }
 
 /// Reads edu's buffer back (by DMA into `DST`).
 fn read_edu(edu: &Edu) -> Result<PageWords, String> {
-    DST.store(&[0; WORDS]);
+    DST.store(0, &[0; WORDS]);
     edu.to_ram(0, DST.addr(), PAGE_LEN)?;
-    Ok(DST.load())
-}
-
-fn describe_read(r: ReadOutcome) -> String {
-    match r {
-        ReadOutcome::Untouched => "edu's buffer unchanged".into(),
-        ReadOutcome::Zeros => "edu's buffer all zeros, as after an aborted read".into(),
-        ReadOutcome::Leaked { index, value } => {
-            format!("edu's buffer holds the protected page's data (word {index} = {value:#x})")
-        }
-        ReadOutcome::Changed { index, value } => format!(
-            "edu's buffer holds data that is neither its old contents nor zeros (word {index} = {value:#x})"
-        ),
-    }
+    Ok(DST.load(0))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -194,11 +116,11 @@ pub fn run(plat: &Platform, dtb: &[u8]) {
 
 fn dma_to_host(edu: &Edu) -> Result<String, String> {
     let src = pattern_page(Tag::Source);
-    SRC.store(&src);
-    DST.store(&[0; WORDS]);
+    SRC.store(0, &src);
+    DST.store(0, &[0; WORDS]);
     let t1 = edu.to_device(SRC.addr(), 0, PAGE_LEN)?;
     let t2 = edu.to_ram(0, DST.addr(), PAGE_LEN)?;
-    match compare(&DST.load(), &src) {
+    match compare(&DST.load(0), &src) {
         None => Ok(format!(
             "{PAGE} bytes RAM {:#x} -> edu -> RAM {:#x} arrived intact ({t1} ms + {t2} ms)",
             SRC.addr(),
@@ -264,7 +186,7 @@ fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
     let secret = pattern_page(Tag::Donated);
     let marker = pattern_page(Tag::Marker);
     // SAFETY: the page has not been donated yet.
-    unsafe { DONATED.store(&secret) };
+    unsafe { DONATED.store(0, &secret) };
     load_edu(edu, &marker)?;
 
     let mut problems = Vec::new();
@@ -311,7 +233,7 @@ fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
     }
 
     // SAFETY: the page is the program's again (reclaimed, or never donated).
-    let now = unsafe { DONATED.load() };
+    let now = unsafe { DONATED.load(0) };
     if let Some(m) = compare(&now, &secret) {
         let whose = if m.got == marker[m.index] {
             "edu's data"
@@ -331,7 +253,7 @@ fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
     load_edu(edu, &marker)?;
     edu.to_ram(0, p, PAGE_LEN)?;
     // SAFETY: as above.
-    if let Some(m) = compare(&unsafe { DONATED.load() }, &marker) {
+    if let Some(m) = compare(&unsafe { DONATED.load(0) }, &marker) {
         problems.push(format!(
             "after MEM_RECLAIM a DMA write into {p:#x} did not land ({} of {WORDS} words differ, word {} = {:#x})",
             m.count, m.index, m.got

@@ -9,15 +9,10 @@
 //! and powers the machine off with PSCI `SYSTEM_OFF`. Its other lines start with `edu:`.
 //! `cargo xtask test --only edu` boots it and judges the log (xtask/src/edutest.rs).
 //!
-//! **Memory model: the EL1 MMU stays off.** Every data access is then Device-nGnRnE
-//! (instruction fetches are Normal), which costs nothing under QEMU and keeps the program
-//! small, at the price of two rules the code keeps: no unaligned accesses (the target has
-//! `+strict-align`, and all DMA buffers are accessed as aligned `u64`s) and no exclusives
-//! or atomic read-modify-writes (their behaviour on Device memory is IMPLEMENTATION
-//! DEFINED): the heap is a bump allocator without a lock, all state lives in `Cell`s of a
-//! single-CPU program that runs with interrupts masked, and xtask rejects a binary that
-//! contains a load/store-exclusive, LSE atomic or `DC ZVA`. DMA buffers need no cache
-//! maintenance because the CPU never caches them.
+//! The runtime (entry, console, heap, SMCCC calls, PCI, the edu driver) is the test
+//! images' shared `el1-rt` crate; see its documentation for the memory model (the EL1
+//! MMU stays off: no unaligned accesses, no exclusives or atomics). This program uses
+//! one CPU.
 //!
 //! On the host (`cargo test`, `cargo clippy`) this crate is an empty program plus the
 //! unit tests of its pure logic ([`logic`]).
@@ -33,17 +28,22 @@ mod logic;
 
 #[cfg(target_os = "none")]
 mod checks;
-#[cfg(target_os = "none")]
-mod edu;
-#[cfg(target_os = "none")]
-mod pci;
-#[cfg(target_os = "none")]
-mod rt;
-#[cfg(target_os = "none")]
-mod smccc;
 
 #[cfg(target_os = "none")]
-core::arch::global_asm!(include_str!("head.S"));
+static IMAGE: el1_rt::rt::Image = el1_rt::rt::Image {
+    name: "edu-dma",
+    check_prefix: "EDU",
+    log_prefix: "edu",
+    run: checks::run,
+};
+
+/// Entered from el1-rt's head.S on the boot CPU with the DTB address, the image's load
+/// address and the exception level the program was entered at.
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+extern "C" fn el1_main(dtb: u64, load_base: u64, el: u64) -> ! {
+    el1_rt::rt::start(&IMAGE, dtb, load_base, el)
+}
 
 #[cfg(not(target_os = "none"))]
 fn main() {

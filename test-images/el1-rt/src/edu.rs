@@ -3,11 +3,12 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
-use hyp::dtb::Platform;
+use hyp::dtb::{PciWindow, Platform};
 
 use crate::logic::{self, CMD_BUS_MASTER, CMD_MEM, PAGE};
-use crate::pci::{self, Ecam};
+use crate::pci::{self, Bdf, Ecam};
 use crate::rt::{self, read32, read64, write32, write64};
 
 pub const VENDOR: u16 = 0x1234;
@@ -35,8 +36,21 @@ const EDU_ID: u32 = 0x0100_00ed;
 pub struct Edu {
     /// CPU address of BAR0.
     regs: u64,
+    /// Where it is.
+    pub bdf: Bdf,
     /// StreamID and SMMU phandle, from the DTB's `iommu-map`.
     pub stream: Option<(u32, u32)>,
+}
+
+/// A DMA that was started and not yet waited for.
+#[must_use = "a started DMA must be waited for"]
+pub struct Pending<'e> {
+    edu: &'e Edu,
+    what: &'static str,
+    src: u64,
+    dst: u64,
+    len: u64,
+    start: u64,
 }
 
 impl Edu {
@@ -44,6 +58,43 @@ impl Edu {
     /// bridge's 32-bit memory window, enables memory decoding and bus mastering, and
     /// checks the ID and liveness registers. Returns the device and what was done.
     pub fn setup(plat: &Platform) -> Result<(Edu, String), String> {
+        let (ecam, window) = Self::bridge(plat)?;
+        let bus = ecam.bus_start;
+        let bdf = ecam.find(bus, VENDOR, DEVICE).ok_or_else(|| {
+            format!(
+                "no {VENDOR:04x}:{DEVICE:04x} (edu) on bus {bus:#x} of ECAM {ecam_base:#x}",
+                ecam_base = ecam.window.base.get()
+            )
+        })?;
+        let (edu, info, _) = Self::program(plat, &ecam, bdf, window)?;
+        Ok((edu, info))
+    }
+
+    /// Like [`Edu::setup`] for every edu on the first bus of the first PCI host bridge, in
+    /// device/function order, their BAR0s one after the other from the start of the
+    /// window. At least one must be there.
+    pub fn setup_all(plat: &Platform) -> Result<Vec<(Edu, String)>, String> {
+        let (ecam, window) = Self::bridge(plat)?;
+        let bus = ecam.bus_start;
+        let mut out = Vec::new();
+        let mut free = Some(window);
+        for bdf in ecam.find_all(bus, VENDOR, DEVICE).collect::<Vec<_>>() {
+            let w = free.ok_or_else(|| format!("no room left in the PCI window for {bdf}"))?;
+            let (edu, info, end_cpu) = Self::program(plat, &ecam, bdf, w)?;
+            free = logic::window_after(w, end_cpu - w.cpu_addr);
+            out.push((edu, info));
+        }
+        if out.is_empty() {
+            return Err(format!(
+                "no {VENDOR:04x}:{DEVICE:04x} (edu) on bus {bus:#x} of ECAM {ecam_base:#x}",
+                ecam_base = ecam.window.base.get()
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The first PCI host bridge's ECAM and 32-bit memory window.
+    fn bridge(plat: &Platform) -> Result<(Ecam, PciWindow), String> {
         let host = plat
             .pci_hosts
             .first()
@@ -53,17 +104,24 @@ impl Edu {
             .mem32
             .ok_or("the PCI host bridge has no 32-bit memory window in `ranges`")?;
         let bus = host.bus_range.map_or(0, |(first, _)| first);
-        let ecam = Ecam {
-            window: ecam,
-            bus_start: bus,
-        };
-        let bdf = ecam.find(bus, VENDOR, DEVICE).ok_or_else(|| {
-            format!(
-                "no {VENDOR:04x}:{DEVICE:04x} (edu) on bus {bus:#x} of ECAM {ecam_base:#x}",
-                ecam_base = ecam.window.base.get()
-            )
-        })?;
+        Ok((
+            Ecam {
+                window: ecam,
+                bus_start: bus,
+            },
+            window,
+        ))
+    }
 
+    /// Programs edu at `bdf`: BAR0 at the first fitting place of `window`, decoding and
+    /// bus mastering on, ID and liveness checked. Returns the device, what was done and
+    /// the CPU address just past its BAR.
+    fn program(
+        plat: &Platform,
+        ecam: &Ecam,
+        bdf: Bdf,
+        window: PciWindow,
+    ) -> Result<(Edu, String, u64), String> {
         // Decoding off while the BAR is sized and moved.
         let cmd = ecam.read(bdf, pci::COMMAND_STATUS) & 0xffff;
         let off = cmd & !u32::from(CMD_MEM | CMD_BUS_MASTER);
@@ -102,6 +160,7 @@ impl Edu {
 
         let edu = Edu {
             regs: cpu_addr,
+            bdf,
             stream: logic::stream_id(plat, 0, bdf.rid()),
         };
         // SAFETY: BAR0 was just placed at `cpu_addr` with memory decoding on; 0x00 and
@@ -130,7 +189,7 @@ impl Edu {
             window.pci_addr,
             window.size,
         );
-        Ok((edu, info))
+        Ok((edu, info, cpu_addr + bar.size))
     }
 
     /// DMA of `len` bytes from RAM at `ram` into edu's buffer at offset `off`.
@@ -143,8 +202,32 @@ impl Edu {
         self.dma(BUF_ADDR + off, ram, len, CMD_TO_RAM, off)
     }
 
+    /// Starts a DMA of `len` bytes from RAM (device address `ram`) into edu's buffer at
+    /// offset `off`; [`Pending::wait`] waits for it.
+    pub fn start_to_device(&self, ram: u64, off: u64, len: u64) -> Result<Pending<'_>, String> {
+        self.start(ram, BUF_ADDR + off, len, 0, off)
+    }
+
+    /// Starts a DMA of `len` bytes from edu's buffer at offset `off` to RAM (device
+    /// address `ram`); [`Pending::wait`] waits for it.
+    pub fn start_to_ram(&self, off: u64, ram: u64, len: u64) -> Result<Pending<'_>, String> {
+        self.start(BUF_ADDR + off, ram, len, CMD_TO_RAM, off)
+    }
+
     /// Runs one DMA and waits for it; returns how long it took in milliseconds.
     fn dma(&self, src: u64, dst: u64, len: u64, dir: u64, off: u64) -> Result<u64, String> {
+        self.start(src, dst, len, dir, off)?.wait()
+    }
+
+    /// Starts one DMA.
+    fn start(
+        &self,
+        src: u64,
+        dst: u64,
+        len: u64,
+        dir: u64,
+        off: u64,
+    ) -> Result<Pending<'_>, String> {
         // edu aborts QEMU itself on a transfer outside its buffer: never ask for one.
         if len == 0 || off.checked_add(len).is_none_or(|end| end > BUF_SIZE) {
             return Err(format!(
@@ -170,10 +253,31 @@ impl Edu {
             rt::dsb();
             write64(self.regs + REG_DMA_CMD, CMD_START | dir);
         }
-        let start = rt::counter();
+        Ok(Pending {
+            edu: self,
+            what,
+            src,
+            dst,
+            len,
+            start: rt::counter(),
+        })
+    }
+}
+
+impl Pending<'_> {
+    /// Waits for the DMA to complete; returns how long it took in milliseconds.
+    pub fn wait(self) -> Result<u64, String> {
+        let Pending {
+            edu,
+            what,
+            src,
+            dst,
+            len,
+            start,
+        } = self;
         loop {
-            // SAFETY: as above.
-            let cmd = unsafe { read64(self.regs + REG_DMA_CMD) };
+            // SAFETY: edu's DMA command register in BAR0.
+            let cmd = unsafe { read64(edu.regs + REG_DMA_CMD) };
             let now = rt::counter();
             if cmd & CMD_START == 0 {
                 rt::dsb();

@@ -1,45 +1,102 @@
-//! The runtime of a single-CPU, MMU-off EL1 program: entry from head.S, the PL011
-//! console, a lock-free bump heap, the generic timer, check reporting, unexpected
+//! The runtime of an MMU-off EL1 program: entry from head.S, the PL011 console, a
+//! lock-free bump heap for the boot CPU, the generic timer, check reporting, unexpected
 //! exceptions and panics, and power-off.
 //!
-//! All mutable state is in `Cell`s of `Sync` wrappers. That is sound here because the
-//! program runs on one CPU with interrupts masked (Warden enters it with DAIF set and
-//! nothing unmasks them) and nothing re-enters it except the exception and panic paths,
-//! which are guarded against recursion and end in power-off.
+//! The boot CPU's state is in `Cell`s of `Sync` wrappers. That is sound because only the
+//! boot CPU (index 0, see [`cpu_index`]) touches them: it runs with interrupts masked
+//! (Warden enters it with DAIF set and nothing unmasks them), nothing re-enters it except
+//! the exception and panic paths, which are guarded against recursion and end in
+//! power-off, and secondary CPUs use none of it (their exceptions and panics are
+//! recorded in per-CPU words, see [`secondary_failures`]).
 
 use alloc::string::String;
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::{Cell, UnsafeCell};
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{checks, smccc};
+use hyp::dtb::Platform;
+
+use crate::smccc;
+
+/// Most CPUs an image drives (index 0 is the boot CPU).
+pub const MAX_CPUS: usize = 16;
+
+/// What an image is called and what it runs.
+pub struct Image {
+    /// The image's name in its first line (`edu-dma`).
+    pub name: &'static str,
+    /// Prefix of check lines: `EDU` gives `EDU PASS name: details`.
+    pub check_prefix: &'static str,
+    /// Prefix of the image's other lines and of the summary: `edu` gives
+    /// `edu: N passed, M failed`.
+    pub log_prefix: &'static str,
+    /// Runs the checks on the boot CPU (the console is up, the program runs at EL1).
+    pub run: fn(&Platform, &[u8]),
+}
 
 // ---------------------------------------------------------------------------------------
 // State
 // ---------------------------------------------------------------------------------------
 
 struct State {
-    /// PL011 base (0: no console).
-    console: Cell<u64>,
     /// PSCI conduit: SMC (true) or HVC.
     psci_smc: Cell<bool>,
     passed: Cell<u32>,
     failed: Cell<u32>,
     /// Set once the program is on its way out (exception, panic, power-off).
     finishing: Cell<bool>,
+    check_prefix: Cell<&'static str>,
+    log_prefix: Cell<&'static str>,
 }
 
-// SAFETY: one CPU, interrupts masked, no re-entrancy but the guarded exception and panic
-// paths (see the module documentation): the cells are never accessed concurrently.
+// SAFETY: only the boot CPU uses the cells, with interrupts masked and no re-entrancy but
+// the guarded exception and panic paths (see the module documentation).
 unsafe impl Sync for State {}
 
 static STATE: State = State {
-    console: Cell::new(0),
     psci_smc: Cell::new(true),
     passed: Cell::new(0),
     failed: Cell::new(0),
     finishing: Cell::new(false),
+    check_prefix: Cell::new("EL1"),
+    log_prefix: Cell::new("el1"),
 };
+
+/// Failures recorded by secondary CPUs (exceptions, panics), one word per CPU, written
+/// only by that CPU.
+static SECONDARY_FAILS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// This CPU's index in the image (TPIDR_EL1, set by head.S): 0 for the boot CPU.
+pub fn cpu_index() -> usize {
+    let v: u64;
+    // SAFETY: reading TPIDR_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, tpidr_el1", out(reg) v, options(nomem, nostack)) };
+    v as usize
+}
+
+/// Whether this is the boot CPU.
+pub fn is_boot_cpu() -> bool {
+    cpu_index() == 0
+}
+
+/// The failures secondary CPUs recorded so far.
+pub fn secondary_failures() -> u64 {
+    SECONDARY_FAILS
+        .iter()
+        .map(|f| f.load(Ordering::Acquire))
+        .sum()
+}
+
+/// The PSCI conduit the DTB names: SMC (true) or HVC.
+pub fn psci_smc() -> bool {
+    STATE.psci_smc.get()
+}
+
+/// The prefix of the image's own lines (`edu`, `conformance`).
+pub fn log_prefix() -> &'static str {
+    STATE.log_prefix.get()
+}
 
 // ---------------------------------------------------------------------------------------
 // MMIO and barriers
@@ -92,6 +149,13 @@ pub fn dsb() {
     unsafe { core::arch::asm!("dsb sy", options(nostack, preserves_flags)) };
 }
 
+/// `SEV`: wakes CPUs waiting in `WFE`.
+pub fn sev() {
+    dsb();
+    // SAFETY: sending an event has no effect on memory.
+    unsafe { core::arch::asm!("sev", options(nomem, nostack, preserves_flags)) };
+}
+
 // ---------------------------------------------------------------------------------------
 // Timer
 // ---------------------------------------------------------------------------------------
@@ -117,6 +181,19 @@ pub fn ms_between(start: u64, end: u64) -> u64 {
     end.wrapping_sub(start).saturating_mul(1000) / counter_hz()
 }
 
+/// Microseconds between two counter values.
+pub fn us_between(start: u64, end: u64) -> u64 {
+    end.wrapping_sub(start).saturating_mul(1_000_000) / counter_hz()
+}
+
+/// Busy-waits for `us` microseconds of the virtual counter.
+pub fn delay_us(us: u64) {
+    let start = counter();
+    while us_between(start, counter()) < us {
+        core::hint::spin_loop();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Console
 // ---------------------------------------------------------------------------------------
@@ -130,7 +207,6 @@ const FR_TXFF: u32 = 1 << 5;
 const CR_ENABLE: u32 = 0x301;
 
 fn console_init(base: u64) {
-    STATE.console.set(base);
     // SAFETY: `base` is the PL011 the DTB names as the console.
     unsafe {
         let cr = read32(base + UARTCR);
@@ -138,10 +214,15 @@ fn console_init(base: u64) {
             write32(base + UARTCR, cr | CR_ENABLE);
         }
     }
+    CONSOLE_BASE.store(base, Ordering::Release);
 }
 
+/// The console's base: set once by the boot CPU before any secondary starts, then only
+/// read (secondaries print only from their exception and panic paths).
+static CONSOLE_BASE: AtomicU64 = AtomicU64::new(0);
+
 fn putc(byte: u8) {
-    let base = STATE.console.get();
+    let base = CONSOLE_BASE.load(Ordering::Relaxed);
     if base == 0 {
         return;
     }
@@ -153,7 +234,7 @@ fn putc(byte: u8) {
 }
 
 fn console_flush() {
-    let base = STATE.console.get();
+    let base = CONSOLE_BASE.load(Ordering::Relaxed);
     if base == 0 {
         return;
     }
@@ -189,10 +270,10 @@ macro_rules! println {
 }
 
 // ---------------------------------------------------------------------------------------
-// Heap: a bump allocator without a lock (no exclusives with the MMU off)
+// Heap: a bump allocator without a lock (no exclusives with the MMU off), boot CPU only
 // ---------------------------------------------------------------------------------------
 
-const HEAP_SIZE: usize = 512 * 1024;
+const HEAP_SIZE: usize = 1024 * 1024;
 
 #[repr(C, align(16))]
 struct HeapMem(UnsafeCell<[u8; HEAP_SIZE]>);
@@ -203,8 +284,9 @@ struct Bump {
     next: Cell<usize>,
 }
 
-// SAFETY: single CPU, interrupts masked, no allocation from the exception path before it
-// powers off (see the module documentation): no concurrent access to `next`.
+// SAFETY: only the boot CPU allocates (`alloc` refuses on other CPUs and `dealloc` /
+// `realloc` only act on the boot CPU), with interrupts masked and no allocation from the
+// exception path before it powers off: no concurrent access to `next`.
 unsafe impl Sync for Bump {}
 
 impl Bump {
@@ -219,10 +301,13 @@ impl Bump {
 }
 
 // SAFETY: `alloc` hands out disjoint, suitably aligned ranges of `mem` (or null when it
-// is exhausted); `dealloc` and `realloc` only move `next` back over or extend the most
-// recent allocation, which its owner is giving up or growing.
+// is exhausted or called on a secondary CPU); `dealloc` and `realloc` only move `next`
+// back over or extend the most recent allocation, which its owner is giving up or growing.
 unsafe impl GlobalAlloc for Bump {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if !is_boot_cpu() {
+            return core::ptr::null_mut();
+        }
         let base = self.base();
         let Some(start) = (base + self.next.get()).checked_next_multiple_of(layout.align()) else {
             return core::ptr::null_mut();
@@ -238,12 +323,15 @@ unsafe impl GlobalAlloc for Bump {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // Only the most recent allocation goes back; the rest stays (the program is short).
-        if self.is_last(ptr, layout.size()) {
+        if is_boot_cpu() && self.is_last(ptr, layout.size()) {
             self.next.set(ptr as usize - self.base());
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !is_boot_cpu() {
+            return core::ptr::null_mut();
+        }
         let start = ptr as usize - self.base();
         if self.is_last(ptr, layout.size()) && start + new_size <= HEAP_SIZE {
             self.next.set(start + new_size);
@@ -280,33 +368,40 @@ pub fn heap_used() -> usize {
 // Reporting and the end of the program
 // ---------------------------------------------------------------------------------------
 
-/// Prints a check's result line and counts it.
+/// Prints a check's result line and counts it (boot CPU only).
 pub fn report(name: &str, result: Result<String, String>) {
+    let prefix = STATE.check_prefix.get();
     match result {
         Ok(details) => {
             STATE.passed.set(STATE.passed.get() + 1);
-            println!("EDU PASS {name}: {details}");
+            crate::println!("{prefix} PASS {name}: {details}");
         }
         Err(why) => {
             STATE.failed.set(STATE.failed.get() + 1);
-            println!("EDU FAIL {name}: {why}");
+            crate::println!("{prefix} FAIL {name}: {why}");
         }
     }
 }
 
-/// Prints the summary and powers the machine off.
+/// Prints the summary and powers the machine off (boot CPU only).
 pub fn finish() -> ! {
     STATE.finishing.set(true);
-    println!(
-        "edu: {} passed, {} failed",
+    let failed = u64::from(STATE.failed.get()) + secondary_failures();
+    crate::println!(
+        "{}: {} passed, {} failed",
+        STATE.log_prefix.get(),
         STATE.passed.get(),
-        STATE.failed.get()
+        failed
     );
     console_flush();
     // Give Warden one more trap before the end (it may drain its SMMU event queue then).
     smccc::nudge();
     let r = smccc::psci_system_off(STATE.psci_smc.get());
-    println!("edu: PSCI SYSTEM_OFF returned {:#x}; parking", r);
+    crate::println!(
+        "{}: PSCI SYSTEM_OFF returned {:#x}; parking",
+        STATE.log_prefix.get(),
+        r
+    );
     park()
 }
 
@@ -318,14 +413,15 @@ pub fn park() -> ! {
     }
 }
 
-/// Called by the EL1 vectors (head.S) for any exception: none is expected.
-#[unsafe(no_mangle)]
-extern "C" fn el1_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
-    if STATE.finishing.replace(true) {
-        park();
+/// Records a failure of this secondary CPU (its own word only).
+fn secondary_failed() {
+    if let Some(f) = SECONDARY_FAILS.get(cpu_index()) {
+        f.store(f.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
-    let class = esr >> 26;
-    let hint = match (class, esr & 0x3f) {
+}
+
+fn exception_hint(esr: u64) -> &'static str {
+    match (esr >> 26, esr & 0x3f) {
         (0x25, 0x10) | (0x21, 0x10) => {
             ": a synchronous external abort, i.e. Warden refused the access (memory the \
              program does not own)"
@@ -334,21 +430,47 @@ extern "C" fn el1_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
         (0x21, _) | (0x20, _) => ": an instruction abort",
         (0x00, _) => ": an UNDEFINED instruction (Warden injects this for traps it refuses)",
         _ => "",
-    };
+    }
+}
+
+/// Called by the EL1 vectors (head.S) for any exception: none is expected.
+#[unsafe(no_mangle)]
+extern "C" fn el1_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    let class = esr >> 26;
+    let hint = exception_hint(esr);
+    let prefix = STATE.check_prefix.get();
+    if !is_boot_cpu() {
+        // The boot CPU's cells are not ours: record the failure, say what happened, stop.
+        secondary_failed();
+        crate::println!(
+            "{prefix} FAIL exception: unexpected exception at EL1 on CPU {}, vector {kind}, ESR {esr:#x} (EC {class:#x}), ELR {elr:#x}, FAR {far:#x}{hint}",
+            cpu_index()
+        );
+        park();
+    }
+    if STATE.finishing.replace(true) {
+        park();
+    }
     STATE.failed.set(STATE.failed.get() + 1);
-    println!(
-        "EDU FAIL exception: unexpected exception at EL1, vector {kind}, ESR {esr:#x} (EC {class:#x}), ELR {elr:#x}, FAR {far:#x}{hint}"
+    crate::println!(
+        "{prefix} FAIL exception: unexpected exception at EL1, vector {kind}, ESR {esr:#x} (EC {class:#x}), ELR {elr:#x}, FAR {far:#x}{hint}"
     );
     finish()
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    let prefix = STATE.check_prefix.get();
+    if !is_boot_cpu() {
+        secondary_failed();
+        crate::println!("{prefix} FAIL panic: on CPU {}: {info}", cpu_index());
+        park();
+    }
     if STATE.finishing.replace(true) {
         park();
     }
     STATE.failed.set(STATE.failed.get() + 1);
-    println!("EDU FAIL panic: {info}");
+    crate::println!("{prefix} FAIL panic: {info}");
     finish()
 }
 
@@ -378,16 +500,19 @@ fn dtb_blob(pa: u64) -> Option<&'static [u8]> {
     Some(unsafe { core::slice::from_raw_parts(pa as *const u8, size) })
 }
 
-/// Entered from head.S with the DTB address, the image's load address and the exception
-/// level the program was entered at.
-#[unsafe(no_mangle)]
-extern "C" fn edu_main(dtb: u64, load_base: u64, el: u64) -> ! {
+/// The boot CPU's life after head.S (called from the image's `el1_main` with the DTB
+/// address, the image's load address and the exception level it was entered at): parses
+/// the DTB, brings up the console, runs the image's checks, prints the summary and powers
+/// off.
+pub fn start(image: &Image, dtb: u64, load_base: u64, el: u64) -> ! {
+    STATE.check_prefix.set(image.check_prefix);
+    STATE.log_prefix.set(image.log_prefix);
     let Some(blob) = dtb_blob(dtb) else {
         // No DTB, no console: nothing can be reported. Try to end the run anyway.
         smccc::psci_system_off(true);
         park()
     };
-    let plat = match hyp::dtb::Platform::parse(blob) {
+    let plat = match Platform::parse(blob) {
         Ok(p) => p,
         Err(_) => {
             smccc::psci_system_off(true);
@@ -405,8 +530,10 @@ extern "C" fn edu_main(dtb: u64, load_base: u64, el: u64) -> ! {
             park()
         }
     }
-    println!(
-        "edu: edu-dma test image at EL{el}, loaded at {load_base:#x}, DTB at {dtb:#x} ({} bytes), EL1 MMU off",
+    crate::println!(
+        "{}: {} test image at EL{el}, loaded at {load_base:#x}, DTB at {dtb:#x} ({} bytes), EL1 MMU off",
+        image.log_prefix,
+        image.name,
         blob.len()
     );
     if el != 1 {
@@ -418,6 +545,6 @@ extern "C" fn edu_main(dtb: u64, load_base: u64, el: u64) -> ! {
         );
         finish();
     }
-    checks::run(&plat, blob);
+    (image.run)(&plat, blob);
     finish()
 }

@@ -64,25 +64,24 @@ impl Ecam {
 
     /// The first function on `bus` with this vendor and device ID.
     pub fn find(&self, bus: u32, vendor: u16, device: u16) -> Option<Bdf> {
+        self.find_all(bus, vendor, device).next()
+    }
+
+    /// Every function on `bus` with this vendor and device ID, in device/function order.
+    pub fn find_all(&self, bus: u32, vendor: u16, device: u16) -> impl Iterator<Item = Bdf> {
         let want = (u32::from(device) << 16) | u32::from(vendor);
-        for dev in 0..32 {
-            let f0 = Bdf { bus, dev, func: 0 };
-            let id = self.read(f0, VENDOR_DEVICE);
-            if id & 0xffff == 0xffff {
-                continue;
-            }
-            let funcs = if self.read(f0, HEADER_TYPE) & (0x80 << 16) != 0 {
-                8
-            } else {
-                1
-            };
-            for func in 0..funcs {
-                let f = Bdf { bus, dev, func };
-                if self.read(f, VENDOR_DEVICE) == want {
-                    return Some(f);
-                }
-            }
-        }
-        None
+        (0..32)
+            .flat_map(move |dev| {
+                let f0 = Bdf { bus, dev, func: 0 };
+                let funcs = if self.read(f0, VENDOR_DEVICE) & 0xffff == 0xffff {
+                    0
+                } else if self.read(f0, HEADER_TYPE) & (0x80 << 16) != 0 {
+                    8
+                } else {
+                    1
+                };
+                (0..funcs).map(move |func| Bdf { bus, dev, func })
+            })
+            .filter(move |&f| self.read(f, VENDOR_DEVICE) == want)
     }
 }

@@ -1,14 +1,19 @@
-// edu-dma entry code: the arm64 Image header, the entry point (relocation, .bss, stack,
-// FP/SIMD, exception vectors) and the EL1 exception vectors.
+// Entry code of Warden's bare-metal EL1 test images: the arm64 Image header, the boot
+// CPU's entry (relocation, .bss, stack, FP/SIMD, exception vectors), the secondary CPUs'
+// entry (PSCI CPU_ON), and the EL1 exception vectors.
 //
-// Warden enters the image like a Linux arm64 Image: at its first byte, at EL1h, MMU off,
+// Warden enters an image like a Linux arm64 Image: at its first byte, at EL1h, MMU off,
 // DAIF masked, x0 = the DTB Warden wrote for the host. Everything here is position
 // independent (adr/adrp); the absolute pointers in Rust data are fixed up from .rela.dyn
 // before any Rust code runs, exactly as Warden's own src/head.S does.
 //
-// The image runs with the EL1 MMU off for its whole life: every data access is
+// The images run with the EL1 MMU off for their whole life: every data access is
 // Device-nGnRnE. So no unaligned accesses (the target has +strict-align) and no
-// exclusives or atomics (xtask checks the binary for them); see src/main.rs.
+// exclusives or atomic read-modify-writes (xtask checks the binary for them); see
+// src/lib.rs.
+//
+// TPIDR_EL1 holds the CPU's index in the image (0 for the boot CPU): the runtime uses it
+// to tell CPUs apart (src/rt.rs, `cpu_index`).
 
 .macro adr_l reg, sym
     adrp    \reg, \sym
@@ -47,6 +52,7 @@ primary_entry:
     msr     sctlr_el1, x1
     mov     x1, #CPACR_EL1_FPEN
     msr     cpacr_el1, x1
+    msr     tpidr_el1, xzr          // CPU index 0
     isb
 
     // Apply R_AARCH64_RELATIVE relocations: *(base + off) = base + addend.
@@ -80,7 +86,30 @@ primary_entry:
     mov     x0, x19
     mov     x1, x20
     mov     x2, x21
-    bl      edu_main                // never returns
+    bl      el1_main                // the image's (src/main.rs); never returns
+    b       park
+
+// A secondary CPU started by PSCI CPU_ON with this entry point, through Warden: EL1h,
+// MMU off, DAIF masked, x0 = the context argument = the physical address of its
+// `SecondaryBoot` record (src/smp.rs): stack top at +0, entry function at +8, its
+// argument at +16, CPU index at +24. The image is already relocated and its .bss zeroed
+// by the boot CPU.
+.global secondary_entry
+secondary_entry:
+    ldr     x1, =SCTLR_EL1_MMU_OFF
+    msr     sctlr_el1, x1
+    mov     x1, #CPACR_EL1_FPEN
+    msr     cpacr_el1, x1
+    ldr     x1, [x0, #24]
+    msr     tpidr_el1, x1
+    adr_l   x1, el1_vectors
+    msr     vbar_el1, x1
+    isb
+    ldr     x1, [x0]
+    mov     sp, x1
+    ldr     x1, [x0, #8]
+    ldr     x0, [x0, #16]
+    blr     x1                      // never returns
     b       park
 
 .global park
@@ -90,7 +119,8 @@ park:
 
 // ---------------------------------------------------------------------------------------
 // EL1 exception vectors. No exception is expected: each slot hands its number and the
-// syndrome to `el1_exception` (src/rt.rs), which reports it and powers the machine off.
+// syndrome to `el1_exception` (src/rt.rs), which reports it and powers the machine off
+// (the boot CPU) or parks the CPU (a secondary).
 .macro vector kind
     .balign 0x80
     mov     x0, #\kind

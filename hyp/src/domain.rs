@@ -1,0 +1,497 @@
+//! Host-managed DMA domains: their flags, their stage-2 table and VMID, the queue of
+//! batched unmaps waiting for invalidation, and the TLB gatherer that turns a stage-2
+//! update into as few invalidations as possible.
+//!
+//! This module knows nothing of locks, SMMUs or hypercalls: [`crate::dma`] owns domains
+//! and decides when to invalidate; the same pieces can serve another front-end (a
+//! virtio-iommu device) later.
+//!
+//! # Invalidation of an unmap
+//!
+//! [`Gather`] is the [`S2Tlb`] handed to [`Stage2::unmap`]. It records every invalidation
+//! the table code asks for, *clipped to the range being unmapped*, merges them, and keeps
+//! the tables the unmap freed instead of freeing them (they are freed once the
+//! invalidation completed). Clipping is sound for an unmap: leaf entries are matched by
+//! any address they translate, and a table entry left empty by the unmap had its last
+//! valid leaves inside the range, so a walk-cache invalidation by an address inside the
+//! range hits it; a table entry whose whole span was unmapped lies inside the range
+//! anyway. So unmapping one page needs one page-sized invalidation even when the tables
+//! above it were freed. Batched domains keep the tables their unmaps empty
+//! ([`Gather::keep_tables`], like Linux's io-pgtable, which never frees them), so a later
+//! MAP next to a queued unmap reuses the same table and needs no flush; the unclipped
+//! spans of tables removed anyway (covered whole by an unmap) are kept
+//! ([`Pending::spans`]): a MAP into them first completes the queue, or a stale
+//! walk-cache entry could shadow the new table. Their tables are freed when the domain
+//! is.
+
+use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::s2mmu::{Granule, S2Tlb, Stage2, TableMemory};
+use crate::vmid_alloc::Vmid;
+use alloc::vec::Vec;
+use core::ops::ControlFlow;
+use host_abi::{Error, domain_flags};
+
+/// What DOMAIN_ALLOC's flags ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainFlags {
+    /// Batched invalidation (else strict).
+    pub batched: bool,
+    /// The devices do not snoop the CPU caches.
+    pub non_coherent: bool,
+    /// Translation granule.
+    pub granule: Granule,
+}
+
+impl DomainFlags {
+    /// Decodes DOMAIN_ALLOC's x1: unknown bits or a granule shift other than 0, 12, 14 or
+    /// 16 are INVALID.
+    pub fn decode(flags: u64) -> Result<Self, Error> {
+        if flags & !domain_flags::ALL != 0 {
+            return Err(Error::Invalid);
+        }
+        let shift = (flags >> domain_flags::GRANULE_SHIFT) & domain_flags::GRANULE_MASK;
+        let granule = match shift {
+            0 | 12 => Granule::Size4K,
+            14 => Granule::Size16K,
+            16 => Granule::Size64K,
+            _ => return Err(Error::Invalid),
+        };
+        Ok(Self {
+            batched: flags & domain_flags::BATCHED != 0,
+            non_coherent: flags & domain_flags::NON_COHERENT != 0,
+            granule,
+        })
+    }
+}
+
+/// An IOVA range `[start, end)` to invalidate; `leaf`: leaf entries only (no table was
+/// freed in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Only last-level entries changed.
+    pub leaf: bool,
+}
+
+/// Sorts `ranges` and merges overlapping or touching ones (in place, no allocation).
+pub fn merge_ranges(ranges: &mut Vec<InvRange>) {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut w = 0;
+    for i in 0..ranges.len() {
+        let r = ranges[i];
+        if i > 0 && r.start <= ranges[w].end {
+            let m = &mut ranges[w];
+            m.end = m.end.max(r.end);
+            m.leaf &= r.leaf;
+        } else {
+            if i > 0 {
+                w += 1;
+            }
+            ranges[w] = r;
+        }
+    }
+    ranges.truncate(if ranges.is_empty() { 0 } else { w + 1 });
+}
+
+/// Whether `[start, end)` overlaps one of `ranges`.
+fn overlaps(ranges: &[InvRange], start: u64, end: u64) -> bool {
+    ranges.iter().any(|r| r.start < end && start < r.end)
+}
+
+/// A mapped piece found by [`collect_leaves`]: IOVA and the pages it reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// First IOVA.
+    pub iova: u64,
+    /// The physical pages.
+    pub pa: PhysRange,
+}
+
+/// What [`collect_leaves`] found.
+#[derive(Debug, Default)]
+pub struct Leaves {
+    /// Mapped pieces in IOVA order; IOVA- and PA-contiguous leaves merged.
+    pub leaves: Vec<Leaf>,
+    /// The walk covered `[iova, end)`: the range may be processed up to here.
+    pub end: u64,
+    /// Bytes mapped in `[iova, end)`.
+    pub mapped: u64,
+}
+
+/// Collects the mapped pieces of `[iova, end)` in `s2`, stopping before the leaf that
+/// would take the total past `budget` bytes (but always taking at least one). NOMEM if
+/// the list cannot grow.
+pub fn collect_leaves<M: TableMemory + ?Sized>(
+    s2: &Stage2,
+    mem: &M,
+    iova: u64,
+    end: u64,
+    budget: u64,
+) -> Result<Leaves, Error> {
+    let geom = s2.geometry();
+    let mut out = Leaves {
+        end,
+        ..Leaves::default()
+    };
+    let mut nomem = false;
+    let walked = s2.walk(mem, Ipa(iova), end - iova, |at, desc, level| {
+        if !desc.is_leaf(level) {
+            return ControlFlow::Continue(());
+        }
+        let span = geom.entry_size(level);
+        let s = at.get().max(iova);
+        let e = (at.get() + span).min(end);
+        if out.mapped != 0 && out.mapped + (e - s) > budget {
+            out.end = s;
+            return ControlFlow::Break(());
+        }
+        let pa = desc.address().get() + (s - at.get());
+        out.mapped += e - s;
+        if let Some(last) = out.leaves.last_mut()
+            && last.iova + last.pa.size == s
+            && last.pa.end() == pa
+        {
+            last.pa.size += e - s;
+            return ControlFlow::Continue(());
+        }
+        if out.leaves.try_reserve(1).is_err() {
+            nomem = true;
+            return ControlFlow::Break(());
+        }
+        out.leaves.push(Leaf {
+            iova: s,
+            pa: PhysRange::new(pa, e - s),
+        });
+        ControlFlow::Continue(())
+    });
+    if nomem {
+        return Err(Error::NoMem);
+    }
+    let _ = walked.map_err(|_| Error::Invalid)?;
+    Ok(out)
+}
+
+/// Leaves (L1, L2, L3) in `[iova, end)` of `s2`, by level.
+pub fn count_leaves<M: TableMemory + ?Sized>(
+    s2: &Stage2,
+    mem: &M,
+    iova: u64,
+    end: u64,
+) -> [u64; 3] {
+    let mut n = [0u64; 3];
+    let _ = s2.walk(mem, Ipa(iova), end - iova, |_, desc, level| {
+        if desc.is_leaf(level) && (1..=3).contains(&level) {
+            n[level as usize - 1] += 1;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    n
+}
+
+/// Whether anything is mapped in `[iova, end)`.
+pub fn any_mapped<M: TableMemory + ?Sized>(s2: &Stage2, mem: &M, iova: u64, end: u64) -> bool {
+    matches!(
+        s2.walk(mem, Ipa(iova), end - iova, |_, desc, level| {
+            if desc.is_leaf(level) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        }),
+        Ok(ControlFlow::Break(()))
+    )
+}
+
+/// Batched unmaps whose invalidation has not been issued yet. Their pages stay pinned and
+/// their freed tables allocated until [`crate::dma`] flushes the queue.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// IOVA ranges to invalidate.
+    pub ranges: Vec<InvRange>,
+    /// Unclipped spans of tables freed by the queued unmaps (see the module docs).
+    pub spans: Vec<InvRange>,
+    /// Invalidate the whole VMID instead (a list could not grow).
+    pub all: bool,
+    /// Pages to unpin once invalidated.
+    pub pins: Vec<PhysRange>,
+    /// Tables to free once invalidated.
+    pub tables: Vec<(PhysAddr, usize)>,
+    /// Unmapped ranges queued (the threshold's unit).
+    pub entries: u32,
+    /// Pages queued.
+    pub pages: u64,
+    /// When the oldest queued unmap happened.
+    pub oldest_ns: Option<u64>,
+}
+
+impl Pending {
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+            && !self.all
+            && self.ranges.is_empty()
+            && self.pins.is_empty()
+            && self.tables.is_empty()
+    }
+
+    /// Whether a queued unmap touched `[start, end)` (its TLB or walk-cache entries may
+    /// still be live).
+    pub fn touches(&self, start: u64, end: u64) -> bool {
+        self.all || overlaps(&self.ranges, start, end) || overlaps(&self.spans, start, end)
+    }
+
+    /// Whether a queued unmap holds a pin on a page of `r`.
+    pub fn pins_overlap(&self, r: &PhysRange) -> bool {
+        self.pins.iter().any(|p| p.overlaps(r))
+    }
+
+    /// Moves one unmap's invalidations, tables and pins into the queue. If the lists
+    /// cannot grow nothing is moved and `Err` returns the gather (the caller completes
+    /// that unmap at once).
+    pub fn push<V: Invalidate>(
+        &mut self,
+        g: Gather<V>,
+        pins: &[Leaf],
+        now_ns: u64,
+    ) -> Result<(), Gather<V>> {
+        let grow = self.ranges.try_reserve(g.ranges.len()).is_ok()
+            && self.spans.try_reserve(g.spans.len()).is_ok()
+            && self.tables.try_reserve(g.tables.len()).is_ok()
+            && self.pins.try_reserve(pins.len()).is_ok();
+        if !grow {
+            return Err(g);
+        }
+        self.ranges.extend_from_slice(&g.ranges);
+        self.spans.extend_from_slice(&g.spans);
+        self.tables.extend_from_slice(&g.tables);
+        self.all |= g.all;
+        let mut pages = 0;
+        for l in pins {
+            self.pins.push(l.pa);
+            pages += l.pa.size / crate::pins::PAGE;
+        }
+        self.pages += pages;
+        self.entries += 1;
+        self.oldest_ns.get_or_insert(now_ns);
+        Ok(())
+    }
+
+    /// Empties the queue, returning it.
+    pub fn take(&mut self) -> Pending {
+        core::mem::take(self)
+    }
+}
+
+/// A host-managed DMA domain.
+#[derive(Debug)]
+pub struct Domain {
+    /// Its ID (DOMAIN_ALLOC's result).
+    pub id: u64,
+    /// What it was created with.
+    pub flags: DomainFlags,
+    /// Its VMID, from the shared allocator.
+    pub vmid: Vmid,
+    /// Its stage-2 table (IOVA → PA).
+    pub s2: Stage2,
+    /// Batched unmaps not yet invalidated.
+    pub pending: Pending,
+}
+
+/// Issues invalidations for one domain and waits for them.
+pub trait Invalidate {
+    /// Invalidates `ranges` (or every entry of the domain when `all`) and waits for
+    /// completion. `false` if completion could not be confirmed (SMMU failure).
+    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool;
+    /// Makes descriptor writes visible to table walkers (`DSB ISHST`).
+    fn barrier(&mut self);
+}
+
+/// The [`S2Tlb`] of one stage-2 operation on a domain: gathers invalidations (clipped to
+/// the operation's range, see the module docs) and freed tables; issues everything only
+/// when the table code needs completion (break-before-make) or the caller says so.
+#[derive(Debug)]
+pub struct Gather<V> {
+    clip: (u64, u64),
+    /// Gathered invalidations, not yet issued.
+    pub ranges: Vec<InvRange>,
+    /// Unclipped spans of freed tables.
+    pub spans: Vec<InvRange>,
+    /// Invalidate the whole VMID (a list could not grow, or asked for).
+    pub all: bool,
+    /// Tables freed by the operation, to free once invalidated.
+    pub tables: Vec<(PhysAddr, usize)>,
+    /// Some invalidation could not be confirmed.
+    pub failed: bool,
+    /// Leave tables emptied by an unmap linked (batched domains).
+    pub keep_tables: bool,
+    inv: V,
+}
+
+impl<V: Invalidate> Gather<V> {
+    /// A gatherer for an operation on `[start, end)`.
+    pub fn new(inv: V, start: u64, end: u64) -> Self {
+        Self {
+            clip: (start, end),
+            ranges: Vec::new(),
+            spans: Vec::new(),
+            all: false,
+            tables: Vec::new(),
+            failed: false,
+            keep_tables: false,
+            inv,
+        }
+    }
+
+    /// Whether something waits to be issued.
+    pub fn has_work(&self) -> bool {
+        self.all || !self.ranges.is_empty()
+    }
+
+    /// Issues what was gathered and waits. `false` if anything failed so far.
+    pub fn issue(&mut self) -> bool {
+        if self.has_work() {
+            merge_ranges(&mut self.ranges);
+            if !self.inv.issue(&self.ranges, self.all) {
+                self.failed = true;
+            }
+            self.ranges.clear();
+            self.all = false;
+        }
+        !self.failed
+    }
+
+    /// Frees the gathered tables into `mem`. Call only after [`issue`](Self::issue)
+    /// returned `true`.
+    pub fn free_tables<M: TableMemory + ?Sized>(&mut self, mem: &mut M) {
+        for (pa, size) in self.tables.drain(..) {
+            // SAFETY: the table code handed this table over through `defer_free` after
+            // unlinking it; the invalidation covering it completed (the caller's
+            // contract), so no walker refers to it.
+            unsafe { mem.free(pa, size) };
+        }
+    }
+
+    /// The invalidator.
+    pub fn inv(&mut self) -> &mut V {
+        &mut self.inv
+    }
+}
+
+impl<V: Invalidate> S2Tlb for Gather<V> {
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        let (s, e) = (ipa.get(), ipa.get().saturating_add(size));
+        let (cs, ce) = (s.max(self.clip.0), e.min(self.clip.1));
+        let r = if cs < ce {
+            InvRange {
+                start: cs,
+                end: ce,
+                leaf: last_level_only,
+            }
+        } else {
+            InvRange {
+                start: s,
+                end: e,
+                leaf: last_level_only,
+            }
+        };
+        if self.ranges.try_reserve(1).is_err() {
+            self.all = true;
+        } else {
+            self.ranges.push(r);
+        }
+        if !last_level_only && (s < cs || e > ce) {
+            if self.spans.try_reserve(1).is_err() {
+                self.all = true;
+            } else {
+                self.spans.push(InvRange {
+                    start: s,
+                    end: e,
+                    leaf: false,
+                });
+            }
+        }
+    }
+
+    fn invalidate_all(&mut self) {
+        self.all = true;
+    }
+
+    fn sync(&mut self) {
+        self.inv.barrier();
+    }
+
+    fn complete(&mut self) {
+        self.issue();
+    }
+
+    fn keep_empty_tables(&self) -> bool {
+        self.keep_tables
+    }
+
+    fn defer_free(&mut self, pa: PhysAddr, size: usize) -> bool {
+        if self.tables.try_reserve(1).is_err() {
+            return false;
+        }
+        self.tables.push((pa, size));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn flags() {
+        assert_eq!(
+            DomainFlags::decode(0),
+            Ok(DomainFlags {
+                batched: false,
+                non_coherent: false,
+                granule: Granule::Size4K
+            })
+        );
+        let f = DomainFlags::decode(3 | (16 << 8)).unwrap();
+        assert!(f.batched && f.non_coherent);
+        assert_eq!(f.granule, Granule::Size64K);
+        assert_eq!(
+            DomainFlags::decode(14 << 8).unwrap().granule,
+            Granule::Size16K
+        );
+        assert_eq!(
+            DomainFlags::decode(12 << 8).unwrap().granule,
+            Granule::Size4K
+        );
+        for bad in [4, 1 << 16, 13 << 8, 21 << 8, u64::MAX] {
+            assert_eq!(DomainFlags::decode(bad), Err(Error::Invalid), "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn merging() {
+        let r = |start, end, leaf| InvRange { start, end, leaf };
+        let mut v = vec![
+            r(0x5000, 0x6000, true),
+            r(0x1000, 0x2000, true),
+            r(0x2000, 0x3000, false),
+            r(0x8000, 0x9000, true),
+            r(0x5800, 0x5900, true),
+        ];
+        merge_ranges(&mut v);
+        assert_eq!(
+            v,
+            [
+                r(0x1000, 0x3000, false),
+                r(0x5000, 0x6000, true),
+                r(0x8000, 0x9000, true)
+            ]
+        );
+        let mut e: Vec<InvRange> = Vec::new();
+        merge_ranges(&mut e);
+        assert!(e.is_empty());
+    }
+}
