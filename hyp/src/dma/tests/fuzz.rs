@@ -14,9 +14,9 @@ fn value() -> impl Strategy<Value = u64> {
         Just(0u64),
         Just(1),
         Just(u64::MAX),
-        Just(u64::MAX & !0xfff),
+        Just(!0xfff),
         Just(1 << 63),
-        (0u64..8).prop_map(|d| d),                       // domain IDs
+        0u64..8,                                         // domain IDs
         (0u64..64).prop_map(|p| HOST_BASE + p * 0x1000), // host pages
         (0u64..64).prop_map(|p| RAM_BASE + p * 0x1000),  // Warden's pool
         (0u64..64).prop_map(|p| 0x10_0000 + p * 0x1000), // IOVAs
