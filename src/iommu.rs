@@ -43,6 +43,7 @@ fn described_sids(plat: &Platform, phandle: Option<u32>) -> Vec<(u32, u32)> {
 pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
     let mut io = Probed {
         smmus: Vec::new(),
+        nodes: Vec::new(),
         frames: Vec::new(),
         min_oas: None,
     };
@@ -76,6 +77,7 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
                 }
                 min_oas = Some(min_oas.map_or(f.oas_bits, |m: u32| m.min(f.oas_bits)));
                 io.smmus.push(smmu);
+                io.nodes.push(i);
             }
             Err(e) => {
                 log::error!("smmu{i} at {:?}: {e}; left aborting all DMA", s.regs);
@@ -90,6 +92,8 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
 pub struct Probed {
     /// The SMMUs taken over (the index is the endpoint's SMMU index).
     pub smmus: Vec<El2Smmu>,
+    /// For each SMMU in `smmus`, the index of its DTB node in `Platform::smmus`.
+    pub nodes: Vec<usize>,
     /// Every SMMU register frame in the DTB (never in the host stage-2).
     pub frames: Vec<PhysRange>,
     /// The smallest output address size among them.
@@ -108,11 +112,8 @@ pub fn attach_host(
     cpu_vmid_bits: u32,
 ) -> bool {
     let cfg = S2Config::for_stage2(s2, vmid);
-    let mut dtb_idx = 0;
-    let mut smmu_idx = 0;
-    let smmus_avail: Vec<_> = plat.smmus.iter().filter(|s| s.available).collect();
-    while smmu_idx < io.smmus.len() && dtb_idx < smmus_avail.len() {
-        let sids = described_sids(plat, smmus_avail[dtb_idx].phandle);
+    for (smmu_idx, node) in io.nodes.iter().enumerate() {
+        let sids = described_sids(plat, plat.smmus[*node].phandle);
         let smmu = &mut io.smmus[smmu_idx];
         let mut n = 0u64;
         for (first, count) in sids {
@@ -126,8 +127,6 @@ pub fn attach_host(
         crate::println!(
             "warden: smmu{smmu_idx}: {n} StreamID(s) on the host stage-2 (VMID {vmid}), all others abort"
         );
-        smmu_idx += 1;
-        dtb_idx += 1;
     }
     let all_btm = !io.smmus.is_empty() && io.smmus.iter().all(|s| s.features().btm);
     let widths_agree = io

@@ -74,6 +74,7 @@ pub struct HostS2Tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> {
     /// Counters.
     pub counts: &'a mut InvalidationCounts,
     pending: bool,
+    failed: bool,
 }
 
 impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
@@ -94,6 +95,7 @@ impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
             vmid,
             counts,
             pending: false,
+            failed: false,
         }
     }
 }
@@ -144,8 +146,13 @@ impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
             self.counts.smmu_syncs += 1;
             if smmu.sync(self.smmu_mem).is_err() {
                 self.counts.smmu_errors += 1;
+                self.failed = true;
             }
         }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 }
 
@@ -281,8 +288,39 @@ impl HostMem {
         }
         // Ownership changes only once the host's and devices' translations are gone.
         tlb.complete();
-        self.donated.push(r);
+        if tlb.failed() {
+            // A device may still reach the pages: they leave the host (unmapped) but go
+            // to nobody; the host gets BUSY and the pages stay out of use for good.
+            log::error!(
+                "MEM_DONATE {r:?}: an SMMU did not confirm the invalidation; pages withheld"
+            );
+            return Err(Error::Busy);
+        }
+        self.record_donated(r);
         Ok(())
+    }
+
+    /// Adds `r` to the donated runs, merging it with a run it touches (the pool may hand
+    /// back, for reclaim, a run that spans two adjacent donations). Room for a new run
+    /// was reserved before anything changed.
+    fn record_donated(&mut self, r: PhysRange) {
+        let before = self.donated.iter().position(|d| d.end() == r.base.get());
+        let after = self.donated.iter().position(|d| d.base.get() == r.end());
+        match (before, after) {
+            (Some(b), Some(a)) => {
+                let merged = PhysRange::new(
+                    self.donated[b].base.get(),
+                    self.donated[b].size + r.size + self.donated[a].size,
+                );
+                self.donated[b] = merged;
+                self.donated.remove(a);
+            }
+            (Some(b), None) => self.donated[b].size += r.size,
+            (None, Some(a)) => {
+                self.donated[a] = PhysRange::new(r.base.get(), r.size + self.donated[a].size)
+            }
+            (None, None) => self.donated.push(r),
+        }
     }
 
     /// MEM_RECLAIM for a pool that never uses donated pages: gives up to `wanted` pages
@@ -460,6 +498,7 @@ mod tests {
         fn all(&mut self);
         fn sync_(&mut self);
         fn complete_(&mut self);
+        fn failed_(&self) -> bool;
     }
     impl<T: S2Tlb> S2TlbDyn for T {
         fn inv(&mut self, ipa: Ipa, size: u64, leaf: bool) {
@@ -474,6 +513,9 @@ mod tests {
         fn complete_(&mut self) {
             self.complete()
         }
+        fn failed_(&self) -> bool {
+            self.failed()
+        }
     }
     impl S2Tlb for &mut dyn S2TlbDyn {
         fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, leaf: bool) {
@@ -487,6 +529,9 @@ mod tests {
         }
         fn complete(&mut self) {
             (**self).complete_()
+        }
+        fn failed(&self) -> bool {
+            (**self).failed_()
         }
     }
 
@@ -737,6 +782,65 @@ mod tests {
                 PhysRange::new(p2 + 3 * PAGE, 2 * PAGE)
             ]
         );
+    }
+
+    #[test]
+    fn adjacent_donations_reclaim_as_one_run() {
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
+        let mut w = world(&model, ram, false);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, false)
+        };
+        let a = 0x4400_0000u64;
+        // Donated one page at a time, in reverse and then forward order.
+        for pa in [a + PAGE, a, a + 2 * PAGE] {
+            let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+                hm.host_donate_hyp(mem, &mut tlb, pa, 1)
+            });
+            assert_eq!(r, Ok(()));
+        }
+        assert_eq!(hm.donated_pages(), 3);
+        // A pool may hand back a run spanning separate donations.
+        let give = PhysRange::new(a, 3 * PAGE);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, give)
+        });
+        assert_eq!(r, Ok((PhysAddr(a), 3)));
+        assert_eq!(hm.donated_pages(), 0);
+        assert!(hm.host_owns(&w.tables, give));
+        for i in 0..3 {
+            assert!(model.dma(SID, a + i * PAGE, true).is_ok());
+        }
+    }
+
+    #[test]
+    fn donation_is_withheld_when_the_smmu_does_not_confirm() {
+        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
+        let mut w = world(&model, ram, false);
+        let (mut hm, mut smmu) = {
+            let World { tables, queues, .. } = &mut w;
+            boot_split(&model, tables, queues, false)
+        };
+        let page = 0x4500_0000u64;
+        model.set_stalled(true);
+        let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, page, 1)
+        });
+        assert_eq!(r, Err(Error::Busy));
+        assert_eq!(counts.smmu_errors, 1);
+        assert_eq!(hm.donated_pages(), 0, "never handed to Warden's pool");
+        assert!(
+            !hm.host_owns(&w.tables, PhysRange::new(page, PAGE)),
+            "and not the host's either"
+        );
+        model.set_stalled(false);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host(mem, &mut tlb, 1)
+        });
+        assert_eq!(r, Err(Error::NoEnt), "nothing to reclaim");
     }
 
     #[test]

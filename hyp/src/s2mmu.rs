@@ -643,6 +643,13 @@ pub trait S2Tlb {
     /// pure unmap calls it once at the end, before the freed IPAs change owner.
     fn complete(&mut self) {}
 
+    /// Whether an invalidation issued through this value could not be confirmed (an
+    /// SMMU did not complete its `CMD_SYNC`): the caller must then not hand the affected
+    /// pages to anyone else.
+    fn failed(&self) -> bool {
+        false
+    }
+
     /// Offers a table of `size` bytes at `pa` that has just left the tree (unlinked, and
     /// its entry invalidated through this TLB) or was never linked. Returning `true` takes
     /// it over: the implementation must pass it to [`TableMemory::free`] itself, and only
