@@ -535,24 +535,37 @@ mod tests {
         }
     }
 
+    /// Boots a test world: `$model` (an SMMU model with `$cfg`), `$w` (its seams),
+    /// `$hm` (host memory) and `$smmu` (the driver), BTM in use as `$btm` says.
+    macro_rules! setup {
+        ($model:ident, $w:ident, $hm:ident, $smmu:ident, $cfg:expr, $btm:expr) => {
+            let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
+            let $model = SmmuModel::new($cfg, ram.clone());
+            let mut $w = world(&$model, ram, $btm);
+            #[allow(unused_mut)]
+            let (mut $hm, mut $smmu) = {
+                let World { tables, queues, .. } = &mut $w;
+                boot_split(&$model, tables, queues, $btm)
+            };
+        };
+    }
+
     /// Acceptance: after a donation, DMA to the page faults (never a stale hit); with BTM
     /// the donation issued no SMMU command at all, without BTM range invalidation(s) and
     /// exactly one CMD_SYNC; after reclaim the page is DMA-able again.
     fn donation_cycle(btm: bool, ril: bool) {
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(
+        setup!(
+            model,
+            w,
+            hm,
+            smmu,
             ModelConfig {
                 btm,
                 ril,
                 ..ModelConfig::default()
             },
-            ram.clone(),
+            btm
         );
-        let mut w = world(&model, ram, btm);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, btm)
-        };
         let page = 0x4100_0000u64;
         // The device uses the page: its translation is now cached in the SMMU TLB.
         assert_eq!(model.dma(SID, page, true), Ok(PhysAddr(page)));
@@ -666,19 +679,17 @@ mod tests {
     fn btm_present_but_not_enabled_still_needs_commands() {
         // The SMMU has BTM but PTM stays set: broadcast TLBIs do not reach it, so Warden
         // must use commands; a stale translation would show up here.
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(
+        setup!(
+            model,
+            w,
+            hm,
+            smmu,
             ModelConfig {
                 btm: true,
                 ..ModelConfig::default()
             },
-            ram.clone(),
+            false
         );
-        let mut w = world(&model, ram, false);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, false)
-        };
         let page = 0x4200_0000u64;
         assert!(model.dma(SID, page, true).is_ok());
         let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
@@ -693,13 +704,7 @@ mod tests {
 
     #[test]
     fn bad_donations_change_nothing() {
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
-        let mut w = world(&model, ram, false);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, false)
-        };
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
         let page = 0x4300_0000u64;
         let cases: [(u64, u64, Error); 7] = [
             (page + 8, 1, Error::Invalid),          // unaligned
@@ -786,13 +791,7 @@ mod tests {
 
     #[test]
     fn adjacent_donations_reclaim_as_one_run() {
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
-        let mut w = world(&model, ram, false);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, false)
-        };
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
         let a = 0x4400_0000u64;
         // Donated one page at a time, in reverse and then forward order.
         for pa in [a + PAGE, a, a + 2 * PAGE] {
@@ -817,13 +816,7 @@ mod tests {
 
     #[test]
     fn donation_is_withheld_when_the_smmu_does_not_confirm() {
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
-        let mut w = world(&model, ram, false);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, false)
-        };
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
         let page = 0x4500_0000u64;
         model.set_stalled(true);
         let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
@@ -845,13 +838,7 @@ mod tests {
 
     #[test]
     fn out_of_table_memory_rolls_back() {
-        let ram = std::rc::Rc::new(crate::testutil::Ram::new(0x8000_0000, 8 << 20));
-        let model = SmmuModel::new(ModelConfig::default(), ram.clone());
-        let mut w = world(&model, ram, false);
-        let (mut hm, mut smmu) = {
-            let World { tables, queues, .. } = &mut w;
-            boot_split(&model, tables, queues, false)
-        };
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
         // A page inside a 2 MiB block: splitting it needs a table; allow none.
         let page = 0x4800_1000u64;
         w.tables.budget = Some(0);
