@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::image;
 use crate::md5;
 use crate::qemu::{self, Boot, Machine, RAM_BASE};
-use crate::util::{self, Context, Result, show, write_atomic};
+use crate::util::{
+    self, Context, Result, hex_numbers, name_and_rest, show, truncate, write_atomic,
+};
 
 /// The checks of the test `/init`, in the order it runs them.
 pub const TESTS: [&str; 7] = [
@@ -191,13 +193,6 @@ pub struct Results {
     pub done: bool,
 }
 
-/// Splits `WTEST PASS name: details` into (name, details).
-fn name_and_rest(s: &str) -> (String, String) {
-    let end = s.find([':', ' ']).unwrap_or(s.len());
-    let rest = s[end..].trim_start_matches(':').trim();
-    (s[..end].to_string(), rest.to_string())
-}
-
 /// Collects the `WTEST` lines of a log.
 pub fn parse_results(log: &str) -> Results {
     let mut r = Results::default();
@@ -265,19 +260,6 @@ fn carve_out_base(r: &Results) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Every `0x…` number in a line.
-fn hex_numbers(line: &str) -> Vec<u64> {
-    line.match_indices("0x")
-        .filter_map(|(at, _)| {
-            let digits: String = line[at + 2..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == '_')
-                .collect();
-            u64::from_str_radix(&digits.replace('_', ""), 16).ok()
-        })
-        .collect()
-}
-
 /// Everything wrong with a boot, from its console output and how QEMU ended
 /// (`exit` = `None` when it was killed at the timeout). Empty means the boot passed.
 pub fn evaluate(
@@ -302,11 +284,7 @@ pub fn evaluate(
         problems.push("the test /init never printed `WTEST DONE`".into());
     }
     if expect.warden {
-        if !output.lines().any(|l| l.starts_with(BANNER_PREFIX)) {
-            problems.push(format!(
-                "no Warden banner (a line starting with `{BANNER_PREFIX}`)"
-            ));
-        }
+        problems.extend(banner_problem(output));
         let faults: Vec<&str> = output.lines().filter(|l| l.contains(FAULT_TEXT)).collect();
         if faults.is_empty() {
             problems.push(format!(
@@ -326,15 +304,15 @@ pub fn evaluate(
             problems.push(format!("`{want}` is not in the log"));
         }
     }
-    match exit {
-        None => problems.push(format!(
-            "QEMU did not exit within {} s and was killed",
-            timeout.as_secs()
-        )),
-        Some(0) => {}
-        Some(code) => problems.push(format!("QEMU exited with status {code}, not 0")),
-    }
+    problems.extend(qemu::exit_problem(exit, timeout));
     problems
+}
+
+/// What is wrong when Warden's banner (a line starting with [`BANNER_PREFIX`]) is not in
+/// a console log.
+pub fn banner_problem(output: &str) -> Option<String> {
+    (!output.lines().any(|l| l.starts_with(BANNER_PREFIX)))
+        .then(|| format!("no Warden banner (a line starting with `{BANNER_PREFIX}`)"))
 }
 
 /// Options of a boot-test run.
@@ -443,7 +421,7 @@ pub fn run_variant(
             println!("      {}", truncate(line, 150));
         }
     })?;
-    let exit = outcome.status.map(|s| s.code().unwrap_or(-1));
+    let exit = outcome.exit_code();
     let mut problems = evaluate(&outcome.output, exit, opts.timeout, &expect);
     if parse_results(&outcome.output)
         .passed
@@ -480,14 +458,6 @@ pub fn run_variant(
         let _ = std::fs::remove_file(&disk_path);
     }
     Ok(problems)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::boottest::{BANNER_PREFIX, VARIANTS, Variant, WARDEN_ARGS, log_dir};
-use crate::edutest::truncate;
-use crate::qemu::{self, KERNEL_ADDR, Machine};
-use crate::util::{self, Result, show};
+use crate::boottest::{Variant, banner_problem};
+use crate::qemu::{self, Machine};
+use crate::testimage::{self, TestImage, parse_summary};
+use crate::util::{self, Result, name_and_rest};
 
 /// The suite's check names, in run order: the image's own list.
 mod names {
@@ -39,11 +39,44 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The image's package (and binary) name.
 const PACKAGE: &str = "conformance";
 
+/// The `conf:<variant>` tests.
+pub struct Conf;
+
+impl TestImage for Conf {
+    const PREFIX: &'static str = "conf";
+    const WHAT: &'static str = "the conformance test image";
+    const DEFAULT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
+    const MAX_LISTED: usize = 12;
+
+    fn variants() -> impl Iterator<Item = &'static Variant> {
+        variants()
+    }
+
+    fn build_image() -> Result<PathBuf> {
+        build_image()
+    }
+
+    fn qemu_args(machine: &Machine, warden: &Path, image: &Path) -> Vec<OsString> {
+        qemu_args(machine, warden, image)
+    }
+
+    fn devices_note() -> String {
+        "two edu devices".into()
+    }
+
+    fn echo(line: &str) -> bool {
+        line.starts_with("CONF ")
+            || (line.starts_with("conformance: ") && line.ends_with(" failed"))
+    }
+
+    fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<String> {
+        evaluate(output, exit, timeout)
+    }
+}
+
 /// The variants, from the boot tests' table.
 pub fn variants() -> impl Iterator<Item = &'static Variant> {
-    VARIANT_NAMES
-        .iter()
-        .filter_map(|n| VARIANTS.iter().find(|v| v.name == *n))
+    testimage::variants(&VARIANT_NAMES)
 }
 
 /// Where the flat test image is written.
@@ -56,44 +89,13 @@ pub fn image_path() -> PathBuf {
 /// Builds the conformance image (release, aarch64-unknown-none, MMU-off rules checked)
 /// and returns the flat image's path.
 pub fn build_image() -> Result<PathBuf> {
-    crate::edutest::build_test_image(PACKAGE, "the conformance test image", &image_path())
+    crate::edutest::build_test_image(PACKAGE, Conf::WHAT, &image_path())
 }
 
 /// The QEMU arguments of a conformance boot: Warden as the firmware-loaded image, the
 /// suite as its `multiboot,kernel` module (no initrd), and the two edu devices.
 pub fn qemu_args(machine: &Machine, warden: &Path, image: &Path) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
-    push("-machine");
-    push(&format!(
-        "virt,virtualization=on,iommu=smmuv3,gic-version={}",
-        machine.gic
-    ));
-    push("-cpu");
-    push(&machine.cpu);
-    push("-smp");
-    push(&machine.smp.to_string());
-    push("-m");
-    push(&machine.mem);
-    for s in ["-nographic", "-nic", "none", "-no-reboot", "-kernel"] {
-        push(s);
-    }
-    a.push(warden.into());
-    let mut push = |s: &str| a.push(s.into());
-    push("-append");
-    push(WARDEN_ARGS);
-    push("-device");
-    push(&format!(
-        "guest-loader,addr={KERNEL_ADDR:#x},kernel={}",
-        qemu::escape(&image.to_string_lossy())
-    ));
-    for dev in EDU_DEVICES {
-        push("-device");
-        push(dev);
-    }
-    push("-accel");
-    push("tcg,thread=multi");
-    a
+    testimage::qemu_args(machine, warden, image, &EDU_DEVICES)
 }
 
 /// What the image printed.
@@ -107,13 +109,6 @@ pub struct Results {
     pub summary: Option<(u32, u32)>,
 }
 
-/// Splits `name: details` into (name, details).
-fn name_and_rest(s: &str) -> (String, String) {
-    let end = s.find([':', ' ']).unwrap_or(s.len());
-    let rest = s[end..].trim_start_matches(':').trim();
-    (s[..end].to_string(), rest.to_string())
-}
-
 /// Collects the image's lines from a console log.
 pub fn parse_results(log: &str) -> Results {
     let mut r = Results::default();
@@ -123,13 +118,10 @@ pub fn parse_results(log: &str) -> Results {
             r.passed.push(name_and_rest(p));
         } else if let Some(f) = line.strip_prefix("CONF FAIL ") {
             r.failed.push(name_and_rest(f));
-        } else if let Some(s) = line.strip_prefix("conformance: ") {
-            let words: Vec<&str> = s.split_whitespace().collect();
-            if let [n, "passed,", m, "failed"] = words.as_slice()
-                && let (Ok(n), Ok(m)) = (n.parse(), m.parse())
-            {
-                r.summary = Some((n, m));
-            }
+        } else if let Some(s) = line.strip_prefix("conformance: ")
+            && let Some(summary) = parse_summary(s)
+        {
+            r.summary = Some(summary);
         }
     }
     r
@@ -183,100 +175,9 @@ pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<Strin
             }
         }
     }
-    if !output.lines().any(|l| l.starts_with(BANNER_PREFIX)) {
-        problems.push(format!(
-            "no Warden banner (a line starting with `{BANNER_PREFIX}`)"
-        ));
-    }
-    match exit {
-        None => problems.push(format!(
-            "QEMU did not exit within {} s and was killed",
-            timeout.as_secs()
-        )),
-        Some(0) => {}
-        Some(code) => problems.push(format!("QEMU exited with status {code}, not 0")),
-    }
+    problems.extend(banner_problem(output));
+    problems.extend(qemu::exit_problem(exit, timeout));
     problems
-}
-
-/// The console log of a variant.
-pub fn log_path(v: &Variant) -> PathBuf {
-    log_dir().join(format!("conf-{}.log", v.name))
-}
-
-/// Boots one variant and returns its problems (empty = passed).
-pub fn run_variant(
-    v: &Variant,
-    warden: &Path,
-    image: &Path,
-    timeout: Duration,
-) -> Result<Vec<String>> {
-    let log = log_path(v);
-    let machine = v.machine();
-    let mut cmd = std::process::Command::new("qemu-system-aarch64");
-    cmd.args(qemu_args(&machine, warden, image));
-    println!(
-        "    conf:{}: -cpu {} -smp {} -m {} gic-version={}, two edu devices (log: {})",
-        v.name,
-        v.cpu,
-        v.smp,
-        v.mem,
-        v.gic,
-        show(&log)
-    );
-    let outcome = qemu::run_captured(cmd, &log, timeout, |line| {
-        if line.starts_with("CONF ")
-            || (line.starts_with("conformance: ") && line.ends_with(" failed"))
-            || line.starts_with("qemu stderr:")
-        {
-            println!("      {}", truncate(line, 200));
-        }
-    })?;
-    let exit = outcome.status.map(|s| s.code().unwrap_or(-1));
-    let problems = evaluate(&outcome.output, exit, timeout);
-    println!(
-        "    conf:{}: {} in {:.1} s",
-        v.name,
-        if problems.is_empty() { "PASS" } else { "FAIL" },
-        outcome.elapsed.as_secs_f64()
-    );
-    for p in problems.iter().take(12) {
-        println!("      - {}", truncate(p, 300));
-    }
-    if problems.len() > 12 {
-        println!("      - … and {} more", problems.len() - 12);
-    }
-    if !problems.is_empty() {
-        println!("      full console log: {}", log.display());
-    }
-    Ok(problems)
-}
-
-/// One `conf:<variant>` step of `cargo xtask test`: builds the image the first time
-/// (`image` keeps the outcome for the other variants), boots it, and says what failed.
-pub fn run_step(
-    v: &Variant,
-    warden: &Path,
-    timeout: Duration,
-    image: &mut Option<std::result::Result<PathBuf, String>>,
-) -> std::result::Result<(), String> {
-    let image = image
-        .get_or_insert_with(|| build_image().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| format!("the conformance test image: {e}"))?;
-    let problems = run_variant(v, warden, image, timeout).map_err(|e| e.to_string())?;
-    match problems.as_slice() {
-        [] => Ok(()),
-        [first, rest @ ..] => Err(format!(
-            "{first}{} (log: {})",
-            if rest.is_empty() {
-                String::new()
-            } else {
-                format!(" (and {} more problems)", rest.len())
-            },
-            log_path(v).display()
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -18,9 +18,12 @@ use object::read::elf::{FileHeader, SectionHeader, Sym};
 use object::{Endianness, FileKind};
 
 use crate::bail;
-use crate::boottest::{BANNER_PREFIX, VARIANTS, Variant, WARDEN_ARGS, log_dir};
-use crate::qemu::{self, KERNEL_ADDR, Machine};
-use crate::util::{self, Context, Result, say, show};
+#[cfg(test)]
+use crate::boottest::WARDEN_ARGS;
+use crate::boottest::{Variant, banner_problem};
+use crate::qemu::{self, Machine};
+use crate::testimage::{self, TestImage, parse_summary};
+use crate::util::{self, Context, Result, hex_numbers, name_and_rest, say, show};
 
 /// The boot-test variants the edu image runs on.
 pub const VARIANT_NAMES: [&str; 3] = ["max-gicv3", "a57-gicv2", "n1-5g"];
@@ -43,11 +46,46 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The image's package (and binary) name.
 const PACKAGE: &str = "edu-dma";
 
+/// The `edu:<variant>` tests.
+pub struct Edu;
+
+impl TestImage for Edu {
+    const PREFIX: &'static str = "edu";
+    const WHAT: &'static str = "the edu test image";
+    const DEFAULT_TIMEOUT: Duration = DEFAULT_TIMEOUT;
+    const MAX_LISTED: usize = usize::MAX;
+
+    fn variants() -> impl Iterator<Item = &'static Variant> {
+        variants()
+    }
+
+    fn build_image() -> Result<PathBuf> {
+        build_image()
+    }
+
+    fn qemu_args(machine: &Machine, warden: &Path, image: &Path) -> Vec<OsString> {
+        qemu_args(machine, warden, image)
+    }
+
+    fn devices_note() -> String {
+        format!("-device {EDU_DEVICE}")
+    }
+
+    fn echo(line: &str) -> bool {
+        line.starts_with("EDU ")
+            || line.starts_with("edu: target")
+            || (line.starts_with("edu: ") && line.ends_with(" failed"))
+            || (!is_image_line(line) && line.contains("SMMU"))
+    }
+
+    fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<String> {
+        evaluate(output, exit, timeout)
+    }
+}
+
 /// The variants, from the boot tests' table.
 pub fn variants() -> impl Iterator<Item = &'static Variant> {
-    VARIANT_NAMES
-        .iter()
-        .filter_map(|n| VARIANTS.iter().find(|v| v.name == *n))
+    testimage::variants(&VARIANT_NAMES)
 }
 
 /// Where the flat test image is written.
@@ -58,7 +96,7 @@ pub fn image_path() -> PathBuf {
 /// Builds `edu-dma` (release, aarch64-unknown-none), checks that its code keeps the
 /// MMU-off rules, converts it to a flat arm64 Image and returns its path.
 pub fn build_image() -> Result<PathBuf> {
-    build_test_image(PACKAGE, "the edu test image", &image_path())
+    build_test_image(PACKAGE, Edu::WHAT, &image_path())
 }
 
 /// Builds a bare-metal EL1 test image `package` (release, aarch64-unknown-none), checks
@@ -189,36 +227,7 @@ pub fn forbidden_code(elf: &[u8]) -> Result<Vec<(u64, u32, &'static str)>> {
 /// The QEMU arguments of an edu boot: Warden as the firmware-loaded image, the test image
 /// as its `multiboot,kernel` module (no initrd), and the edu device.
 pub fn qemu_args(machine: &Machine, warden: &Path, image: &Path) -> Vec<OsString> {
-    let mut a: Vec<OsString> = Vec::new();
-    let mut push = |s: &str| a.push(s.into());
-    push("-machine");
-    push(&format!(
-        "virt,virtualization=on,iommu=smmuv3,gic-version={}",
-        machine.gic
-    ));
-    push("-cpu");
-    push(&machine.cpu);
-    push("-smp");
-    push(&machine.smp.to_string());
-    push("-m");
-    push(&machine.mem);
-    for s in ["-nographic", "-nic", "none", "-no-reboot", "-kernel"] {
-        push(s);
-    }
-    a.push(warden.into());
-    let mut push = |s: &str| a.push(s.into());
-    push("-append");
-    push(WARDEN_ARGS);
-    push("-device");
-    push(&format!(
-        "guest-loader,addr={KERNEL_ADDR:#x},kernel={}",
-        qemu::escape(&image.to_string_lossy())
-    ));
-    push("-device");
-    push(EDU_DEVICE);
-    push("-accel");
-    push("tcg,thread=multi");
-    a
+    testimage::qemu_args(machine, warden, image, &[EDU_DEVICE])
 }
 
 /// What the image printed.
@@ -239,13 +248,6 @@ fn is_image_line(line: &str) -> bool {
     line.starts_with("EDU ") || line.starts_with("edu:")
 }
 
-/// Splits `name: details` into (name, details).
-fn name_and_rest(s: &str) -> (String, String) {
-    let end = s.find([':', ' ']).unwrap_or(s.len());
-    let rest = s[end..].trim_start_matches(':').trim();
-    (s[..end].to_string(), rest.to_string())
-}
-
 /// Collects the image's lines from a console log.
 pub fn parse_results(log: &str) -> Results {
     let mut r = Results::default();
@@ -261,29 +263,13 @@ pub fn parse_results(log: &str) -> Results {
             {
                 r.targets.push((name.to_string(), v));
             }
-        } else if let Some(s) = line.strip_prefix("edu: ") {
-            let words: Vec<&str> = s.split_whitespace().collect();
-            if let [n, "passed,", m, "failed"] = words.as_slice()
-                && let (Ok(n), Ok(m)) = (n.parse(), m.parse())
-            {
-                r.summary = Some((n, m));
-            }
+        } else if let Some(s) = line.strip_prefix("edu: ")
+            && let Some(summary) = parse_summary(s)
+        {
+            r.summary = Some(summary);
         }
     }
     r
-}
-
-/// Every `0x…` number in a line (`_` separators allowed).
-pub fn hex_numbers(line: &str) -> Vec<u64> {
-    line.match_indices("0x")
-        .filter_map(|(at, _)| {
-            let digits: String = line[at + 2..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit() || *c == '_')
-                .collect();
-            u64::from_str_radix(&digits.replace('_', ""), 16).ok()
-        })
-        .collect()
 }
 
 /// The StreamIDs a line names: `sid 0x10`, `SID=0x10`, `sid: 0x10` (any case).
@@ -342,11 +328,7 @@ pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<Strin
             CHECKS.len()
         )),
     }
-    if !output.lines().any(|l| l.starts_with(BANNER_PREFIX)) {
-        problems.push(format!(
-            "no Warden banner (a line starting with `{BANNER_PREFIX}`)"
-        ));
-    }
+    problems.extend(banner_problem(output));
     for target in TARGETS {
         match r.targets.iter().find(|(n, _)| n == target) {
             None => problems.push(format!(
@@ -359,102 +341,8 @@ pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<Strin
             Some(_) => {}
         }
     }
-    match exit {
-        None => problems.push(format!(
-            "QEMU did not exit within {} s and was killed",
-            timeout.as_secs()
-        )),
-        Some(0) => {}
-        Some(code) => problems.push(format!("QEMU exited with status {code}, not 0")),
-    }
+    problems.extend(qemu::exit_problem(exit, timeout));
     problems
-}
-
-/// The console log of a variant.
-pub fn log_path(v: &Variant) -> PathBuf {
-    log_dir().join(format!("edu-{}.log", v.name))
-}
-
-/// Boots one variant and returns its problems (empty = passed).
-pub fn run_variant(
-    v: &Variant,
-    warden: &Path,
-    image: &Path,
-    timeout: Duration,
-) -> Result<Vec<String>> {
-    let log = log_path(v);
-    let machine = v.machine();
-    let mut cmd = std::process::Command::new("qemu-system-aarch64");
-    cmd.args(qemu_args(&machine, warden, image));
-    println!(
-        "    edu:{}: -cpu {} -smp {} -m {} gic-version={}, -device {EDU_DEVICE} (log: {})",
-        v.name,
-        v.cpu,
-        v.smp,
-        v.mem,
-        v.gic,
-        show(&log)
-    );
-    let outcome = qemu::run_captured(cmd, &log, timeout, |line| {
-        if line.starts_with("EDU ")
-            || line.starts_with("edu: target")
-            || (line.starts_with("edu: ") && line.ends_with(" failed"))
-            || (!is_image_line(line) && line.contains("SMMU"))
-            || line.starts_with("qemu stderr:")
-        {
-            println!("      {}", truncate(line, 200));
-        }
-    })?;
-    let exit = outcome.status.map(|s| s.code().unwrap_or(-1));
-    let problems = evaluate(&outcome.output, exit, timeout);
-    println!(
-        "    edu:{}: {} in {:.1} s",
-        v.name,
-        if problems.is_empty() { "PASS" } else { "FAIL" },
-        outcome.elapsed.as_secs_f64()
-    );
-    for p in &problems {
-        println!("      - {}", truncate(p, 300));
-    }
-    if !problems.is_empty() {
-        println!("      full console log: {}", log.display());
-    }
-    Ok(problems)
-}
-
-/// One `edu:<variant>` step of `cargo xtask test`: builds the test image the first time
-/// (`image` keeps the outcome for the other variants), boots it, and says what failed.
-pub fn run_step(
-    v: &Variant,
-    warden: &Path,
-    timeout: Duration,
-    image: &mut Option<std::result::Result<PathBuf, String>>,
-) -> std::result::Result<(), String> {
-    let image = image
-        .get_or_insert_with(|| build_image().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| format!("the edu test image: {e}"))?;
-    let problems = run_variant(v, warden, image, timeout).map_err(|e| e.to_string())?;
-    match problems.as_slice() {
-        [] => Ok(()),
-        [first, rest @ ..] => Err(format!(
-            "{first}{} (log: {})",
-            if rest.is_empty() {
-                String::new()
-            } else {
-                format!(" (and {} more problems)", rest.len())
-            },
-            log_path(v).display()
-        )),
-    }
-}
-
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
 }
 
 #[cfg(test)]

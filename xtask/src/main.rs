@@ -15,6 +15,7 @@ mod kmod;
 mod md5;
 mod qemu;
 mod suite;
+mod testimage;
 mod util;
 
 use std::path::PathBuf;

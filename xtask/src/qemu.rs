@@ -211,6 +211,27 @@ pub struct Outcome {
     pub output: String,
 }
 
+impl Outcome {
+    /// QEMU's exit status (-1 when it ended by a signal); `None` when it was killed at
+    /// the timeout.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.status.map(|s| s.code().unwrap_or(-1))
+    }
+}
+
+/// What is wrong with how QEMU ended (`exit` as [`Outcome::exit_code`]): a boot test
+/// must power off by itself, with status 0, before `timeout`.
+pub fn exit_problem(exit: Option<i32>, timeout: Duration) -> Option<String> {
+    match exit {
+        None => Some(format!(
+            "QEMU did not exit within {} s and was killed",
+            timeout.as_secs()
+        )),
+        Some(0) => None,
+        Some(code) => Some(format!("QEMU exited with status {code}, not 0")),
+    }
+}
+
 enum Chunk {
     Out(Vec<u8>),
     Err(Vec<u8>),

@@ -1,10 +1,12 @@
 //! `cargo xtask test`: every test layer in order, a summary, non-zero exit on failure.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::bail;
 use crate::boottest::{self, VARIANTS};
+use crate::testimage::{self, TestImage};
 use crate::util::{Result, describe};
 use crate::{build, cargo, conformance, deps, edutest, initramfs};
 
@@ -16,13 +18,14 @@ pub fn step_names() -> Vec<String> {
         .map(|s| s.to_string())
         .collect();
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
-    names.extend(edutest::VARIANT_NAMES.iter().map(|v| format!("edu:{v}")));
-    names.extend(
-        conformance::VARIANT_NAMES
-            .iter()
-            .map(|v| format!("conf:{v}")),
-    );
+    names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
+    names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
     names
+}
+
+/// The steps of a group: `<prefix>:<variant>` for each variant.
+fn group_steps(prefix: &str, variants: &[&str]) -> Vec<String> {
+    variants.iter().map(|v| format!("{prefix}:{v}")).collect()
 }
 
 /// Options of `cargo xtask test`.
@@ -103,6 +106,36 @@ fn run_step_cmd(mut cmd: Command) -> Outcome {
         Ok(s) if s.success() => Outcome::Pass,
         Ok(s) => Outcome::Fail(format!("`{}` failed ({s})", describe(&cmd))),
         Err(e) => Outcome::Fail(format!("cannot run `{}`: {e}", describe(&cmd))),
+    }
+}
+
+/// A `<T::PREFIX>:<variant>` step (edu, conformance): boots test image `T` through
+/// Warden, unless QEMU or Warden's image is missing. `image` keeps the test image (or
+/// why it could not be built) for the group's other steps.
+fn test_image_step<T: TestImage>(
+    step: &str,
+    opts: &Options,
+    qemu_ok: bool,
+    image_ok: bool,
+    image: &mut Option<std::result::Result<PathBuf, String>>,
+) -> Outcome {
+    let name = &step[T::PREFIX.len() + ":".len()..];
+    let v = T::variants()
+        .find(|v| v.name == name)
+        .expect("known variant");
+    let warden = opts.image.clone().unwrap_or_else(build::image_path);
+    if !qemu_ok {
+        Outcome::Skip("QEMU could not be set up".into())
+    } else if !(image_ok || opts.image.is_some()) {
+        Outcome::Skip("no image (the image step failed)".into())
+    } else {
+        let t = opts
+            .timeout_secs
+            .map_or(T::DEFAULT_TIMEOUT, Duration::from_secs);
+        match testimage::run_step::<T>(v, &warden, t, image) {
+            Ok(()) => Outcome::Pass,
+            Err(why) => Outcome::Fail(why),
+        }
     }
 }
 
@@ -201,44 +234,10 @@ pub fn run(opts: &Options) -> Result<bool> {
                 Err(e) => Outcome::Fail(e.to_string()),
             },
             edu if edu.starts_with("edu:") => {
-                let name = &edu["edu:".len()..];
-                let v = edutest::variants()
-                    .find(|v| v.name == name)
-                    .expect("known variant");
-                let warden = opts.image.clone().unwrap_or_else(build::image_path);
-                if !qemu_ok {
-                    Outcome::Skip("QEMU could not be set up".into())
-                } else if !(image_ok || opts.image.is_some()) {
-                    Outcome::Skip("no image (the image step failed)".into())
-                } else {
-                    let t = opts
-                        .timeout_secs
-                        .map_or(edutest::DEFAULT_TIMEOUT, Duration::from_secs);
-                    match edutest::run_step(v, &warden, t, &mut edu_image) {
-                        Ok(()) => Outcome::Pass,
-                        Err(why) => Outcome::Fail(why),
-                    }
-                }
+                test_image_step::<edutest::Edu>(edu, opts, qemu_ok, image_ok, &mut edu_image)
             }
             conf if conf.starts_with("conf:") => {
-                let name = &conf["conf:".len()..];
-                let v = conformance::variants()
-                    .find(|v| v.name == name)
-                    .expect("known variant");
-                let warden = opts.image.clone().unwrap_or_else(build::image_path);
-                if !qemu_ok {
-                    Outcome::Skip("QEMU could not be set up".into())
-                } else if !(image_ok || opts.image.is_some()) {
-                    Outcome::Skip("no image (the image step failed)".into())
-                } else {
-                    let t = opts
-                        .timeout_secs
-                        .map_or(conformance::DEFAULT_TIMEOUT, Duration::from_secs);
-                    match conformance::run_step(v, &warden, t, &mut conf_image) {
-                        Ok(()) => Outcome::Pass,
-                        Err(why) => Outcome::Fail(why),
-                    }
-                }
+                test_image_step::<conformance::Conf>(conf, opts, qemu_ok, image_ok, &mut conf_image)
             }
             boot => {
                 let name = boot.strip_prefix("boot:").expect("boot step");
@@ -330,6 +329,31 @@ mod tests {
         .unwrap()
     }
 
+    /// A group's steps, and what `--only <prefix>` selects: the image, then the steps.
+    fn group(prefix: &str, variants: &[&str]) -> (Vec<String>, Vec<String>) {
+        let steps = group_steps(prefix, variants);
+        let mut want = vec!["image".to_string()];
+        want.extend(steps.iter().cloned());
+        (steps, want)
+    }
+
+    /// The selection of `--only <word>` with `--direct`, and with `--image w.bin`.
+    fn direct_and_prebuilt(word: &str) -> (Vec<String>, Vec<String>) {
+        let direct = select(&Options {
+            only: vec![word.into()],
+            direct: true,
+            ..Options::default()
+        })
+        .unwrap();
+        let prebuilt = select(&Options {
+            only: vec![word.into()],
+            image: Some("w.bin".into()),
+            ..Options::default()
+        })
+        .unwrap();
+        (direct, prebuilt)
+    }
+
     #[test]
     fn default_runs_everything() {
         let all = sel(&[], &[]);
@@ -355,12 +379,7 @@ mod tests {
 
     #[test]
     fn edu_filters() {
-        let edu: Vec<String> = edutest::VARIANT_NAMES
-            .iter()
-            .map(|v| format!("edu:{v}"))
-            .collect();
-        let mut want = vec!["image".to_string()];
-        want.extend(edu.iter().cloned());
+        let (edu, want) = group("edu", &edutest::VARIANT_NAMES);
         assert_eq!(sel(&["edu"], &[]), want);
         assert_eq!(sel(&["edu:a57-gicv2"], &[]), ["image", "edu:a57-gicv2"]);
         // A variant name alone still means its Linux boot only.
@@ -373,30 +392,14 @@ mod tests {
         );
         assert!(sel(&[], &["edu"]).iter().all(|s| !s.starts_with("edu:")));
         // Edu boots always run Warden: --direct does not spare the image.
-        let direct = select(&Options {
-            only: vec!["edu".into()],
-            direct: true,
-            ..Options::default()
-        })
-        .unwrap();
+        let (direct, prebuilt) = direct_and_prebuilt("edu");
         assert_eq!(direct[0], "image");
-        let prebuilt = select(&Options {
-            only: vec!["edu".into()],
-            image: Some("w.bin".into()),
-            ..Options::default()
-        })
-        .unwrap();
         assert_eq!(prebuilt, edu);
     }
 
     #[test]
     fn conf_filters() {
-        let conf: Vec<String> = conformance::VARIANT_NAMES
-            .iter()
-            .map(|v| format!("conf:{v}"))
-            .collect();
-        let mut want = vec!["image".to_string()];
-        want.extend(conf.iter().cloned());
+        let (conf, want) = group("conf", &conformance::VARIANT_NAMES);
         assert_eq!(sel(&["conf"], &[]), want);
         assert_eq!(sel(&["conf:n1-5g"], &[]), ["image", "conf:n1-5g"]);
         assert!(!sel(&["edu"], &[]).iter().any(|s| s.starts_with("conf:")));
@@ -408,19 +411,8 @@ mod tests {
         let all = sel(&[], &[]);
         assert!(all.last().unwrap().starts_with("conf:"));
         // They always run Warden: --direct does not spare the image; --image does.
-        let direct = select(&Options {
-            only: vec!["conf".into()],
-            direct: true,
-            ..Options::default()
-        })
-        .unwrap();
+        let (direct, prebuilt) = direct_and_prebuilt("conf");
         assert_eq!(direct[0], "image");
-        let prebuilt = select(&Options {
-            only: vec!["conf".into()],
-            image: Some("w.bin".into()),
-            ..Options::default()
-        })
-        .unwrap();
         assert_eq!(prebuilt, conf);
     }
 

@@ -106,6 +106,36 @@ pub fn say(msg: impl fmt::Display) {
     eprintln!("xtask: {msg}");
 }
 
+/// `s` cut to `max` characters, with `…` when something was cut (for console lines).
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// Splits `name: details` (a test image's `PASS`/`FAIL` line after the word) into
+/// (name, details).
+pub fn name_and_rest(s: &str) -> (String, String) {
+    let end = s.find([':', ' ']).unwrap_or(s.len());
+    let rest = s[end..].trim_start_matches(':').trim();
+    (s[..end].to_string(), rest.to_string())
+}
+
+/// Every `0x…` number in a line (`_` separators allowed).
+pub fn hex_numbers(line: &str) -> Vec<u64> {
+    line.match_indices("0x")
+        .filter_map(|(at, _)| {
+            let digits: String = line[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '_')
+                .collect();
+            u64::from_str_radix(&digits.replace('_', ""), 16).ok()
+        })
+        .collect()
+}
+
 /// A command line as it would be typed (for messages; a program given by its full path,
 /// such as the `cargo` running us, is shown by its name).
 pub fn describe(cmd: &Command) -> String {

@@ -1327,6 +1327,30 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     // ------------------------------------------------------------------------------------
     // MEM_DONATE, MEM_RECLAIM.
 
+    /// Runs `f`, a change of the host stage-2, with its seams: the host's memory, the
+    /// pool backed by the host reserve for tables, and invalidation through the CPU and
+    /// `smmus` (the SMMU set, locked by the caller after `host`).
+    fn with_host_s2<R>(
+        &self,
+        host: &mut HostState,
+        smmus: &mut [Smmu<I, M>],
+        f: impl FnOnce(&mut HostMem, &mut ReserveMem<'_, M>, &mut HostS2Tlb<'_, C, I, M>) -> R,
+    ) -> R {
+        let HostState {
+            mem: hm,
+            counts,
+            reserve,
+        } = host;
+        let mut cpu = self.cpu.clone();
+        let mut qmem = self.pool.clone();
+        let mut mem = ReserveMem {
+            pool: self.pool.clone(),
+            reserve,
+        };
+        let mut tlb = HostS2Tlb::new(&mut cpu, smmus, &mut qmem, self.btm, self.host_vmid, counts);
+        f(hm, &mut mem, &mut tlb)
+    }
+
     /// MEM_DONATE: `pages` pages at `pa` leave the host and join the page pool. A page
     /// pinned only by a queued batched unmap is released by flushing that domain first;
     /// a page still mapped is BUSY.
@@ -1334,27 +1358,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         for attempt in 0..2 {
             let r = {
                 let mut host = self.host.lock();
-                let HostState {
-                    mem: hm,
-                    counts,
-                    reserve,
-                } = &mut *host;
                 let mut set = self.smmus.lock();
-                let mut cpu = self.cpu.clone();
-                let mut qmem = self.pool.clone();
-                let mut mem = ReserveMem {
-                    pool: self.pool.clone(),
-                    reserve,
-                };
-                let mut tlb = HostS2Tlb::new(
-                    &mut cpu,
-                    &mut set.smmus,
-                    &mut qmem,
-                    self.btm,
-                    self.host_vmid,
-                    counts,
-                );
-                let r = hm.host_donate_hyp(&mut mem, &mut tlb, pa, pages);
+                let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
+                    hm.host_donate_hyp(mem, tlb, pa, pages)
+                });
                 if r.is_ok() {
                     self.pool.clone().donate(PhysRange::new(pa, pages * PAGE));
                     host.refill(&self.pool);
@@ -1397,27 +1404,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 }
                 return Err(Error::Busy);
             };
-            let HostState {
-                mem: hm,
-                counts,
-                reserve,
-            } = &mut *host;
             let mut set = self.smmus.lock();
-            let mut cpu = self.cpu.clone();
-            let mut qmem = self.pool.clone();
-            let mut mem = ReserveMem {
-                pool: self.pool.clone(),
-                reserve,
-            };
-            let mut tlb = HostS2Tlb::new(
-                &mut cpu,
-                &mut set.smmus,
-                &mut qmem,
-                self.btm,
-                self.host_vmid,
-                counts,
-            );
-            return match hm.hyp_donate_host_range(&mut mem, &mut tlb, give) {
+            let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
+                hm.hyp_donate_host_range(mem, tlb, give)
+            });
+            return match r {
                 Ok((pa, n)) => Ok((pa.get(), n)),
                 Err(e) => {
                     pool.donate(give);
