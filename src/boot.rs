@@ -224,6 +224,13 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         println!("warden: host ramdisk {:#x}..{:#x}", rd.base.get(), rd.end());
     }
 
+    // WFE-based waits (SMMU CMD_SYNC with SEV) are bounded by the timer's event stream.
+    write_sysreg!(
+        "cnthctl_el2",
+        read_sysreg!("cnthctl_el2") | hyp::el2_setup::event_stream_bits(read_sysreg!("cntfrq_el0"))
+    );
+    arch::isb();
+
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
     let mut probed = crate::iommu::probe_all(&plat)?;
     let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, probed.min_oas, &probed.frames)?;

@@ -155,7 +155,10 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     if let Some(v) = cfg.hcrx {
         write_sysreg!("s3_4_c1_c2_2", v); // HCRX_EL2
     }
-    write_sysreg!("cnthctl_el2", cfg.cnthctl);
+    write_sysreg!(
+        "cnthctl_el2",
+        cfg.cnthctl | hyp::el2_setup::event_stream_bits(read_sysreg!("cntfrq_el0"))
+    );
     write_sysreg!("cntvoff_el2", 0);
     write_sysreg!("mdcr_el2", cfg.mdcr);
     write_sysreg!("cptr_el2", cfg.cptr);

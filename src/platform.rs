@@ -59,6 +59,12 @@ impl hyp::smmu::SmmuIo for El2SmmuIo {
         // SAFETY: as in `read32`.
         unsafe { ((self.base + off) as *mut u64).write_volatile(v) }
     }
+    fn wait_for_event(&self) {
+        // Woken by the SMMU's SEV on CMD_SYNC completion, or by the generic timer's event
+        // stream (CNTHCTL_EL2.EVNTEN, see `cpu::init_el2_for_host`) at the latest.
+        // SAFETY: waiting for an event has no memory effect.
+        unsafe { core::arch::asm!("wfe", options(nomem, nostack, preserves_flags)) };
+    }
 }
 
 // SAFETY: the frame is MMIO shared by all CPUs; every access is a single volatile load

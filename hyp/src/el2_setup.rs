@@ -347,6 +347,20 @@ impl El2Config {
     }
 }
 
+/// CNTHCTL_EL2 bits for an event stream of about 10 kHz from the physical counter
+/// (EVNTEN, EVNTI): `WFE` then wakes at least every ~100 µs, which bounds Warden's waits
+/// for an SMMU's SEV even if the event never comes (Linux runs its own EL1 event stream
+/// at the same rate, so the host sees nothing new). `cntfrq` is CNTFRQ_EL0.
+pub const fn event_stream_bits(cntfrq: u64) -> u64 {
+    // An event each time counter bit EVNTI goes 0 -> 1: every 2^(EVNTI+1) ticks.
+    let target = cntfrq / 10_000;
+    let mut bit = 0u64;
+    while bit < 15 && (1u64 << (bit + 2)) <= target {
+        bit += 1;
+    }
+    (1 << 2) | (bit << 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +423,21 @@ mod tests {
         assert!(c.gicv3);
         assert_eq!(id.pa_bits(), 48);
         assert_eq!(id.vmid_bits(), 16);
+    }
+
+    #[test]
+    fn event_stream_is_about_10_khz() {
+        for freq in [62_500_000u64, 1_000_000_000, 24_000_000, 100_000_000] {
+            let v = event_stream_bits(freq);
+            assert_ne!(v & (1 << 2), 0, "EVNTEN");
+            let period = 1u64 << (((v >> 4) & 0xf) + 1);
+            let us = period * 1_000_000 / freq;
+            assert!(
+                (50..=200).contains(&us) || (v >> 4) & 0xf == 15,
+                "{freq} Hz: {us} us"
+            );
+        }
+        assert_eq!(event_stream_bits(0), 1 << 2, "no frequency: fastest stream");
     }
 
     #[test]

@@ -174,6 +174,12 @@ impl Command {
         Self([op::CMD_SYNC as u64 | (SYNC_CS_NONE << SYNC_CS_SHIFT), 0])
     }
 
+    /// `CMD_SYNC` that signals completion with a send-event (`CS = SIG_SEV`), so a CPU
+    /// waiting in `WFE` wakes up (completion still seen as `CMDQ_CONS` passing it).
+    pub const fn sync_sev() -> Self {
+        Self([op::CMD_SYNC as u64 | (SYNC_CS_SEV << SYNC_CS_SHIFT), 0])
+    }
+
     /// `CMD_SYNC` that writes `data` (32 bits) to `addr` on completion (inner-shareable,
     /// write-back: for a coherent SMMU).
     pub const fn sync_msi(addr: PhysAddr, data: u32) -> Self {
@@ -382,7 +388,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         if self.cmdq.pos - self.cmdq.cons >= self.cmdq.entries() {
             self.publish();
             let want = self.cmdq.pos - self.cmdq.entries() + 1;
-            self.wait_cons(mem, want, None)?;
+            self.wait_cons(mem, want, None, false)?;
         }
         let idx = (self.cmdq.pos & (self.cmdq.entries() - 1)) as usize;
         self.cmdq.q.write(mem, idx * 16, &cmd.0, self.coherent);
@@ -408,15 +414,18 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             self.sync_seq = self.sync_seq.wrapping_add(1).max(1);
             (addr, self.sync_seq)
         });
+        // Completion: MSI write-back when available, else SEV (wait in WFE), else polling.
+        let sev = msi.is_none() && self.features.sev;
         let cmd = match msi {
             Some((addr, seq)) => Command::sync_msi(addr.pa, seq),
+            None if sev => Command::sync_sev(),
             None => Command::sync(),
         };
         let pushed = self.try_push(mem, cmd);
         let done = pushed.and_then(|()| {
             let at = self.cmdq.pos;
             self.publish();
-            self.wait_cons(mem, at, msi)
+            self.wait_cons(mem, at, msi, sev)
         });
         if done.is_ok() {
             self.stats.syncs_completed += 1;
@@ -428,12 +437,14 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     }
 
     /// Waits until the SMMU consumed everything before position `until`, or until the
-    /// MSI word at `msi.0` holds `msi.1`. Handles command errors on the way.
+    /// MSI word at `msi.0` holds `msi.1`; with `sev`, waits for events between polls.
+    /// Handles command errors on the way.
     fn wait_cons(
         &mut self,
         mem: &mut M,
         until: u64,
         msi: Option<(Region, u32)>,
+        sev: bool,
     ) -> Result<(), SmmuError> {
         for i in 0..POLL_LIMIT {
             if let Some((word, seq)) = msi {
@@ -453,7 +464,11 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             if self.cmdq.cons >= until {
                 return Ok(());
             }
-            core::hint::spin_loop();
+            if sev {
+                self.io.wait_for_event();
+            } else {
+                core::hint::spin_loop();
+            }
         }
         self.stats.timeouts += 1;
         Err(SmmuError::Timeout("command queue"))

@@ -85,6 +85,12 @@ pub trait SmmuIo {
     fn read64(&self, off: usize) -> u64;
     /// Writes the 64-bit register at `off`.
     fn write64(&self, off: usize, v: u64);
+    /// Waits for an event while polling for a `CMD_SYNC` sent with `CS = SIG_SEV`: `WFE`
+    /// at EL2 (the SMMU's SEV, or the generic timer's event stream, wakes it). The
+    /// default only hints a spin.
+    fn wait_for_event(&self) {
+        core::hint::spin_loop();
+    }
 }
 
 impl<T: SmmuIo + ?Sized> SmmuIo for &T {
@@ -99,6 +105,9 @@ impl<T: SmmuIo + ?Sized> SmmuIo for &T {
     }
     fn write64(&self, off: usize, v: u64) {
         (**self).write64(off, v)
+    }
+    fn wait_for_event(&self) {
+        (**self).wait_for_event()
     }
 }
 

@@ -54,6 +54,8 @@ pub struct ModelConfig {
     pub btm: bool,
     /// `IDR0.MSI`.
     pub msi: bool,
+    /// `IDR0.SEV`.
+    pub sev: bool,
     /// `IDR0.HYP`.
     pub hyp: bool,
     /// `IDR0.VMID16`.
@@ -86,6 +88,7 @@ impl Default for ModelConfig {
             cohacc: true,
             btm: false,
             msi: false,
+            sev: false,
             hyp: false,
             vmid16: true,
             two_level: true,
@@ -109,6 +112,7 @@ impl ModelConfig {
             (self.cohacc, IDR0_COHACC),
             (self.btm, IDR0_BTM),
             (self.msi, IDR0_MSI),
+            (self.sev, IDR0_SEV),
             (self.hyp, IDR0_HYP),
             (self.vmid16, IDR0_VMID16),
             (true, IDR0_ASID16),

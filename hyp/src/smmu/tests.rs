@@ -997,3 +997,74 @@ fn stats_count_commands_by_kind() {
     assert_eq!(before.cfgi_all, 1);
     assert_eq!(before.cfgi_ste, 3, "an abort → stage-2 change: three steps");
 }
+
+/// Register access that counts the waits for an event (`WFE` at EL2).
+struct WaitCounting<'a> {
+    model: &'a SmmuModel,
+    waits: core::cell::Cell<u32>,
+}
+
+impl SmmuIo for WaitCounting<'_> {
+    fn read32(&self, off: usize) -> u32 {
+        self.model.read32(off)
+    }
+    fn write32(&self, off: usize, v: u32) {
+        self.model.write32(off, v)
+    }
+    fn read64(&self, off: usize) -> u64 {
+        self.model.read64(off)
+    }
+    fn write64(&self, off: usize, v: u64) {
+        self.model.write64(off, v)
+    }
+    fn wait_for_event(&self) {
+        self.waits.set(self.waits.get() + 1);
+    }
+}
+
+#[test]
+fn sev_completion_signals_and_waits_for_events() {
+    let (mut mem, model) = setup(ModelConfig {
+        sev: true,
+        ..ModelConfig::default()
+    });
+    let io = WaitCounting {
+        model: &model,
+        waits: core::cell::Cell::new(0),
+    };
+    let sids = [(SID, 1)];
+    let cfg = ProbeConfig {
+        coherent: true,
+        sids: &sids,
+        cmdq_log2: None,
+        evtq_log2: None,
+    };
+    // SAFETY: every call in this test passes this same arena.
+    let mut smmu = unsafe { Smmu::probe(&io, &mut mem, &cfg) }.unwrap();
+    assert!(!smmu.uses_msi());
+    smmu.sync(&mut mem).unwrap();
+    let last = *model.executed().last().unwrap();
+    assert_eq!(last.opcode(), op::CMD_SYNC);
+    assert_eq!((last.0[0] >> 12) & 3, 2, "CS = SIG_SEV");
+    // A stuck SMMU: the driver waits for events between polls, and still times out.
+    model.set_stalled(true);
+    let before = io.waits.get();
+    assert_eq!(
+        smmu.sync(&mut mem),
+        Err(SmmuError::Timeout("command queue"))
+    );
+    assert!(
+        io.waits.get() > before + 1000,
+        "waited in WFE between polls"
+    );
+    model.set_stalled(false);
+    // Without SEV the sync carries no signal.
+    let (mut mem, model) = setup(ModelConfig::default());
+    let mut smmu = probe(&model, &mut mem);
+    smmu.sync(&mut mem).unwrap();
+    assert_eq!(
+        (model.executed().last().unwrap().0[0] >> 12) & 3,
+        0,
+        "CS = SIG_NONE"
+    );
+}
