@@ -1238,8 +1238,8 @@ const fn needs_break(old: Descriptor, new: Descriptor, level: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{Arena, Ram};
     use proptest::prelude::*;
-    use std::alloc::{Layout, alloc_zeroed, dealloc};
     use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::rc::Rc;
@@ -1248,161 +1248,24 @@ mod tests {
     const KIB: u64 = 1 << 10;
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    /// Where the arena poses as physical memory.
-    const ARENA_BASE: u64 = 0x8000_0000;
-    /// Written over freed tables: a valid-looking block, so a walk through a freed table
-    /// shows up as a wrong translation.
-    const POISON: u8 = 0xa5;
-
-    /// Host memory posing as physical memory at `base`.
-    struct Buffer {
-        ptr: *mut u8,
-        layout: Layout,
-        base: u64,
-    }
-
-    impl Buffer {
-        fn new(len: usize) -> Self {
-            let layout = Layout::from_size_align(len, 4096).unwrap();
-            // SAFETY: `layout` has a non-zero size.
-            let ptr = unsafe { alloc_zeroed(layout) };
-            assert!(!ptr.is_null());
-            Self {
-                ptr,
-                layout,
-                base: ARENA_BASE,
-            }
-        }
-
-        /// Host pointer to `len` bytes at fake physical address `pa`.
-        fn ptr(&self, pa: u64, len: usize) -> *mut u8 {
-            let off = pa.checked_sub(self.base).expect("below the arena") as usize;
-            assert!(off + len <= self.layout.size(), "{pa:#x} beyond the arena");
-            // SAFETY: `off + len` is within the allocation.
-            unsafe { self.ptr.add(off) }
-        }
-
-        fn read(&self, pa: u64) -> u64 {
-            assert_eq!(pa % 8, 0);
-            let p = self.ptr(pa, 8).cast::<u64>();
-            // SAFETY: in bounds and aligned (the buffer is page-aligned, `pa` 8-aligned);
-            // the buffer is only ever accessed through raw pointers.
-            unsafe { p.read_volatile() }
-        }
-    }
-
-    impl Drop for Buffer {
-        fn drop(&mut self) {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { dealloc(self.ptr, self.layout) }
-        }
-    }
-
-    type Live = Rc<RefCell<BTreeMap<u64, usize>>>;
-
-    /// A RAM arena: bump allocator with a free list, live-allocation tracking, an
-    /// optional allocation budget (to run out of memory on purpose), poison on free.
-    struct Arena {
-        buf: Rc<Buffer>,
-        bump: u64,
-        free: Vec<(u64, usize)>,
-        live: Live,
-        budget: Option<usize>,
-    }
-
-    impl Arena {
-        fn new(len: usize) -> Self {
-            Self {
-                buf: Rc::new(Buffer::new(len)),
-                bump: ARENA_BASE,
-                free: Vec::new(),
-                live: Rc::default(),
-                budget: None,
-            }
-        }
-
-        fn view(&self) -> View {
-            View {
-                buf: self.buf.clone(),
-                live: self.live.clone(),
-            }
-        }
-
-        fn live_count(&self) -> usize {
-            self.live.borrow().len()
-        }
-    }
-
-    // SAFETY: allocations are disjoint ranges of the buffer, zeroed when handed out and
-    // aligned as asked; `table_ptr` returns the buffer address of a live allocation, and
-    // the buffer is only accessed through raw pointers.
-    unsafe impl TableMemory for Arena {
-        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
-            if let Some(budget) = &mut self.budget {
-                if *budget == 0 {
-                    return None;
-                }
-                *budget -= 1;
-            }
-            let reuse = self
-                .free
-                .iter()
-                .position(|&(pa, s)| s == size && pa % align as u64 == 0);
-            let pa = match reuse {
-                Some(i) => self.free.swap_remove(i).0,
-                None => {
-                    let pa = self.bump.next_multiple_of(align as u64);
-                    if pa + size as u64 > self.buf.base + self.buf.layout.size() as u64 {
-                        return None;
-                    }
-                    self.bump = pa + size as u64;
-                    pa
-                }
-            };
-            let p = self.buf.ptr(pa, size);
-            // SAFETY: `size` bytes at `pa` are inside the buffer and not allocated.
-            unsafe { p.write_bytes(0, size) };
-            assert!(self.live.borrow_mut().insert(pa, size).is_none());
-            Some(PhysAddr(pa))
-        }
-
-        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
-            let was = self.live.borrow_mut().remove(&pa.0);
-            assert_eq!(
-                was,
-                Some(size),
-                "free({pa:?}, {size:#x}) of no such allocation"
-            );
-            let p = self.buf.ptr(pa.0, size);
-            // SAFETY: the allocation was inside the buffer; nobody uses it any more.
-            unsafe { p.write_bytes(POISON, size) };
-            self.free.push((pa.0, size));
-        }
-
-        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
-            let live = self.live.borrow();
-            let (&start, &size) = live
-                .range(..=pa.0)
-                .next_back()
-                .unwrap_or_else(|| panic!("table_ptr({pa:?}): not allocated"));
-            assert!(
-                pa.0 < start + size as u64,
-                "table_ptr({pa:?}): not allocated"
-            );
-            self.buf.ptr(pa.0, 8).cast()
-        }
-    }
 
     /// Read-only access to the arena, for the TLB model and the checks.
     #[derive(Clone)]
     struct View {
-        buf: Rc<Buffer>,
-        live: Live,
+        ram: Rc<Ram>,
+        live: Rc<RefCell<BTreeMap<u64, usize>>>,
+    }
+
+    fn view_of(arena: &Arena) -> View {
+        View {
+            ram: arena.ram(),
+            live: arena.live_handle(),
+        }
     }
 
     impl View {
         fn read(&self, pa: u64) -> u64 {
-            self.buf.read(pa)
+            self.ram.read_u64(pa)
         }
 
         fn is_live(&self, pa: u64) -> bool {
@@ -1499,7 +1362,7 @@ mod tests {
     impl ModelTlb {
         fn new(arena: &Arena, s2: &Stage2) -> Self {
             Self {
-                view: arena.view(),
+                view: view_of(arena),
                 geom: s2.geometry(),
                 root: s2.root().0,
                 leaves: Default::default(),
@@ -1803,7 +1666,7 @@ mod tests {
         )
         .unwrap();
         // Read the tables directly: root[1] → L2 table, L2[1] = the block.
-        let view = arena.view();
+        let view = view_of(&arena);
         let root = s2.root().0;
         let l1 = view.read(root + 8);
         assert_eq!(l1 & 3, 3, "L1 entry is a table");
@@ -1982,7 +1845,7 @@ mod tests {
         for ipa in [GIB, hole, hole - 4 * KIB, hole + 4 * KIB] {
             assert_eq!(tlb.lookup(ipa), Some((ipa + delta, S2Attrs::NORMAL_RWX)));
         }
-        let block = chain(&arena.view(), &s2.geometry(), s2.root().0, hole);
+        let block = chain(&view_of(&arena), &s2.geometry(), s2.root().0, hole);
         assert_eq!(block.len(), 1);
         assert_eq!(block[0].1, (GIB + delta) | S2Attrs::NORMAL_RWX.bits() | 1);
         tlb.take_events();
@@ -2019,7 +1882,7 @@ mod tests {
                 .all(|e| matches!(e, Event::Sync { watch } if *watch == block))
         );
         // Afterwards: L1 → table, L2 → table, L3 hole invalid.
-        let after = chain(&arena.view(), &s2.geometry(), s2.root().0, hole);
+        let after = chain(&view_of(&arena), &s2.geometry(), s2.root().0, hole);
         assert_eq!(after.len(), 3);
         assert!(after[0].1 & 3 == 3 && after[1].1 & 3 == 3);
         assert_eq!(after[2], (3, 0));
@@ -2186,10 +2049,10 @@ mod tests {
             ipa,
             size: 4 * KIB,
             last_level_only: true,
-            watch: chain(&arena.view(), &s2.geometry(), s2.root().0, ipa),
+            watch: chain(&view_of(&arena), &s2.geometry(), s2.root().0, ipa),
         }));
         assert_eq!(
-            chain(&arena.view(), &s2.geometry(), s2.root().0, ipa)[2].1,
+            chain(&view_of(&arena), &s2.geometry(), s2.root().0, ipa)[2].1,
             new_desc
         );
         assert_eq!(tlb.lookup(ipa), Some((pa, ro)));
@@ -2289,7 +2152,10 @@ mod tests {
         for &(ipa, size) in &pieces {
             s2.unmap(&mut arena, &mut tlb, Ipa(ipa), size).unwrap();
             assert_eq!(tlb.lookup(ipa), None);
-            assert_eq!(tree_stats(&arena.view(), &s2.geometry(), s2.root().0).1, 0);
+            assert_eq!(
+                tree_stats(&view_of(&arena), &s2.geometry(), s2.root().0).1,
+                0
+            );
         }
         assert_eq!(arena.live_count(), 1, "only the root is left");
         assert!(leaves(&s2, &arena, 0, 1 << 40).is_empty());
@@ -2425,7 +2291,7 @@ mod tests {
         assert_eq!(tr(&s2, &arena, ipa), Some((pa, S2Attrs::NORMAL_RW, 3)));
         assert_eq!(tr(&s2, &arena, ipa + 4 * KIB), None);
         assert_eq!(
-            tree_stats(&arena.view(), &s2.geometry(), s2.root().0),
+            tree_stats(&view_of(&arena), &s2.geometry(), s2.root().0),
             (3, 0)
         );
         assert_eq!(arena.live_count(), 3);
@@ -2482,7 +2348,7 @@ mod tests {
             Some((hole - 1, S2Attrs::NORMAL_RW, 2))
         );
         assert_eq!(
-            tree_stats(&arena.view(), &s2.geometry(), s2.root().0),
+            tree_stats(&view_of(&arena), &s2.geometry(), s2.root().0),
             (2, 0)
         );
 
@@ -2660,7 +2526,7 @@ mod tests {
             assert_eq!(got, expect, "translate({:#x})", ipa + 8);
             assert_eq!(tlb.lookup(ipa + 8), expect, "TLB model at {:#x}", ipa + 8);
         }
-        let (tables, empty) = tree_stats(&arena.view(), &s2.geometry(), s2.root().0);
+        let (tables, empty) = tree_stats(&view_of(arena), &s2.geometry(), s2.root().0);
         assert_eq!(empty, 0, "empty table left behind");
         assert_eq!(tables, arena.live_count(), "leaked table");
     }

@@ -272,6 +272,12 @@ impl Arena {
         self.ram.clone()
     }
 
+    /// The live-allocation map (address → size), shared: for models that must tell a
+    /// live table from a freed one.
+    pub fn live_handle(&self) -> Rc<RefCell<BTreeMap<u64, usize>>> {
+        self.live.clone()
+    }
+
     /// Number of live allocations.
     pub fn live_count(&self) -> usize {
         self.live.borrow().len()
