@@ -238,6 +238,9 @@ unsafe impl hyp::s2mmu::TableMemory for S2Mem {
             arch::clean_invalidate_dcache_range(pa.get(), size as u64);
         }
     }
+    fn set_noncoherent_walker(&mut self) {
+        set_noncoherent_walkers();
+    }
 }
 
 /// Whether some table walker (a non-coherent SMMU) needs table writes cleaned to PoC.

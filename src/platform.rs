@@ -65,6 +65,10 @@ impl hyp::smmu::SmmuIo for El2SmmuIo {
         // SAFETY: waiting for an event has no memory effect.
         unsafe { core::arch::asm!("wfe", options(nomem, nostack, preserves_flags)) };
     }
+    fn now_ns(&self) -> u64 {
+        // CNTPCT_EL0 scaled by CNTFRQ_EL0: SMMU waits are bounded in time, not in polls.
+        El2Cpu.now_ns()
+    }
 }
 
 // SAFETY: the frame is MMIO shared by all CPUs; every access is a single volatile load

@@ -613,6 +613,12 @@ pub unsafe trait TableMemory {
     fn clean(&mut self, pa: PhysAddr, size: usize) {
         let _ = (pa, size);
     }
+
+    /// Announces a walker that does not snoop the caches (an SMMU with `IDR0.COHACC = 0`
+    /// or without `dma-coherent`), before the first write it will read: from this call
+    /// on, `clean` must reach the point of coherency. The SMMU driver calls it first
+    /// thing in its probe. Implementations whose `clean` always cleans need nothing.
+    fn set_noncoherent_walker(&mut self) {}
 }
 
 /// TLB maintenance for changes of a live stage-2, for the VMID (and SMMU) it belongs to.

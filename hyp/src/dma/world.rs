@@ -43,6 +43,9 @@ impl SmmuIo for ModelIo {
     fn write64(&self, off: usize, v: u64) {
         self.0.write64(off, v)
     }
+    fn now_ns(&self) -> u64 {
+        self.0.now_ns()
+    }
 }
 
 /// The page pool's state.

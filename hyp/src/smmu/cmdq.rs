@@ -1,6 +1,7 @@
 //! The command queue: command encodings, the producer side of the queue (wrap bits,
 //! batching, waiting for space), `CMD_SYNC` completion (MSI write-back or polling
-//! `CMDQ_CONS`, with a timeout), command error recovery, and the invalidation API.
+//! `CMDQ_CONS`, given up after [`POLL_TIMEOUT_NS`](super::POLL_TIMEOUT_NS) by the seam's
+//! clock), command error recovery, and the invalidation API.
 //!
 //! # Queue indices
 //!
@@ -21,7 +22,7 @@
 //! the errors are in [`SmmuStats`](super::SmmuStats) and [`Smmu::take_errors`].
 
 use super::regs::*;
-use super::{POLL_LIMIT, Region, Smmu, SmmuError, SmmuIo};
+use super::{Deadline, Region, Smmu, SmmuError, SmmuIo};
 use crate::addr::{Ipa, PhysAddr};
 use crate::s2mmu::{Granule, TableMemory};
 use core::fmt;
@@ -125,9 +126,16 @@ pub struct TlbiRange {
 pub struct Command(pub [u64; 2]);
 
 impl Command {
-    /// `CMD_CFGI_STE` (leaf: the STE only, not walk caches of stage-1 descriptors).
+    /// `CMD_CFGI_STE` with Leaf = 1: the cached STE only (a cached level-1 descriptor
+    /// that located it may stay).
     pub const fn cfgi_ste(sid: u32) -> Self {
         Self([op::CFGI_STE as u64 | ((sid as u64) << SID_SHIFT), 1])
+    }
+
+    /// `CMD_CFGI_STE` with Leaf = 0: the cached STE and the cached level-1 descriptor that
+    /// locates it (needed after a level-1 descriptor changed: a new level-2 table).
+    pub const fn cfgi_ste_l1(sid: u32) -> Self {
+        Self([op::CFGI_STE as u64 | ((sid as u64) << SID_SHIFT), 0])
     }
 
     /// `CMD_CFGI_ALL` (`CFGI_STE_RANGE` with range 31).
@@ -338,6 +346,8 @@ pub(super) struct CmdQueue {
     pub(super) published: u64,
     /// Entries the SMMU consumed, as last read.
     pub(super) cons: u64,
+    /// Commands queued since the last `CMD_SYNC`.
+    pub(super) unsynced: u32,
 }
 
 impl CmdQueue {
@@ -348,6 +358,7 @@ impl CmdQueue {
             pos: 0,
             published: 0,
             cons: 0,
+            unsynced: 0,
         }
     }
 
@@ -378,7 +389,19 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// Queues `cmd`, waiting for space (publishing what is queued) when the queue is full.
     /// Nothing is published otherwise: [`sync`](Self::sync) does. A failure (timeout
     /// while waiting for space) loses the command and is returned by the next `sync`.
+    ///
+    /// On an SMMU that must not see more than `Features::sync_every` commands in a row
+    /// (MMU-700, erratum 2812531), a full run is first completed with a `CMD_SYNC`, as
+    /// Linux does; a failure of that sync is returned by the next `sync` too.
     pub fn push(&mut self, mem: &mut M, cmd: Command) {
+        let limit = self.features.sync_every;
+        if limit != 0
+            && cmd.opcode() != op::CMD_SYNC
+            && self.cmdq.unsynced >= limit
+            && let Err(e) = self.issue_sync(mem)
+        {
+            self.pending.get_or_insert(e);
+        }
         if let Err(e) = self.try_push(mem, cmd) {
             self.pending.get_or_insert(e);
         }
@@ -393,6 +416,11 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         let idx = (self.cmdq.pos & (self.cmdq.entries() - 1)) as usize;
         self.cmdq.q.write(mem, idx * 16, &cmd.0, self.coherent);
         self.cmdq.pos += 1;
+        self.cmdq.unsynced = if cmd.opcode() == op::CMD_SYNC {
+            0
+        } else {
+            self.cmdq.unsynced.saturating_add(1)
+        };
         self.stats.commands.count(&cmd);
         Ok(())
     }
@@ -410,6 +438,16 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// failure of an earlier [`push`](Self::push) since the last `sync`. Command errors
     /// met on the way are recovered from (see the module docs) and do not fail the sync.
     pub fn sync(&mut self, mem: &mut M) -> Result<(), SmmuError> {
+        let done = self.issue_sync(mem);
+        match self.pending.take() {
+            Some(e) => Err(e),
+            None => done,
+        }
+    }
+
+    /// Queues one `CMD_SYNC`, publishes, and waits for its completion (the body of
+    /// [`sync`](Self::sync), without the earlier failures).
+    fn issue_sync(&mut self, mem: &mut M) -> Result<(), SmmuError> {
         let msi = self.msi.map(|addr| {
             self.sync_seq = self.sync_seq.wrapping_add(1).max(1);
             (addr, self.sync_seq)
@@ -430,10 +468,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         if done.is_ok() {
             self.stats.syncs_completed += 1;
         }
-        match self.pending.take() {
-            Some(e) => Err(e),
-            None => done,
-        }
+        done
     }
 
     /// Waits until the SMMU consumed everything before position `until`, or until the
@@ -446,7 +481,11 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         msi: Option<(Region, u32)>,
         sev: bool,
     ) -> Result<(), SmmuError> {
-        for i in 0..POLL_LIMIT {
+        let deadline = Deadline::start(&self.io);
+        let mut i = 0u32;
+        loop {
+            i = i.wrapping_add(1);
+            let expired = deadline.passed(&self.io);
             if let Some((word, seq)) = msi {
                 if word.read_u32(mem, 0) == seq {
                     // The SYNC completed, hence everything before it. Refresh `cons` for
@@ -455,7 +494,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
                     return Ok(());
                 }
                 // Look at the registers (errors, CONS) only now and then.
-                if i % 16 != 15 {
+                if i % 16 != 15 && !expired {
                     core::hint::spin_loop();
                     continue;
                 }
@@ -464,14 +503,16 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             if self.cmdq.cons >= until {
                 return Ok(());
             }
+            if expired {
+                self.stats.timeouts += 1;
+                return Err(SmmuError::Timeout("command queue"));
+            }
             if sev {
                 self.io.wait_for_event();
             } else {
                 core::hint::spin_loop();
             }
         }
-        self.stats.timeouts += 1;
-        Err(SmmuError::Timeout("command queue"))
     }
 
     /// Reads `CMDQ_CONS` (after dealing with a pending command error).
@@ -636,6 +677,7 @@ mod tests {
     #[test]
     fn encodings() {
         assert_eq!(Command::cfgi_ste(0x10).0, [0x0000_0010_0000_0003, 1]);
+        assert_eq!(Command::cfgi_ste_l1(0x300).0, [0x0000_0300_0000_0003, 0]);
         assert_eq!(Command::cfgi_all().0, [0x04, 31]);
         assert_eq!(Command::tlbi_nsnh_all().0, [0x30, 0]);
         assert_eq!(Command::tlbi_el2_all().0, [0x20, 0]);

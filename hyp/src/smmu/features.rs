@@ -9,7 +9,12 @@ const fn field(reg: u32, (shift, mask): (u32, u32)) -> u32 {
     (reg >> shift) & mask
 }
 
-/// Features of one SMMU (`IDR0`, `IDR1`, `IDR3`, `IDR5`, `AIDR`).
+/// Most commands an MMU-700 may be given between two `CMD_SYNC`s (erratum 2812531, as
+/// Linux works around it).
+pub const MMU700_SYNC_EVERY: u32 = 63;
+
+/// Features of one SMMU (`IDR0`, `IDR1`, `IDR3`, `IDR5`, `AIDR`), less what the
+/// implementation's errata (`IIDR`, [`Features::with_iidr`]) make unusable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Features {
     /// Stage-1 translation (`IDR0.S1P`).
@@ -60,6 +65,17 @@ pub struct Features {
     pub gran64k: bool,
     /// Architecture minor version (`AIDR`): 0 for SMMUv3.0, 1 for v3.1, …
     pub minor: u8,
+    /// `IDR0.STALL_MODEL`: 0b00 stall and terminate, 0b01 terminate only, 0b10 stall
+    /// forced (Warden refuses that one), 0b11 reserved.
+    pub stall_model: u8,
+    /// `IDR0.TTENDIAN`: 0b00 mixed, 0b10 little-endian, 0b11 big-endian (refused),
+    /// 0b01 reserved (refused).
+    pub ttendian: u8,
+    /// `IIDR` as read (0 until [`Features::with_iidr`]).
+    pub iidr: u32,
+    /// Most commands between two `CMD_SYNC`s, 0 for no limit ([`MMU700_SYNC_EVERY`] on
+    /// an MMU-700).
+    pub sync_every: u32,
 }
 
 /// Output address bits of an `IDR5.OAS` / `S2PS` encoding (52 for anything larger).
@@ -104,6 +120,48 @@ impl Features {
             gran16k: idr5 & IDR5_GRAN16K != 0,
             gran64k: idr5 & IDR5_GRAN64K != 0,
             minor: (aidr & 0xf) as u8,
+            stall_model: field(idr0, IDR0_STALL_MODEL) as u8,
+            ttendian: field(idr0, IDR0_TTENDIAN) as u8,
+            iidr: 0,
+            sync_every: 0,
+        }
+    }
+
+    /// Records `IIDR` and drops what the implementation's errata make unusable, as Linux
+    /// does: Arm MMU-600 r0p0..r0p2 (erratum 1076982) loses `SEV` (`CMD_SYNC`
+    /// completion is then polled); Arm MMU-700 (erratum 2812531) loses `BTM` and gets a
+    /// `CMD_SYNC` at least every [`MMU700_SYNC_EVERY`] commands. (Linux's other
+    /// MMU-600/700 quirks, errata 1209401 and 2268618, concern nested translation, which
+    /// Warden does not use.)
+    pub const fn with_iidr(mut self, iidr: u32) -> Self {
+        self.iidr = iidr;
+        if field(iidr, IIDR_IMPLEMENTER) != IIDR_IMPLEMENTER_ARM {
+            return self;
+        }
+        match field(iidr, IIDR_PRODUCTID) {
+            IIDR_PRODUCTID_MMU_600
+                if field(iidr, IIDR_VARIANT) == 0 && field(iidr, IIDR_REVISION) <= 2 =>
+            {
+                self.sev = false;
+            }
+            IIDR_PRODUCTID_MMU_700 => {
+                self.btm = false;
+                self.sync_every = MMU700_SYNC_EVERY;
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// Arm's product name when `IIDR` names one (`"MMU-600"`, `"MMU-700"`).
+    pub const fn arm_product(&self) -> Option<&'static str> {
+        if field(self.iidr, IIDR_IMPLEMENTER) != IIDR_IMPLEMENTER_ARM {
+            return None;
+        }
+        match field(self.iidr, IIDR_PRODUCTID) {
+            IIDR_PRODUCTID_MMU_600 => Some("MMU-600"),
+            IIDR_PRODUCTID_MMU_700 => Some("MMU-700"),
+            _ => None,
         }
     }
 
@@ -165,6 +223,14 @@ impl fmt::Display for Features {
                 write!(f, " {name}")?;
             }
         }
+        if let Some(name) = self.arm_product() {
+            write!(
+                f,
+                ", Arm {name} r{}p{}",
+                field(self.iidr, IIDR_VARIANT),
+                field(self.iidr, IIDR_REVISION)
+            )?;
+        }
         Ok(())
     }
 }
@@ -190,6 +256,32 @@ mod tests {
             "SMMUv3.0 S2 S1 AArch64 coherent RIL VMID16 ASID16 2-level-ST, SID 16 bits, \
              cmdq 2^19, evtq 2^19, OAS 44 bits, granules 4K 16K 64K"
         );
+    }
+
+    #[test]
+    fn decodes_stall_model_endianness_and_errata() {
+        let idr0 = 0b1001 | IDR0_BTM | IDR0_SEV | (0b10 << 24) | (0b11 << 21);
+        let f = Features::decode(idr0, 0, 0, 0, 0);
+        assert_eq!((f.stall_model, f.ttendian), (0b10, 0b11));
+        assert!(f.btm && f.sev && f.sync_every == 0);
+        // MMU-700 r1p0: no BTM, CMD_SYNC every 63 commands; SEV kept.
+        let mmu700 = f.with_iidr(0x4871_043b);
+        assert!(!mmu700.btm && mmu700.sev);
+        assert_eq!(mmu700.sync_every, 63);
+        assert_eq!(mmu700.arm_product(), Some("MMU-700"));
+        assert!(mmu700.to_string().ends_with(", Arm MMU-700 r1p0"));
+        // MMU-600 r0p2 loses SEV, r0p3 and r1p0 keep it; BTM stays.
+        for (iidr, sev) in [
+            (0x4830_243b, false),
+            (0x4830_343b, true),
+            (0x4831_043b, true),
+        ] {
+            let g = f.with_iidr(iidr);
+            assert_eq!((g.sev, g.btm, g.sync_every), (sev, true, 0), "{iidr:#x}");
+        }
+        // Another implementer with the same product number: nothing applies.
+        let other = f.with_iidr(0x4870_0001);
+        assert!(other.btm && other.sev && other.arm_product().is_none());
     }
 
     #[test]

@@ -20,8 +20,12 @@
 //!
 //! 1. `GBPA.ABORT` (with the `GBPA.UPDATE` handshake), then `CR0 = 0` and wait for
 //!    `CR0ACK`: from here on, nothing passes untranslated.
-//! 2. Check the ID registers: stage 2 and AArch64 tables are required (otherwise an error,
-//!    the SMMU left disabled and aborting).
+//! 2. Check the ID registers (`IIDR` errata applied, see [`Features::with_iidr`]): stage 2
+//!    and AArch64 tables are required, big-endian-only walks (`TTENDIAN`) and forced
+//!    stalls (`STALL_MODEL = 0b10`, which would need `STE.S2S = 1` and `CMD_RESUME` for
+//!    every fault) are refused (an error naming the field; the SMMU is left disabled and
+//!    aborting). A non-coherent SMMU is announced to the memory
+//!    ([`TableMemory::set_noncoherent_walker`]) before anything is written.
 //! 3. Interrupts off (`IRQ_CTRL = 0`; Warden polls), stale `GERROR`s acknowledged.
 //! 4. Stream table: linear for at most 2^8 StreamIDs (or without two-level support),
 //!    two-level with `SPLIT = 8` otherwise, level-2 tables only for spans that contain a
@@ -31,7 +35,12 @@
 //! 6. `CR1` (cacheable inner-shareable when coherent, non-cacheable otherwise), `CR2`
 //!    (`PTM = 1`, `RECINVSID = 1`, `E2H = 0`).
 //! 7. `CMDQEN`; `CFGI_ALL`, `TLBI_NSNH_ALL`, `TLBI_EL2_ALL` (with `IDR0.HYP`), `CMD_SYNC`;
-//!    `EVTQEN`; `SMMUEN`.
+//!    `EVTQEN`; `SMMUEN` (with `ATSCHK` when `IDR0.ATS`: ATS-translated traffic is then
+//!    checked against its STE, where `EATS = 0` refuses it).
+//!
+//! Every wait (`GBPA.UPDATE`, `CR0ACK`, `IRQ_CTRLACK`, `CMD_SYNC`, queue space) ends
+//! after [`POLL_TIMEOUT_NS`] by the seam's clock ([`SmmuIo::now_ns`]) with
+//! [`SmmuError::Timeout`].
 //!
 //! # Concurrency
 //!
@@ -91,6 +100,9 @@ pub trait SmmuIo {
     fn wait_for_event(&self) {
         core::hint::spin_loop();
     }
+    /// Monotonic time in nanoseconds (at EL2: `CNTPCT_EL0` scaled by `CNTFRQ_EL0`). Every
+    /// wait for the SMMU gives up [`POLL_TIMEOUT_NS`] after it started, by this clock.
+    fn now_ns(&self) -> u64;
 }
 
 impl<T: SmmuIo + ?Sized> SmmuIo for &T {
@@ -108,6 +120,9 @@ impl<T: SmmuIo + ?Sized> SmmuIo for &T {
     }
     fn wait_for_event(&self) {
         (**self).wait_for_event()
+    }
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
     }
 }
 
@@ -170,9 +185,10 @@ pub const LINEAR_MAX_BITS: u32 = 8;
 pub const LINEAR_LIMIT_BITS: u32 = 16;
 /// Most level-1 descriptors of a two-level table, log2 (StreamIDs up to 2^20).
 pub const L1_MAX_BITS: u32 = 12;
-/// Iterations of a polling loop before [`SmmuError::Timeout`] (each reads a register or
-/// memory word).
-pub const POLL_LIMIT: u32 = 1 << 20;
+/// How long a wait for the SMMU (`CR0ACK`, `GBPA.UPDATE`, `IRQ_CTRLACK`, `CMD_SYNC`
+/// completion, command queue space) lasts before [`SmmuError::Timeout`]: one second, by
+/// [`SmmuIo::now_ns`] (as Linux's `ARM_SMMU_POLL_TIMEOUT_US`).
+pub const POLL_TIMEOUT_NS: u64 = 1_000_000_000;
 /// Smallest allocation the driver asks of its [`TableMemory`] (page-sized pools).
 pub const MIN_ALLOC: usize = 4096;
 
@@ -309,7 +325,24 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> fmt::Debug for Smmu<I, M> {
     }
 }
 
-/// Polls `io.read32(off) & mask == want`.
+/// The end of a wait: [`POLL_TIMEOUT_NS`] after it started, by the seam's clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline(u64);
+
+impl Deadline {
+    /// [`POLL_TIMEOUT_NS`] from now.
+    pub(crate) fn start<I: SmmuIo>(io: &I) -> Self {
+        Self(io.now_ns().saturating_add(POLL_TIMEOUT_NS))
+    }
+
+    /// Whether the time is up. Read it before the last look at what is waited for, so
+    /// that a wait that was descheduled past its end still gets one look.
+    pub(crate) fn passed<I: SmmuIo>(self, io: &I) -> bool {
+        io.now_ns() >= self.0
+    }
+}
+
+/// Polls `io.read32(off) & mask == want`, for at most [`POLL_TIMEOUT_NS`].
 fn wait_reg<I: SmmuIo>(
     io: &I,
     off: usize,
@@ -317,13 +350,17 @@ fn wait_reg<I: SmmuIo>(
     want: u32,
     what: &'static str,
 ) -> Result<(), SmmuError> {
-    for _ in 0..POLL_LIMIT {
+    let deadline = Deadline::start(io);
+    loop {
+        let expired = deadline.passed(io);
         if io.read32(off) & mask == want {
             return Ok(());
         }
+        if expired {
+            return Err(SmmuError::Timeout(what));
+        }
         core::hint::spin_loop();
     }
-    Err(SmmuError::Timeout(what))
 }
 
 /// Sets `GBPA.ABORT` with the `UPDATE` handshake.
@@ -377,17 +414,19 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             io.read32(IDR3),
             io.read32(IDR5),
             io.read32(AIDR),
-        );
-        if !features.s2p {
-            return Err(SmmuError::Unsupported("no stage-2 translation"));
-        }
-        if !features.ttf_aarch64 {
-            return Err(SmmuError::Unsupported("no AArch64 translation tables"));
-        }
+        )
+        .with_iidr(io.read32(IIDR));
+        Self::check_drivable(&features)?;
         if io.read32(IDR1) & (IDR1_QUEUES_PRESET | IDR1_TABLES_PRESET) != 0 {
             return Err(SmmuError::Unsupported("preset queue or table bases"));
         }
+        // Coherent only if the SMMU can snoop (COHACC) and the integration does
+        // (`dma-coherent`). Otherwise every structure is cleaned to PoC from its first
+        // write on: tell the memory before anything is written.
         let coherent = cfg.coherent && features.cohacc;
+        if !coherent {
+            mem.set_noncoherent_walker();
+        }
 
         // 3. Polling, not interrupts; forget stale errors.
         io.write32(IRQ_CTRL, 0);
@@ -413,6 +452,41 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses an SMMU whose rules Warden cannot follow (step 2 of the probe).
+    fn check_drivable(f: &Features) -> Result<(), SmmuError> {
+        if !f.s2p {
+            return Err(SmmuError::Unsupported("no stage-2 translation"));
+        }
+        if !f.ttf_aarch64 {
+            return Err(SmmuError::Unsupported("no AArch64 translation tables"));
+        }
+        match u32::from(f.ttendian) {
+            IDR0_TTENDIAN_MIXED | IDR0_TTENDIAN_LE => {}
+            IDR0_TTENDIAN_BE => {
+                return Err(SmmuError::Unsupported(
+                    "IDR0.TTENDIAN: big-endian table walks only (Warden's tables are little-endian)",
+                ));
+            }
+            _ => return Err(SmmuError::Unsupported("IDR0.TTENDIAN: reserved value")),
+        }
+        match u32::from(f.stall_model) {
+            IDR0_STALL_MODEL_FORCE => Err(SmmuError::Unsupported(
+                "IDR0.STALL_MODEL: stall forced (STEs need S2S = 1; Warden does not resume \
+                 stalled transactions)",
+            )),
+            0b11 => Err(SmmuError::Unsupported("IDR0.STALL_MODEL: reserved value")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `CR0` with everything on: queues, translation, and `ATSCHK` with `IDR0.ATS` (so
+    /// that ATS-translated transactions are checked against their STE, whose `EATS = 0`
+    /// refuses them, instead of skipping the stream table).
+    const fn cr0_enabled(f: &Features) -> u32 {
+        let on = CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN;
+        if f.ats { on | CR0_ATSCHK } else { on }
     }
 
     /// Steps 4-7 of the probe. `regions` collects every allocation, for the caller to
@@ -593,7 +667,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         }
         tri_smmu!(smmu.sync(mem));
         tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN | CR0_EVENTQEN));
-        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN));
+        tri_smmu!(write_cr0(&smmu.io, Self::cr0_enabled(&features)));
         Ok(smmu)
     }
 
@@ -647,12 +721,12 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         if cr2 == self.cr2 {
             return Ok(());
         }
-        let on = CR0_CMDQEN | CR0_EVENTQEN;
-        write_cr0(&self.io, on)?;
+        let on = Self::cr0_enabled(&self.features);
+        write_cr0(&self.io, on & !CR0_SMMUEN)?;
         self.io.write32(CR2, cr2);
         self.cr2 = cr2;
         self.push(mem, Command::tlbi_nsnh_all());
         self.sync(mem)?;
-        write_cr0(&self.io, on | CR0_SMMUEN)
+        write_cr0(&self.io, on)
     }
 }

@@ -34,7 +34,7 @@ use super::regs::*;
 use super::{Command, SmmuIo};
 use crate::addr::PhysAddr;
 use crate::testutil::Ram;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::vec::Vec;
@@ -76,6 +76,20 @@ pub struct ModelConfig {
     pub gran16k: bool,
     /// `IDR5.GRAN64K`.
     pub gran64k: bool,
+    /// `IDR0.ATS`: PCIe ATS; the model then accepts `CR0.ATSCHK` and takes ATS-translated
+    /// transactions ([`SmmuModel::dma_translated`]).
+    pub ats: bool,
+    /// `IDR0.STALL_MODEL`: 0b00 stall and terminate, 0b01 terminate only, 0b10 stall
+    /// forced. Stage-2 STEs need `S2S = 1` when forced and `S2S = 0` otherwise (the
+    /// model does not stall), else `C_BAD_STE`.
+    pub stall_model: u8,
+    /// `IDR0.TTENDIAN`: 0b00 mixed, 0b10 little, 0b11 big. Stage-2 STEs whose `S2ENDI`
+    /// the SMMU cannot walk are `C_BAD_STE`.
+    pub ttendian: u8,
+    /// `IIDR`. For Arm's MMU-700 (product 0x487) the model has erratum 2812531's
+    /// symptoms: broadcast TLBIs do not reach it even with `BTM`, and a command that
+    /// follows 63 commands with no `CMD_SYNC` among them is consumed without effect.
+    pub iidr: u32,
 }
 
 impl Default for ModelConfig {
@@ -99,6 +113,10 @@ impl Default for ModelConfig {
             oas: 4,
             gran16k: true,
             gran64k: true,
+            ats: false,
+            stall_model: 0,
+            ttendian: 0b10,
+            iidr: 0,
         }
     }
 }
@@ -115,6 +133,7 @@ impl ModelConfig {
             (self.sev, IDR0_SEV),
             (self.hyp, IDR0_HYP),
             (self.vmid16, IDR0_VMID16),
+            (self.ats, IDR0_ATS),
             (true, IDR0_ASID16),
         ] {
             if on {
@@ -124,7 +143,13 @@ impl ModelConfig {
         if self.two_level {
             v |= IDR0_ST_LEVEL_2LVL << IDR0_ST_LEVEL.0;
         }
-        v | (0b10 << IDR0_TTENDIAN.0)
+        v | (u32::from(self.ttendian & 3) << IDR0_TTENDIAN.0)
+            | (u32::from(self.stall_model & 3) << IDR0_STALL_MODEL.0)
+    }
+
+    /// Whether the model has MMU-700's erratum 2812531.
+    fn mmu700(&self) -> bool {
+        self.iidr & 0xfff == 0x43b && self.iidr >> 20 == 0x487
     }
 
     fn idr1(&self) -> u32 {
@@ -168,6 +193,8 @@ pub enum DmaFault {
     Access,
     /// `F_PERMISSION`.
     Permission,
+    /// `F_TRANSL_FORBIDDEN`: an ATS-translated transaction the STE does not allow.
+    TranslForbidden,
 }
 
 /// A decoded stage-2 configuration.
@@ -189,6 +216,8 @@ pub struct S2Cfg {
     pub affd: bool,
     /// `S2R`.
     pub record: bool,
+    /// `EATS` (word 1, bits 29:28): 0 = ATS not enabled for the stream.
+    pub eats: u8,
 }
 
 /// A decoded (cached) STE.
@@ -229,6 +258,7 @@ pub struct CfgiRecord {
 #[derive(Default)]
 struct State {
     cr0: u32,
+    cr0ack: u32,
     cr1: u32,
     cr2: u32,
     gbpa: u32,
@@ -255,6 +285,14 @@ struct State {
     guard_violations: u64,
     stalled: bool,
     events: u64,
+    /// Cached level-1 stream table descriptors, by index (any state, as the spec allows).
+    l1_cache: BTreeMap<u64, u64>,
+    /// Commands consumed since the last `CMD_SYNC`.
+    since_sync: u64,
+    /// Commands consumed without effect (MMU-700 erratum model).
+    lost: u64,
+    cr0ack_stuck: bool,
+    gbpa_stuck: bool,
 }
 
 /// The model. Register accesses go through [`SmmuIo`] (`&SmmuModel` works too).
@@ -262,7 +300,14 @@ pub struct SmmuModel {
     cfg: ModelConfig,
     ram: Rc<Ram>,
     st: RefCell<State>,
+    /// The clock behind [`SmmuIo::now_ns`], in ns.
+    clock: Cell<u64>,
+    /// How far each reading of the clock moves it.
+    clock_step: Cell<u64>,
 }
+
+/// How far each [`SmmuIo::now_ns`] of the model moves its clock by default (10 µs).
+pub const CLOCK_STEP_NS: u64 = 10_000;
 
 fn raise(st: &mut State, bit: u32) {
     if (st.gerror ^ st.gerrorn) & bit == 0 {
@@ -282,7 +327,39 @@ impl SmmuModel {
             cfg,
             ram,
             st: RefCell::new(st),
+            clock: Cell::new(0),
+            clock_step: Cell::new(CLOCK_STEP_NS),
         }
+    }
+
+    /// The model's time (ns): what [`SmmuIo::now_ns`] last returned.
+    pub fn time_ns(&self) -> u64 {
+        self.clock.get()
+    }
+
+    /// Makes every reading of the clock advance it by `ns` (the time one poll takes).
+    pub fn set_clock_step(&self, ns: u64) {
+        self.clock_step.set(ns);
+    }
+
+    /// Moves the clock forward.
+    pub fn advance_ns(&self, ns: u64) {
+        self.clock.set(self.clock.get() + ns);
+    }
+
+    /// `CR0ACK` stops following `CR0` (a wedged SMMU).
+    pub fn set_cr0ack_stuck(&self, stuck: bool) {
+        self.st.borrow_mut().cr0ack_stuck = stuck;
+    }
+
+    /// `GBPA.UPDATE` never clears.
+    pub fn set_gbpa_stuck(&self, stuck: bool) {
+        self.st.borrow_mut().gbpa_stuck = stuck;
+    }
+
+    /// Commands consumed without effect (MMU-700 erratum model).
+    pub fn lost_commands(&self) -> u64 {
+        self.st.borrow().lost
     }
 
     /// The ID registers it reports.
@@ -387,7 +464,7 @@ impl SmmuModel {
     /// entries for the page of `ipa` only if it takes part (`BTM`, `CR2.PTM = 0`).
     pub fn cpu_tlbi_ipa(&self, vmid: u16, ipa: u64) {
         let mut st = self.st.borrow_mut();
-        if self.cfg.btm && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
+        if self.cfg.btm && !self.cfg.mmu700() && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
             st.tlb.retain(|&(v, page), e| {
                 v != vmid || !(page..page + (1 << e.gshift)).contains(&ipa)
             });
@@ -397,7 +474,7 @@ impl SmmuModel {
     /// A broadcast `TLBI VMALLS12E1IS` by the CPU (with its `DSB`).
     pub fn cpu_tlbi_vmall(&self, vmid: u16) {
         let mut st = self.st.borrow_mut();
-        if self.cfg.btm && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
+        if self.cfg.btm && !self.cfg.mmu700() && st.cr2 & CR2_PTM == 0 && st.cr0 & CR0_SMMUEN != 0 {
             st.tlb.retain(|&(v, _), _| v != vmid);
         }
     }
@@ -438,6 +515,16 @@ impl SmmuModel {
     fn exec(&self, st: &mut State, cmd: Command) -> Result<(), u32> {
         let opcode = cmd.opcode();
         let [w0, w1] = cmd.0;
+        if opcode == op::CMD_SYNC {
+            st.since_sync = 0;
+        } else {
+            st.since_sync += 1;
+            if self.cfg.mmu700() && st.since_sync > 63 {
+                // Erratum 2812531 (as modelled): the command is lost.
+                st.lost += 1;
+                return Ok(());
+            }
+        }
         if st.reject == Some(opcode) {
             st.reject = None;
             st.rejected.push(cmd);
@@ -454,8 +541,13 @@ impl SmmuModel {
             op::CFGI_STE => {
                 let sid = (w0 >> 32) as u32;
                 st.configs.remove(&sid);
+                if w1 & 1 == 0 {
+                    // Leaf = 0: the level-1 descriptor too.
+                    let split = (st.strtab_cfg >> STRTAB_BASE_CFG_SPLIT.0) & 0x1f;
+                    st.l1_cache.remove(&u64::from(sid >> split));
+                }
                 let ste = self
-                    .locate_ste(st, sid)
+                    .locate_ste(&mut *st, sid)
                     .ok()
                     .and_then(|addr| self.read_ste(addr));
                 st.cfgi.push(CfgiRecord { sid, ste });
@@ -464,11 +556,15 @@ impl SmmuModel {
                 let range = (w1 & 0x1f) as u32;
                 if range == 31 {
                     st.configs.clear();
+                    st.l1_cache.clear();
                 } else {
                     let span = 2u64 << range;
                     let first = (w0 >> 32) & !(span - 1);
                     st.configs
                         .retain(|&sid, _| !(first..first + span).contains(&u64::from(sid)));
+                    let split = (st.strtab_cfg >> STRTAB_BASE_CFG_SPLIT.0) & 0x1f;
+                    let (lo, hi) = (first >> split, (first + span - 1) >> split);
+                    st.l1_cache.retain(|&i, _| !(lo..=hi).contains(&i));
                 }
             }
             op::TLBI_EL2_ALL | op::TLBI_EL2_ASID | op::TLBI_EL2_VA | op::TLBI_EL2_VAA => {
@@ -544,8 +640,9 @@ impl SmmuModel {
         Some(ste)
     }
 
-    /// The address of the STE of `sid`, or the fault.
-    fn locate_ste(&self, st: &State, sid: u32) -> Result<u64, (DmaFault, EventType, u64)> {
+    /// The address of the STE of `sid`, or the fault. A level-1 descriptor fetched on
+    /// the way is cached until a `CFGI_STE` with Leaf = 0 or a `CFGI_STE_RANGE` covers it.
+    fn locate_ste(&self, st: &mut State, sid: u32) -> Result<u64, (DmaFault, EventType, u64)> {
         let log2 = (st.strtab_cfg & 0x3f).min(self.cfg.sidsize);
         let base = st.strtab_base & STRTAB_BASE_ADDR_MASK;
         if u64::from(sid) >= 1u64 << log2 {
@@ -556,12 +653,20 @@ impl SmmuModel {
             return Ok(base + u64::from(sid) * 64);
         }
         let split = (st.strtab_cfg >> STRTAB_BASE_CFG_SPLIT.0) & 0x1f;
-        let l1_addr = base + u64::from(sid >> split) * 8;
-        let l1 = self.ram.dev_read_u64(l1_addr).ok_or((
-            DmaFault::SteFetch,
-            EventType::F_STE_FETCH,
-            l1_addr,
-        ))?;
+        let l1_idx = u64::from(sid >> split);
+        let l1_addr = base + l1_idx * 8;
+        let l1 = match st.l1_cache.get(&l1_idx) {
+            Some(&d) => d,
+            None => {
+                let d = self.ram.dev_read_u64(l1_addr).ok_or((
+                    DmaFault::SteFetch,
+                    EventType::F_STE_FETCH,
+                    l1_addr,
+                ))?;
+                st.l1_cache.insert(l1_idx, d);
+                d
+            }
+        };
         let span = (l1 & 0x1f) as u32;
         let idx = u64::from(sid & ((1 << split) - 1));
         if span == 0 || span > split + 1 || idx >= 1 << (span - 1) {
@@ -570,7 +675,11 @@ impl SmmuModel {
         Ok((l1 & L1STD_L2PTR_MASK) + idx * 64)
     }
 
-    fn fetch_config(&self, st: &State, sid: u32) -> Result<StreamCfg, (DmaFault, EventType, u64)> {
+    fn fetch_config(
+        &self,
+        st: &mut State,
+        sid: u32,
+    ) -> Result<StreamCfg, (DmaFault, EventType, u64)> {
         let addr = self.locate_ste(st, sid)?;
         let ste = self
             .read_ste(addr)
@@ -593,8 +702,18 @@ impl SmmuModel {
         if !self.cfg.vmid16 && vmid > 0xff {
             return None;
         }
-        // S2AA64 = 0 or big-endian or stall: not supported (QEMU: invalid or fatal).
-        if w2 & (1 << 51) == 0 || w2 & (1 << 52) != 0 || w2 & (1 << 57) != 0 {
+        // S2AA64 = 0: not supported (QEMU: invalid). S2ENDI must be an endianness the SMMU
+        // walks, and the model walks little-endian only. S2S must be 1 when stalls are
+        // forced and is 0 otherwise (the model does not stall).
+        let big = w2 & (1 << 52) != 0;
+        let stall = w2 & (1 << 57) != 0;
+        let endian_ok = match self.cfg.ttendian {
+            0b10 => !big,
+            0b11 => big,
+            0b00 => true,
+            _ => false,
+        };
+        if w2 & (1 << 51) == 0 || !endian_ok || big || stall != (self.cfg.stall_model == 0b10) {
             return None;
         }
         let t0sz = ((w2 >> 32) & 0x3f) as u32;
@@ -640,6 +759,7 @@ impl SmmuModel {
             start,
             affd: w2 & (1 << 53) != 0,
             record: w2 & (1 << 58) != 0,
+            eats: ((ste[1] >> 28) & 3) as u8,
         })
     }
 
@@ -713,22 +833,7 @@ impl SmmuModel {
             st.bypassed += 1;
             return Ok(PhysAddr(iova));
         }
-        let cfg = match st.configs.get(&sid) {
-            Some(c) => *c,
-            None => match self.fetch_config(&st, sid) {
-                Ok(c) => {
-                    st.configs.insert(sid, c);
-                    c
-                }
-                Err((fault, kind, addr)) => {
-                    if kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0 {
-                        let raw = Event::encode_fault(kind, sid, addr, 0, !write, false, 0);
-                        self.record(&mut st, raw);
-                    }
-                    return Err(fault);
-                }
-            },
-        };
+        let cfg = self.lookup(&mut st, sid, write, true)?;
         let c = match cfg {
             StreamCfg::Abort => return Err(DmaFault::Abort),
             StreamCfg::Bypass => {
@@ -758,6 +863,80 @@ impl SmmuModel {
             }
             fault
         })
+    }
+
+    /// The configuration of `sid`: cached, or fetched and cached. A fetch that fails is
+    /// recorded as an event when `record` (and `CR2.RECINVSID` for `C_BAD_STREAMID`).
+    fn lookup(
+        &self,
+        st: &mut State,
+        sid: u32,
+        write: bool,
+        record: bool,
+    ) -> Result<StreamCfg, DmaFault> {
+        if let Some(c) = st.configs.get(&sid) {
+            return Ok(*c);
+        }
+        match self.fetch_config(st, sid) {
+            Ok(c) => {
+                st.configs.insert(sid, c);
+                Ok(c)
+            }
+            Err((fault, kind, addr)) => {
+                if record && (kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0) {
+                    let raw = Event::encode_fault(kind, sid, addr, 0, !write, false, 0);
+                    self.record(st, raw);
+                }
+                Err(fault)
+            }
+        }
+    }
+
+    /// A PCIe ATS *translated* transaction (the endpoint claims `addr` is already a
+    /// physical address) from `sid` (§3.9.1.3). With `CR0.SMMUEN = 0` it is
+    /// `F_TRANSL_FORBIDDEN`. With `CR0.ATSCHK = 0` it passes with no check at all (the
+    /// stream table is not looked at). With `ATSCHK = 1` the STE decides: an abort STE or
+    /// an unreachable one aborts (no event: `CR2.REC_CFG_ATS` is not modelled), bypass or
+    /// `EATS = 0b00` is `F_TRANSL_FORBIDDEN` (recorded), `EATS = 0b01` passes, `EATS =
+    /// 0b10` translates `addr` at stage 2. Without `IDR0.ATS` nothing is accepted.
+    pub fn dma_translated(&self, sid: u32, addr: u64, write: bool) -> Result<PhysAddr, DmaFault> {
+        let mut st = self.st.borrow_mut();
+        if !self.cfg.ats {
+            return Err(DmaFault::Abort);
+        }
+        if st.cr0 & CR0_SMMUEN == 0 {
+            return Err(DmaFault::TranslForbidden);
+        }
+        if st.cr0 & CR0_ATSCHK == 0 {
+            st.bypassed += 1;
+            return Ok(PhysAddr(addr));
+        }
+        let forbidden = |st: &mut State| {
+            let raw = Event::encode_fault(
+                EventType::F_TRANSL_FORBIDDEN,
+                sid,
+                addr,
+                0,
+                !write,
+                false,
+                0,
+            );
+            self.record(st, raw);
+            Err(DmaFault::TranslForbidden)
+        };
+        match self.lookup(&mut st, sid, write, false)? {
+            StreamCfg::Abort => Err(DmaFault::Abort),
+            StreamCfg::Bypass => forbidden(&mut st),
+            StreamCfg::S2(c) if c.eats == 0 => forbidden(&mut st),
+            StreamCfg::S2(c) if c.eats == 1 => {
+                st.bypassed += 1;
+                Ok(PhysAddr(addr))
+            }
+            StreamCfg::S2(_) => {
+                drop(st);
+                self.dma(sid, addr, write)
+            }
+        }
     }
 
     /// Writes an event record to the queue, or raises `EVTQ_ABT_ERR`.
@@ -794,9 +973,12 @@ impl SmmuIo for SmmuModel {
             IDR1 => self.cfg.idr1(),
             IDR3 => self.cfg.idr3(),
             IDR5 => self.cfg.idr5(),
-            CR0 | CR0ACK => st.cr0,
+            CR0 => st.cr0,
+            CR0ACK => st.cr0ack,
+            IIDR => self.cfg.iidr,
             CR1 => st.cr1,
             CR2 => st.cr2,
+            GBPA if st.gbpa_stuck => st.gbpa | GBPA_UPDATE,
             GBPA => st.gbpa,
             IRQ_CTRL | IRQ_CTRLACK => st.irq_ctrl,
             GERROR => st.gerror,
@@ -816,12 +998,16 @@ impl SmmuIo for SmmuModel {
         let mut consume = false;
         match off {
             CR0 => {
-                st.cr0 = v & (CR0_SMMUEN | CR0_EVENTQEN | CR0_CMDQEN);
+                let ats = if self.cfg.ats { CR0_ATSCHK } else { 0 };
+                st.cr0 = v & (CR0_SMMUEN | CR0_EVENTQEN | CR0_CMDQEN | ats);
+                if !st.cr0ack_stuck {
+                    st.cr0ack = st.cr0;
+                }
                 consume = true;
             }
             CR1 if st.cr0 == 0 => st.cr1 = v,
             CR2 if st.cr0 & CR0_SMMUEN == 0 => st.cr2 = v & (CR2_E2H | CR2_RECINVSID | CR2_PTM),
-            GBPA if v & GBPA_UPDATE != 0 => st.gbpa = v & !GBPA_UPDATE,
+            GBPA if v & GBPA_UPDATE != 0 && !st.gbpa_stuck => st.gbpa = v & !GBPA_UPDATE,
             IRQ_CTRL => st.irq_ctrl = v & 7,
             GERRORN => {
                 st.gerrorn = v;
@@ -852,6 +1038,12 @@ impl SmmuIo for SmmuModel {
             EVENTQ_BASE => st.evtq_base,
             _ => u64::from(self.read32(off)) | (u64::from(self.read32(off + 4)) << 32),
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        let t = self.clock.get() + self.clock_step.get();
+        self.clock.set(t);
+        t
     }
 
     fn write64(&self, off: usize, v: u64) {

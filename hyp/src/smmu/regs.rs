@@ -103,12 +103,39 @@ pub const IDR0_MSI: u32 = 1 << 13;
 pub const IDR0_SEV: u32 = 1 << 14;
 /// 16-bit VMIDs.
 pub const IDR0_VMID16: u32 = 1 << 18;
-/// Table endianness: 0b00 mixed, 0b10 little, 0b11 big.
+/// Table endianness: 0b00 mixed, 0b01 reserved, 0b10 little, 0b11 big.
 pub const IDR0_TTENDIAN: (u32, u32) = (21, 0b11);
+/// `TTENDIAN`: either endianness, per STE.
+pub const IDR0_TTENDIAN_MIXED: u32 = 0b00;
+/// `TTENDIAN`: little-endian walks only.
+pub const IDR0_TTENDIAN_LE: u32 = 0b10;
+/// `TTENDIAN`: big-endian walks only.
+pub const IDR0_TTENDIAN_BE: u32 = 0b11;
+/// Stall model: 0b00 stall and terminate, 0b01 terminate only, 0b10 stall forced.
+pub const IDR0_STALL_MODEL: (u32, u32) = (24, 0b11);
+/// `STALL_MODEL`: every fault that can stall does (`STE.S2S` must be 1).
+pub const IDR0_STALL_MODEL_FORCE: u32 = 0b10;
 /// Stream table levels: 0b00 linear only, 0b01 two-level supported.
 pub const IDR0_ST_LEVEL: (u32, u32) = (27, 0b11);
 /// `ST_LEVEL` value meaning two-level stream tables are supported.
 pub const IDR0_ST_LEVEL_2LVL: u32 = 0b01;
+
+// IIDR.
+
+/// Implementer (JEP106: bits 11:8 continuation code, 6:0 identity code).
+pub const IIDR_IMPLEMENTER: (u32, u32) = (0, 0xfff);
+/// Revision (the `p` of `rNpM`).
+pub const IIDR_REVISION: (u32, u32) = (12, 0xf);
+/// Variant (the `r` of `rNpM`).
+pub const IIDR_VARIANT: (u32, u32) = (16, 0xf);
+/// Product ID.
+pub const IIDR_PRODUCTID: (u32, u32) = (20, 0xfff);
+/// `IIDR.Implementer` of Arm.
+pub const IIDR_IMPLEMENTER_ARM: u32 = 0x43b;
+/// `IIDR.ProductID` of Arm's MMU-600.
+pub const IIDR_PRODUCTID_MMU_600: u32 = 0x483;
+/// `IIDR.ProductID` of Arm's MMU-700.
+pub const IIDR_PRODUCTID_MMU_700: u32 = 0x487;
 
 // IDR1.
 
@@ -152,6 +179,9 @@ pub const CR0_PRIQEN: u32 = 1 << 1;
 pub const CR0_EVENTQEN: u32 = 1 << 2;
 /// Command queue enable.
 pub const CR0_CMDQEN: u32 = 1 << 3;
+/// ATS-translated transactions are checked against their STE (`EATS`) instead of
+/// passing unchecked (only with `IDR0.ATS`).
+pub const CR0_ATSCHK: u32 = 1 << 4;
 
 // CR1: memory attributes the SMMU uses for its own accesses.
 

@@ -7,6 +7,7 @@
 //! |------|-------|----------|----------------------------------------------------------|
 //! | 0    | 0     | V        | 1                                                        |
 //! | 0    | 3:1   | Config   | 0b000 abort, 0b110 stage 2 only (never bypass 0b100)     |
+//! | 1    | 29:28 | EATS     | 0b00 ATS off: with `CR0.ATSCHK` translated traffic aborts |
 //! | 1    | 45:44 | SHCFG    | 0b01 use incoming shareability                           |
 //! | 2    | 15:0  | S2VMID   | the domain's VMID                                        |
 //! | 2    | 37:32 | S2T0SZ   | `64 - ipa_bits`                                          |
@@ -20,6 +21,7 @@
 //! | 2    | 52    | S2ENDI   | 0 little endian                                          |
 //! | 2    | 53    | S2AFFD   | 0 (descriptors always have AF set)                       |
 //! | 2    | 54    | S2PTW    | 0                                                        |
+//! | 2    | 57    | S2S      | 0 faults terminate (stall-forced SMMUs are refused)      |
 //! | 2    | 58    | S2R      | 1 record faults as events                                |
 //! | 3    | 51:4  | S2TTB    | root of the stage-2 tables                               |
 //!
@@ -60,6 +62,8 @@ pub const CONFIG_S1: u64 = 0b101;
 pub const CONFIG_S2: u64 = 0b110;
 /// Config: stage 1 and stage 2.
 pub const CONFIG_NESTED: u64 = 0b111;
+/// Word 1: EATS (bits 29:28): ATS for the stream; Warden leaves it 0b00 (no ATS).
+pub const STE1_EATS_SHIFT: u32 = 28;
 /// Word 1: SHCFG (bits 45:44).
 pub const STE1_SHCFG_SHIFT: u32 = 44;
 /// SHCFG: use the incoming shareability.
@@ -305,7 +309,10 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     }
 
     /// Allocates the level-2 table for the span of `sid` if it has none: every STE
-    /// abort, linked into the level-1 table (an invalid → valid change: no break).
+    /// abort, linked into the level-1 table (an invalid → valid change: no break), then
+    /// `CMD_CFGI_STE` with Leaf = 0 and `CMD_SYNC`: the SMMU may have cached the old,
+    /// invalid level-1 descriptor (IHI 0070 §5.2: an L1STD fetched in any state may be
+    /// cached), and only Leaf = 0 (or a range invalidation) drops it.
     pub(super) fn ensure_l2(&mut self, mem: &mut M, sid: u32) -> Result<(), SmmuError> {
         let coherent = self.coherent;
         let StreamTable::TwoLevel { l1, l2, .. } = &mut self.strtab else {
@@ -327,7 +334,8 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             coherent,
         );
         *slot = Some(table);
-        Ok(())
+        self.push(mem, Command::cfgi_ste_l1(sid));
+        self.sync(mem)
     }
 
     /// Writes `new` over the STE of `sid` following the module's sequence.

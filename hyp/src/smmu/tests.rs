@@ -1020,6 +1020,9 @@ impl SmmuIo for WaitCounting<'_> {
     fn wait_for_event(&self) {
         self.waits.set(self.waits.get() + 1);
     }
+    fn now_ns(&self) -> u64 {
+        self.model.now_ns()
+    }
 }
 
 #[test]
@@ -1067,4 +1070,362 @@ fn sev_completion_signals_and_waits_for_events() {
         0,
         "CS = SIG_NONE"
     );
+}
+
+// ----------------------------------------------------------------------------------------
+// Rules QEMU forgives: bounded waits, ATS, refused models, level-1 descriptors, errata,
+// non-coherent probe.
+
+/// Runs `f` and returns how long it took by the model's clock.
+fn timed<T>(model: &SmmuModel, f: impl FnOnce() -> T) -> (T, u64) {
+    let t0 = model.time_ns();
+    let out = f();
+    (out, model.time_ns() - t0)
+}
+
+/// A wait that never completes gives up after `POLL_TIMEOUT_NS` of the seam's clock,
+/// however long one poll takes (the number of polls differs by 25x between the steps).
+#[test]
+fn waits_end_after_the_timeout_by_the_clock_not_after_a_poll_count() {
+    for step in [10_000u64, 250_000] {
+        // The timeout, plus the few clock readings of the waits that succeeded on the way.
+        let within = |ns: u64| (POLL_TIMEOUT_NS..=POLL_TIMEOUT_NS + 20 * step).contains(&ns);
+
+        // CR0ACK that never follows CR0.
+        let (mut mem, model) = setup(ModelConfig::default());
+        model.set_clock_step(step);
+        model.set_cr0ack_stuck(true);
+        let (r, ns) = timed(&model, || {
+            probe_with(&model, &mut mem, &ProbeConfig::default())
+        });
+        assert_eq!(r.unwrap_err(), SmmuError::Timeout("CR0ACK"));
+        assert!(within(ns), "CR0ACK: {ns} ns with {step} ns polls");
+
+        // GBPA.UPDATE that never clears.
+        let (mut mem, model) = setup(ModelConfig::default());
+        model.set_clock_step(step);
+        model.set_gbpa_stuck(true);
+        let (r, ns) = timed(&model, || {
+            probe_with(&model, &mut mem, &ProbeConfig::default())
+        });
+        assert_eq!(r.unwrap_err(), SmmuError::Timeout("GBPA update"));
+        assert!(within(ns), "GBPA: {ns} ns with {step} ns polls");
+
+        // A CMD_SYNC that never completes, and space in a full queue that never frees.
+        let (mut mem, model) = setup(ModelConfig::default());
+        model.set_clock_step(step);
+        let sids = [(SID, 1)];
+        let cfg = ProbeConfig {
+            coherent: true,
+            sids: &sids,
+            cmdq_log2: Some(1),
+            evtq_log2: None,
+        };
+        let mut smmu = probe_with(&model, &mut mem, &cfg).unwrap();
+        model.set_stalled(true);
+        smmu.tlbi_all(&mut mem);
+        let (r, ns) = timed(&model, || smmu.sync(&mut mem));
+        assert_eq!(r, Err(SmmuError::Timeout("command queue")));
+        assert!(within(ns), "CMD_SYNC: {ns} ns with {step} ns polls");
+        // Two entries, both taken (TLBI + SYNC): the next command waits for space.
+        let ((), ns) = timed(&model, || smmu.tlbi_all(&mut mem));
+        assert!(within(ns), "queue space: {ns} ns with {step} ns polls");
+        assert_eq!(smmu.stats().timeouts, 2);
+        model.set_stalled(false);
+        assert_eq!(
+            smmu.sync(&mut mem),
+            Err(SmmuError::Timeout("command queue")),
+            "the lost command is reported"
+        );
+        smmu.sync(&mut mem).unwrap();
+    }
+}
+
+/// With `IDR0.ATS`, `CR0.ATSCHK` makes ATS-translated transactions look at the STE, whose
+/// `EATS = 0` refuses them; without it they would reach any physical address.
+#[test]
+fn ats_translated_traffic_is_checked_against_the_ste() {
+    let (mut mem, model) = setup(ModelConfig {
+        ats: true,
+        btm: true,
+        ..ModelConfig::default()
+    });
+    let (mut smmu, _s2) = attached(&model, &mut mem);
+    let warden_page = ARENA_BASE;
+    assert_ne!(model.reg(regs::CR0) & regs::CR0_ATSCHK, 0);
+    let ste = smmu.read_ste(&mem, SID).unwrap();
+    assert_eq!(
+        (ste.0[1] >> ste::STE1_EATS_SHIFT) & 3,
+        0,
+        "EATS = 0: no ATS"
+    );
+    let before = model.bypassed();
+    assert_eq!(
+        model.dma_translated(SID, warden_page, true),
+        Err(DmaFault::TranslForbidden)
+    );
+    assert_eq!(
+        model.dma_translated(0x11, warden_page, true),
+        Err(DmaFault::Abort)
+    );
+    let (ev, _) = events(&mut smmu, &mut mem);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].kind, ev[0].sid),
+        (EventType::F_TRANSL_FORBIDDEN, SID)
+    );
+    // Switching PTM re-enables translation: ATSCHK stays.
+    smmu.set_ptm(&mut mem, false).unwrap();
+    assert_ne!(model.reg(regs::CR0ACK) & regs::CR0_ATSCHK, 0);
+    assert_eq!(
+        model.dma_translated(SID, warden_page, false),
+        Err(DmaFault::TranslForbidden)
+    );
+    assert_eq!(model.bypassed(), before, "nothing passed unchecked");
+    // Without IDR0.ATS, ATSCHK is not set (the bit is RES0).
+    let (mut mem, model) = setup(ModelConfig::default());
+    probe(&model, &mut mem);
+    assert_eq!(model.reg(regs::CR0) & regs::CR0_ATSCHK, 0);
+}
+
+/// Stall-forced SMMUs (an STE with `S2S = 0` is ILLEGAL there, and `S2S = 1` needs
+/// `CMD_RESUME` for every fault) and big-endian-only walkers are refused, left aborting.
+#[test]
+fn stall_forced_and_big_endian_smmus_are_refused_and_left_aborting() {
+    for (stall_model, ttendian, field) in [
+        (0b10, 0b10, "STALL_MODEL"),
+        (0b11, 0b10, "STALL_MODEL"),
+        (0b00, 0b11, "TTENDIAN"),
+        (0b01, 0b01, "TTENDIAN"),
+    ] {
+        let (mut mem, model) = setup(ModelConfig {
+            stall_model,
+            ttendian,
+            ..ModelConfig::default()
+        });
+        let before = model.bypassed();
+        let sids = [(SID, 1)];
+        let cfg = ProbeConfig {
+            coherent: true,
+            sids: &sids,
+            cmdq_log2: None,
+            evtq_log2: None,
+        };
+        match probe_with(&model, &mut mem, &cfg) {
+            Err(SmmuError::Unsupported(why)) => {
+                assert!(why.contains(field), "{why}");
+                assert!(SmmuError::Unsupported(why).to_string().contains(field));
+            }
+            other => panic!("STALL_MODEL {stall_model:#b} TTENDIAN {ttendian:#b}: {other:?}"),
+        }
+        assert_ne!(model.reg(regs::GBPA) & regs::GBPA_ABORT, 0);
+        assert_eq!(model.reg(regs::CR0), 0);
+        assert_eq!(model.dma(SID, 0x1000, true), Err(DmaFault::Abort));
+        assert_eq!(model.bypassed(), before);
+        assert_eq!(mem.live_count(), 0, "nothing allocated");
+    }
+    // Stall supported but not forced, terminate-only, mixed endianness: driven (S2S = 0).
+    for (stall_model, ttendian) in [(0b00, 0b00), (0b01, 0b10)] {
+        let (mut mem, model) = setup(ModelConfig {
+            stall_model,
+            ttendian,
+            ..ModelConfig::default()
+        });
+        let (_smmu, mut s2) = attached(&model, &mut mem);
+        map(&mut s2, &mut mem, 0x5000, OUT, PAGE);
+        assert_eq!(model.dma(SID, 0x5000, false), Ok(PhysAddr(OUT)));
+    }
+}
+
+/// A level-2 table linked after a device of its span already tried DMA: the SMMU cached
+/// the invalid level-1 descriptor, and only `CFGI_STE` with Leaf = 0 drops it.
+#[test]
+fn a_new_level2_table_invalidates_the_cached_level1_descriptor() {
+    let (mut mem, model) = setup(ModelConfig::default());
+    let mut smmu = probe(&model, &mut mem);
+    let late = 0x310;
+    assert_eq!(model.dma(late, 0x5000, false), Err(DmaFault::BadStreamId));
+    let mut s2 = stage2(&mut mem, Granule::Size4K);
+    map(&mut s2, &mut mem, 0x5000, OUT, PAGE);
+    model.clear_counts();
+    smmu.set_ste_s2(&mut mem, late, &S2Config::for_stage2(&s2, VMID))
+        .unwrap();
+    assert_eq!(model.dma(late, 0x5000, false), Ok(PhysAddr(OUT)));
+    let first = model.executed()[0];
+    assert_eq!(first, Command::cfgi_ste_l1(late), "Leaf = 0 first");
+    // An existing span needs no level-1 invalidation.
+    model.clear_counts();
+    smmu.set_ste_s2(&mut mem, late + 1, &S2Config::for_stage2(&s2, VMID))
+        .unwrap();
+    assert!(
+        model
+            .executed()
+            .iter()
+            .all(|c| c.0 != Command::cfgi_ste_l1(late + 1).0)
+    );
+}
+
+/// The longest run of commands without a `CMD_SYNC` among `cmds`.
+fn longest_unsynced_run(cmds: &[Command]) -> usize {
+    cmds.split(|c| c.opcode() == op::CMD_SYNC)
+        .map(<[Command]>::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// MMU-700 (erratum 2812531): no BTM, and never more than 63 commands without a
+/// `CMD_SYNC` (the model loses the 64th, leaving stale translations).
+#[test]
+fn mmu700_gets_no_btm_and_a_sync_every_63_commands() {
+    let (mut mem, model) = setup(ModelConfig {
+        iidr: 0x4870_243b, // Arm MMU-700 r0p2
+        btm: true,
+        ril: false,
+        ..ModelConfig::default()
+    });
+    let (mut smmu, mut s2) = attached(&model, &mut mem);
+    assert!(!smmu.features().btm);
+    assert_eq!(smmu.features().sync_every, 63);
+    assert!(smmu.features().to_string().contains("Arm MMU-700 r0p2"));
+    assert_eq!(
+        smmu.set_ptm(&mut mem, false),
+        Err(SmmuError::Unsupported(
+            "broadcast TLB maintenance (IDR0.BTM = 0)"
+        ))
+    );
+    assert!(!smmu.btm_active());
+    // 100 pages unmapped, 100 TLBI_S2_IPA (no RIL), one sync asked for.
+    let pages = 100u64;
+    map(&mut s2, &mut mem, 0, OUT, pages * PAGE);
+    for p in 0..pages {
+        assert!(model.dma(SID, p * PAGE, false).is_ok());
+    }
+    s2.unmap(&mut mem, &mut NoTlb, Ipa(0), pages * PAGE)
+        .unwrap();
+    model.clear_counts();
+    smmu.tlbi_s2_range(&mut mem, VMID, Ipa(0), pages * PAGE, Granule::Size4K);
+    smmu.sync(&mut mem).unwrap();
+    assert_eq!(model.count(op::TLBI_S2_IPA), pages);
+    assert!(longest_unsynced_run(&model.executed()) <= 63);
+    assert_eq!(model.lost_commands(), 0);
+    for p in 0..pages {
+        assert_eq!(
+            model.dma(SID, p * PAGE, false),
+            Err(DmaFault::Translation),
+            "page {p}"
+        );
+    }
+    // Other SMMUs are not held to it.
+    let (mut mem, model) = setup(ModelConfig {
+        ril: false,
+        ..ModelConfig::default()
+    });
+    let mut smmu = probe(&model, &mut mem);
+    model.clear_counts();
+    smmu.tlbi_s2_range(&mut mem, VMID, Ipa(0), pages * PAGE, Granule::Size4K);
+    smmu.sync(&mut mem).unwrap();
+    assert_eq!(longest_unsynced_run(&model.executed()), 100);
+}
+
+/// MMU-600 r0p0..r0p2 (erratum 1076982): `CMD_SYNC` completion is polled, not SEV.
+#[test]
+fn early_mmu600_polls_instead_of_sev() {
+    for (iidr, cs) in [(0x4830_243b, 0), (0x4830_343b, 2)] {
+        let (mut mem, model) = setup(ModelConfig {
+            iidr,
+            sev: true,
+            ..ModelConfig::default()
+        });
+        let mut smmu = probe(&model, &mut mem);
+        smmu.sync(&mut mem).unwrap();
+        let last = *model.executed().last().unwrap();
+        assert_eq!((last.0[0] >> 12) & 3, cs, "IIDR {iidr:#x}");
+    }
+}
+
+/// Memory like Warden's EL2 pool: `clean` does nothing until a non-coherent walker was
+/// announced (`set_noncoherent_walker`), as a fully coherent system needs no cleaning.
+struct GatedArena {
+    inner: Arena,
+    cleaning: bool,
+}
+
+// SAFETY: every method forwards to the `Arena`, which upholds the contract; skipping
+// `clean` is what the trait allows until `set_noncoherent_walker`.
+unsafe impl TableMemory for GatedArena {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+        self.inner.alloc_zeroed(size, align)
+    }
+    unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+        // SAFETY: the caller's guarantees are passed on.
+        unsafe { self.inner.free(pa, size) }
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+        self.inner.table_ptr(pa)
+    }
+    fn clean(&mut self, pa: PhysAddr, size: usize) {
+        if self.cleaning {
+            self.inner.clean(pa, size);
+        }
+    }
+    fn set_noncoherent_walker(&mut self) {
+        self.cleaning = true;
+    }
+}
+
+/// A non-coherent SMMU (either side saying no) sees every structure of the probe: the
+/// memory is told before the first write, so the first command and STE are cleaned too.
+#[test]
+fn non_coherent_probe_cleans_from_the_first_write() {
+    for (cohacc, dma_coherent) in [(false, true), (true, false), (false, false)] {
+        let ram = Rc::new(Ram::with_coherency(ARENA_BASE, 16 << 20, false));
+        let mut mem = GatedArena {
+            inner: Arena::with_ram(ram.clone()),
+            cleaning: false,
+        };
+        let model = SmmuModel::new(
+            ModelConfig {
+                cohacc,
+                ..ModelConfig::default()
+            },
+            ram,
+        );
+        let sids = [(SID, 1)];
+        let cfg = ProbeConfig {
+            coherent: dma_coherent,
+            sids: &sids,
+            cmdq_log2: None,
+            evtq_log2: None,
+        };
+        // SAFETY: every call in this test passes this same memory.
+        let mut smmu = unsafe { Smmu::probe(&model, &mut mem, &cfg) }
+            .unwrap_or_else(|e| panic!("COHACC {cohacc} dma-coherent {dma_coherent}: {e}"));
+        assert!(smmu.needs_clean());
+        let ops: Vec<u8> = model.executed().iter().map(Command::opcode).collect();
+        assert_eq!(ops, [op::CFGI_STE_RANGE, op::TLBI_NSNH_ALL, op::CMD_SYNC]);
+        assert!(model.rejected().is_empty());
+        assert_eq!(
+            model.dma(0x11, 0, false),
+            Err(DmaFault::Abort),
+            "abort STE seen"
+        );
+        assert_eq!(model.dma(0x310, 0, false), Err(DmaFault::BadStreamId));
+        let mut s2 = {
+            let geom = S2Geometry::new(Granule::Size4K, 32, 40).unwrap();
+            // SAFETY: the test passes this memory to every call.
+            unsafe { Stage2::new(geom, &mut mem) }.unwrap()
+        };
+        s2.map(
+            &mut mem,
+            &mut NoTlb,
+            Ipa(0x9000),
+            PhysAddr(OUT),
+            PAGE,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        smmu.set_ste_s2(&mut mem, SID, &S2Config::for_stage2(&s2, VMID))
+            .unwrap();
+        assert_eq!(model.dma(SID, 0x9000, false), Ok(PhysAddr(OUT)));
+    }
 }

@@ -65,6 +65,13 @@ impl SmmuIo for FakeIo {
     fn write64(&self, off: usize, v: u64) {
         self.write32(off, v as u32);
     }
+    fn now_ns(&self) -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
 }
 
 /// A thread-safe page pool: 4 KiB pages from a free list, larger blocks bumped.
