@@ -12,9 +12,9 @@
 //! | 2    | 15:0  | S2VMID   | the domain's VMID                                        |
 //! | 2    | 37:32 | S2T0SZ   | `64 - ipa_bits`                                          |
 //! | 2    | 39:38 | S2SL0    | as `VTCR_EL2.SL0`                                        |
-//! | 2    | 41:40 | S2IR0    | 0b01 write-back write-allocate                           |
-//! | 2    | 43:42 | S2OR0    | 0b01 write-back write-allocate                           |
-//! | 2    | 45:44 | S2SH0    | 0b11 inner shareable                                     |
+//! | 2    | 41:40 | S2IR0    | 0b01 write-back write-allocate (0b00 if not coherent)    |
+//! | 2    | 43:42 | S2OR0    | 0b01 write-back write-allocate (0b00 if not coherent)    |
+//! | 2    | 45:44 | S2SH0    | 0b11 inner shareable (0b10 outer if not coherent)        |
 //! | 2    | 47:46 | S2TG     | as `VTCR_EL2.TG0` (0 = 4K, 1 = 64K, 2 = 16K)             |
 //! | 2    | 50:48 | S2PS     | as `VTCR_EL2.PS`                                         |
 //! | 2    | 51    | S2AA64   | 1 (0 aborts QEMU)                                        |
@@ -106,6 +106,10 @@ pub const STE3_S2TTB_MASK: u64 = 0x000f_ffff_ffff_fff0;
 pub const WALK_WBWA: u64 = 0b01;
 /// Walk shareability: inner shareable.
 pub const WALK_ISH: u64 = 0b11;
+/// Walk cacheability: non-cacheable.
+pub const WALK_NC: u64 = 0b00;
+/// Walk shareability: outer shareable.
+pub const WALK_OSH: u64 = 0b10;
 
 /// A stage-2-only translation for a stream: the STE fields that describe the table.
 /// The raw fields are those of [`S2Geometry`] (`t0sz() sl0() tg() ps()`).
@@ -194,6 +198,20 @@ impl Ste {
         Self([w0, w1, w2, w3, 0, 0, 0, 0])
     }
 
+    /// The same entry with its stage-2 table walks non-cacheable and outer shareable: for
+    /// an SMMU that does not snoop the caches (as `CR1` then sets for its own structures,
+    /// and as Linux's non-coherent walks do). Walks then read what was cleaned to PoC.
+    pub const fn with_noncoherent_walk(self) -> Self {
+        let mask =
+            (0b11 << STE2_S2IR0_SHIFT) | (0b11 << STE2_S2OR0_SHIFT) | (0b11 << STE2_S2SH0_SHIFT);
+        let mut ste = self;
+        ste.0[2] = (ste.0[2] & !mask)
+            | (WALK_NC << STE2_S2IR0_SHIFT)
+            | (WALK_NC << STE2_S2OR0_SHIFT)
+            | (WALK_OSH << STE2_S2SH0_SHIFT);
+        ste
+    }
+
     /// Whether V is set.
     pub const fn is_valid(&self) -> bool {
         self.0[0] & STE0_V != 0
@@ -250,7 +268,13 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// is invalidated before it is reused for other tables (I4).
     pub fn set_ste_s2(&mut self, mem: &mut M, sid: u32, cfg: &S2Config) -> Result<(), SmmuError> {
         self.check_s2_config(cfg)?;
-        self.write_ste(mem, sid, &Ste::stage2(cfg))
+        let ste = Ste::stage2(cfg);
+        let ste = if self.coherent {
+            ste
+        } else {
+            ste.with_noncoherent_walk()
+        };
+        self.write_ste(mem, sid, &ste)
     }
 
     /// Makes every transaction of `sid` abort (break-before-make, `CFGI_STE`, `CMD_SYNC`).

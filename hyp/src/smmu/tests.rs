@@ -1427,5 +1427,12 @@ fn non_coherent_probe_cleans_from_the_first_write() {
         smmu.set_ste_s2(&mut mem, SID, &S2Config::for_stage2(&s2, VMID))
             .unwrap();
         assert_eq!(model.dma(SID, 0x9000, false), Ok(PhysAddr(OUT)));
+        // Its stage-2 walks are non-cacheable, outer shareable, as CR1 for the rest.
+        let w2 = smmu.read_ste(&mem, SID).unwrap().0[2];
+        assert_eq!(
+            (w2 >> 40) & 0x3f,
+            0b10_00_00,
+            "S2SH0 = OSH, S2OR0 = S2IR0 = NC"
+        );
     }
 }
