@@ -712,3 +712,22 @@ fn page_rounding() {
     assert_eq!(page_round(r(0xfff, 2)), r(0, 0x2000));
     assert_eq!(page_round(r(u64::MAX - 0x10, 0x10)).base.get(), !0xfff);
 }
+
+#[test]
+fn smmu_not_driven_is_put_in_abort() {
+    use crate::smmu::model::{DmaFault, ModelConfig, SmmuModel};
+    let mem = crate::testutil::Arena::new(1 << 20);
+    let model = SmmuModel::new(ModelConfig::default(), mem.ram());
+    // Reset state: bypass while disabled.
+    assert_eq!(
+        model.dma(0x10, 0x4000_0000, true),
+        Ok(crate::addr::PhysAddr(0x4000_0000))
+    );
+    crate::smmu::force_abort(&&model).unwrap();
+    assert_eq!(model.dma(0x10, 0x4000_0000, true), Err(DmaFault::Abort));
+    assert_eq!(model.reg(crate::smmu::regs::CR0), 0);
+    assert_ne!(
+        model.reg(crate::smmu::regs::GBPA) & crate::smmu::regs::GBPA_ABORT,
+        0
+    );
+}
