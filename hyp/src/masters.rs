@@ -374,10 +374,12 @@ impl Masters {
     }
 
     /// What the host stage-2 must account for: `reg`, plus a PCI host bridge's `ranges`
-    /// windows (its ECAM and the windows its BARs live in).
+    /// windows (its ECAM and the windows its BARs live in; a node with an `iommu-map`
+    /// counts as a bridge).
     pub fn regions(&self, v: &Verdict) -> impl Iterator<Item = PhysRange> + '_ {
         let n = &self.nodes[v.node];
-        let windows: &[PhysRange] = if n.pci_bridge { &n.windows } else { &[] };
+        let bridge = n.pci_bridge || n.has_iommu_map;
+        let windows: &[PhysRange] = if bridge { &n.windows } else { &[] };
         n.regs.iter().chain(windows.iter()).copied()
     }
 
