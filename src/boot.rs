@@ -14,6 +14,7 @@ use hyp::dtb::{self, Platform};
 use hyp::el2_s1::{MAIR_EL2, S1Attr};
 use hyp::host_mem::HostMem;
 use hyp::layout;
+use hyp::masters::{Decision, Masters};
 use hyp::psci::PowerState;
 use hyp::s2mmu::{Granule, S2Attrs, S2Geometry, Stage2};
 use hyp::vmid_alloc::VmidAllocator;
@@ -233,7 +234,20 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
 
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
     let mut probed = crate::iommu::probe_all(&plat)?;
-    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, probed.min_oas, &probed.frames)?;
+    // ---- Who may master DMA: one decision per device node --------------------------------
+    let masters = decide_masters(blob, &plat, &probed)?;
+    let host_mmio = masters
+        .host_mmio()
+        .map_err(|_| "no memory for the host's MMIO list")?;
+    let s2 = build_host_stage2(
+        &id,
+        &plat,
+        &ram,
+        &carveouts,
+        probed.min_oas,
+        &probed.frames,
+        &host_mmio,
+    )?;
     let geom = s2.geometry();
     let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
     let vttbr = s2.root().get() | ((HOST_VMID as u64) << 48);
@@ -297,7 +311,13 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // SAFETY: `out` is free host RAM, mapped at EL2, overlapping nothing in use.
     let out_buf =
         unsafe { core::slice::from_raw_parts_mut(out.base.get() as *mut u8, out_size as usize) };
-    let edits = dtb::HostDtbEdits::for_host(&plat, &carveouts);
+    let hidden = masters
+        .hidden_offsets()
+        .map_err(|_| "no memory for the host DTB edits")?;
+    let edits = dtb::HostDtbEdits {
+        disable_nodes: &hidden,
+        ..dtb::HostDtbEdits::for_host(&plat, &carveouts)
+    };
     let n = dtb::build_host_dtb(blob, out_buf, &edits).map_err(|_| "cannot build the host DTB")?;
     arch::clean_dcache_range(out.base.get(), n as u64);
     println!("warden: host DTB at {:#x} ({n} bytes)", out.base.get());
@@ -344,6 +364,45 @@ fn kernel_footprint(file: PhysRange) -> Result<PhysRange, &'static str> {
     Ok(PhysRange::new(file.base.get(), file.size.max(image_size)))
 }
 
+/// Decides, node by node, which devices the host may reach ([`hyp::masters`]), from the
+/// DTB, the SMMUs Warden drives and `warden.passthrough=`, and prints every decision.
+fn decide_masters(
+    blob: &[u8],
+    plat: &Platform,
+    probed: &crate::iommu::Probed,
+) -> Result<Masters, &'static str> {
+    let nodes = dtb::device_nodes(blob).map_err(|_| "the device tree is malformed")?;
+    let live: Vec<u64> = probed
+        .nodes
+        .iter()
+        .filter_map(|&i| plat.smmus.get(i))
+        .map(|s| s.regs.base.get())
+        .collect();
+    let pass: Vec<&str> =
+        hyp::bootargs::passthrough_paths(plat.bootargs.as_deref().unwrap_or("")).collect();
+    let m = hyp::masters::decide(nodes, &live, &pass).map_err(|_| "no memory for the decisions")?;
+    for v in &m.verdicts {
+        if v.decision == Decision::Passthrough {
+            log::warn!("UNPROTECTED: device {}", m.describe(v));
+        }
+        println!("warden: device {}", m.describe(v));
+    }
+    for n in &m.notes {
+        log::warn!("device: {}", m.describe_note(n));
+    }
+    println!(
+        "warden: DMA masters: {} device node(s): {} translated, {} emulated, {} no-dma, {} warden, {} hidden (disabled for the host, out of its stage-2), {} PASSTHROUGH (UNPROTECTED)",
+        m.verdicts.len(),
+        m.count(Decision::Translated),
+        m.count(Decision::Emulated),
+        m.count(Decision::NoDma),
+        m.count(Decision::Warden),
+        m.count(Decision::Hidden),
+        m.count(Decision::Passthrough)
+    );
+    Ok(m)
+}
+
 fn build_host_stage2(
     id: &hyp::el2_setup::IdRegs,
     plat: &Platform,
@@ -351,6 +410,7 @@ fn build_host_stage2(
     carveouts: &[PhysRange],
     smmu_oas: Option<u32>,
     smmu_frames: &[PhysRange],
+    host_mmio: &[PhysRange],
 ) -> Result<Stage2, &'static str> {
     // One geometry both the CPU and every SMMU can walk: output size within the CPU's
     // PARange and every SMMU's OAS, input size covering all RAM and MMIO in the DTB.
@@ -381,22 +441,29 @@ fn build_host_stage2(
         unsafe { Stage2::new(geom, &mut mem) }.map_err(|_| "no memory for the host stage-2")?;
     let space = PhysRange::new(0, 1u64 << ipa_bits);
     let mut err = Ok(());
-    // Everything that is not RAM: Device memory (MMIO), largest blocks possible, except
-    // the SMMUs' register frames, which only Warden may touch.
+    // MMIO: only the pages of devices the host may reach (`host_mmio`, from
+    // hyp::masters: nothing hidden, nothing undescribed), Device memory, largest blocks
+    // possible; never RAM or the SMMUs' register frames, which only Warden may touch.
     let mut holes: Vec<PhysRange> = ram.to_vec();
     holes.extend_from_slice(smmu_frames);
-    layout::subtract(space, &holes, |r| {
-        if err.is_ok() {
-            err = s2.map(
-                &mut mem,
-                &mut tlb,
-                Ipa(r.base.get()),
-                r.base,
-                r.size,
-                S2Attrs::DEVICE_RW,
-            );
-        }
-    });
+    for mmio in host_mmio.iter().filter(|m| m.base.get() < space.end()) {
+        let mmio = PhysRange::new(
+            mmio.base.get(),
+            mmio.size.min(space.end() - mmio.base.get()),
+        );
+        layout::subtract(mmio, &holes, |r| {
+            if err.is_ok() {
+                err = s2.map(
+                    &mut mem,
+                    &mut tlb,
+                    Ipa(r.base.get()),
+                    r.base,
+                    r.size,
+                    S2Attrs::DEVICE_RW,
+                );
+            }
+        });
+    }
     // RAM minus Warden's carve-outs: Normal write-back, host-owned.
     for bank in ram {
         layout::subtract(*bank, carveouts, |r| {

@@ -38,8 +38,9 @@ fn described_sids(plat: &Platform, phandle: Option<u32>) -> Vec<(u32, u32)> {
 }
 
 /// Probes every available SMMU of the DTB: maps its frame at EL2, takes it over (global
-/// abort first, every STE aborting) and prints its features. Returns the smallest output
-/// address size among them, which bounds the shared stage-2.
+/// abort first, every STE aborting) and prints its features; puts every other SMMU of the
+/// DTB (disabled, or failed to probe) in abort. Returns the smallest output address size
+/// among those it drives, which bounds the shared stage-2.
 pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
     let mut io = Probed {
         smmus: Vec::new(),
@@ -50,11 +51,13 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
     let mut min_oas: Option<u32> = None;
     for (i, s) in plat.smmus.iter().enumerate() {
         io.frames.push(s.regs);
+        mm::map_hyp(s.regs, S1Attr::Device).map_err(|_| "cannot map an SMMU at EL2")?;
         if !s.available {
-            log::info!("smmu{i}: {:?} disabled in the DTB; left alone", s.regs);
+            // Its reset state may be bypass: put it in abort; the devices behind it are
+            // hidden from the host (hyp::masters).
+            abort_undriven(i, s.regs, "disabled in the DTB");
             continue;
         }
-        mm::map_hyp(s.regs, S1Attr::Device).map_err(|_| "cannot map an SMMU at EL2")?;
         let sids = described_sids(plat, s.phandle);
         // A faulting device raises an event per access: a 4096-entry event queue
         // (128 KiB) holds a few pages of faults between two drains.
@@ -80,12 +83,31 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
                 io.nodes.push(i);
             }
             Err(e) => {
-                log::error!("smmu{i} at {:?}: {e}; left aborting all DMA", s.regs);
+                log::error!("smmu{i} at {:?}: {e}", s.regs);
+                abort_undriven(i, s.regs, "failed to probe");
             }
         }
     }
     io.min_oas = min_oas;
     Ok(io)
+}
+
+/// Puts an SMMU Warden does not drive in abort (`GBPA.ABORT`, `SMMUEN = 0`) and says
+/// whether that worked. Its frame is mapped at EL2 and stays out of the host stage-2.
+fn abort_undriven(i: usize, regs: PhysRange, why: &str) {
+    // SAFETY: the frame comes from the DTB, is mapped Device at EL2, and nothing else
+    // uses it (no `Smmu` owns it; it is never in the host stage-2).
+    let io = unsafe { El2SmmuIo::new(regs.base.get() as usize) };
+    match hyp::smmu::force_abort(&io) {
+        Ok(()) => crate::println!(
+            "warden: smmu{i} at {:#x}: {why}: put in abort (GBPA.ABORT, SMMUEN=0); devices behind it are hidden",
+            regs.base.get()
+        ),
+        Err(e) => log::error!(
+            "smmu{i} at {:#x}: {why}, and cannot be put in abort ({e}); devices behind it are hidden",
+            regs.base.get()
+        ),
+    }
 }
 
 /// What [`probe_all`] found.

@@ -13,7 +13,11 @@
 //! - `warden.deadline_ms=<ms>` — … or once its oldest unmap is older than this many
 //!   milliseconds, 1 to [`MAX_DEADLINE_MS`] (default [`DEFAULT_DEADLINE_MS`]);
 //! - `warden.domain_tlbi=smmu|cpu` — how host-managed DMA domains are invalidated when BTM
-//!   is in use: SMMU commands (default) or CPU TLBIs by the domain's VMID.
+//!   is in use: SMMU commands (default) or CPU TLBIs by the domain's VMID;
+//! - `warden.passthrough=<path>[,<path>...]` — DTB nodes (full paths) the host may use
+//!   although Warden would hide them as DMA masters outside every SMMU
+//!   ([`crate::masters`]): UNPROTECTED, for board integrators; repeatable, the lists add
+//!   up ([`passthrough_paths`]).
 //!
 //! Words are separated by ASCII whitespace; double quotes group (`key="a b"`) and are
 //! stripped from values, as in Linux. Words that do not start with `warden.` are ignored
@@ -167,6 +171,7 @@ pub fn parse_with<'a>(args: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Optio
             "domain_tlbi" => given
                 .and_then(parse_domain_tlbi)
                 .map(|c| opts.domain_cpu_tlbi = c),
+            "passthrough" => given.and_then(check_paths),
             _ => {
                 warn(Warning::UnknownKey(key));
                 continue;
@@ -181,6 +186,25 @@ pub fn parse_with<'a>(args: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Optio
         }
     }
     opts
+}
+
+/// A `warden.passthrough=` value: comma-separated absolute node paths.
+fn check_paths(v: &str) -> Result<(), &'static str> {
+    if v.split(',').all(|p| p.starts_with('/')) {
+        Ok(())
+    } else {
+        Err("expected comma-separated node paths, each starting with /")
+    }
+}
+
+/// Every path of every valid `warden.passthrough=` word of `args`, in order (invalid
+/// words are [`parse`]'s warnings and contribute nothing).
+pub fn passthrough_paths(args: &str) -> impl Iterator<Item = &str> {
+    (Words { rest: args })
+        .filter_map(|w| w.strip_prefix("warden.passthrough="))
+        .map(unquote)
+        .filter(|v| !v.is_empty() && check_paths(v).is_ok())
+        .flat_map(|v| v.split(','))
 }
 
 /// Whitespace-separated words; double quotes protect whitespace.
@@ -582,6 +606,35 @@ mod tests {
             w[1].to_string(),
             "warden.btm=\"2\" ignored: expected on or off"
         );
+    }
+
+    #[test]
+    fn passthrough_lists_add_up() {
+        let args = "warden.passthrough=/virtio_mmio@a000000,/soc/dma@6000 quiet \
+                    warden.passthrough=\"/fw-cfg@9020000\" warden.passthrough=bad,/x \
+                    warden.passthrough=";
+        assert_eq!(
+            passthrough_paths(args).collect::<Vec<_>>(),
+            ["/virtio_mmio@a000000", "/soc/dma@6000", "/fw-cfg@9020000"]
+        );
+        let p = parse(args);
+        assert_eq!(p.options, Options::default());
+        assert_eq!(
+            p.warnings().collect::<Vec<_>>(),
+            [
+                Warning::BadValue {
+                    key: "warden.passthrough",
+                    value: "bad,/x",
+                    reason: "expected comma-separated node paths, each starting with /",
+                },
+                Warning::BadValue {
+                    key: "warden.passthrough",
+                    value: "",
+                    reason: "missing value",
+                },
+            ]
+        );
+        assert_eq!(passthrough_paths("console=ttyAMA0").count(), 0);
     }
 
     proptest! {

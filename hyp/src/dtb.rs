@@ -38,6 +38,9 @@ use core::fmt;
 
 use crate::addr::{PhysAddr, PhysRange};
 
+mod nodes;
+pub use nodes::{DeviceNode, IommuRef, MapEntry, device_nodes};
+
 /// Maximum node nesting depth accepted (the root is depth 0). Real DTBs stay below 10.
 pub const MAX_DEPTH: usize = 32;
 
@@ -1567,6 +1570,9 @@ pub struct HostDtbEdits<'e> {
     pub disable_smmus: bool,
     /// Drops the `/chosen/module@…` nodes (otherwise they are kept).
     pub drop_modules: bool,
+    /// Sets `status = "disabled"` on these nodes, named by [`DeviceNode::offset`] (the
+    /// devices [`crate::masters`] hides from the host).
+    pub disable_nodes: &'e [usize],
 }
 
 impl<'e> HostDtbEdits<'e> {
@@ -1583,6 +1589,7 @@ impl<'e> HostDtbEdits<'e> {
             initrd: platform.ramdisk.as_ref().map(|r| r.range),
             disable_smmus: true,
             drop_modules: false,
+            disable_nodes: &[],
         }
     }
 }
@@ -1672,7 +1679,7 @@ pub fn build_host_dtb(
         "#address-cells" | "#size-cells" | "ranges" => carving && resmem.is_none(),
         "bootargs" => edits.bootargs.is_some(),
         "linux,initrd-start" | "linux,initrd-end" => edits.initrd.is_some(),
-        _ => edits.disable_smmus,
+        _ => edits.disable_smmus || !edits.disable_nodes.is_empty(),
     };
     for (i, name) in ADDED_NAMES.iter().enumerate() {
         if !used(name) {
@@ -1923,8 +1930,9 @@ impl Emitter<'_, '_, '_> {
         }
         let fdt = self.fdt;
         let node = fdt.node_at(begin)?;
-        let smmu =
-            self.edits.disable_smmus && strlist_has(fdt.prop(node, "compatible"), "arm,smmu-v3");
+        let smmu = (self.edits.disable_smmus
+            && strlist_has(fdt.prop(node, "compatible"), "arm,smmu-v3"))
+            || self.edits.disable_nodes.contains(&begin);
         self.begin(node.name.as_bytes());
         let mut off = node.body;
         // Properties.
@@ -3020,6 +3028,7 @@ mod tests {
             initrd: Some(r(0x1800_0000, 0x1234)),
             disable_smmus: true,
             drop_modules: false,
+            disable_nodes: &[],
         };
         let mut out = vec![0u8; 1024];
         let n = build_host_dtb(&orig, &mut out, &edits).unwrap();
@@ -3162,6 +3171,7 @@ mod tests {
     /// consistent. Panics only on a real bug.
     fn exercise(blob: &[u8], out: &mut [u8]) {
         let parsed = Platform::parse(blob);
+        let _ = device_nodes(blob);
         let carve = [r(0x7e00_0000, 0x10_0000)];
         let edits = HostDtbEdits {
             carve_outs: &carve,
@@ -3169,6 +3179,7 @@ mod tests {
             initrd: Some(r(0x5800_0000, 0x2000)),
             disable_smmus: true,
             drop_modules: false,
+            disable_nodes: &[0, 4, 8],
         };
         match build_host_dtb(blob, out, &edits) {
             Ok(n) => {

@@ -19,6 +19,7 @@ pub mod events;
 pub mod fault;
 pub mod host_mem;
 pub mod layout;
+pub mod masters;
 pub mod pins;
 pub mod psci;
 pub mod s2mmu;

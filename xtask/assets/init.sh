@@ -288,6 +288,43 @@ t_smmu() {
 	pass smmu-hidden "no IOMMU in Linux; ${node##*/} disabled; $R"
 }
 
+# 4c. dma-masters-hidden: the DMA masters that no SMMU translates (fw_cfg, virtio-mmio
+# transports) are disabled in the host's device tree and outside its stage-2: reading
+# their registers kills the reader (Warden's banner lists every decision; the harness
+# checks it).
+t_masters() {
+	n=0
+	fw=
+	vio=
+	for c in /proc/device-tree/*/compatible; do
+		if grep -q -e 'qemu,fw-cfg-mmio' -e 'virtio,mmio' "$c" 2>/dev/null; then
+			node=${c%/compatible}
+			st=$(tr -d '\0' <"$node/status" 2>/dev/null)
+			if [ "$st" != disabled ]; then
+				fail dma-masters-hidden "${node##*/} has status '$st', expected 'disabled'"
+				return
+			fi
+			n=$((n + 1))
+			if grep -q 'qemu,fw-cfg-mmio' "$c"; then fw=$node; elif [ -z "$vio" ]; then vio=$node; fi
+		fi
+	done
+	if [ -z "$fw" ] || [ -z "$vio" ]; then
+		fail dma-masters-hidden "no qemu,fw-cfg-mmio or no virtio,mmio node in /proc/device-tree"
+		return
+	fi
+	got=
+	for node in "$fw" "$vio"; do
+		reg=$(hex "$node/reg")
+		base=$((0x$(echo "$reg" | cut -c1-16)))
+		if ! probe "$(printf 0x%x $base)"; then
+			fail dma-masters-hidden "${node##*/} registers readable by the host: $R"
+			return
+		fi
+		got="$got; ${node##*/} $R"
+	done
+	pass dma-masters-hidden "$n fw_cfg/virtio-mmio nodes disabled$got"
+}
+
 # 5. virtio-blk: the harness's disk is /dev/vda, its contents are what the harness wrote,
 # and a write at its end reads back.
 t_blk() {
@@ -349,6 +386,7 @@ t_el1
 t_reserved
 t_devmem
 t_smmu
+t_masters
 t_blk
 [ -n "$RBASE" ] && info "the shell is still alive after the carve-out probes"
 echo "WTEST DONE"

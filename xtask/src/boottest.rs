@@ -18,15 +18,31 @@ use crate::util::{
 };
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 8] = [
     "cpus",
     "hotplug",
     "el1",
     "reserved-memory",
     "devmem-carveout",
     "smmu-hidden",
+    "dma-masters-hidden",
     "virtio-blk",
 ];
+/// Warden prints one line per device node with its DMA-master decision
+/// (`warden: device <path> [<compatible>] <ranges>: <decision> (<why>)`, hyp::masters).
+pub const DECISION_PREFIX: &str = "warden: device /";
+/// The decision every node of these compatibles must get on QEMU virt: each must appear
+/// at least once, and no line of that compatible may say anything else.
+pub const DECISIONS: [(&str, &str); 6] = [
+    ("qemu,fw-cfg-mmio", "hidden"),
+    ("virtio,mmio", "hidden"),
+    ("pci-host-ecam-generic", "translated"),
+    ("arm,smmu-v3", "warden"),
+    ("arm,pl011", "no-dma"),
+    ("cfi-flash", "no-dma"),
+];
+/// Warden's summary of the decisions.
+pub const DECISION_SUMMARY: &str = "warden: DMA masters: ";
 /// Warden's first line starts with this (`Warden v<version>`).
 pub const BANNER_PREFIX: &str = "Warden ";
 /// Warden logs this (with the address) when the host touches memory it does not own.
@@ -299,12 +315,44 @@ pub fn evaluate(
             }
         }
     }
+    if expect.warden {
+        problems.extend(decision_problems(output));
+    }
     for want in &expect.log {
         if !output.contains(want.as_str()) {
             problems.push(format!("`{want}` is not in the log"));
         }
     }
     problems.extend(qemu::exit_problem(exit, timeout));
+    problems
+}
+
+/// What is wrong with the DMA-master decisions in Warden's banner ([`DECISIONS`]).
+pub fn decision_problems(output: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with(DECISION_PREFIX))
+        .collect();
+    for (compat, want) in DECISIONS {
+        let tag = format!(" [{compat}] ");
+        let of: Vec<&&str> = lines.iter().filter(|l| l.contains(&tag)).collect();
+        if of.is_empty() {
+            problems.push(format!(
+                "Warden's banner has no DMA-master decision for a `{compat}` node (`{DECISION_PREFIX}… [{compat}] …: {want} (…)`)"
+            ));
+        }
+        for l in of {
+            if !l.contains(&format!(": {want} (")) {
+                problems.push(format!("expected `{compat}` to be {want}: {l}"));
+            }
+        }
+    }
+    if !output.lines().any(|l| l.starts_with(DECISION_SUMMARY)) {
+        problems.push(format!(
+            "Warden's banner has no DMA-master summary (`{DECISION_SUMMARY}…`)"
+        ));
+    }
     problems
 }
 
@@ -467,6 +515,14 @@ mod tests {
     const GOOD: &str = "\
 Warden v0.1.0
 load address 0x43200000
+warden: device /fw-cfg@9020000 [qemu,fw-cfg-mmio] 0x9020000..0x9020018: hidden (fw_cfg DMA interface)
+warden: device /virtio_mmio@a000000 [virtio,mmio] 0xa000000..0xa000200: hidden (virtio-mmio)
+warden: device /virtio_mmio@a000200 [virtio,mmio] 0xa000200..0xa000400: hidden (virtio-mmio)
+warden: device /smmuv3@9050000 [arm,smmu-v3] 0x9050000..0x9070000: warden (SMMUv3 driven by Warden)
+warden: device /pcie@10000000 [pci-host-ecam-generic] 0x4010000000..0x4020000000: translated (behind an SMMU)
+warden: device /pl011@9000000 [arm,pl011] 0x9000000..0x9001000: no-dma (known not to master DMA)
+warden: device /flash@0 [cfi-flash] 0x0..0x4000000: no-dma (known not to master DMA)
+warden: DMA masters: 7 device node(s): 1 translated
 [    0.000000] Booting Linux on physical CPU 0x0000000000 [0x000f0510]
 WTEST START 6.1.0-56-cloud-arm64
 WTEST PASS cpus: online 0-3
@@ -476,6 +532,7 @@ WTEST PASS reserved-memory: warden@4fe00000 base=0x4fe00000 size=0x200000 no-map
 warden: host stage-2 fault at 0x4fe00000
 WTEST PASS devmem-carveout: 0x4fe00000 killed by SIGBUS (status 135)
 WTEST PASS smmu-hidden: no IOMMU in Linux; smmuv3@9050000 disabled
+WTEST PASS dma-masters-hidden: 33 nodes disabled
 WTEST PASS virtio-blk
 WTEST DONE
 ";
@@ -493,9 +550,9 @@ WTEST DONE
     fn a_good_boot_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T, &expect()), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 7);
+        assert_eq!(r.passed.len(), 8);
         assert_eq!(r.passed[0], ("cpus".to_string(), "online 0-3".to_string()));
-        assert_eq!(r.passed[6], ("virtio-blk".to_string(), String::new()));
+        assert_eq!(r.passed[7], ("virtio-blk".to_string(), String::new()));
     }
 
     #[test]
@@ -533,6 +590,30 @@ WTEST DONE
             &GOOD.replace("WTEST PASS cpus: online 0-3\n", ""),
             Some(0),
             "no result for the `cpus` check",
+        );
+        // The DMA-master decisions must be in the banner, and right.
+        check(
+            &GOOD.replace(": hidden (fw_cfg", ": no-dma (fw_cfg"),
+            Some(0),
+            "expected `qemu,fw-cfg-mmio` to be hidden",
+        );
+        check(
+            &GOOD.replace(
+                "[virtio,mmio] 0xa000200..0xa000400: hidden",
+                "[virtio,mmio] 0xa000200..0xa000400: PASSTHROUGH, UNPROTECTED",
+            ),
+            Some(0),
+            "expected `virtio,mmio` to be hidden",
+        );
+        check(
+            &GOOD.replace("[pci-host-ecam-generic]", "[pci]"),
+            Some(0),
+            "no DMA-master decision for a `pci-host-ecam-generic` node",
+        );
+        check(
+            &GOOD.replace("warden: DMA masters: ", "DMA: "),
+            Some(0),
+            "no DMA-master summary",
         );
         // A failure reported besides a pass still fails the boot.
         check(

@@ -2,12 +2,13 @@
 //! Warden, in place of Linux, with QEMU's `edu` PCI device, and judge the console log.
 //!
 //! A variant passes only if: every check printed `EDU PASS <name>` and nothing printed
-//! `EDU FAIL`; the summary line says `edu: 4 passed, 0 failed`; Warden's banner appeared;
+//! `EDU FAIL`; the summary line says `edu: 5 passed, 0 failed`; Warden's banner appeared;
 //! for each address the image names in an `edu: target <what>=0x…` line (the carve-out's
 //! first and middle page, the donated page) Warden logged an SMMU fault: a line of its
 //! own (not one of the image's `EDU `/`edu:` lines) containing `SMMU`, `sid 0x10` (the
-//! StreamID of `edu,addr=2`) and that address as a `0x…` number; and QEMU powered off by
-//! itself with status 0 before the timeout.
+//! StreamID of `edu,addr=2`) and that address as a `0x…` number; Warden logged a host
+//! stage-2 fault on fw_cfg's DMA register (the image's `edu: fw_cfg at …, DMA register
+//! 0x…` line); and QEMU powered off by itself with status 0 before the timeout.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,12 +29,17 @@ use crate::util::{self, Context, Result, hex_numbers, name_and_rest, say, show};
 /// The boot-test variants the edu image runs on.
 pub const VARIANT_NAMES: [&str; 3] = ["max-gicv3", "a57-gicv2", "n1-5g"];
 /// The image's checks, in the order it runs them (test-images/edu-dma/src/checks.rs).
-pub const CHECKS: [&str; 4] = [
+pub const CHECKS: [&str; 5] = [
     "dma-to-host",
     "dma-into-carveout",
     "donate-blocks-dma",
     "donate-errors",
+    "fw-cfg-dma",
 ];
+/// The image names fw_cfg's DMA address register in a line starting with this
+/// (`edu: fw_cfg at 0x… (node …), DMA register 0x…; …`): Warden must log the host's
+/// stage-2 fault on it.
+pub const FW_CFG_LINE: &str = "edu: fw_cfg at ";
 /// The addresses (named by the image's `edu: target <name>=0x…` lines) that Warden must
 /// report SMMU faults for.
 pub const TARGETS: [&str; 3] = ["carveout-base", "carveout-middle", "donated-page"];
@@ -75,7 +81,9 @@ impl TestImage for Edu {
         line.starts_with("EDU ")
             || line.starts_with("edu: target")
             || (line.starts_with("edu: ") && line.ends_with(" failed"))
-            || (!is_image_line(line) && line.contains("SMMU"))
+            || (!is_image_line(line)
+                && !line.starts_with(crate::boottest::DECISION_PREFIX)
+                && line.contains("SMMU"))
     }
 
     fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<String> {
@@ -241,6 +249,8 @@ pub struct Results {
     pub summary: Option<(u32, u32)>,
     /// The `edu: target <name>=0x…` addresses.
     pub targets: Vec<(String, u64)>,
+    /// fw_cfg's DMA register, from the `edu: fw_cfg at …, DMA register 0x…` line.
+    pub fw_cfg_dma: Option<u64>,
 }
 
 /// Whether a console line is the image's own (not Warden's or QEMU's).
@@ -256,6 +266,11 @@ pub fn parse_results(log: &str) -> Results {
             r.passed.push(name_and_rest(p));
         } else if let Some(f) = line.strip_prefix("EDU FAIL ") {
             r.failed.push(name_and_rest(f));
+        } else if line.starts_with(FW_CFG_LINE) {
+            r.fw_cfg_dma = line
+                .split_once("DMA register ")
+                .and_then(|(_, rest)| rest.split([';', ' ', ',']).next())
+                .and_then(|word| hex_numbers(word).first().copied());
         } else if let Some(t) = line.strip_prefix("edu: target ") {
             if let Some((name, value)) = t.trim().split_once('=')
                 && let Some(hex) = value.strip_prefix("0x")
@@ -341,6 +356,24 @@ pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<Strin
             Some(_) => {}
         }
     }
+    match r.fw_cfg_dma {
+        None => problems.push(format!(
+            "the image did not name fw_cfg's DMA register (`{FW_CFG_LINE}…, DMA register 0x…`)"
+        )),
+        Some(addr) => {
+            let logged = output.lines().any(|l| {
+                !is_image_line(l)
+                    && l.contains(crate::boottest::FAULT_TEXT)
+                    && hex_numbers(l).contains(&addr)
+            });
+            if !logged {
+                problems.push(format!(
+                    "Warden logged no `{}` for the host's write of fw_cfg's DMA register {addr:#x}",
+                    crate::boottest::FAULT_TEXT
+                ));
+            }
+        }
+    }
     problems.extend(qemu::exit_problem(exit, timeout));
     problems
 }
@@ -364,7 +397,10 @@ edu: target donated-page=0x50094000
 warden: WARN  SMMU event F_TRANSLATION sid 0x10 iova 0x50094000 write
 EDU PASS donate-blocks-dma: page 0x50094000 donated
 EDU PASS donate-errors: MEM_DONATE(0x50093010, 1) = -2 (INVALID)
-edu: 4 passed, 0 failed
+edu: fw_cfg at 0x9020000 (node disabled), DMA register 0x9020010; donated page 0x50096000
+warden: ERROR host stage-2 fault: write of IPA 0x9020010 (VA 0x9020010) from EL1 at 0x50001234 on CPU 0, ESR 0x92000046: injecting external abort
+EDU PASS fw-cfg-dma: fw_cfg DMA of its signature to donated page 0x50096000: aborted
+edu: 5 passed, 0 failed
 ";
 
     const T: Duration = Duration::from_secs(60);
@@ -373,8 +409,9 @@ edu: 4 passed, 0 failed
     fn a_good_run_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 4);
-        assert_eq!(r.summary, Some((4, 0)));
+        assert_eq!(r.passed.len(), 5);
+        assert_eq!(r.summary, Some((5, 0)));
+        assert_eq!(r.fw_cfg_dma, Some(0x902_0010));
         assert_eq!(
             r.targets,
             [
@@ -408,19 +445,29 @@ edu: 4 passed, 0 failed
             "no result for the `dma-to-host` check",
         );
         check(
-            &GOOD.replace("edu: 4 passed, 0 failed", ""),
+            &GOOD.replace("edu: 5 passed, 0 failed", ""),
             Some(0),
             "never printed its summary",
         );
         check(
-            &GOOD.replace("4 passed, 0 failed", "3 passed, 1 failed"),
+            &GOOD.replace("5 passed, 0 failed", "4 passed, 1 failed"),
             Some(0),
-            "3 passed, 1 failed",
+            "4 passed, 1 failed",
         );
         check(
-            &GOOD.replace("4 passed, 0 failed", "5 passed, 0 failed"),
+            &GOOD.replace("5 passed, 0 failed", "6 passed, 0 failed"),
             Some(0),
-            "5 passed, 0 failed",
+            "6 passed, 0 failed",
+        );
+        check(
+            &GOOD.replace("0x9020010 (VA 0x9020010)", "0x9020000 (VA 0x9020000)"),
+            Some(0),
+            "for the host's write of fw_cfg's DMA register 0x9020010",
+        );
+        check(
+            &GOOD.replace("DMA register 0x9020010", "DMA register ?"),
+            Some(0),
+            "did not name fw_cfg's DMA register",
         );
         // Extra failures (setup, exceptions) fail the run too.
         check(

@@ -383,6 +383,19 @@ fn write_cr0<I: SmmuIo>(io: &I, v: u32) -> Result<(), SmmuError> {
     wait_reg(io, CR0ACK, u32::MAX, v, "CR0ACK")
 }
 
+/// Puts an SMMU that Warden does not drive (disabled in the DTB, or one whose probe
+/// failed) into abort: `GBPA.ABORT` set, then `CR0 = 0` (`SMMUEN` and the queues off), so
+/// that nothing passes untranslated (see [`crate::masters`]).
+///
+/// # Errors
+///
+/// As the first step of [`Smmu::probe`]: a register that does not acknowledge in time,
+/// or `GBPA.ABORT` that does not stick.
+pub fn force_abort<I: SmmuIo>(io: &I) -> Result<(), SmmuError> {
+    gbpa_abort(io)?;
+    write_cr0(io, 0)
+}
+
 /// Bits needed to number `n` things (`ceil(log2(n))`).
 const fn bits_for(n: u64) -> u32 {
     if n <= 1 {

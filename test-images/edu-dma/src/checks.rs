@@ -14,6 +14,12 @@
 //!   directions; `MEM_RECLAIM` returns it unchanged, and DMA reaches it again.
 //! - `donate-errors`: `MEM_DONATE` / `MEM_RECLAIM` refuse bad arguments with the ABI's
 //!   error codes.
+//! - `fw-cfg-dma`: QEMU's fw_cfg DMA interface (a DMA master no SMMU translates) is
+//!   hidden from the host: with a page donated to Warden, the host points fw_cfg's DMA
+//!   at it (the `QEMU` signature, selector 0). The register write must take an external
+//!   abort, the DMA must not run (its access block stays as written), and after
+//!   `MEM_RECLAIM` the page must not hold the signature. fw_cfg comes from the DTB
+//!   Warden hands over (its node disabled, its `reg` still there).
 
 use alloc::format;
 use alloc::string::String;
@@ -28,16 +34,18 @@ use el1_rt::rt::{self, report};
 use el1_rt::{println, smccc};
 
 use crate::logic::{
-    self, PAGE, PageWords, Status, Tag, WORDS, compare, describe_read, judge_refused_read,
-    pattern_page,
+    self, FW_CFG_DMA_REG, FW_CFG_SIGNATURE, PAGE, PageWords, Status, Tag, WORDS, compare,
+    describe_read, find_signature, fw_cfg_block_control, fw_cfg_dma_block, fw_cfg_read_control,
+    judge_refused_read, pattern_page,
 };
 
 /// The checks, in the order they run (the harness expects exactly these).
-pub const CHECKS: [&str; 4] = [
+pub const CHECKS: [&str; 5] = [
     "dma-to-host",
     "dma-into-carveout",
     "donate-blocks-dma",
     "donate-errors",
+    "fw-cfg-dma",
 ];
 
 const PAGE_LEN: u64 = PAGE as u64;
@@ -56,6 +64,10 @@ static DONATED: DmaPage = DmaPage::new();
 /// The page `donate-errors` passes to calls that must fail. Never read or written by the
 /// CPU, so a call that wrongly succeeds cannot make the program fault.
 static SPARE: DmaPage = DmaPage::new();
+/// The page `fw-cfg-dma` donates and points fw_cfg's DMA at.
+static FW_CFG_TARGET: DmaPage = DmaPage::new();
+/// fw_cfg's DMA access block.
+static FW_CFG_BLOCK: HostPage = HostPage::new();
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -95,15 +107,18 @@ pub fn run(plat: &Platform, dtb: &[u8]) {
             c.base.get()
         );
     }
+    // fw_cfg needs no edu: run it whatever happens to edu.
+    let fw_cfg = fw_cfg_dma(dtb);
     let edu = match Edu::setup(plat) {
         Ok((edu, info)) => {
             println!("edu: {info}");
             edu
         }
         Err(why) => {
-            for name in CHECKS {
+            for name in CHECKS.iter().filter(|n| **n != "fw-cfg-dma") {
                 report(name, Err(format!("not run: {why}")));
             }
+            report("fw-cfg-dma", fw_cfg);
             return;
         }
     };
@@ -111,6 +126,7 @@ pub fn run(plat: &Platform, dtb: &[u8]) {
     report("dma-into-carveout", dma_into_carveout(&edu, &carve));
     report("donate-blocks-dma", donate_blocks_dma(&edu));
     report("donate-errors", donate_errors(carve.first().copied()));
+    report("fw-cfg-dma", fw_cfg);
     println!("edu: heap {} KiB used", rt::heap_used().div_ceil(1024));
 }
 
@@ -312,6 +328,86 @@ fn donate_errors(carve: Option<PhysRange>) -> Result<String, String> {
     }
     if problems.is_empty() {
         Ok(done.join("; "))
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+fn fw_cfg_dma(dtb: &[u8]) -> Result<String, String> {
+    let (regs, enabled) = logic::fw_cfg(dtb)
+        .ok_or("the DTB has no qemu,fw-cfg-mmio node with a reg: fw_cfg cannot be found")?;
+    let reg = regs.base.get() + FW_CFG_DMA_REG;
+    let p = FW_CFG_TARGET.addr();
+    println!(
+        "edu: fw_cfg at {:#x} (node {}), DMA register {reg:#x}; donated page {p:#x}",
+        regs.base.get(),
+        if enabled { "enabled" } else { "disabled" }
+    );
+    let filler = pattern_page(Tag::Donated);
+    // SAFETY: the page has not been donated yet.
+    unsafe { FW_CFG_TARGET.store(0, &filler) };
+    let control = fw_cfg_read_control(FW_CFG_SIGNATURE);
+    let block = fw_cfg_dma_block(control, 4, p);
+    let mut words = [0u64; WORDS];
+    words[..2].copy_from_slice(&block);
+    FW_CFG_BLOCK.store(0, &words);
+
+    // SAFETY: from here on the page is touched again only once MEM_RECLAIM returned it.
+    let r = unsafe { smccc::mem_donate(p, 1) };
+    if r.x0 != 0 {
+        return Err(format!(
+            "MEM_DONATE({p:#x}, 1) = {}, expected 0",
+            Status(r.x0)
+        ));
+    }
+    // The host starts fw_cfg's DMA: a 64-bit big-endian write of the block's address.
+    // SAFETY: a device register; an abort of the store comes back as its syndrome.
+    let write = unsafe { rt::try_write64(reg, FW_CFG_BLOCK.addr().to_be()) };
+    let after = fw_cfg_block_control(FW_CFG_BLOCK.load(0)[0]);
+    let r = smccc::mem_reclaim(1);
+    if r.x0 != 0 || r.x1 != p || r.x2 != 1 {
+        return Err(format!(
+            "MEM_RECLAIM(1) = {}, {:#x}, {}: expected 0, {p:#x}, 1 (the page stays Warden's; whether the DMA reached it cannot be checked)",
+            Status(r.x0),
+            r.x1,
+            r.x2
+        ));
+    }
+    // SAFETY: the page is the program's again.
+    let now = unsafe { FW_CFG_TARGET.load(0) };
+
+    let mut problems = Vec::new();
+    let aborted = match write {
+        Err(esr) if esr >> 26 == 0x25 && esr & 0x3f == 0x10 => {
+            format!("the register write took a synchronous external abort (ESR {esr:#x})")
+        }
+        Err(esr) => {
+            problems.push(format!(
+                "the write of fw_cfg's DMA register {reg:#x} took an abort with ESR {esr:#x}, not a synchronous external abort"
+            ));
+            String::new()
+        }
+        Ok(()) => {
+            problems.push(format!(
+                "the write of fw_cfg's DMA register {reg:#x} completed: the host reaches a DMA master that no SMMU translates"
+            ));
+            String::new()
+        }
+    };
+    if after != control {
+        problems.push(format!(
+            "the DMA ran: its access block's control went from {control:#x} to {after:#x}"
+        ));
+    }
+    if let Some(at) = find_signature(&now) {
+        problems.push(format!(
+            "the page donated to Warden received fw_cfg's DMA: after MEM_RECLAIM it holds the \"QEMU\" signature at offset {at}"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(format!(
+            "fw_cfg DMA of its signature to donated page {p:#x}: {aborted}, the access block is untouched (control {after:#x}), no \"QEMU\" in the page after MEM_RECLAIM"
+        ))
     } else {
         Err(problems.join("; "))
     }

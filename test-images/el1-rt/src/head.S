@@ -117,12 +117,39 @@ park:
     wfe
     b       park
 
+// A 64-bit store that may take a synchronous abort (src/rt.rs, `try_write64`):
+// x0 = address, x1 = value. Returns x0 = 0 if the store completed, or the ESR_EL1 of
+// the abort it took (the current-EL sync vector resumes at `probe_fixup`).
+.global probe_write64
+probe_write64:
+    dsb     sy
+probe_insn:
+    str     x1, [x0]
+    dsb     sy
+    mov     x0, #0
+probe_fixup:
+    ret
+
 // ---------------------------------------------------------------------------------------
-// EL1 exception vectors. No exception is expected: each slot hands its number and the
-// syndrome to `el1_exception` (src/rt.rs), which reports it and powers the machine off
-// (the boot CPU) or parks the CPU (a secondary).
+// EL1 exception vectors. No exception is expected, except a synchronous abort of the
+// store at `probe_insn`, which resumes at `probe_fixup` with x0 = ESR_EL1. Every other
+// slot hands its number and the syndrome to `el1_exception` (src/rt.rs), which reports
+// it and powers the machine off (the boot CPU) or parks the CPU (a secondary).
 .macro vector kind
     .balign 0x80
+.if \kind == 4
+    stp     x9, x10, [sp, #-16]!
+    mrs     x9, elr_el1
+    adr     x10, probe_insn
+    cmp     x9, x10
+    b.ne    1f
+    adr     x10, probe_fixup
+    msr     elr_el1, x10
+    mrs     x0, esr_el1
+    ldp     x9, x10, [sp], #16
+    eret
+1:  ldp     x9, x10, [sp], #16
+.endif
     mov     x0, #\kind
     mrs     x1, esr_el1
     mrs     x2, elr_el1

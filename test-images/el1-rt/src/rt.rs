@@ -142,6 +142,27 @@ pub unsafe fn write64(addr: u64, value: u64) {
     unsafe { (addr as *mut u64).write_volatile(value) }
 }
 
+unsafe extern "C" {
+    fn probe_write64(addr: u64, value: u64) -> u64;
+}
+
+/// Writes a 64-bit device register that may refuse the access: `Err(ESR_EL1)` if the
+/// store took a synchronous abort (e.g. the external abort Warden injects for an address
+/// outside the host stage-2), which the exception vectors turn into a return instead of
+/// a failure (head.S, `probe_write64`). Boot CPU or secondaries alike.
+///
+/// # Safety
+///
+/// `addr` must be 8-byte aligned, and a store of `value` there must be harmless to the
+/// program if it completes (a device register, not the program's own memory).
+pub unsafe fn try_write64(addr: u64, value: u64) -> Result<(), u64> {
+    // SAFETY: per the caller's contract; an abort of the store returns its syndrome.
+    match unsafe { probe_write64(addr, value) } {
+        0 => Ok(()),
+        esr => Err(esr),
+    }
+}
+
 /// `DSB SY`: every earlier memory access has completed (before a device is told to DMA,
 /// and after it has said it is done).
 pub fn dsb() {
