@@ -355,7 +355,7 @@ mod tests {
         let mut out = vec![0u8; 64];
         let text_off = out.len() as u64;
         out.extend_from_slice(&text);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let sym_off = out.len() as u64;
@@ -364,7 +364,7 @@ mod tests {
         out.extend_from_slice(&strtab);
         let shstr_off = out.len() as u64;
         out.extend_from_slice(&shstrtab);
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let sh_off = out.len() as u64;

@@ -227,6 +227,8 @@ pub fn run(opts: &Options) -> Result<bool> {
                     "el1-rt",
                     "-p",
                     "conformance",
+                    "-p",
+                    "fp-regs",
                     "--target",
                     build::TEST_IMAGE_TARGET,
                     "--",
