@@ -5,6 +5,13 @@
 //! Real hardware leaves most EL2 controls UNKNOWN at reset (QEMU happens to reset them to
 //! friendly values), so every control that can trap or hide a feature from EL1 is set
 //! explicitly, and only for features the CPU implements.
+//!
+//! EL2 itself stays invisible to the host's observation units: PMU event and cycle
+//! counters do not count at EL2 (MDCR_EL2.HPMD with PMUv3p1, HCCD with PMUv3p5), SPE does
+//! not profile it (PMSCR_EL2 = 0), self-hosted trace does not trace it (TRFCR_EL2 = 0) and
+//! BRBE does not record its branches (BRBCR_EL2.E2BRE = 0). HCR_EL2 never has E2H; the
+//! entry code (`src/head.S`) writes it, masks interrupts and sets PSTATE before anything
+//! else on every CPU.
 
 /// Snapshot of the ID registers (and a few feature probes) that decide the EL2 setup.
 #[derive(Clone, Copy, Debug, Default)]
