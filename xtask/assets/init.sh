@@ -342,7 +342,7 @@ t_blk() {
 }
 
 # 6. fp-regs: a user process keeps known values in every FP/SIMD register (v0-v31, FPCR,
-# FPSR) across traps into Warden (reads of the carve-out: stage-2 fault, SIGBUS), first
+# FPSR; with SVE also z0-z31 and p0-p15) across traps into Warden (reads of the carve-out: stage-2 fault, SIGBUS), first
 # alone, then with an SMMU fault event pending at each trap (QEMU's edu device, found by
 # its PCI IDs, DMAs from the carve-out just before).
 t_fpregs() {
@@ -373,7 +373,7 @@ t_fpregs() {
 		fail fp-regs "with SMMU events pending (edu ${dev##*/}): ${dma:-fp-regs exited with an error}"
 		return
 	fi
-	pass fp-regs "${plain#fp-regs: }; ${dma#fp-regs: } (edu ${dev##*/})"
+	pass fp-regs "alone: ${plain#fp-regs: ok: }; with SMMU events: ${dma#fp-regs: ok: } (edu ${dev##*/})"
 }
 
 echo "WTEST START $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs, cmdline: $CMDLINE"

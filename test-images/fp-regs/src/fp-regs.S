@@ -3,7 +3,14 @@
 //
 // Registers kept across the program: x19 argc, x20 argv, x21 ADDR, x22 rounds,
 // x23 edu registers (VA) or 0, x24 ADDR's VA, x25 current round, x26 traps before the
-// round. Linux system calls preserve every register but x0.
+// round, x27 SVE vector length in bytes (0 without SVE). Linux system calls preserve
+// every register but x0.
+
+.arch_extension sve
+.equ AT_HWCAP, 16
+.equ HWCAP_SVE, 22
+// Largest SVE vector length (2048 bits): 32 Z registers and 16 P registers of it.
+.equ SVE_MAX_BYTES, (32 * 256 + 16 * 32)
 
 .equ SYS_openat, 56
 .equ SYS_write, 64
@@ -51,7 +58,19 @@ _start:
     cbz     x1, usage
     cbz     x0, usage
     mov     x22, x0
-    mov     x23, #0
+    // SVE? AT_HWCAP in the auxiliary vector, after argv[] and envp[] and their NULLs.
+    mov     x27, #0
+    add     x1, x20, x19, lsl #3
+    add     x1, x1, #8              // envp
+4:  ldr     x2, [x1], #8
+    cbnz    x2, 4b
+5:  ldp     x2, x3, [x1], #16       // auxv (type, value) pairs, AT_NULL last
+    cbz     x2, 6f
+    cmp     x2, #AT_HWCAP
+    b.ne    5b
+    tbz     x3, #HWCAP_SVE, 6f
+    rdvl    x27, #1
+6:  mov     x23, #0
     cmp     x19, #4
     b.lo    1f
     ldr     x1, [x20, #24]
@@ -94,8 +113,12 @@ round:
 2:  adr_l   x0, traps
     ldr     x26, [x0]
     mov     x0, x25
-    bl      fp_round
-    cbnz    x0, mismatch
+    cbz     x27, 7f
+    tbz     x25, #0, 7f
+    bl      sve_round               // odd rounds with SVE: the whole Z and P registers
+    b       8f
+7:  bl      fp_round
+8:  cbnz    x0, mismatch
     adr_l   x0, traps
     ldr     x1, [x0]
     cmp     x1, x26
@@ -112,7 +135,12 @@ round:
     ldr     x0, [x0]
     bl      putdec
     say     msg_traps
-    cbz     x23, 3f
+    cbz     x27, 9f
+    say     msg_sve
+    mov     x0, x27
+    bl      putdec
+    say     msg_sve2
+9:  cbz     x23, 3f
     say     msg_edu
 3:  say     msg_nl
     mov     x0, #0
@@ -178,6 +206,83 @@ fp_round:
 .endr
     mov     x0, #0
 1:  ret
+.ltorg
+
+// One SVE round (x0 = round number): fills buffer A with values derived from it, loads
+// z0-z31 and p0-p15 from A and FPCR/FPSR as fp_round does, traps, stores every Z and P
+// register to buffer B, and compares A and B. Returns x0 = 0 if intact, 35 for a Z/P
+// word that changed (x1 = what it holds, x3 = what it should, x2 = its byte offset in
+// the buffer), or 33/34 for FPCR/FPSR as fp_round.
+sve_round:
+    ldr     x9, =0x9e3779b97f4a7c15
+    ldr     x12, =0xd1b54a32d192ed03
+    adr_l   x14, sve_a
+    adr_l   x16, sve_b
+    add     x15, x14, x27, lsl #5   // the P registers after the 32 Z registers
+    add     x17, x16, x27, lsl #5
+    mov     x1, #34
+    mul     x2, x27, x1
+    lsr     x2, x2, #3              // 8-byte words: 32 Z of VL, 16 P of VL / 8
+    lsl     x3, x0, #12
+    mov     x4, #0
+1:  add     x5, x3, x4
+    mul     x5, x5, x9
+    eor     x5, x5, x12
+    ror     x5, x5, #29
+    str     x5, [x14, x4, lsl #3]
+    str     xzr, [x16, x4, lsl #3]
+    add     x4, x4, #1
+    cmp     x4, x2
+    b.lo    1b
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    ldr     z\n, [x14, #\n, mul vl]
+.endr
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    ldr     p\n, [x15, #\n, mul vl]
+.endr
+    and     x10, x0, #0x1f
+    lsl     x10, x10, #22
+    msr     fpcr, x10
+    mrs     x6, fpcr
+    mul     x10, x0, x9
+    mov     x11, #0x9f
+    movk    x11, #0xf800, lsl #16
+    and     x10, x10, x11
+    orr     x10, x10, #1
+    msr     fpsr, x10
+    mrs     x7, fpsr
+
+    ldr     x10, [x24]              // the trap
+
+    mrs     x1, fpcr
+    mov     x3, x6
+    mov     x0, #33
+    cmp     x1, x6
+    b.ne    3f
+    mrs     x1, fpsr
+    mov     x3, x7
+    mov     x0, #34
+    cmp     x1, x7
+    b.ne    3f
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    str     z\n, [x16, #\n, mul vl]
+.endr
+.irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
+    str     p\n, [x17, #\n, mul vl]
+.endr
+    mov     x4, #0
+2:  ldr     x3, [x14, x4, lsl #3]
+    ldr     x1, [x16, x4, lsl #3]
+    cmp     x1, x3
+    b.ne    4f
+    add     x4, x4, #1
+    cmp     x4, x2
+    b.lo    2b
+    mov     x0, #0
+3:  ret
+4:  mov     x0, #35
+    lsl     x2, x4, #3
+    ret
 .ltorg
 
 // SIGBUS handler (x2 = ucontext): step over the faulting load, count the trap.
@@ -334,6 +439,8 @@ puthex:
 
 mismatch:
     mov     x19, x0
+    cmp     x19, #35
+    b.eq    sve_mismatch
     stp     x1, x2, [sp, #-32]!
     stp     x3, x4, [sp, #16]
     say     msg_fail_round
@@ -369,6 +476,44 @@ mismatch:
     mov     x0, #1
     b       exit
 
+// x1 = what the word holds, x3 = what it should, x2 = byte offset in the Z/P buffer.
+sve_mismatch:
+    mov     x20, x1
+    mov     x21, x3
+    mov     x22, x2
+    say     msg_fail_round
+    mov     x0, x25
+    bl      putdec
+    say     msg_colon
+    lsl     x0, x27, #5
+    cmp     x22, x0
+    b.hs    1f
+    udiv    x26, x22, x27           // Z register number
+    msub    x22, x26, x27, x22      // byte offset in it
+    say     msg_z
+    b       2f
+1:  sub     x22, x22, x27, lsl #5
+    lsr     x1, x27, #3
+    udiv    x26, x22, x1            // P register number
+    msub    x22, x26, x1, x22
+    say     msg_p
+2:  mov     x0, x26
+    bl      putdec
+    say     msg_bytes
+    mov     x0, x22
+    bl      putdec
+    say     msg_holds
+    mov     x0, x20
+    bl      puthex
+    say     msg_expected_sve
+    mov     x0, x21
+    bl      puthex
+    cbz     x23, 3f
+    say     msg_with_events
+3:  say     msg_nl
+    mov     x0, #1
+    b       exit
+
 no_trap:
     say     msg_fail_round
     mov     x0, x25
@@ -395,6 +540,12 @@ devmem:         .asciz "/dev/mem"
 msg_ok:         .asciz "fp-regs: ok: "
 msg_rounds:     .asciz " rounds, "
 msg_traps:      .asciz " traps into Warden (SIGBUS), v0-v31 (128 bits each), FPCR and FPSR intact every time"
+msg_sve:        .asciz ", odd rounds the whole SVE state (z0-z31, p0-p15, VL "
+msg_sve2:       .asciz " bytes)"
+msg_z:          .asciz "z"
+msg_p:          .asciz "p"
+msg_bytes:      .asciz " bytes 8 from "
+msg_expected_sve: .asciz " after a trap into Warden, expected "
 msg_edu:        .asciz ", an edu DMA fault pending before each"
 msg_nl:         .asciz "\n"
 msg_fail_round: .asciz "fp-regs: FAIL round "
@@ -418,3 +569,6 @@ msg_usage:      .asciz "fp-regs: FAIL usage: fp-regs ADDR ROUNDS [EDU_BAR0_FILE]
 .balign 8
 traps:  .quad 0
 numbuf: .space 40
+.balign 16
+sve_a:  .space SVE_MAX_BYTES
+sve_b:  .space SVE_MAX_BYTES

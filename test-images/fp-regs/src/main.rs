@@ -11,7 +11,8 @@
 //! SIGBUS handler that steps over the faulting load. Each round loads known values into
 //! v0–v31 (all 128 bits), FPCR and FPSR, reads `ADDR` (Warden takes the stage-2 fault
 //! and injects an external abort; Linux delivers SIGBUS), and compares every register with
-//! what it loaded. With `EDU_BAR0` (a `/sys/bus/pci/devices/*/resource0` of QEMU's `edu`
+//! what it loaded. With SVE (`AT_HWCAP`), every odd round does the same with the whole of
+//! z0–z31 and p0–p15 (through memory, `LDR`/`STR` of each register) besides FPCR/FPSR. With `EDU_BAR0` (a `/sys/bus/pci/devices/*/resource0` of QEMU's `edu`
 //! device, memory decoding and bus mastering on) each round first has edu DMA from
 //! `ADDR` and waits until the DMA is over, so the SMMU's fault event is pending when the
 //! trap comes (Warden drains the event queue on every trap). It prints one line, starting
