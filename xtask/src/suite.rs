@@ -142,7 +142,10 @@ fn test_image_step<T: TestImage>(
 /// Runs the selected steps; returns whether all passed.
 pub fn run(opts: &Options) -> Result<bool> {
     let steps = select(opts)?;
-    let needs_target = steps.iter().any(|s| s == "clippy-aarch64" || s == "image");
+    // Boots need a target too: the initramfs carries the fp-regs program.
+    let needs_target = steps
+        .iter()
+        .any(|s| s == "clippy-aarch64" || s == "image" || s.starts_with("boot:"));
     let boots: Vec<&str> = steps
         .iter()
         .filter_map(|s| s.strip_prefix("boot:"))
