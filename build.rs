@@ -2,7 +2,7 @@
 fn main() {
     println!("cargo:rerun-if-changed=linker.ld");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if target == "aarch64-unknown-none" {
+    if target.starts_with("aarch64-unknown-none") {
         let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
         println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
     }

@@ -161,6 +161,16 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     );
     write_sysreg!("cntvoff_el2", 0);
     write_sysreg!("mdcr_el2", cfg.mdcr);
+    // The host's profiling, trace and branch-record units must not see EL2.
+    if let Some(v) = cfg.pmscr {
+        write_sysreg!("s3_4_c9_c9_0", v); // PMSCR_EL2
+    }
+    if let Some(v) = cfg.trfcr {
+        write_sysreg!("s3_4_c1_c2_1", v); // TRFCR_EL2
+    }
+    if let Some(v) = cfg.brbcr {
+        write_sysreg!("s2_4_c9_c0_0", v); // BRBCR_EL2
+    }
     write_sysreg!("cptr_el2", cfg.cptr);
     write_sysreg!("hstr_el2", 0);
     arch::isb();

@@ -14,6 +14,9 @@
 // little endian, SP alignment checking on.
 .equ SCTLR_EL2_MMU_OFF, 0x30c50838
 .equ R_AARCH64_RELATIVE, 1027
+// HCR_EL2 at entry: EL1 is AArch64, everything else clear (E2H = 0: nVHE; TGE = 0).
+.equ HCR_EL2_ENTRY, (1 << 31)
+.equ HCR_EL2_E2H_BIT, 34
 .equ STACK_SIZE, 0x8000
 .equ FRAME_SIZE, 272
 
@@ -32,12 +35,52 @@ _start:
     .ascii  "ARM\x64"               // magic
     .long   0                       // res5
 
+// The EL2 state every CPU gets first, before SCTLR_EL2 and long before the EL2 MMU is
+// on: whatever firmware (or a previous life of the CPU) left, HCR_EL2 is nVHE (E2H = 0,
+// TGE = 0; a CPU where E2H is RES1 cannot run Warden and parks), interrupts are masked,
+// the stack is SP_EL2, and the PSTATE bits that change how EL2 code executes are set:
+// PAN = 0, UAO = 0 (both only matter with E2H = 1), SSBS = 0 (as SCTLR_EL2.DSSBS gives
+// every exception entry), TCO = 1 (as every exception entry sets it), DIT = 0. The
+// optional ones are written only when ID registers say they exist (the MSR immediate
+// forms are UNDEFINED otherwise; they are encoded by hand so that the assembler needs no
+// target features). Uses x1 and x2.
+.macro el2_entry_state
+    msr     daifset, #0xf
+    mov     x1, #HCR_EL2_ENTRY
+    msr     hcr_el2, x1
+    isb
+    mrs     x1, hcr_el2
+    tbnz    x1, #HCR_EL2_E2H_BIT, park
+    msr     spsel, #1
+    mrs     x1, id_aa64mmfr1_el1
+    ubfx    x1, x1, #20, #4         // PAN
+    cbz     x1, 1f
+    .inst   0xd500409f              // msr pan, #0
+1:  mrs     x1, id_aa64mmfr2_el1
+    ubfx    x1, x1, #4, #4          // UAO
+    cbz     x1, 2f
+    .inst   0xd500407f              // msr uao, #0
+2:  mrs     x1, id_aa64pfr1_el1
+    ubfx    x2, x1, #4, #4          // SSBS
+    cbz     x2, 3f
+    .inst   0xd503403f              // msr ssbs, #0
+3:  ubfx    x2, x1, #8, #4          // MTE
+    cbz     x2, 4f
+    .inst   0xd503419f              // msr tco, #1
+4:  mrs     x1, id_aa64pfr0_el1
+    ubfx    x1, x1, #48, #4         // DIT
+    cbz     x1, 5f
+    .inst   0xd503405f              // msr dit, #0
+5:  isb
+.endm
+
 .section .text.entry, "ax"
 primary_entry:
     mov     x19, x0                 // x19 = DTB physical address
     mrs     x1, CurrentEL
     cmp     x1, #(2 << 2)
     b.ne    park                    // Warden must be entered at EL2
+    el2_entry_state
 
     ldr     x1, =SCTLR_EL2_MMU_OFF
     msr     sctlr_el2, x1
@@ -87,6 +130,7 @@ secondary_entry:
     mrs     x1, CurrentEL
     cmp     x1, #(2 << 2)
     b.ne    park
+    el2_entry_state
     ldr     x1, =SCTLR_EL2_MMU_OFF
     msr     sctlr_el2, x1
     isb

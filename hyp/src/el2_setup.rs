@@ -5,6 +5,13 @@
 //! Real hardware leaves most EL2 controls UNKNOWN at reset (QEMU happens to reset them to
 //! friendly values), so every control that can trap or hide a feature from EL1 is set
 //! explicitly, and only for features the CPU implements.
+//!
+//! EL2 itself stays invisible to the host's observation units: PMU event and cycle
+//! counters do not count at EL2 (MDCR_EL2.HPMD with PMUv3p1, HCCD with PMUv3p5), SPE does
+//! not profile it (PMSCR_EL2 = 0), self-hosted trace does not trace it (TRFCR_EL2 = 0) and
+//! BRBE does not record its branches (BRBCR_EL2.E2BRE = 0). HCR_EL2 never has E2H; the
+//! entry code (`src/head.S`) writes it, masks interrupts and sets PSTATE before anything
+//! else on every CPU.
 
 /// Snapshot of the ID registers (and a few feature probes) that decide the EL2 setup.
 #[derive(Clone, Copy, Debug, Default)]
@@ -84,6 +91,19 @@ impl IdRegs {
         let v = field(self.dfr0, 8);
         v != 0 && v != 0xf
     }
+    /// The PMUv3 version (ID_AA64DFR0_EL1.PMUVer: 1 PMUv3, 4 v3p1, 5 v3p4, 6 v3p5, ...),
+    /// 0 without a PMUv3 (absent or IMPLEMENTATION DEFINED).
+    pub const fn pmu_version(&self) -> u64 {
+        if self.pmuv3() { field(self.dfr0, 8) } else { 0 }
+    }
+    /// FEAT_SPE (ID_AA64DFR0_EL1.PMSVer): PMSCR_EL2 exists.
+    pub const fn spe(&self) -> bool {
+        field(self.dfr0, 32) != 0
+    }
+    /// FEAT_TRF (ID_AA64DFR0_EL1.TraceFilt): TRFCR_EL2 exists.
+    pub const fn trace_filter(&self) -> bool {
+        field(self.dfr0, 40) != 0
+    }
     /// FEAT_LOR.
     pub const fn lor(&self) -> bool {
         field(self.mmfr1, 16) != 0
@@ -139,6 +159,9 @@ impl IdRegs {
 
 /// HCR_EL2 bits Warden uses.
 pub mod hcr {
+    /// EL2 host (VHE). Never set: Warden runs nVHE, and `src/head.S` writes HCR_EL2 with
+    /// E2H = 0 (just [`RW`]) before anything else at entry.
+    pub const E2H: u64 = 1 << 34;
     /// Stage-2 translation enabled.
     pub const VM: u64 = 1 << 0;
     /// SMC from EL1 traps to EL2.
@@ -151,6 +174,24 @@ pub mod hcr {
     pub const API: u64 = 1 << 41;
     /// Allocation-tag access allowed at EL1/EL0.
     pub const ATA: u64 = 1 << 56;
+}
+
+/// MDCR_EL2 bits Warden sets besides HPMN and the buffer-ownership fields.
+pub mod mdcr {
+    /// Event counting prohibited at EL2 (FEAT_PMUv3p1).
+    pub const HPMD: u64 = 1 << 17;
+    /// PMCCNTR_EL0 does not count at EL2 (FEAT_PMUv3p5).
+    pub const HCCD: u64 = 1 << 23;
+}
+
+/// BRBCR_EL2 bits.
+pub mod brbcr {
+    /// EL2 branch recording enable (kept clear).
+    pub const E2BRE: u64 = 1 << 1;
+    /// Cycle counts in branch records allowed.
+    pub const CC: u64 = 1 << 3;
+    /// Mispredict bits in branch records allowed.
+    pub const MPRED: u64 = 1 << 4;
 }
 
 /// Values of the fine-grained trap registers (FEAT_FGT). Zero bits trap nothing except the
@@ -184,6 +225,12 @@ pub struct El2Config {
     pub cnthctl: u64,
     /// MDCR_EL2.
     pub mdcr: u64,
+    /// PMSCR_EL2, with SPE: no statistical profiling of EL2.
+    pub pmscr: Option<u64>,
+    /// TRFCR_EL2, with FEAT_TRF: no trace of EL2.
+    pub trfcr: Option<u64>,
+    /// BRBCR_EL2, with BRBE: no branch records of EL2.
+    pub brbcr: Option<u64>,
     /// CPTR_EL2 (nVHE layout).
     pub cptr: u64,
     /// ZCR_EL2, with SVE.
@@ -223,7 +270,9 @@ impl El2Config {
         let hcrx = id.hcx().then(|| {
             let mut v = 0;
             if field(id.isar2, 16) != 0 {
-                v |= (1 << 11) | (1 << 10); // MSCEn, MCE2: FEAT_MOPS usable at EL1/EL0
+                // MSCEn: FEAT_MOPS usable at EL1/EL0. MCE2 stays clear: the host's MOPS
+                // exceptions go to its own EL1 handler, not to Warden.
+                v |= 1 << 11;
             }
             if field(id.mmfr3, 0) != 0 {
                 v |= 1 << 14; // TCR2En
@@ -248,6 +297,14 @@ impl El2Config {
         });
 
         let mut mdcr = if id.pmuv3() { id.pmcr_n & 0x1f } else { 0 };
+        // The host's PMU counters do not count at EL2: HPMD (PMUv3p1) stops the event
+        // counters, HCCD (PMUv3p5) the cycle counter.
+        if id.pmu_version() >= 4 {
+            mdcr |= mdcr::HPMD;
+        }
+        if id.pmu_version() >= 6 {
+            mdcr |= mdcr::HCCD;
+        }
         if id.spe_for_el1 {
             mdcr |= 3 << 12; // E2PB: EL1 owns the profiling buffer
         }
@@ -286,6 +343,13 @@ impl El2Config {
             hcrx,
             cnthctl: 3, // EL1PCTEN | EL1PCEN
             mdcr,
+            // E2SPE = 0 (EL2 not profiled), E0HSPE = 0 (a VHE control), PA/CX/TS = 0.
+            pmscr: id.spe().then_some(0),
+            // E2TRE = 0 (EL2 trace prohibited), E0HTRE = 0, CX = 0, TS = 0.
+            trfcr: id.trace_filter().then_some(0),
+            // E2BRE = 0 (EL2 branches not recorded), E0HBRE = 0; CC and MPRED set so that
+            // the host's own BRBCR_EL1 settings of them take effect.
+            brbcr: id.brbe().then_some(brbcr::CC | brbcr::MPRED),
             cptr,
             zcr: id.sve().then_some(0xf),
             smcr,
@@ -325,6 +389,10 @@ impl El2Config {
             rw |= 1 << 50; // nACCDATA_EL1 (LS64_ACCDATA)
         }
         let mut itr = 0u64;
+        if id.gcs() {
+            // nGCSEPP, nGCSSTR_EL1, nGCSPUSHM_EL1: the host's GCS instructions do not trap.
+            itr |= (1 << 59) | (1 << 58) | (1 << 57);
+        }
         let (mut dr, mut dw) = (0u64, 0u64);
         if id.brbe() {
             itr |= (1 << 56) | (1 << 55); // nBRBIALL, nBRBINJ
@@ -386,7 +454,9 @@ mod tests {
         assert_eq!(c.zcr, None);
         assert_eq!(c.fgt, None);
         assert!(!c.gicv3);
-        assert_eq!(c.mdcr, 6, "HPMN = PMCR_EL0.N, no traps");
+        assert_eq!(c.mdcr, 6, "HPMN = PMCR_EL0.N, no traps, PMUv3 (no HPMD)");
+        assert_eq!(c.hcr & hcr::E2H, 0);
+        assert_eq!((c.pmscr, c.trfcr, c.brbcr), (None, None, None));
         assert_eq!(c.cnthctl, 3);
         assert_eq!(a57().pa_bits(), 44);
         assert_eq!(a57().vmid_bits(), 8);
@@ -409,7 +479,11 @@ mod tests {
         let c = El2Config::for_host(&id);
         assert_eq!(c.hcr & (hcr::API | hcr::APK), hcr::API | hcr::APK);
         assert_ne!(c.hcr & hcr::ATA, 0);
-        assert_eq!(c.hcrx, Some((1 << 11) | (1 << 10) | (1 << 14)));
+        assert_eq!(
+            c.hcrx,
+            Some((1 << 11) | (1 << 14)),
+            "MSCEn, TCR2En; MCE2 clear"
+        );
         assert_eq!(c.cptr & (CPTR_EL2_TZ | CPTR_EL2_TSM), 0);
         assert_eq!(c.zcr, Some(0xf));
         assert_eq!(c.smcr, Some(0xf | (1 << 31)));
@@ -423,6 +497,117 @@ mod tests {
         assert!(c.gicv3);
         assert_eq!(id.pa_bits(), 48);
         assert_eq!(id.vmid_bits(), 16);
+    }
+
+    #[test]
+    fn el2_is_hidden_from_the_hosts_pmu_profiling_and_trace() {
+        // PMUVer -> (HPMD, HCCD).
+        for (ver, hpmd, hccd) in [
+            (0x1, false, false), // PMUv3
+            (0x4, true, false),  // PMUv3p1
+            (0x5, true, false),  // PMUv3p4
+            (0x6, true, true),   // PMUv3p5
+            (0x8, true, true),   // PMUv3p8
+            (0xf, false, false), // IMPLEMENTATION DEFINED: no PMUv3 controls
+        ] {
+            let id = IdRegs {
+                dfr0: ver << 8,
+                pmcr_n: 6,
+                ..Default::default()
+            };
+            let c = El2Config::for_host(&id);
+            assert_eq!(c.mdcr & mdcr::HPMD != 0, hpmd, "PMUVer {ver:#x}");
+            assert_eq!(c.mdcr & mdcr::HCCD != 0, hccd, "PMUVer {ver:#x}");
+            let n = if ver == 0xf { 0 } else { 6 };
+            assert_eq!(c.mdcr & 0x1f, n, "HPMN, PMUVer {ver:#x}");
+        }
+        // SPE (PMSVer), TRF (TraceFilt), BRBE: the EL2 controls are written, to values
+        // that keep EL2 out.
+        let id = IdRegs {
+            dfr0: (1 << 32) | (1 << 40) | (1 << 52),
+            ..Default::default()
+        };
+        let c = El2Config::for_host(&id);
+        assert_eq!(c.pmscr, Some(0), "E2SPE clear");
+        assert_eq!(c.trfcr, Some(0), "E2TRE clear");
+        let brbcr = c.brbcr.unwrap();
+        assert_eq!(brbcr & brbcr::E2BRE, 0);
+        assert_eq!(brbcr, brbcr::CC | brbcr::MPRED);
+        // Each alone.
+        for (dfr0, want) in [
+            (1u64 << 32, (true, false, false)),
+            (1 << 40, (false, true, false)),
+            (1 << 52, (false, false, true)),
+        ] {
+            let c = El2Config::for_host(&IdRegs {
+                dfr0,
+                ..Default::default()
+            });
+            assert_eq!(
+                (c.pmscr.is_some(), c.trfcr.is_some(), c.brbcr.is_some()),
+                want,
+                "{dfr0:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn mops_exceptions_stay_with_the_host() {
+        let with = |isar2| {
+            El2Config::for_host(&IdRegs {
+                mmfr1: 1 << 40, // HCX
+                isar2,
+                ..Default::default()
+            })
+            .hcrx
+            .unwrap()
+        };
+        assert_eq!(with(1 << 16), 1 << 11, "MSCEn only: MCE2 clear");
+        assert_eq!(with(0), 0);
+    }
+
+    #[test]
+    fn gcs_instructions_do_not_trap() {
+        let fgt = |pfr1| {
+            El2Config::for_host(&IdRegs {
+                mmfr0: 1 << 56, // FGT
+                mmfr1: 1 << 40, // HCX
+                pfr1,
+                ..Default::default()
+            })
+        };
+        let c = fgt(1 << 44);
+        let f = c.fgt.unwrap();
+        assert_eq!(
+            f.hfgitr,
+            (1 << 59) | (1 << 58) | (1 << 57),
+            "nGCSEPP, nGCSSTR_EL1, nGCSPUSHM_EL1"
+        );
+        assert_eq!(f.hfgrtr, (1 << 52) | (1 << 53), "nGCS_EL0, nGCS_EL1");
+        assert_eq!(c.hcrx.unwrap() & (1 << 22), 1 << 22, "GCSEn");
+        let c = fgt(0);
+        assert_eq!(c.fgt.unwrap().hfgitr, 0);
+        assert_eq!(c.hcrx.unwrap() & (1 << 22), 0);
+    }
+
+    #[test]
+    fn hcr_is_nvhe_whatever_the_cpu_has() {
+        let all = IdRegs {
+            pfr0: u64::MAX,
+            pfr1: u64::MAX,
+            pfr2: u64::MAX,
+            mmfr0: u64::MAX,
+            mmfr1: u64::MAX,
+            mmfr3: u64::MAX,
+            dfr0: u64::MAX,
+            isar1: u64::MAX,
+            isar2: u64::MAX,
+            smfr0: u64::MAX,
+            ..Default::default()
+        };
+        let c = El2Config::for_host(&all);
+        assert_eq!(c.hcr & hcr::E2H, 0);
+        assert_eq!(c.hcr & hcr::RW, hcr::RW);
     }
 
     #[test]

@@ -378,6 +378,41 @@ t_blk() {
 		"sector $last written and read back, VIRTIO_F_ACCESS_PLATFORM=${ap:-?}"
 }
 
+# 6. fp-regs: a user process keeps known values in every FP/SIMD register (v0-v31, FPCR,
+# FPSR; with SVE also z0-z31 and p0-p15) across traps into Warden (reads of the carve-out: stage-2 fault, SIGBUS), first
+# alone, then with an SMMU fault event pending at each trap (QEMU's edu device, found by
+# its PCI IDs, DMAs from the carve-out just before).
+t_fpregs() {
+	if [ -z "$RBASE" ]; then
+		fail fp-regs "no carve-out to trap on (the reserved-memory check failed)"
+		return
+	fi
+	a=$(printf 0x%x $RBASE)
+	if ! plain=$(fp-regs "$a" 200 2>&1); then
+		fail fp-regs "without SMMU events: ${plain:-fp-regs exited with an error}"
+		return
+	fi
+	dev=
+	for d in /sys/bus/pci/devices/*; do
+		if [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ]; then
+			dev=$d
+			break
+		fi
+	done
+	if [ -z "$dev" ]; then
+		fail fp-regs "no edu device (1234:11e8) on the PCI bus for the SMMU-event rounds"
+		return
+	fi
+	# Memory decoding (enable), then memory + bus master in the command register.
+	echo 1 >"$dev/enable" 2>/dev/null
+	printf '\006\000' | dd of="$dev/config" bs=1 seek=4 count=2 conv=notrunc 2>/dev/null
+	if ! dma=$(fp-regs "$a" 6 "$dev/resource0" 2>&1); then
+		fail fp-regs "with SMMU events pending (edu ${dev##*/}): ${dma:-fp-regs exited with an error}"
+		return
+	fi
+	pass fp-regs "alone: ${plain#fp-regs: ok: }; with SMMU events: ${dma#fp-regs: ok: } (edu ${dev##*/})"
+}
+
 echo "WTEST START $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs, cmdline: $CMDLINE"
 [ -n "$MODFAIL" ] && info "modules that failed to load:$MODFAIL"
 t_cpus
@@ -388,6 +423,7 @@ t_devmem
 t_smmu
 t_masters
 t_blk
+t_fpregs
 [ -n "$RBASE" ] && info "the shell is still alive after the carve-out probes"
 echo "WTEST DONE"
 sync

@@ -18,7 +18,7 @@ use crate::util::{
 };
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 8] = [
+pub const TESTS: [&str; 9] = [
     "cpus",
     "hotplug",
     "el1",
@@ -27,6 +27,7 @@ pub const TESTS: [&str; 8] = [
     "smmu-hidden",
     "dma-masters-hidden",
     "virtio-blk",
+    "fp-regs",
 ];
 /// Warden prints one line per device node with its DMA-master decision
 /// (`warden: device <path> [<compatible>] <ranges>: <decision> (<why>)`, hyp::masters).
@@ -318,6 +319,19 @@ pub fn evaluate(
     if expect.warden {
         problems.extend(decision_problems(output));
     }
+    // The fp-regs rounds with edu's DMA must really have had an SMMU event pending: Warden
+    // logged edu's fault on the carve-out base (the DMA's source).
+    if expect.warden
+        && r.passed.iter().any(|(n, _)| n == "fp-regs")
+        && let Some(base) = carve_out_base(&r)
+        && !crate::edutest::smmu_fault_logged(output, base)
+    {
+        problems.push(format!(
+            "fp-regs passed but Warden logged no SMMU fault of edu (sid {:#x}) at {base:#x}: \
+             no event was pending at its traps",
+            crate::edutest::EDU_SID
+        ));
+    }
     for want in &expect.log {
         if !output.contains(want.as_str()) {
             problems.push(format!("`{want}` is not in the log"));
@@ -425,6 +439,9 @@ pub fn run_variant(
         disk: Some(disk_path.clone()),
         no_reboot: true,
         extra: vec![
+            // The fp-regs check's DMA master (SMMU fault events pending at a trap).
+            "-device".into(),
+            crate::edutest::EDU_DEVICE.into(),
             "-trace".into(),
             format!("enable=smmuv3_translate_success,file={}", trace.display()),
             "-trace".into(),
@@ -534,6 +551,8 @@ WTEST PASS devmem-carveout: 0x4fe00000 killed by SIGBUS (status 135)
 WTEST PASS smmu-hidden: no IOMMU in Linux; smmuv3@9050000 disabled
 WTEST PASS dma-masters-hidden: 33 nodes disabled
 WTEST PASS virtio-blk
+warden: WARN  smmu0: SMMU event F_TRANSLATION sid 0x10 iova 0x4fe00000 ipa 0x4fe00000 read stage-2
+WTEST PASS fp-regs: ok: 200 rounds; ok: 6 rounds
 WTEST DONE
 ";
 
@@ -550,7 +569,7 @@ WTEST DONE
     fn a_good_boot_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T, &expect()), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 8);
+        assert_eq!(r.passed.len(), TESTS.len());
         assert_eq!(r.passed[0], ("cpus".to_string(), "online 0-3".to_string()));
         assert_eq!(r.passed[7], ("virtio-blk".to_string(), String::new()));
     }
@@ -615,6 +634,11 @@ WTEST DONE
             Some(0),
             "no DMA-master summary",
         );
+        check(
+            &GOOD.replace("sid 0x10", "sid 0x18"),
+            Some(0),
+            "no event was pending",
+        );
         // A failure reported besides a pass still fails the boot.
         check(
             &format!("{GOOD}WTEST FAIL virtio-blk: md5\n"),
@@ -626,6 +650,7 @@ WTEST DONE
     #[test]
     fn the_fault_must_name_the_carve_out() {
         let log = GOOD.replace("fault at 0x4fe00000", "fault at 0x1000");
+        let log = log.replace("0x4fe00000 ipa 0x4fe00000", "0x1000 ipa 0x1000");
         let p = evaluate(&log, Some(0), T, &expect());
         assert!(p.iter().any(|p| p.contains("base 0x4fe00000")), "{p:?}");
         // Any spelling of the number will do.

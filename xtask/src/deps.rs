@@ -76,23 +76,35 @@ fn apt_install(args: &[&str]) -> Result<()> {
     bail!("cannot install {}", args.join(" "))
 }
 
-/// `rustup target add aarch64-unknown-none` unless it is installed.
+/// `rustup target add` of the bare-metal targets that are not installed: Warden's
+/// (`aarch64-unknown-none-softfloat`, no FP/SIMD) and the EL1 test images'
+/// (`aarch64-unknown-none`).
 pub fn ensure_rust_target() -> Result<()> {
-    const TARGET: &str = "aarch64-unknown-none";
+    let targets = [crate::build::TARGET, crate::build::TEST_IMAGE_TARGET];
     let installed = match output(Command::new("rustup").args(["target", "list", "--installed"])) {
         Ok(list) => list,
         Err(e) => {
             say(format!(
-                "cannot ask rustup for installed targets ({e}); assuming {TARGET} is there"
+                "cannot ask rustup for installed targets ({e}); assuming {} are there",
+                targets.join(" and ")
             ));
             return Ok(());
         }
     };
-    if installed.lines().any(|l| l.trim() == TARGET) {
+    let missing: Vec<&str> = targets
+        .into_iter()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    say(format!("installing the Rust target {TARGET}"));
-    run(Command::new("rustup").args(["target", "add", TARGET]))
+    say(format!(
+        "installing the Rust target(s) {}",
+        missing.join(" ")
+    ));
+    run(Command::new("rustup")
+        .args(["target", "add"])
+        .args(&missing))
 }
 
 /// The major version in `qemu-system-aarch64 --version` output.

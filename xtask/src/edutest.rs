@@ -14,10 +14,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use object::elf::{FileHeader64, SHF_EXECINSTR, SHT_PROGBITS};
-use object::read::elf::{FileHeader, SectionHeader, Sym};
-use object::{Endianness, FileKind};
-
 use crate::bail;
 #[cfg(test)]
 use crate::boottest::WARDEN_ARGS;
@@ -118,29 +114,25 @@ pub fn build_test_image(package: &str, what: &str, out: &Path) -> Result<PathBuf
         package,
         "--release",
         "--target",
-        crate::build::TARGET,
+        crate::build::TEST_IMAGE_TARGET,
     ]);
     say(format!("building {what}: {}", util::describe(&cmd)));
     util::run(&mut cmd)?;
     let elf_path = util::target_dir()
-        .join(crate::build::TARGET)
+        .join(crate::build::TEST_IMAGE_TARGET)
         .join("release")
         .join(package);
     let elf =
         std::fs::read(&elf_path).with_context(|| format!("cannot read {}", show(&elf_path)))?;
-    let bad = forbidden_code(&elf).with_context(|| show(&elf_path))?;
+    let bad =
+        crate::insn::scan(&elf, crate::insn::mmu_off_forbidden).with_context(|| show(&elf_path))?;
     if !bad.is_empty() {
-        let list: Vec<String> = bad
-            .iter()
-            .take(8)
-            .map(|(addr, insn, what)| format!("{addr:#x}: {insn:08x} ({what})"))
-            .collect();
         bail!(
             "{} runs with the EL1 MMU off (all data accesses Device memory) and must not use \
              exclusives, atomics or DC ZVA, but contains {} such instruction(s): {}",
             show(&elf_path),
             bad.len(),
-            list.join(", ")
+            crate::insn::describe(&bad, 8)
         );
     }
     if let Some(dir) = out.parent() {
@@ -148,88 +140,6 @@ pub fn build_test_image(package: &str, what: &str, out: &Path) -> Result<PathBuf
     }
     crate::build::elf_to_image(&elf_path, out)?;
     Ok(out.to_path_buf())
-}
-
-/// Why an instruction is not allowed in code that runs with the MMU off, if it is not.
-pub fn forbidden(insn: u32) -> Option<&'static str> {
-    // Load/store exclusive (LDXR, STXR, LDAXR, STLXR, LDXP, STXP, ...): o2 (bit 23) clear
-    // in the exclusive/ordered class. LDAR/STLR (o2 set) are fine.
-    if insn & 0x3f80_0000 == 0x0800_0000 {
-        return Some("load/store exclusive");
-    }
-    // CAS, CASA, CASL, CASAL (and byte/halfword forms): o2 and o1 set.
-    if insn & 0x3fa0_0000 == 0x08a0_0000 {
-        return Some("compare and swap");
-    }
-    // LSE atomic memory operations (LDADD, LDCLR, LDEOR, LDSET, LD[SU]MAX/MIN, SWP), but
-    // not LDAPR (o3 = 1, opc = 100), which is a plain load-acquire.
-    if insn & 0x3f20_0c00 == 0x3820_0000 && (insn >> 12) & 0xf != 0xc {
-        return Some("atomic memory operation");
-    }
-    // DC ZVA faults on Device memory.
-    if insn & 0xffff_ffe0 == 0xd50b_7420 {
-        return Some("DC ZVA");
-    }
-    None
-}
-
-/// The instructions of an aarch64 ELF's executable sections that [`forbidden`] rejects, as
-/// (address, encoding, why). Data in code (after a `$d` mapping symbol, up to the next
-/// `$x`) is skipped.
-pub fn forbidden_code(elf: &[u8]) -> Result<Vec<(u64, u32, &'static str)>> {
-    if !matches!(FileKind::parse(elf), Ok(FileKind::Elf64)) {
-        bail!("not a 64-bit ELF file");
-    }
-    let header = FileHeader64::<Endianness>::parse(elf).context("bad ELF header")?;
-    let endian = header.endian().context("bad ELF header")?;
-    let sections = header.sections(endian, elf).context("bad ELF sections")?;
-    // Mapping symbols: (section index, address, is data).
-    let mut marks: Vec<(usize, u64, bool)> = Vec::new();
-    if let Ok(symbols) = sections.symbols(endian, elf, object::elf::SHT_SYMTAB) {
-        for sym in symbols.iter() {
-            let Ok(name) = sym.name(endian, symbols.strings()) else {
-                continue;
-            };
-            let is_data = match name {
-                b"$d" => true,
-                b"$x" => false,
-                n if n.starts_with(b"$d.") => true,
-                n if n.starts_with(b"$x.") => false,
-                _ => continue,
-            };
-            marks.push((sym.st_shndx(endian).into(), sym.st_value(endian), is_data));
-        }
-    }
-    marks.sort_unstable();
-    let mut bad = Vec::new();
-    for (index, section) in sections.iter().enumerate() {
-        if section.sh_type(endian) != SHT_PROGBITS
-            || section.sh_flags(endian) & u64::from(SHF_EXECINSTR) == 0
-        {
-            continue;
-        }
-        let data = section
-            .data(endian, elf)
-            .with_context(|| format!("section {index}: contents outside the file"))?;
-        let base = section.sh_addr(endian);
-        let mine: Vec<(u64, bool)> = marks
-            .iter()
-            .filter(|m| m.0 == index)
-            .map(|m| (m.1, m.2))
-            .collect();
-        for (i, word) in data.chunks_exact(4).enumerate() {
-            let addr = base + 4 * i as u64;
-            let before = mine.partition_point(|m| m.0 <= addr);
-            if before > 0 && mine[before - 1].1 {
-                continue;
-            }
-            let insn = u32::from_le_bytes(word.try_into().expect("4 bytes"));
-            if let Some(why) = forbidden(insn) {
-                bad.push((addr, insn, why));
-            }
-        }
-    }
-    Ok(bad)
 }
 
 /// The QEMU arguments of an edu boot: Warden as the firmware-loaded image, the test image
@@ -535,40 +445,6 @@ edu: 5 passed, 0 failed
             hex_numbers("a 0x10, b 0xffff_0000 c 0x"),
             [0x10, 0xffff_0000]
         );
-    }
-
-    #[test]
-    fn instruction_classes() {
-        for (insn, what) in [
-            (0xc85f_7c20, "ldxr x0, [x1]"),
-            (0xc802_7c20, "stxr w2, x0, [x1]"),
-            (0x885f_fc20, "ldaxr w0, [x1]"),
-            (0xc87f_0440, "ldxp x0, x1, [x2]"),
-            (0xc8e0_fc41, "casal x0, x1, [x2]"),
-            (0x08a0_7c41, "casb w0, w1, [x2]"),
-            (0xf820_0041, "ldadd x0, x1, [x2]"),
-            (0xb8e0_0041, "ldaddal w0, w1, [x2]"),
-            (0xf820_8041, "swp x0, x1, [x2]"),
-            (0xf820_301f, "stset x0, [x0]"),
-            (0xd50b_7420, "dc zva, x0"),
-        ] {
-            assert!(forbidden(insn).is_some(), "{what}");
-        }
-        for (insn, what) in [
-            (0xc8df_fc20, "ldar x0, [x1]"),
-            (0xc89f_fc20, "stlr x0, [x1]"),
-            (0xf8bf_c020, "ldapr x0, [x1]"),
-            (0xf940_0020, "ldr x0, [x1]"),
-            (0xb862_6820, "ldr w0, [x1, x2]"),
-            (0x3862_6820, "ldrb w0, [x1, x2]"),
-            (0xa9bf_7bfd, "stp x29, x30, [sp, #-16]!"),
-            (0xd503_201f, "nop"),
-            (0xd503_3f9f, "dsb sy"),
-            (0xd400_0002, "hvc #0"),
-            (0xd50b_7b20, "dc cvau, x0"),
-        ] {
-            assert_eq!(forbidden(insn), None, "{what}");
-        }
     }
 
     #[test]

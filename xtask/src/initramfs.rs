@@ -1,5 +1,6 @@
-//! The host initramfs: busybox, the kernel modules virtio-blk over PCI needs, and an
-//! `/init` that either runs the boot tests or starts a shell (`assets/init.sh`).
+//! The host initramfs: busybox, the kernel modules virtio-blk over PCI needs, the boot
+//! tests' FP/SIMD checker `/bin/fp-regs` (test-images/fp-regs), and an `/init` that
+//! either runs the boot tests or starts a shell (`assets/init.sh`).
 
 use std::path::PathBuf;
 
@@ -20,8 +21,31 @@ pub fn init_script(modules: &[String]) -> String {
     INIT.replace("@MODULES@", &modules.join(" "))
 }
 
+/// The FP/SIMD checker's package (a static Linux aarch64 program, test-images/fp-regs).
+const FP_REGS: &str = "fp-regs";
+
+/// Builds `fp-regs` (release, for the bare-metal target: it needs no libc) and returns
+/// its ELF.
+pub fn build_fp_regs() -> Result<Vec<u8>> {
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "build",
+        "-p",
+        FP_REGS,
+        "--release",
+        "--target",
+        crate::build::TEST_IMAGE_TARGET,
+    ]);
+    crate::util::run(&mut cmd)?;
+    let elf = crate::util::target_dir()
+        .join(crate::build::TEST_IMAGE_TARGET)
+        .join("release")
+        .join(FP_REGS);
+    std::fs::read(&elf).with_context(|| format!("cannot read {}", show(&elf)))
+}
+
 /// Builds the archive in memory.
-pub fn build(busybox: &[u8], modules: &[kmod::Module]) -> Vec<u8> {
+pub fn build(busybox: &[u8], modules: &[kmod::Module], fp_regs: &[u8]) -> Vec<u8> {
     let mut w = cpio::Writer::new();
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "root",
@@ -35,6 +59,7 @@ pub fn build(busybox: &[u8], modules: &[kmod::Module]) -> Vec<u8> {
     w.file("bin/busybox", 0o755, busybox);
     // The rest of the applet links come from `busybox --install -s` in /init.
     w.symlink("bin/sh", "busybox");
+    w.file("bin/fp-regs", 0o755, fp_regs);
     let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
     w.file("init", 0o755, init_script(&names).as_bytes());
     w.file("etc/inittab", 0o644, INITTAB.as_bytes());
@@ -58,7 +83,8 @@ pub fn ensure(payload: &Payload) -> Result<PathBuf> {
         .with_context(|| format!("cannot read {}", payload.busybox.display()))?;
     let modules = kmod::resolve(&payload.moddir, WANTED_MODULES, &deps::ensure_tool)
         .context("cannot collect the kernel modules for the initramfs")?;
-    let archive = build(&busybox, &modules);
+    let fp_regs = build_fp_regs().context("cannot build the fp-regs test program")?;
+    let archive = build(&busybox, &modules, &fp_regs);
     let out = path();
     if std::fs::read(&out).is_ok_and(|old| old == archive) {
         return Ok(out);
@@ -112,11 +138,12 @@ mod tests {
             name: "virtio".into(),
             data: vec![7; 10],
         };
-        let a = build(b"BB", &[m]);
+        let a = build(b"BB", &[m], b"FP");
         let find = |s: &str| a.windows(s.len()).any(|w| w == s.as_bytes());
         for name in [
             "init\0",
             "bin/busybox\0",
+            "bin/fp-regs\0",
             "lib/modules/virtio.ko\0",
             "dev/console\0",
             "etc/inittab\0",

@@ -11,6 +11,7 @@ mod deps;
 mod edutest;
 mod image;
 mod initramfs;
+mod insn;
 mod kmod;
 mod md5;
 mod qemu;
@@ -37,6 +38,7 @@ commands:
                        the hypercall conformance suite under Warden; prints a summary
   deps                 install/download what run and test need, build the initramfs
   elf2bin ELF OUT      convert an image ELF to a flat binary and check its Image header
+  check-no-fp ELF      fail if an EL2 image ELF has FP/SIMD/SVE/SME instructions
   abi-header [--check] write host-abi/include/warden_abi.h from the host-abi crate
                        (--check: only report whether it is up to date)
 
@@ -325,6 +327,14 @@ fn main_inner() -> Result<ExitCode> {
                 bail!("usage: cargo xtask elf2bin ELF OUT");
             };
             build::elf_to_image(elf.as_ref(), out.as_ref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "check-no-fp" => {
+            let rest = args.rest();
+            let [elf] = rest.as_slice() else {
+                bail!("usage: cargo xtask check-no-fp ELF");
+            };
+            build::check_no_fp(elf.as_ref())?;
             Ok(ExitCode::SUCCESS)
         }
         "help" | "-h" | "--help" => {

@@ -142,7 +142,10 @@ fn test_image_step<T: TestImage>(
 /// Runs the selected steps; returns whether all passed.
 pub fn run(opts: &Options) -> Result<bool> {
     let steps = select(opts)?;
-    let needs_target = steps.iter().any(|s| s == "clippy-aarch64" || s == "image");
+    // Boots need a target too: the initramfs carries the fp-regs program.
+    let needs_target = steps
+        .iter()
+        .any(|s| s == "clippy-aarch64" || s == "image" || s.starts_with("boot:"));
     let boots: Vec<&str> = steps
         .iter()
         .filter_map(|s| s.strip_prefix("boot:"))
@@ -205,7 +208,7 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "-D",
                 "warnings",
             ]),
-            "clippy-aarch64" => cargo_step(&[
+            "clippy-aarch64" => match cargo_step(&[
                 "clippy",
                 "-p",
                 "warden",
@@ -213,18 +216,30 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "hyp",
                 "-p",
                 "host-abi",
-                "-p",
-                "edu-dma",
-                "-p",
-                "el1-rt",
-                "-p",
-                "conformance",
                 "--target",
-                "aarch64-unknown-none",
+                build::TARGET,
                 "--",
                 "-D",
                 "warnings",
-            ]),
+            ]) {
+                Outcome::Pass => cargo_step(&[
+                    "clippy",
+                    "-p",
+                    "edu-dma",
+                    "-p",
+                    "el1-rt",
+                    "-p",
+                    "conformance",
+                    "-p",
+                    "fp-regs",
+                    "--target",
+                    build::TEST_IMAGE_TARGET,
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+                fail => fail,
+            },
             "unit" => cargo_step(&["test", "--workspace", "--no-fail-fast"]),
             "image" => match build::build_image(false) {
                 Ok(_) => {
