@@ -39,6 +39,17 @@ pub fn overlaps_any(r: &PhysRange, taken: &[PhysRange]) -> bool {
     taken.iter().any(|t| t.overlaps(r))
 }
 
+/// The first part of `r` that no RAM bank covers (adjacent banks count as one), or `None`
+/// when `r` lies wholly in RAM. Warden's carve-out must: memory that is not in `/memory`
+/// may be MMIO, or RAM the host is told about some other way.
+pub fn outside_ram(ram: &[PhysRange], r: PhysRange) -> Option<PhysRange> {
+    let mut first = None;
+    subtract(r, ram, |piece| {
+        first.get_or_insert(piece);
+    });
+    first
+}
+
 /// Finds `size` bytes aligned to `align` inside one RAM bank, overlapping nothing in
 /// `taken`. The address `prefer` is tried first (if it fits); otherwise the highest
 /// fitting address is chosen, which keeps low memory (where loaders put kernels) free.
@@ -107,6 +118,39 @@ mod tests {
             out.push((r.base.get(), r.size))
         });
         assert_eq!(out, vec![(0, 100)]);
+    }
+
+    #[test]
+    fn carve_out_inside_ram() {
+        let ram = [
+            PhysRange::new(0x4000_0000, 1024 * MB),
+            PhysRange::new(0x8000_0000, 1024 * MB),
+            PhysRange::new(0x1_0000_0000, 16 * MB),
+        ];
+        for ok in [
+            PhysRange::new(0x4020_0000, 34 * MB),
+            PhysRange::new(0x7fe0_0000, 4 * MB), // across two adjacent banks
+            PhysRange::new(0x1_00f0_0000, MB),
+        ] {
+            assert_eq!(outside_ram(&ram, ok), None, "{ok:?}");
+        }
+        // Below RAM, past its end, straddling the end of a bank or a gap.
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0x3fe0_0000, 4 * MB)),
+            Some(PhysRange::new(0x3fe0_0000, 2 * MB))
+        );
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0xbfe0_0000, 4 * MB)),
+            Some(PhysRange::new(0xc000_0000, 2 * MB))
+        );
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0x1_00f0_0000, 2 * MB)),
+            Some(PhysRange::new(0x1_0100_0000, MB))
+        );
+        assert_eq!(
+            outside_ram(&[], PhysRange::new(0x4000_0000, MB)),
+            Some(PhysRange::new(0x4000_0000, MB))
+        );
     }
 
     #[test]
