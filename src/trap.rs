@@ -124,8 +124,10 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
         IpaSource::Unknown => None,
     };
     // A live entry may be briefly invalid during break-before-make on another CPU: if
-    // the IPA is mapped now, the access simply retries.
+    // the IPA is mapped now, the access simply retries. (Not for a permission fault: the
+    // entry is there, it does not allow the access.)
     if let Some(ipa) = ipa
+        && !hpfar::is_permission(esr)
         && let Some(core) = crate::boot::HYP.get()
         && core.with_host_mem(|hm| {
             hm.s2
