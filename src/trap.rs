@@ -197,37 +197,22 @@ fn policy() -> &'static psci::Policy {
 /// board's allowlist. Boot CPU, before the host runs.
 pub fn init_firmware(plat: &hyp::dtb::Platform, allow: psci::SmcAllowList) {
     use hyp::dtb::{PsciMethod, PsciVersion};
-    let mut p = psci::Policy {
-        allow,
-        ..psci::Policy::DEFAULT
-    };
-    if let Some(node) = &plat.psci {
-        p.legacy = psci::LegacyIds {
-            cpu_on: node.cpu_on,
-            cpu_off: node.cpu_off,
-            cpu_suspend: node.cpu_suspend,
-            migrate: node.migrate,
-        };
-        if node.version == PsciVersion::V0_1 {
-            // Firmware knows only the IDs the node gives.
-            p.fw = psci::FirmwareIds {
-                cpu_on: node.cpu_on,
-                cpu_off: node.cpu_off,
-                cpu_suspend: node.cpu_suspend,
-            };
-        } else if node.method == PsciMethod::Smc {
-            let version = forward_with(psci::id::VERSION, &[]);
-            if version >= 0x1_0000 {
-                let f = forward_with(psci::id::FEATURES, &[u64::from(psci::id::CPU_SUSPEND_64)]);
-                p.suspend_format = psci::SuspendFormat::from_features(f);
-            }
-            println!(
-                "warden: PSCI firmware version {}.{}, CPU_SUSPEND power_state format {:?}",
-                version >> 16,
-                version & 0xffff,
-                p.suspend_format
-            );
+    let mut p = psci::Policy::for_platform(plat.psci.as_ref(), allow);
+    if let Some(node) = &plat.psci
+        && node.version != PsciVersion::V0_1
+        && node.method == PsciMethod::Smc
+    {
+        let version = forward_with(psci::id::VERSION, &[]);
+        if version >= 0x1_0000 {
+            let f = forward_with(psci::id::FEATURES, &[u64::from(psci::id::CPU_SUSPEND_64)]);
+            p.suspend_format = psci::SuspendFormat::from_features(f);
         }
+        println!(
+            "warden: PSCI firmware version {}.{}, CPU_SUSPEND power_state format {:?}",
+            version >> 16,
+            version & 0xffff,
+            p.suspend_format
+        );
     }
     if p.allow.is_empty() {
         println!("warden: firmware calls: PSCI and SMCCC discovery only (no warden.smc_allow=)");

@@ -606,6 +606,33 @@ impl Policy {
         allow: SmcAllowList::EMPTY,
     };
 
+    /// The policy for the DTB's `/psci` node and the board's allowlist, before firmware is
+    /// asked anything: the node's PSCI 0.1 IDs are intercepted; firmware that claims only
+    /// `arm,psci` (0.1) is driven with those IDs, newer firmware with the standard ones.
+    /// The caller fills in [`Policy::suspend_format`] from firmware.
+    pub fn for_platform(node: Option<&crate::dtb::Psci>, allow: SmcAllowList) -> Self {
+        let mut p = Self {
+            allow,
+            ..Self::DEFAULT
+        };
+        if let Some(n) = node {
+            p.legacy = LegacyIds {
+                cpu_on: n.cpu_on,
+                cpu_off: n.cpu_off,
+                cpu_suspend: n.cpu_suspend,
+                migrate: n.migrate,
+            };
+            if n.version == crate::dtb::PsciVersion::V0_1 {
+                p.fw = FirmwareIds {
+                    cpu_on: n.cpu_on,
+                    cpu_off: n.cpu_off,
+                    cpu_suspend: n.cpu_suspend,
+                };
+            }
+        }
+        p
+    }
+
     /// The action for the call `fid` the host made over SMC (`smc`) or HVC.
     pub fn decide(&self, fid: u32, smc: bool) -> Action {
         let not_sup = Action::Refuse(ret::NOT_SUPPORTED);
@@ -953,6 +980,80 @@ mod tests {
         assert_eq!(
             r.decide(id::CPU_ON_64, true),
             Action::Refuse(ret::NOT_SUPPORTED)
+        );
+    }
+
+    #[test]
+    fn policy_from_the_dtbs() {
+        use crate::dtb::{Platform, Psci, PsciMethod, PsciVersion};
+        for blob in [
+            &include_bytes!("../testdata/virt-gicv3.dtb")[..],
+            &include_bytes!("../testdata/virt-gicv2.dtb")[..],
+        ] {
+            let plat = Platform::parse(blob).unwrap();
+            let p = Policy::for_platform(plat.psci.as_ref(), SmcAllowList::EMPTY);
+            // QEMU's node names the 0.1 IDs (the standard ones again); standard IDs are
+            // used towards firmware.
+            assert_eq!(p.legacy.cpu_on, Some(id::CPU_ON_64));
+            assert_eq!(p.fw, FirmwareIds::STANDARD);
+            assert_eq!(
+                p.decide(id::CPU_ON_64 | HINT, true),
+                Action::CpuOn {
+                    fw_id: id::CPU_ON_64,
+                    w64: true
+                }
+            );
+            assert_eq!(
+                p.decide(0xC400_0005, true),
+                Action::Refuse(ret::NOT_SUPPORTED)
+            );
+            assert_eq!(p.decide(0xC200_0000, true), Action::Deny);
+        }
+        // PSCI 0.1-only firmware with IDs of its own: intercepted and used.
+        let node = Psci {
+            version: PsciVersion::V0_1,
+            method: PsciMethod::Smc,
+            cpu_on: Some(0x9500_0003),
+            cpu_off: Some(0x9500_0002),
+            cpu_suspend: None,
+            migrate: Some(0x9500_0005),
+        };
+        let mut allow = SmcAllowList::EMPTY;
+        allow.push(0x9500_0000, 0x9500_00ff).unwrap();
+        let p = Policy::for_platform(Some(&node), allow);
+        assert_eq!(
+            p.decide(0x9500_0003, true),
+            Action::CpuOn {
+                fw_id: 0x9500_0003,
+                w64: true
+            },
+            "intercepted even though the allowlist names it"
+        );
+        assert_eq!(
+            p.decide(0x9501_0002, true),
+            Action::CpuOff { fw_id: 0x9500_0002 }
+        );
+        assert_eq!(
+            p.decide(0x9500_0005, true),
+            Action::Refuse(ret::NOT_SUPPORTED)
+        );
+        assert_eq!(p.decide(0x9500_0004, true), Action::Forward(0x9500_0004));
+        // No cpu_suspend ID: CPU_SUSPEND cannot be served (standard IDs mean nothing to
+        // this firmware).
+        assert_eq!(
+            p.decide(id::CPU_SUSPEND_64, true),
+            Action::Refuse(ret::NOT_SUPPORTED)
+        );
+        assert_eq!(
+            p.decide(id::CPU_ON_64, true),
+            Action::CpuOn {
+                fw_id: 0x9500_0003,
+                w64: true
+            }
+        );
+        assert_eq!(
+            p.psci_features(id::CPU_SUSPEND_64),
+            FeatureAnswer::Value(ret::NOT_SUPPORTED)
         );
     }
 
