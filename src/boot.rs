@@ -201,20 +201,14 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     }
     // Spin-table CPUs would start at the host's release address, at EL2: they are not
     // the host's, and the pages holding their release addresses leave its reach.
-    let mut hidden_mmio: Vec<PhysRange> = Vec::new();
-    for page in plat.spin_table_release_pages(arch::mpidr()) {
+    let release_pages = plat.spin_table_release_pages(arch::mpidr());
+    for page in &release_pages {
         log::warn!(
             "spin-table CPU(s) refused: release address page {:#x} kept from the host",
             page.base.get()
         );
-        if layout::outside_ram(&ram, page).is_none() {
-            if !layout::overlaps_any(&page, &carveouts) {
-                carveouts.push(page);
-            }
-        } else {
-            hidden_mmio.push(page);
-        }
     }
+    let mut hidden_mmio = layout::keep_from_host(&ram, &mut carveouts, &release_pages);
 
     // Map all RAM (the image keeps its executable mapping) and hand the pool to the heap.
     for bank in &ram {
