@@ -71,4 +71,5 @@ pub const CHECKS: &[&str] = &[
     "fw-cpu-suspend-standby",
     "fw-psci-features",
     "fw-cpu-on-sve-hint",
+    "s2-permission-fault",
 ];

@@ -46,6 +46,8 @@ mod kind {
     pub const SUSPEND: u64 = 2;
     /// CPU_OFF.
     pub const OFF: u64 = 3;
+    /// Branch to the address in `a1` (expecting the exception that follows).
+    pub const FETCH: u64 = 4;
 }
 
 /// The executor's mailbox: the first words are the boot CPU's, the rest the executor's.
@@ -135,6 +137,14 @@ extern "C" fn executor_main(generation: u64) -> ! {
                 e.us.store(rt::us_between(t0, rt::counter()), Ordering::Relaxed);
                 wake_teardown();
                 e.r0.store(r as u64, Ordering::Relaxed);
+            }
+            kind::FETCH => {
+                rt::expect_exception();
+                e.done.store(req, Ordering::Release);
+                // SAFETY: a branch to an address that cannot execute: the exception that
+                // follows is expected and ends this CPU's run (rt::expect_exception).
+                unsafe { core::arch::asm!("blr {}", in(reg) a1, options(nostack)) };
+                rt::park();
             }
             kind::OFF => {
                 e.done.store(req, Ordering::Release);
@@ -398,9 +408,9 @@ fn expect_all(
 
 /// `fw-other-services-refused`, `fw-system-suspend-refused`,
 /// `fw-cpu-suspend-powerdown-refused`, `fw-cpu-suspend-standby`, `fw-psci-features`,
-/// `fw-cpu-on-sve-hint`.
-pub fn firmware(env: &Env) -> [R; 6] {
-    let not_run = |why: &str| -> [R; 6] { core::array::from_fn(|_| Err(why.into())) };
+/// `fw-cpu-on-sve-hint`, `s2-permission-fault`.
+pub fn firmware(env: &Env) -> [R; 7] {
+    let not_run = |why: &str| -> [R; 7] { core::array::from_fn(|_| Err(why.into())) };
     let Some(mpidr) = first_secondary(env) else {
         return not_run("the DTB lists no secondary CPU PSCI can start");
     };
@@ -578,14 +588,50 @@ pub fn firmware(env: &Env) -> [R; 6] {
         Err("not run: the executor never started".into())
     };
     let r6 = (|| -> R {
-        stopped?;
+        stopped.clone()?;
         start(psci::CPU_ON_64 | HINT, mpidr, 2)?;
         x.lost = false;
-        stop(&mut x)?;
         Ok(format!(
-            "CPU_ON {:#x} started CPU {mpidr:#x} at EL1 through Warden; it went off again",
+            "CPU_ON {:#x} started CPU {mpidr:#x} at EL1 through Warden",
             psci::CPU_ON_64 | HINT
         ))
     })();
-    [r1, r2, r3, r4, r5, r6]
+
+    // 7. An instruction fetch from MMIO (Device and execute-never in the host stage-2):
+    // a stage-2 permission fault, for which HPFAR_EL2 is not valid; Warden must answer it
+    // with an external abort, not take the mapped IPA for a transient fault and retry.
+    let r7 = (|| -> R {
+        if r6.is_err() {
+            // The executor is off (or lost): start it the ordinary way.
+            stopped.clone()?;
+            start(psci::CPU_ON_64, mpidr, 3)?;
+            x.lost = false;
+        }
+        let uart = env
+            .plat
+            .console
+            .as_ref()
+            .map(|c| c.regs.base.get())
+            .ok_or("no console in the DTB to fetch from")?;
+        x.run(kind::FETCH, 0, [uart, 0, 0])?;
+        let mut esr = None;
+        wait_until(CALL_TIMEOUT_MS, || {
+            esr = rt::caught_exception(1);
+            esr.is_some()
+        });
+        // The executor ends its run in its exception handler.
+        x.lost = true;
+        match esr {
+            None => Err(format!(
+                "a fetch from MMIO {uart:#x} on CPU {mpidr:#x}: no exception within {CALL_TIMEOUT_MS} ms (the CPU is stuck re-trying the access)"
+            )),
+            Some(esr) if esr >> 26 == 0x21 && esr & 0x3f == 0x10 => Ok(format!(
+                "a fetch from MMIO {uart:#x}: synchronous external abort at EL1 (ESR {esr:#x})"
+            )),
+            Some(esr) => Err(format!(
+                "a fetch from MMIO {uart:#x}: ESR {esr:#x}, expected an instruction abort with FSC 0x10 (external abort)"
+            )),
+        }
+    })();
+    [r1, r2, r3, r4, r5, r6, r7]
 }

@@ -98,6 +98,7 @@ const STEPS: &[Step] = &[
             "fw-cpu-suspend-standby",
             "fw-psci-features",
             "fw-cpu-on-sve-hint",
+            "s2-permission-fault",
         ],
         |env| firmware::firmware(env).into(),
     ),
