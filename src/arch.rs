@@ -166,6 +166,19 @@ pub fn tlbi_vmalls12_local() {
     };
 }
 
+/// Translates `va` through the host's stage 1 with `AT S1E1R` and returns the result
+/// (PAR_EL1), leaving the host's own PAR_EL1 as it was.
+pub fn at_s1e1r(va: u64) -> u64 {
+    let saved = read_sysreg!("par_el1");
+    // SAFETY: address translation only writes PAR_EL1 (restored below); it cannot fault
+    // at EL2 for an EL1 regime translation (failures are reported in PAR_EL1.F).
+    unsafe { asm!("at s1e1r, {}", in(reg) va, options(nostack, preserves_flags)) };
+    isb();
+    let par = read_sysreg!("par_el1");
+    write_sysreg!("par_el1", saved);
+    par
+}
+
 /// Arguments and results of an SMCCC call (x0–x17).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SmcArgs(pub [u64; 18]);

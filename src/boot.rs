@@ -134,6 +134,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         ),
         None => log::warn!("no PSCI in the DTB: secondary CPUs cannot be started"),
     }
+    crate::trap::init_firmware(&plat, opts.smc_allow);
 
     // ---- RAM, carve-out and pool ------------------------------------------------------
     let ram: Vec<PhysRange> = plat.ram.clone();
@@ -177,7 +178,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let pool = layout::find_free(&ram, &taken, pool_size, 2 * MB, Some(image_2m.end()))
         .ok_or("no free RAM for Warden's pool (warden.pool=)")?;
     taken.push(pool);
-    let carveouts: Vec<PhysRange> = if pool.base.get() == image_2m.end() {
+    let mut carveouts: Vec<PhysRange> = if pool.base.get() == image_2m.end() {
         alloc::vec![PhysRange::new(
             image_2m.base.get(),
             image_2m.size + pool.size
@@ -185,6 +186,30 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     } else {
         alloc::vec![image_2m, pool]
     };
+    // The carve-out must be RAM the DTB describes: anything else may be MMIO, or memory
+    // the host learns about some other way and would then use.
+    for c in &carveouts {
+        if let Some(out) = layout::outside_ram(&ram, *c) {
+            println!(
+                "warden: carve-out {:#x}..{:#x} is not inside /memory ({:#x}..{:#x} is not RAM)",
+                c.base.get(),
+                c.end(),
+                out.base.get(),
+                out.end()
+            );
+            return Err("Warden's carve-out (image or pool) lies outside the DTB's /memory");
+        }
+    }
+    // Spin-table CPUs would start at the host's release address, at EL2: they are not
+    // the host's, and the pages holding their release addresses leave its reach.
+    let release_pages = plat.spin_table_release_pages(arch::mpidr());
+    for page in &release_pages {
+        log::warn!(
+            "spin-table CPU(s) refused: release address page {:#x} kept from the host",
+            page.base.get()
+        );
+    }
+    let mut hidden_mmio = layout::keep_from_host(&ram, &mut carveouts, &release_pages);
 
     // Map all RAM (the image keeps its executable mapping) and hand the pool to the heap.
     for bank in &ram {
@@ -235,6 +260,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
     let mut probed = crate::iommu::probe_all(&plat)?;
     // ---- Who may master DMA: one decision per device node --------------------------------
+    hidden_mmio.extend_from_slice(&probed.frames);
     let masters = decide_masters(blob, &plat, &probed)?;
     let host_mmio = masters
         .host_mmio()
@@ -245,7 +271,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         &ram,
         &carveouts,
         probed.min_oas,
-        &probed.frames,
+        &hidden_mmio,
         &host_mmio,
     )?;
     let geom = s2.geometry();
@@ -314,10 +340,11 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let hidden = masters
         .hidden_offsets()
         .map_err(|_| "no memory for the host DTB edits")?;
-    let edits = dtb::HostDtbEdits {
+    let mut edits = dtb::HostDtbEdits {
         disable_nodes: &hidden,
         ..dtb::HostDtbEdits::for_host(&plat, &carveouts)
     };
+    edits.refuse_spin_table = Some(arch::mpidr());
     let n = dtb::build_host_dtb(blob, out_buf, &edits).map_err(|_| "cannot build the host DTB")?;
     arch::clean_dcache_range(out.base.get(), n as u64);
     println!("warden: host DTB at {:#x} ({n} bytes)", out.base.get());
@@ -486,7 +513,11 @@ fn build_host_stage2(
 fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
     let me = arch::mpidr();
     let mut mpidrs: Vec<u64> = alloc::vec![me];
-    for c in plat.cpus.iter().filter(|c| c.available) {
+    for c in plat
+        .cpus
+        .iter()
+        .filter(|c| c.available && c.enable_method != dtb::EnableMethod::SpinTable)
+    {
         let m = c.mpidr & hyp::psci::MPIDR_AFF_MASK;
         if m != me {
             mpidrs.push(m);

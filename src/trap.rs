@@ -7,7 +7,7 @@ use crate::arch::{self, SmcArgs, read_sysreg, write_sysreg};
 use crate::cpu::{self, CPUS};
 use crate::println;
 use hyp::fault::{self, HostExceptionState, Injection, ec};
-use hyp::psci::{self, Action, PowerState};
+use hyp::psci::{self, PowerState};
 
 /// The registers saved by `exception_common` (src/head.S).
 #[repr(C)]
@@ -109,13 +109,26 @@ fn inject(frame: &mut TrapFrame, inj: &Injection) {
 /// The host touched an IPA its stage-2 does not map (Warden's memory): log it and give
 /// the host a synchronous external abort, exactly as if the memory system had refused.
 fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
+    use hyp::hpfar::{self, IpaSource};
     let far = read_sysreg!("far_el2");
-    // HPFAR_EL2.FIPA holds IPA[51:12] for stage-2 faults.
-    let hpfar = read_sysreg!("hpfar_el2");
-    let ipa = ((hpfar >> 4) << 12) | (far & 0xfff);
+    // HPFAR_EL2 only where the architecture writes it; otherwise the host's stage 1.
+    let erratum = hpfar::erratum_834220(read_sysreg!("midr_el1"));
+    let source = hpfar::ipa_source(esr, erratum);
+    let ipa = match source {
+        IpaSource::Hpfar => Some(hpfar::ipa_from_hpfar(read_sysreg!("hpfar_el2"), far)),
+        IpaSource::Translate => match hpfar::ipa_from_par(arch::at_s1e1r(far), far) {
+            Some(ipa) => Some(ipa),
+            // The host's stage 1 changed since the access: let it retry.
+            None => return,
+        },
+        IpaSource::Unknown => None,
+    };
     // A live entry may be briefly invalid during break-before-make on another CPU: if
-    // the IPA is mapped now, the access simply retries.
-    if let Some(core) = crate::boot::HYP.get()
+    // the IPA is mapped now, the access simply retries. (Not for a permission fault: the
+    // entry is there, it does not allow the access.)
+    if let Some(ipa) = ipa
+        && !hpfar::is_permission(esr)
+        && let Some(core) = crate::boot::HYP.get()
         && core.with_host_mem(|hm| {
             hm.s2
                 .translate(&crate::mm::S2Mem, hyp::addr::Ipa(ipa))
@@ -124,6 +137,12 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
     {
         return;
     }
+    let how = match source {
+        IpaSource::Hpfar => "",
+        IpaSource::Translate => " (IPA from AT S1E1R)",
+        IpaSource::Unknown => " (IPA unknown)",
+    };
+    let ipa = ipa.unwrap_or(0);
     let write = esr & (1 << 6) != 0 && esr >> 26 == ec::DABT_LOW;
     let el = if fault::from_el0(frame.spsr) {
         "EL0"
@@ -131,7 +150,7 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
         "EL1"
     };
     log::error!(
-        "host stage-2 fault: {} of IPA {ipa:#x} (VA {far:#x}) from {el} at {:#x} on CPU {}, ESR {esr:#x}: injecting external abort",
+        "host stage-2 fault: {} of IPA {ipa:#x}{how} (VA {far:#x}) from {el} at {:#x} on CPU {}, ESR {esr:#x}: injecting external abort",
         if esr >> 26 == ec::IABT_LOW {
             "fetch"
         } else if write {
@@ -150,9 +169,11 @@ fn set_result(frame: &mut TrapFrame, r: &[u64]) {
     frame.x[..r.len()].copy_from_slice(r);
 }
 
-fn forward(frame: &mut TrapFrame) {
+/// Forwards the host's registers to firmware with x0 = `fid` (the normalised ID).
+fn forward(frame: &mut TrapFrame, fid: u32) {
     let mut a = SmcArgs::default();
     a.0.copy_from_slice(&frame.x[..18]);
+    a.0[0] = u64::from(fid);
     let r = arch::smc(&a);
     frame.x[..18].copy_from_slice(&r.0);
 }
@@ -164,69 +185,141 @@ fn forward_with(fid: u32, args: &[u64]) -> i64 {
     arch::smc(&a).0[0] as i64
 }
 
+/// The firmware-call policy (hyp/src/psci.rs), fixed at boot by [`init_firmware`].
+static POLICY: spin::Once<psci::Policy> = spin::Once::new();
+
+fn policy() -> &'static psci::Policy {
+    POLICY.get().unwrap_or(&psci::Policy::DEFAULT)
+}
+
+/// Builds the firmware-call policy from the DTB's `/psci` node, firmware's own answers
+/// (PSCI_VERSION, then PSCI_FEATURES(CPU_SUSPEND) for the `power_state` format) and the
+/// board's allowlist. Boot CPU, before the host runs.
+pub fn init_firmware(plat: &hyp::dtb::Platform, allow: psci::SmcAllowList) {
+    use hyp::dtb::{PsciMethod, PsciVersion};
+    let mut p = psci::Policy::for_platform(plat.psci.as_ref(), allow);
+    if let Some(node) = &plat.psci
+        && node.version != PsciVersion::V0_1
+        && node.method == PsciMethod::Smc
+    {
+        let version = forward_with(psci::id::VERSION, &[]);
+        if version >= 0x1_0000 {
+            let f = forward_with(psci::id::FEATURES, &[u64::from(psci::id::CPU_SUSPEND_64)]);
+            p.suspend_format = psci::SuspendFormat::from_features(f);
+        }
+        println!(
+            "warden: PSCI firmware version {}.{}, CPU_SUSPEND power_state format {:?}",
+            version >> 16,
+            version & 0xffff,
+            p.suspend_format
+        );
+    }
+    if p.allow.is_empty() {
+        println!("warden: firmware calls: PSCI and SMCCC discovery only (no warden.smc_allow=)");
+    } else {
+        for (a, b) in p.allow.ranges() {
+            log::warn!(
+                "firmware calls {a:#x}..={b:#x} are forwarded unchecked (warden.smc_allow=)"
+            );
+        }
+    }
+    POLICY.call_once(|| p);
+}
+
+static REFUSALS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Logs a refused call, rate-limited.
+fn log_refused(frame: &TrapFrame, conduit: Conduit, status: i64) {
+    let n = REFUSALS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if psci::log_refusal(n) {
+        log::warn!(
+            "host {} {:#x} (x1 {:#x}) refused with {status}, not forwarded to firmware ({} refusal(s) so far)",
+            if conduit == Conduit::Smc {
+                "SMC"
+            } else {
+                "HVC"
+            },
+            frame.x[0] as u32,
+            frame.x[1],
+            n + 1
+        );
+    }
+}
+
 fn smccc_call(frame: &mut TrapFrame, conduit: Conduit) {
+    use psci::{Action, FeatureAnswer};
     let fid = frame.x[0] as u32;
-    match psci::classify(fid) {
-        Action::CpuOn => {
-            let r = cpu_on(frame.x[1], frame.x[2], frame.x[3]);
+    let p = policy();
+    let answer = |a: FeatureAnswer, query: u32| match a {
+        FeatureAnswer::Value(v) => v,
+        FeatureAnswer::AskFirmware { fid, clear } => {
+            let r = forward_with(query, &[u64::from(fid)]);
+            if r >= 0 { r & !clear } else { r }
+        }
+    };
+    match p.decide(fid, conduit == Conduit::Smc) {
+        Action::CpuOn { fw_id, w64 } => {
+            let m = if w64 { u64::MAX } else { u64::from(u32::MAX) };
+            let r = cpu_on(fw_id, frame.x[1] & m, frame.x[2] & m, frame.x[3] & m);
             set_result(frame, &[r as u64]);
         }
-        Action::Suspend { entry_arg } => {
-            let r = suspend(fid, frame, entry_arg);
+        Action::CpuSuspend { fw_id, w64 } => {
+            let r = match p.suspend(frame.x[1]) {
+                Ok(()) => suspend(fw_id, frame, w64),
+                Err(e) => {
+                    log_refused(frame, conduit, e);
+                    e
+                }
+            };
             set_result(frame, &[r as u64]);
         }
-        Action::CpuOff => {
+        Action::CpuOff { fw_id } => {
             let me = cpu::this_slot();
             CPUS[me].power.set(PowerState::Off);
-            let r = forward_with(fid, &[]);
+            let r = forward_with(fw_id, &[]);
             // Only an error comes back.
             CPUS[me].power.set(PowerState::On);
             set_result(frame, &[r as u64]);
         }
-        Action::Features => {
-            let queried = frame.x[1] as u32;
-            if queried == host_abi::smccc::VERSION {
-                set_result(frame, &[0]);
+        Action::PsciFeatures => {
+            let r = answer(p.psci_features(frame.x[1] as u32), psci::id::FEATURES);
+            set_result(frame, &[r as u64]);
+        }
+        Action::SystemReset2(id) => {
+            if psci::system_reset2_allowed(frame.x[1]) {
+                let r = forward_with(id, &[0, 0]);
+                set_result(frame, &[r as u64]);
             } else {
-                forward_psci(frame, conduit);
+                log_refused(frame, conduit, psci::ret::INVALID_PARAMETERS);
+                set_result(frame, &[psci::ret::INVALID_PARAMETERS as u64]);
             }
         }
-        Action::Forward => forward_psci(frame, conduit),
-        Action::NotPsci => other_call(frame, fid, conduit),
-    }
-}
-
-fn forward_psci(frame: &mut TrapFrame, _conduit: Conduit) {
-    // PSCI always goes to firmware over SMC, whichever conduit the host used.
-    forward(frame);
-}
-
-fn other_call(frame: &mut TrapFrame, fid: u32, conduit: Conduit) {
-    use host_abi::smccc;
-    const NOT_SUPPORTED: u64 = -1i64 as u64;
-    match fid {
-        smccc::VERSION => set_result(frame, &[smccc::VERSION_1_1]),
-        smccc::ARCH_FEATURES => {
-            let queried = frame.x[1] as u32;
-            match queried {
-                smccc::VERSION | smccc::ARCH_FEATURES => set_result(frame, &[0]),
-                // Firmware's own workarounds (ARCH_WORKAROUND_1/2/3) and SOC_ID.
-                0x8000_8000 | 0x8000_7FFF | 0x8000_3FFF | 0x8000_0002 => forward(frame),
-                _ => set_result(frame, &[NOT_SUPPORTED]),
-            }
+        // PSCI and the forwarded Arm Architecture calls always go to firmware over SMC,
+        // whichever conduit the host used.
+        Action::Forward(id) => forward(frame, id),
+        Action::SmcccVersion => set_result(frame, &[host_abi::smccc::VERSION_1_1]),
+        Action::ArchFeatures => {
+            let r = answer(
+                p.arch_features(frame.x[1] as u32),
+                host_abi::smccc::ARCH_FEATURES,
+            );
+            set_result(frame, &[r as u64]);
         }
-        0x8600_0000..=0x8600_FFFF | 0xC600_0000..=0xC600_FFFF => {
-            // Vendor-specific hypervisor service: Warden's own calls.
-            crate::hypercall::dispatch(frame);
+        Action::VendorHyp => crate::hypercall::dispatch(frame),
+        Action::Refuse(e) => {
+            log_refused(frame, conduit, e);
+            set_result(frame, &[e as u64]);
         }
-        _ if conduit == Conduit::Smc => forward(frame),
-        _ => set_result(frame, &[NOT_SUPPORTED]),
+        Action::Deny => {
+            log_refused(frame, conduit, psci::ret::NOT_SUPPORTED);
+            set_result(frame, &[psci::ret::NOT_SUPPORTED as u64]);
+        }
     }
 }
 
 /// PSCI CPU_ON on behalf of the host: the target starts in Warden's secondary entry,
 /// which sets up its EL2 state and then enters the host's `entry` with `ctx`.
-fn cpu_on(target: u64, entry: u64, ctx: u64) -> i64 {
+fn cpu_on(fw_id: u32, target: u64, entry: u64, ctx: u64) -> i64 {
     let Some(slot) = cpu::slot_of(target & psci::MPIDR_AFF_MASK) else {
         return psci::ret::INVALID_PARAMETERS;
     };
@@ -242,7 +335,7 @@ fn cpu_on(target: u64, entry: u64, ctx: u64) -> i64 {
         })
     };
     let r = forward_with(
-        psci::id::CPU_ON_64,
+        fw_id,
         &[target, crate::boot::secondary_entry_pa(), s.boot_pa()],
     );
     if r != psci::ret::SUCCESS {
@@ -251,12 +344,14 @@ fn cpu_on(target: u64, entry: u64, ctx: u64) -> i64 {
     r
 }
 
-/// A suspend that may lose context: resume goes through Warden's entry point too.
-fn suspend(fid: u32, frame: &TrapFrame, entry_arg: usize) -> i64 {
+/// CPU_SUSPEND to a standby state (checked by the caller): firmware returns here, but
+/// should it lose the CPU's context after all, the CPU resumes through Warden's entry
+/// point like a CPU_ON, into the host's resume address.
+fn suspend(fw_id: u32, frame: &TrapFrame, w64: bool) -> i64 {
     let me = cpu::this_slot();
     let s = &CPUS[me];
-    let entry = frame.x[entry_arg];
-    let ctx = frame.x[entry_arg + 1];
+    let m = if w64 { u64::MAX } else { u64::from(u32::MAX) };
+    let (entry, ctx) = (frame.x[2] & m, frame.x[3] & m);
     // SAFETY: a CPU owns its own record while it is running.
     unsafe {
         s.update_boot(|b| {
@@ -264,10 +359,10 @@ fn suspend(fid: u32, frame: &TrapFrame, entry_arg: usize) -> i64 {
             b.host_ctx = ctx;
         })
     };
-    let mut args = [0u64; 3];
-    args[..entry_arg - 1].copy_from_slice(&frame.x[1..entry_arg]);
-    args[entry_arg - 1] = crate::boot::secondary_entry_pa();
-    args[entry_arg] = s.boot_pa();
-    // Standby states and errors return here; powerdown resumes in `secondary_entry`.
-    forward_with(fid, &args[..entry_arg + 1])
+    // power_state is a 32-bit parameter: firmware sees exactly what was checked.
+    let power_state = frame.x[1] & u64::from(u32::MAX);
+    forward_with(
+        fw_id,
+        &[power_state, crate::boot::secondary_entry_pa(), s.boot_pa()],
+    )
 }

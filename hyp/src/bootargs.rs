@@ -17,7 +17,13 @@
 //! - `warden.passthrough=<path>[,<path>...]` — DTB nodes (full paths) the host may use
 //!   although Warden would hide them as DMA masters outside every SMMU
 //!   ([`crate::masters`]): UNPROTECTED, for board integrators; repeatable, the lists add
-//!   up ([`passthrough_paths`]).
+//!   up ([`passthrough_paths`]);
+//! - `warden.smc_allow=<id>[-<id>][,…]` — SMCCC function IDs the host may call in
+//!   firmware through Warden, unchanged (default: none; see [`crate::psci`]): up to
+//!   [`MAX_SMC_ALLOW`](crate::psci::MAX_SMC_ALLOW) IDs or inclusive ranges, `0x`
+//!   hexadecimal or decimal, written without the SVE hint (bits 23:16 of a fast call
+//!   clear). PSCI, the Arm Architecture Service and Warden's own calls are decided by
+//!   Warden whatever the list says. `none` (or an empty list) clears it.
 //!
 //! Words are separated by ASCII whitespace; double quotes group (`key="a b"`) and are
 //! stripped from values, as in Linux. Words that do not start with `warden.` are ignored
@@ -28,6 +34,8 @@
 use core::fmt;
 
 use log::LevelFilter;
+
+use crate::psci::SmcAllowList;
 
 /// The smallest accepted `warden.pool=` (1 MiB).
 pub const MIN_POOL_SIZE: u64 = 1 << 20;
@@ -64,6 +72,8 @@ pub struct Options {
     /// `warden.domain_tlbi=cpu`: invalidate host-managed domains with CPU TLBIs when BTM
     /// is in use (`false`: SMMU commands).
     pub domain_cpu_tlbi: bool,
+    /// `warden.smc_allow=`: firmware calls forwarded for the host (empty by default).
+    pub smc_allow: SmcAllowList,
 }
 
 impl Default for Options {
@@ -75,6 +85,7 @@ impl Default for Options {
             batch: DEFAULT_BATCH,
             deadline_ms: DEFAULT_DEADLINE_MS,
             domain_cpu_tlbi: false,
+            smc_allow: SmcAllowList::EMPTY,
         }
     }
 }
@@ -172,6 +183,7 @@ pub fn parse_with<'a>(args: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Optio
                 .and_then(parse_domain_tlbi)
                 .map(|c| opts.domain_cpu_tlbi = c),
             "passthrough" => given.and_then(check_paths),
+            "smc_allow" => given.and_then(parse_smc_allow).map(|l| opts.smc_allow = l),
             _ => {
                 warn(Warning::UnknownKey(key));
                 continue;
@@ -292,6 +304,42 @@ fn parse_domain_tlbi(v: &str) -> Result<bool, &'static str> {
     } else {
         Err("expected smmu or cpu")
     }
+}
+
+/// One function ID of `warden.smc_allow=`: `0x` hex or decimal, 32 bits, and for a fast
+/// call without the SVE hint or reserved bits (23:16), as after normalisation.
+fn parse_fid(v: &str) -> Result<u32, &'static str> {
+    let (digits, radix) = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (v, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err("not a function ID");
+    }
+    let id = u32::from_str_radix(digits, radix).map_err(|_| "function ID above 32 bits")?;
+    if id & crate::psci::smccc::FAST != 0 && id & 0x00ff_0000 != 0 {
+        return Err("bits 23:16 of a fast call ID must be clear");
+    }
+    Ok(id)
+}
+
+/// `none`, or comma-separated IDs and `first-last` ranges.
+fn parse_smc_allow(v: &str) -> Result<SmcAllowList, &'static str> {
+    let mut list = SmcAllowList::EMPTY;
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(list);
+    }
+    for entry in v.split(',') {
+        let (a, b) = match entry.split_once('-') {
+            Some((a, b)) => (parse_fid(a)?, parse_fid(b)?),
+            None => {
+                let a = parse_fid(entry)?;
+                (a, a)
+            }
+        };
+        list.push(a, b)?;
+    }
+    Ok(list)
 }
 
 /// A byte count: decimal or `0x` hex, optional `K`/`M`/`G` suffix (either case).
@@ -560,6 +608,72 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn smc_allowlist() {
+        let l = parse("warden.smc_allow=0x82000001,0xc2000000-0xc200ffff")
+            .options
+            .smc_allow;
+        assert_eq!(
+            l.ranges(),
+            [(0x8200_0001, 0x8200_0001), (0xC200_0000, 0xC200_FFFF)]
+        );
+        assert!(l.allows(0xC200_1234) && !l.allows(0x8200_0002));
+        assert!(Options::default().smc_allow.is_empty(), "empty by default");
+        assert_eq!(
+            parse("warden.smc_allow=2181038081")
+                .options
+                .smc_allow
+                .ranges(),
+            [(0x8200_0001, 0x8200_0001)]
+        );
+        // `none` clears an earlier list; a later list replaces it.
+        assert!(
+            parse("warden.smc_allow=0x82000001 warden.smc_allow=none")
+                .options
+                .smc_allow
+                .is_empty()
+        );
+        assert_eq!(
+            parse("warden.smc_allow=1 warden.smc_allow=\"0x3\"")
+                .options
+                .smc_allow
+                .ranges(),
+            [(3, 3)]
+        );
+        for (v, reason) in [
+            ("", "missing value"),
+            ("0x82000001,", "not a function ID"),
+            ("0x8200zz01", "not a function ID"),
+            ("0x1_0000_0000", "not a function ID"),
+            ("0x100000000", "function ID above 32 bits"),
+            ("0xc4010003", "bits 23:16 of a fast call ID must be clear"),
+            (
+                "0xc2000000-0xc2ff0000",
+                "bits 23:16 of a fast call ID must be clear",
+            ),
+            ("0xc2000010-0xc2000001", "range ends before it starts"),
+            ("0x82000001-", "not a function ID"),
+            ("1,2,3,4,5,6,7,8,9", "more than 8 entries"),
+        ] {
+            let args = format!("warden.smc_allow=0x82000005 warden.smc_allow={v}");
+            let p = parse(&args);
+            assert_eq!(
+                p.options.smc_allow.ranges(),
+                [(0x8200_0005, 0x8200_0005)],
+                "{v}: the bad value is ignored, the earlier one kept"
+            );
+            assert_eq!(
+                p.warnings().collect::<Vec<_>>(),
+                [Warning::BadValue {
+                    key: "warden.smc_allow",
+                    value: v,
+                    reason
+                }],
+                "{v}"
+            );
+        }
     }
 
     #[test]

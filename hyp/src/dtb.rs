@@ -391,6 +391,30 @@ impl Platform {
         self.smmus.iter().position(|s| s.phandle == Some(phandle))
     }
 
+    /// The pages holding the `cpu-release-addr` of every available spin-table CPU except
+    /// the boot CPU (`boot_mpidr`), page-aligned, without duplicates: a write there
+    /// releases the CPU at an address of the writer's choosing and at firmware's exception
+    /// level (EL2), so these pages must stay out of the host's reach.
+    pub fn spin_table_release_pages(&self, boot_mpidr: u64) -> Vec<PhysRange> {
+        const PAGE: u64 = 4096;
+        let mut pages: Vec<PhysRange> = Vec::new();
+        for c in &self.cpus {
+            if c.enable_method != EnableMethod::SpinTable || !c.available || c.mpidr == boot_mpidr {
+                continue;
+            }
+            let Some(a) = c.release_addr else { continue };
+            // The 8-byte release address may straddle two pages.
+            let first = a & !(PAGE - 1);
+            let last = a.saturating_add(7) & !(PAGE - 1);
+            for base in [first, last] {
+                if !pages.iter().any(|p| p.base.get() == base) && pages.try_reserve(1).is_ok() {
+                    pages.push(PhysRange::new(base, PAGE));
+                }
+            }
+        }
+        pages
+    }
+
     /// One past the highest physical address of RAM or MMIO: what the host stage-2 IPA
     /// space must cover.
     pub fn max_phys_end(&self) -> u64 {
@@ -1573,6 +1597,11 @@ pub struct HostDtbEdits<'e> {
     /// Sets `status = "disabled"` on these nodes, named by [`DeviceNode::offset`] (the
     /// devices [`crate::masters`] hides from the host).
     pub disable_nodes: &'e [usize],
+    /// `Some(boot)`: sets `status = "disabled"` on every CPU node with
+    /// `enable-method = "spin-table"` whose `reg` is not `boot` (the boot CPU's MPIDR).
+    /// Such CPUs would start at the host's release address without entering Warden, so
+    /// the host does not get them (see [`Platform::spin_table_release_pages`]).
+    pub refuse_spin_table: Option<u64>,
 }
 
 impl<'e> HostDtbEdits<'e> {
@@ -1590,6 +1619,7 @@ impl<'e> HostDtbEdits<'e> {
             disable_smmus: true,
             drop_modules: false,
             disable_nodes: &[],
+            refuse_spin_table: Some(u64::from(platform.boot_cpuid_phys)),
         }
     }
 }
@@ -1679,7 +1709,11 @@ pub fn build_host_dtb(
         "#address-cells" | "#size-cells" | "ranges" => carving && resmem.is_none(),
         "bootargs" => edits.bootargs.is_some(),
         "linux,initrd-start" | "linux,initrd-end" => edits.initrd.is_some(),
-        _ => edits.disable_smmus || !edits.disable_nodes.is_empty(),
+        _ => {
+            edits.disable_smmus
+                || !edits.disable_nodes.is_empty()
+                || edits.refuse_spin_table.is_some()
+        }
     };
     for (i, name) in ADDED_NAMES.iter().enumerate() {
         if !used(name) {
@@ -1841,7 +1875,27 @@ fn carve_out_name(c: &PhysRange) -> NameBuf {
     n
 }
 
-impl Emitter<'_, '_, '_> {
+impl<'a> Emitter<'a, '_, '_> {
+    /// A spin-table CPU node the host must not get (see [`HostDtbEdits::refuse_spin_table`]).
+    fn refused_cpu(&self, node: RawNode<'a>) -> bool {
+        let Some(boot) = self.edits.refuse_spin_table else {
+            return false;
+        };
+        let is = |name, value| {
+            self.fdt
+                .prop(node, name)
+                .is_some_and(|v| prop_str(v, name) == Ok(value))
+        };
+        let reg = self
+            .fdt
+            .prop(node, "reg")
+            .and_then(|v| read_cells(v, (v.len() / 4) as u32))
+            .filter(|_| matches!(self.fdt.prop(node, "reg").map(<[u8]>::len), Some(4 | 8)));
+        is("device_type", "cpu")
+            && is("enable-method", "spin-table")
+            && reg != Some(u128::from(boot))
+    }
+
     fn added(&self, name: &str) -> u32 {
         ADDED_NAMES
             .iter()
@@ -1932,7 +1986,8 @@ impl Emitter<'_, '_, '_> {
         let node = fdt.node_at(begin)?;
         let smmu = (self.edits.disable_smmus
             && strlist_has(fdt.prop(node, "compatible"), "arm,smmu-v3"))
-            || self.edits.disable_nodes.contains(&begin);
+            || self.edits.disable_nodes.contains(&begin)
+            || self.refused_cpu(node);
         self.begin(node.name.as_bytes());
         let mut off = node.body;
         // Properties.
@@ -2502,6 +2557,95 @@ mod tests {
         b.finish()
     }
 
+    /// A board whose secondary CPUs use spin tables (and one PSCI CPU).
+    fn spin_table_board() -> Vec<u8> {
+        let mut b = Builder::default();
+        let spin = |b: &mut Builder, name: &str, reg: u32, release: u64, status: Option<&str>| {
+            b.begin(name)
+                .prop("device_type", &s("cpu"))
+                .prop("reg", &cells(&[reg]))
+                .prop("enable-method", &s("spin-table"))
+                .prop("cpu-release-addr", &release.to_be_bytes());
+            if let Some(st) = status {
+                b.prop("status", &s(st));
+            }
+            b.end();
+        };
+        b.begin("")
+            .prop("#address-cells", &cells(&[1]))
+            .prop("#size-cells", &cells(&[1]))
+            .begin("memory@80000000")
+            .prop("device_type", &s("memory"))
+            .prop("reg", &cells(&[0x8000_0000, 0x1000_0000]))
+            .end()
+            .begin("cpus")
+            .prop("#address-cells", &cells(&[1]))
+            .prop("#size-cells", &cells(&[0]));
+        spin(&mut b, "cpu@0", 0, 0x8000_0ff8, None);
+        spin(&mut b, "cpu@1", 1, 0x8000_0ff8, Some("okay"));
+        // Straddles two pages.
+        spin(&mut b, "cpu@2", 2, 0x8000_1ffc, None);
+        // Already disabled: nothing to protect.
+        spin(&mut b, "cpu@3", 3, 0x9000_0000, Some("disabled"));
+        b.begin("cpu@100")
+            .prop("device_type", &s("cpu"))
+            .prop("reg", &cells(&[0x100]))
+            .prop("enable-method", &s("psci"))
+            .end()
+            .end()
+            .end();
+        b.finish()
+    }
+
+    #[test]
+    fn spin_table_cpus_are_refused() {
+        let orig = spin_table_board();
+        let p = Platform::parse(&orig).unwrap();
+        assert_eq!(p.cpus.len(), 5);
+        // The release pages of the secondaries, once each, both pages of a straddling
+        // address; not the boot CPU's own, nor a disabled CPU's.
+        assert_eq!(
+            p.spin_table_release_pages(0),
+            [
+                r(0x8000_0000, 0x1000),
+                r(0x8000_1000, 0x1000),
+                r(0x8000_2000, 0x1000)
+            ]
+        );
+        assert_eq!(
+            p.spin_table_release_pages(2),
+            [r(0x8000_0000, 0x1000)],
+            "booted on CPU 2: CPUs 0 and 1 share a page"
+        );
+        let edits = HostDtbEdits {
+            refuse_spin_table: Some(0),
+            ..Default::default()
+        };
+        let mut out = vec![0u8; 4096];
+        let n = build_host_dtb(&orig, &mut out, &edits).unwrap();
+        let q = Platform::parse(&out[..n]).unwrap();
+        let avail: Vec<(u64, bool)> = q.cpus.iter().map(|c| (c.mpidr, c.available)).collect();
+        assert_eq!(
+            avail,
+            [(0, true), (1, false), (2, false), (3, false), (0x100, true)],
+            "only the boot CPU and the PSCI CPU are left to the host"
+        );
+        let (_, props) = flatten(&out[..n]);
+        let status = |node: &str| {
+            props
+                .get(&(node.to_string(), "status".to_string()))
+                .cloned()
+        };
+        assert_eq!(status("/cpus/cpu@1"), Some(s("disabled")));
+        assert_eq!(status("/cpus/cpu@2"), Some(s("disabled")));
+        assert_eq!(status("/cpus/cpu@0"), None);
+        assert_eq!(status("/cpus/cpu@100"), None);
+        // Without the edit nothing changes.
+        let n = build_host_dtb(&orig, &mut out, &HostDtbEdits::default()).unwrap();
+        let q = Platform::parse(&out[..n]).unwrap();
+        assert_eq!(q.cpus, p.cpus);
+    }
+
     #[test]
     fn minimal_board_without_optional_nodes() {
         let p = Platform::parse(&minimal()).unwrap();
@@ -2892,6 +3036,13 @@ mod tests {
         for smmu in &mut expected.smmus {
             smmu.available = false;
         }
+        for cpu in &mut expected.cpus {
+            if cpu.enable_method == EnableMethod::SpinTable
+                && cpu.mpidr != u64::from(before.boot_cpuid_phys)
+            {
+                cpu.available = false;
+            }
+        }
         expected.bootargs = before
             .kernel
             .as_ref()
@@ -2942,6 +3093,12 @@ mod tests {
             .filter(|((_, p), v)| p == "compatible" && v.starts_with(b"arm,smmu-v3\0"))
         {
             let _ = prop;
+            want.insert(key(path, "status"), s("disabled"));
+        }
+        for ((path, _), _) in props0
+            .iter()
+            .filter(|((_, p), v)| p == "enable-method" && v.as_slice() == b"spin-table\0")
+        {
             want.insert(key(path, "status"), s("disabled"));
         }
         if !resmem_existed {
@@ -3029,6 +3186,7 @@ mod tests {
             disable_smmus: true,
             drop_modules: false,
             disable_nodes: &[],
+            refuse_spin_table: None,
         };
         let mut out = vec![0u8; 1024];
         let n = build_host_dtb(&orig, &mut out, &edits).unwrap();
@@ -3180,6 +3338,7 @@ mod tests {
             disable_smmus: true,
             drop_modules: false,
             disable_nodes: &[0, 4, 8],
+            refuse_spin_table: Some(0),
         };
         match build_host_dtb(blob, out, &edits) {
             Ok(n) => {

@@ -39,6 +39,38 @@ pub fn overlaps_any(r: &PhysRange, taken: &[PhysRange]) -> bool {
     taken.iter().any(|t| t.overlaps(r))
 }
 
+/// The first part of `r` that no RAM bank covers (adjacent banks count as one), or `None`
+/// when `r` lies wholly in RAM. Warden's carve-out must: memory that is not in `/memory`
+/// may be MMIO, or RAM the host is told about some other way.
+pub fn outside_ram(ram: &[PhysRange], r: PhysRange) -> Option<PhysRange> {
+    let mut first = None;
+    subtract(r, ram, |piece| {
+        first.get_or_insert(piece);
+    });
+    first
+}
+
+/// Pages Warden keeps from the host although they are not its own (the spin-table release
+/// addresses): those in RAM join `carve_outs` (unless a carve-out already covers them), so
+/// that the host stage-2 leaves them out, the host DTB reserves them and they never count
+/// as host-owned; the others are returned, for the caller to leave out of the host
+/// stage-2's MMIO map.
+pub fn keep_from_host(
+    ram: &[PhysRange],
+    carve_outs: &mut alloc::vec::Vec<PhysRange>,
+    pages: &[PhysRange],
+) -> alloc::vec::Vec<PhysRange> {
+    let mut mmio = alloc::vec::Vec::new();
+    for p in pages {
+        if outside_ram(ram, *p).is_some() {
+            mmio.push(*p);
+        } else if !carve_outs.iter().any(|c| c.contains_range(p)) {
+            carve_outs.push(*p);
+        }
+    }
+    mmio
+}
+
 /// Finds `size` bytes aligned to `align` inside one RAM bank, overlapping nothing in
 /// `taken`. The address `prefer` is tried first (if it fits); otherwise the highest
 /// fitting address is chosen, which keeps low memory (where loaders put kernels) free.
@@ -107,6 +139,59 @@ mod tests {
             out.push((r.base.get(), r.size))
         });
         assert_eq!(out, vec![(0, 100)]);
+    }
+
+    #[test]
+    fn carve_out_inside_ram() {
+        let ram = [
+            PhysRange::new(0x4000_0000, 1024 * MB),
+            PhysRange::new(0x8000_0000, 1024 * MB),
+            PhysRange::new(0x1_0000_0000, 16 * MB),
+        ];
+        for ok in [
+            PhysRange::new(0x4020_0000, 34 * MB),
+            PhysRange::new(0x7fe0_0000, 4 * MB), // across two adjacent banks
+            PhysRange::new(0x1_00f0_0000, MB),
+        ] {
+            assert_eq!(outside_ram(&ram, ok), None, "{ok:?}");
+        }
+        // Below RAM, past its end, straddling the end of a bank or a gap.
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0x3fe0_0000, 4 * MB)),
+            Some(PhysRange::new(0x3fe0_0000, 2 * MB))
+        );
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0xbfe0_0000, 4 * MB)),
+            Some(PhysRange::new(0xc000_0000, 2 * MB))
+        );
+        assert_eq!(
+            outside_ram(&ram, PhysRange::new(0x1_00f0_0000, 2 * MB)),
+            Some(PhysRange::new(0x1_0100_0000, MB))
+        );
+        assert_eq!(
+            outside_ram(&[], PhysRange::new(0x4000_0000, MB)),
+            Some(PhysRange::new(0x4000_0000, MB))
+        );
+    }
+
+    #[test]
+    fn pages_kept_from_the_host() {
+        let ram = [PhysRange::new(0x4000_0000, 1024 * MB)];
+        let mut carve = vec![PhysRange::new(0x4020_0000, 36 * MB)];
+        let pages = [
+            PhysRange::new(0x4800_0000, 4096), // RAM
+            PhysRange::new(0x4030_0000, 4096), // already Warden's
+            PhysRange::new(0x0800_0000, 4096), // SRAM / MMIO
+        ];
+        let mmio = keep_from_host(&ram, &mut carve, &pages);
+        assert_eq!(mmio, [PhysRange::new(0x0800_0000, 4096)]);
+        assert_eq!(
+            carve,
+            [
+                PhysRange::new(0x4020_0000, 36 * MB),
+                PhysRange::new(0x4800_0000, 4096)
+            ]
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! A variant passes only if: nothing printed `CONF FAIL`; every check of the suite's list
 //! (test-images/conformance/src/names.rs, included below) printed `CONF PASS`; the summary
 //! `conformance: N passed, M failed` says M = 0 and N ≥ [`MIN_CHECKS`], and N matches the
-//! `CONF PASS` lines; Warden's banner appeared; and QEMU powered off by itself with status
-//! 0 before the timeout.
+//! `CONF PASS` lines; Warden's banner appeared; Warden logged that it refused the SiP call
+//! and SYSTEM_SUSPEND of the firmware checks; and QEMU powered off by itself with status 0 before
+//! the timeout.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -175,10 +176,27 @@ pub fn evaluate(output: &str, exit: Option<i32>, timeout: Duration) -> Vec<Strin
             }
         }
     }
+    for (fid, what) in REFUSED {
+        if !output
+            .lines()
+            .any(|l| !l.contains("CONF ") && l.contains("refused") && l.contains(fid))
+        {
+            problems.push(format!(
+                "Warden did not log that it refused {what} {fid} (QEMU answers a call it does not know NOT_SUPPORTED too, so only Warden's log tells a refused call from a forwarded one)"
+            ));
+        }
+    }
     problems.extend(banner_problem(output));
     problems.extend(qemu::exit_problem(exit, timeout));
     problems
 }
+
+/// Calls the firmware checks make that Warden must log as refused: the first of
+/// `fw-other-services-refused` and of `fw-system-suspend-refused`.
+const REFUSED: [(&str, &str); 2] = [
+    ("0xc2000000", "the SiP call"),
+    ("0xc400000e", "SYSTEM_SUSPEND"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -195,6 +213,10 @@ mod tests {
             s.push_str(&format!("CONF PASS {name}: fine\r\n"));
             s.push_str("warden: WARN  smmu0: SMMU event F_TRANSLATION sid 0x10\n");
         }
+        s.push_str(
+            "warden: WARN  host SMC 0xc2000000 (x1 0x0) refused with -1, not forwarded to firmware\n\
+             warden: WARN  host SMC 0xc400000e (x1 0x0) refused with -1, not forwarded to firmware\n",
+        );
         s.push_str(&format!("conformance: {} passed, 0 failed\n", CHECKS.len()));
         s
     }
@@ -253,6 +275,16 @@ mod tests {
         problems_with(&log, None, "did not exit within 90 s");
         problems_with(&log, Some(1), "status 1");
         problems_with(&log.replace("Warden v0.1.0", "Hello"), Some(0), "banner");
+        problems_with(
+            &log.replace("0xc2000000 (x1", "0xc2000001 (x1"),
+            Some(0),
+            "did not log that it refused the SiP call 0xc2000000",
+        );
+        problems_with(
+            &log.replace("0xc400000e (x1", "0xc400000f (x1"),
+            Some(0),
+            "did not log that it refused SYSTEM_SUSPEND 0xc400000e",
+        );
         // A failing check, and the summary that counts it.
         let failing = log
             .replace(

@@ -64,4 +64,12 @@ pub const CHECKS: &[&str] = &[
     "smp-concurrent",
     "smp-pins-balanced",
     "smp-cpu-off",
+    // Firmware calls through Warden
+    "fw-other-services-refused",
+    "fw-system-suspend-refused",
+    "fw-cpu-suspend-powerdown-refused",
+    "fw-cpu-suspend-standby",
+    "fw-psci-features",
+    "fw-cpu-on-sve-hint",
+    "s2-permission-fault",
 ];

@@ -67,6 +67,26 @@ static STATE: State = State {
 /// only by that CPU.
 static SECONDARY_FAILS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
+/// Per-CPU: the CPU expects its next exception (set by itself with [`expect_exception`]).
+static EXPECTING: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Per-CPU: the syndrome of the expected exception it took, with bit 63 set (0: none).
+static CAUGHT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Declares that the calling secondary CPU's next exception is expected: instead of a
+/// failure, it records the syndrome (see [`caught_exception`]) and the CPU parks.
+pub fn expect_exception() {
+    if let (Some(e), Some(c)) = (EXPECTING.get(cpu_index()), CAUGHT.get(cpu_index())) {
+        c.store(0, Ordering::Relaxed);
+        e.store(1, Ordering::Release);
+    }
+}
+
+/// The ESR_EL1 of the expected exception CPU `cpu` took, if it took one.
+pub fn caught_exception(cpu: usize) -> Option<u64> {
+    let v = CAUGHT.get(cpu)?.load(Ordering::Acquire);
+    (v != 0).then_some(v & !(1 << 63))
+}
+
 /// This CPU's index in the image (TPIDR_EL1, set by head.S): 0 for the boot CPU.
 pub fn cpu_index() -> usize {
     let v: u64;
@@ -454,13 +474,22 @@ fn exception_hint(esr: u64) -> &'static str {
     }
 }
 
-/// Called by the EL1 vectors (head.S) for any exception: none is expected.
+/// Called by the EL1 vectors (head.S) for any exception: none is expected, except on a
+/// secondary CPU that said so ([`expect_exception`]).
 #[unsafe(no_mangle)]
 extern "C" fn el1_exception(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
     let class = esr >> 26;
     let hint = exception_hint(esr);
     let prefix = STATE.check_prefix.get();
     if !is_boot_cpu() {
+        let i = cpu_index();
+        if let (Some(e), Some(c)) = (EXPECTING.get(i), CAUGHT.get(i))
+            && e.load(Ordering::Acquire) != 0
+        {
+            e.store(0, Ordering::Relaxed);
+            c.store(esr | 1 << 63, Ordering::Release);
+            park();
+        }
         // The boot CPU's cells are not ours: record the failure, say what happened, stop.
         secondary_failed();
         crate::println!(

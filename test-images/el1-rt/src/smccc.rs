@@ -210,6 +210,11 @@ pub fn psci_cpu_on(smc: bool, mpidr: u64, entry: u64, context: u64) -> i64 {
     psci_call(smc, psci::CPU_ON_64, mpidr, entry, context).x0 as i64
 }
 
+/// PSCI `CPU_ON` with the function ID `fid` (a CPU_ON form).
+pub fn psci_cpu_on_with(smc: bool, fid: u32, mpidr: u64, entry: u64, context: u64) -> i64 {
+    psci_call(smc, fid, mpidr, entry, context).x0 as i64
+}
+
 /// PSCI `CPU_OFF` of the calling CPU: returns (with an error) only if it failed.
 pub fn psci_cpu_off(smc: bool) -> i64 {
     psci_call(smc, psci::CPU_OFF, 0, 0, 0).x0 as i64

@@ -65,6 +65,17 @@ pub fn mpidr() -> u64 {
 /// Boot CPU only; each index may be started once at a time (it must have stopped, e.g.
 /// by CPU_OFF, before it is started again).
 pub fn start_cpu(index: usize, mpidr: u64, entry: extern "C" fn(u64) -> !, arg: u64) -> i64 {
+    start_cpu_with(smccc::psci::CPU_ON_64, index, mpidr, entry, arg)
+}
+
+/// [`start_cpu`] with the CPU_ON function ID `fid` (e.g. with SMCCC 1.3's SVE hint set).
+pub fn start_cpu_with(
+    fid: u32,
+    index: usize,
+    mpidr: u64,
+    entry: extern "C" fn(u64) -> !,
+    arg: u64,
+) -> i64 {
     if index == 0 || index >= MAX_CPUS || !rt::is_boot_cpu() {
         return -2;
     }
@@ -77,8 +88,9 @@ pub fn start_cpu(index: usize, mpidr: u64, entry: extern "C" fn(u64) -> !, arg: 
     rec.arg.store(arg, Ordering::Relaxed);
     rec.cpu.store(index as u64, Ordering::Release);
     rt::dsb();
-    smccc::psci_cpu_on(
+    smccc::psci_cpu_on_with(
         rt::psci_smc(),
+        fid,
         mpidr,
         secondary_entry as *const () as u64,
         rec as *const SecondaryBoot as u64,

@@ -3,6 +3,7 @@
 mod api;
 mod budget;
 mod dma;
+mod firmware;
 mod smp;
 
 use alloc::format;
@@ -88,6 +89,18 @@ const STEPS: &[Step] = &[
             "smp-cpu-off",
         ],
         |env| smp::smp(env).into(),
+    ),
+    Step::Many(
+        &[
+            "fw-other-services-refused",
+            "fw-system-suspend-refused",
+            "fw-cpu-suspend-powerdown-refused",
+            "fw-cpu-suspend-standby",
+            "fw-psci-features",
+            "fw-cpu-on-sve-hint",
+            "s2-permission-fault",
+        ],
+        |env| firmware::firmware(env).into(),
     ),
 ];
 
