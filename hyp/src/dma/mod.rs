@@ -315,6 +315,8 @@ struct Counters {
     leaves: [AtomicU64; 3],
     /// Pages whose release was abandoned after a hardware failure.
     leaked_pages: AtomicU64,
+    /// Bytes of domain tables kept allocated after a hardware failure.
+    leaked_table_bytes: AtomicU64,
 }
 
 /// What every host-managed domain can use, fixed at boot from the SMMUs.
@@ -385,7 +387,9 @@ impl From<SmmuError> for Error {
             SmmuError::BadConfig(_) => Error::Invalid,
             SmmuError::Unsupported(_) => Error::NotSupported,
             // The SMMU did not answer: try again later.
-            SmmuError::Timeout(_) | SmmuError::BadQueueIndex(_) => Error::Busy,
+            SmmuError::Timeout(_) | SmmuError::BadQueueIndex(_) | SmmuError::CommandSkipped(_) => {
+                Error::Busy
+            }
         }
     }
 }
@@ -1134,6 +1138,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             // Nothing unmapped (no memory to split a block): nothing to release.
             if gather.issue() {
                 gather.free_tables(&mut mem);
+            } else {
+                self.leak_tables(&mut gather);
             }
             return Err(Error::NoMem);
         }
@@ -1158,7 +1164,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                     }
                 }
                 Err(g) => {
-                    // No room in the queue: complete this unmap now.
+                    // No room in the queue, or an invalidation inside the call was not
+                    // confirmed: complete this unmap now (releasing nothing if failed).
                     gather = g;
                     self.complete_unmap(dom.flags.non_coherent, &mut gather, &found.leaves);
                 }
@@ -1193,6 +1200,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     fn leak_tables<V>(&self, g: &mut Gather<V>) {
         if !g.tables.is_empty() {
             log::error!("{} table(s) kept: invalidation unconfirmed", g.tables.len());
+            let n: u64 = g.tables.iter().map(|&(_, size)| size as u64).sum();
+            self.stats
+                .leaked_table_bytes
+                .fetch_add(n, Ordering::Relaxed);
             g.tables.clear();
         }
     }
@@ -1459,5 +1470,12 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     /// Pages kept pinned after a hardware failure.
     pub fn leaked_pages(&self) -> u64 {
         self.stats.leaked_pages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of tables never freed after a hardware failure: domain tables, and host
+    /// stage-2 tables unlinked under an unconfirmed invalidation.
+    pub fn leaked_table_bytes(&self) -> u64 {
+        self.stats.leaked_table_bytes.load(Ordering::Relaxed)
+            + self.host.lock().mem.s2.leaked_table_bytes()
     }
 }

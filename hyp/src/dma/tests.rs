@@ -12,6 +12,7 @@ use std::println;
 mod fuzz;
 mod prop;
 mod threads;
+mod unconfirmed;
 
 const MB: u64 = 1 << 20;
 /// A host page (inside the host RAM).
