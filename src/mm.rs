@@ -51,6 +51,9 @@ impl TableAlloc for HypTables {
     fn ptr(&self, pa: PhysAddr) -> *mut u64 {
         pa.get() as *mut u64
     }
+    fn publish(&mut self) {
+        arch::dsb_ishst();
+    }
 }
 
 /// `size` zeroed bytes aligned to `align` from the heap, as a physical address.
@@ -276,6 +279,14 @@ unsafe impl hyp::dma::PagePool for S2Mem {
                 return None;
             }
             n /= 2;
+        }
+    }
+    fn scrub(&mut self, r: PhysRange) {
+        let p = r.base.get() as *mut u64;
+        for i in 0..(r.size / 8) as usize {
+            // SAFETY: the run was just reclaimed (donated, identity-mapped at EL2, used by
+            // nothing); volatile word stores keep the compiler from emitting a SIMD memset.
+            unsafe { p.add(i).write_volatile(0) };
         }
     }
 }

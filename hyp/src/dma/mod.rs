@@ -98,6 +98,9 @@ pub unsafe trait PagePool: TableMemory + Clone {
     /// Takes a run of at most `max_pages` donated pages that nothing uses out of the pool,
     /// for MEM_RECLAIM; `None` if no donated page is free.
     fn reclaim(&mut self, max_pages: u64) -> Option<PhysRange>;
+    /// Writes zeros over `r`, a run [`reclaim`](Self::reclaim) just took out (through the
+    /// CPU's view; the caller then cleans it to the point of coherency).
+    fn scrub(&mut self, r: PhysRange);
 }
 
 /// CPU TLB maintenance under another VMID than the host's: at EL2 the implementation
@@ -1394,8 +1397,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     }
 
     /// MEM_RECLAIM: gives up to `wanted` donated pages the pool does not use back to the
-    /// host (one run). NOENT when nothing is donated, BUSY when every donated page is in
-    /// use.
+    /// host (one run), zeroed. NOENT when nothing is donated, BUSY when every donated page
+    /// is in use.
     pub fn mem_reclaim(&self, wanted: u64) -> Result<(u64, u64), Error> {
         if wanted == 0 || wanted > host_mem::MAX_PAGES_PER_CALL {
             return Err(Error::Invalid);
@@ -1415,6 +1418,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 }
                 return Err(Error::Busy);
             };
+            // Warden may have kept tables (or anything) there: the host gets zeros, in
+            // its caches and in memory (it may map the pages non-cacheable, a device
+            // may not snoop).
+            pool.scrub(give);
+            self.cpu.clone().clean_inval_poc(give.base, give.size);
             let mut set = self.smmus.lock();
             let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
                 hm.hyp_donate_host_range(mem, tlb, give)

@@ -11,6 +11,7 @@ use std::println;
 
 mod fuzz;
 mod prop;
+mod reclaim;
 mod threads;
 mod unconfirmed;
 

@@ -201,6 +201,14 @@ unsafe impl PagePool for TestPool {
         }
         None
     }
+
+    fn scrub(&mut self, r: PhysRange) {
+        let st = self.0.borrow();
+        // The CPU's view only: the core must clean it for memory to follow.
+        let p = st.ram.cpu_ptr(r.base.get(), r.size as usize);
+        // SAFETY: the pages were just reclaimed: in the RAM, used by nothing else.
+        unsafe { p.write_bytes(0, r.size as usize) };
+    }
 }
 
 /// The CPU model's state.
@@ -233,6 +241,7 @@ impl TestCpu {
 }
 
 impl CpuTlb for TestCpu {
+    fn publish(&mut self) {}
     fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
         let mut a = ipa.get();
         while a < ipa.get() + size {

@@ -134,6 +134,9 @@ unsafe impl PagePool for SyncPool {
     fn reclaim(&mut self, _max_pages: u64) -> Option<PhysRange> {
         None
     }
+    fn scrub(&mut self, _r: PhysRange) {
+        // Never called: `reclaim` returns nothing.
+    }
 }
 
 /// CPU seams that do nothing but count.
@@ -141,6 +144,7 @@ unsafe impl PagePool for SyncPool {
 struct SyncCpu(Arc<AtomicU64>);
 
 impl CpuTlb for SyncCpu {
+    fn publish(&mut self) {}
     fn tlbi_ipa_range(&mut self, _ipa: Ipa, _size: u64) {}
     fn tlbi_vmall(&mut self) {}
 }
