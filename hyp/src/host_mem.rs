@@ -228,9 +228,14 @@ impl HostMem {
 
     /// `host_unpin_dma`: drops one DMA pin from every page of `r` (pinned by
     /// [`host_pin_dma`](Self::host_pin_dma)). Call only once no device can reach the pages
-    /// through the mapping that held the pin (its invalidation completed).
-    pub fn host_unpin_dma(&mut self, r: PhysRange) {
-        self.pins.unpin(r);
+    /// through the mapping that held the pin (its invalidation completed). NOMEM when the
+    /// pin bookkeeping cannot record it: then the pages stay pinned (safe; the caller
+    /// counts them as leaked).
+    pub fn host_unpin_dma(&mut self, r: PhysRange) -> Result<(), Error> {
+        self.pins.unpin(r).map_err(|e| match e {
+            PinError::Invalid => Error::Invalid,
+            PinError::NoMem => Error::NoMem,
+        })
     }
 
     /// Pages currently donated to Warden.
@@ -782,7 +787,7 @@ mod tests {
         });
         assert_eq!(r, Err(Error::Busy));
         assert_eq!(counts, InvalidationCounts::default(), "nothing invalidated");
-        hm.host_unpin_dma(PhysRange::new(p2, 2 * PAGE));
+        hm.host_unpin_dma(PhysRange::new(p2, 2 * PAGE)).unwrap();
         let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
             hm.host_donate_hyp(mem, &mut tlb, p2 + PAGE, 4)
         });

@@ -17,12 +17,15 @@ pub mod el2_s1;
 pub mod el2_setup;
 pub mod events;
 pub mod fault;
+pub mod frames;
 pub mod host_mem;
 pub mod layout;
 pub mod pins;
 pub mod psci;
 pub mod s2mmu;
 pub mod smmu;
+#[cfg(test)]
+pub mod testalloc;
 #[cfg(test)]
 pub mod testutil;
 pub mod vmid_alloc;

@@ -92,9 +92,12 @@ pub const DEFAULT_MAX_DOMAINS: u16 = 1024;
 /// [`donate`](Self::donate), are not part of any live allocation, and are removed from
 /// the pool (never handed out again unless donated again).
 pub unsafe trait PagePool: TableMemory + Clone {
+    /// Makes sure the next [`donate`](Self::donate) can record a donation without
+    /// allocating (as far as the pool's own allocations in between allow); NOMEM if not.
+    fn prepare_donate(&mut self) -> Result<(), crate::frames::NoMem>;
     /// Pages the host donated (already gone from the host stage-2, invalidated) join the
-    /// pool.
-    fn donate(&mut self, r: PhysRange);
+    /// pool. NOMEM, the pages not taken, if the pool's bookkeeping cannot grow.
+    fn donate(&mut self, r: PhysRange) -> Result<(), crate::frames::NoMem>;
     /// Takes a run of at most `max_pages` donated pages that nothing uses out of the pool,
     /// for MEM_RECLAIM; `None` if no donated page is free.
     fn reclaim(&mut self, max_pages: u64) -> Option<PhysRange>;
@@ -881,7 +884,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                     if nc {
                         cpu.clean_inval_poc(r.base, r.size);
                     }
-                    host.mem.host_unpin_dma(r);
+                    self.unpin(&mut host.mem, r);
                 }
                 let _ = at;
                 core::ops::ControlFlow::<()>::Continue(())
@@ -890,7 +893,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 if nc {
                     cpu.clean_inval_poc(r.base, r.size);
                 }
-                host.mem.host_unpin_dma(*r);
+                self.unpin(&mut host.mem, *r);
             }
         }
         for (pa, size) in pending.tables {
@@ -1065,10 +1068,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             self.leak_tables(&mut g);
         }
         if done < chunk {
-            self.host
-                .lock()
-                .mem
-                .host_unpin_dma(PhysRange::new(pa + done, chunk - done));
+            self.unpin(
+                &mut self.host.lock().mem,
+                PhysRange::new(pa + done, chunk - done),
+            );
         }
         if done == 0 {
             return Err(match r {
@@ -1196,7 +1199,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         }
         let mut host = self.host.lock();
         for l in leaves {
-            host.mem.host_unpin_dma(l.pa);
+            self.unpin(&mut host.mem, l.pa);
         }
     }
 
@@ -1208,6 +1211,17 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 .leaked_table_bytes
                 .fetch_add(n, Ordering::Relaxed);
             g.tables.clear();
+        }
+    }
+
+    /// Drops one pin from every page of `r`; if the pin bookkeeping has no memory for
+    /// it, the pages stay pinned for good (safe) and are counted as leaked.
+    fn unpin(&self, host: &mut HostMem, r: PhysRange) {
+        if host.host_unpin_dma(r).is_err() {
+            log::error!("{r:?}: no memory to record the unpin; the pages stay pinned");
+            self.stats
+                .leaked_pages
+                .fetch_add(r.size / PAGE, Ordering::Relaxed);
         }
     }
 
@@ -1260,7 +1274,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         }
         let mut host = self.host.lock();
         for r in &p.pins {
-            host.mem.host_unpin_dma(*r);
+            self.unpin(&mut host.mem, *r);
         }
     }
 
@@ -1372,12 +1386,30 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         for attempt in 0..2 {
             let r = {
                 let mut host = self.host.lock();
+                // Prepare: the pool can record the donation (no allocation after the host
+                // stage-2 changed).
+                self.pool
+                    .clone()
+                    .prepare_donate()
+                    .map_err(|_| Error::NoMem)?;
                 let mut set = self.smmus.lock();
                 let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
                     hm.host_donate_hyp(mem, tlb, pa, pages)
                 });
                 if r.is_ok() {
-                    self.pool.clone().donate(PhysRange::new(pa, pages * PAGE));
+                    let given = PhysRange::new(pa, pages * PAGE);
+                    if self.pool.clone().donate(given).is_err() {
+                        // Undo: the pages go back to the host (their tables still exist).
+                        let back = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
+                            hm.hyp_donate_host_range(mem, tlb, given)
+                        });
+                        if back.is_err() {
+                            log::error!(
+                                "MEM_DONATE {given:?}: no memory to record or undo it; pages withheld"
+                            );
+                        }
+                        return Err(Error::NoMem);
+                    }
                     host.refill(&self.pool);
                 }
                 r
@@ -1430,7 +1462,13 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             return match r {
                 Ok((pa, n)) => Ok((pa.get(), n)),
                 Err(e) => {
-                    pool.donate(give);
+                    // Back into the pool: the lists shrank by taking it out, so this needs
+                    // no allocation; if it failed anyway the pages are only withheld.
+                    if pool.donate(give).is_err() {
+                        log::error!(
+                            "MEM_RECLAIM {give:?}: could not return it to the pool; pages withheld"
+                        );
+                    }
                     Err(e)
                 }
             };

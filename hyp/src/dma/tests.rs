@@ -9,6 +9,7 @@ use crate::smmu::model::{DmaFault, ModelConfig};
 use host_abi::{domain_flags, event};
 use std::println;
 
+mod alloc;
 mod fuzz;
 mod prop;
 mod reclaim;

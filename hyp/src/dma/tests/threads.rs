@@ -130,7 +130,12 @@ unsafe impl TableMemory for SyncPool {
 // SAFETY: donated pages are outside the backing buffer: they are only recorded, never
 // handed out, and given back as they came.
 unsafe impl PagePool for SyncPool {
-    fn donate(&mut self, _r: PhysRange) {}
+    fn prepare_donate(&mut self) -> Result<(), crate::frames::NoMem> {
+        Ok(())
+    }
+    fn donate(&mut self, _r: PhysRange) -> Result<(), crate::frames::NoMem> {
+        Ok(())
+    }
     fn reclaim(&mut self, _max_pages: u64) -> Option<PhysRange> {
         None
     }
