@@ -21,6 +21,7 @@ pub mod frames;
 pub mod host_mem;
 pub mod layout;
 pub mod pins;
+pub mod pl011;
 pub mod psci;
 pub mod s2mmu;
 pub mod smmu;
