@@ -27,6 +27,15 @@ pub const HOST_VMID: u16 = 0;
 /// StreamIDs described at boot on every SMMU (attached to the host stage-2).
 pub const SIDS: [u32; 3] = [0x10, 0x11, 0x12];
 
+/// Runs a model's or the test pool's own code with its allocations exempt from the test
+/// allocator's failures (hardware and fixtures, not Warden).
+fn exempt<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    return crate::testalloc::exempt(f);
+    #[cfg(not(test))]
+    f()
+}
+
 /// An SMMU model behind the register seam.
 pub struct ModelIo(pub Rc<SmmuModel>);
 
@@ -34,16 +43,16 @@ pub struct ModelIo(pub Rc<SmmuModel>);
 // failures: they are hardware, not Warden.
 impl SmmuIo for ModelIo {
     fn read32(&self, off: usize) -> u32 {
-        crate::testalloc::exempt(|| self.0.read32(off))
+        exempt(|| self.0.read32(off))
     }
     fn write32(&self, off: usize, v: u32) {
-        crate::testalloc::exempt(|| self.0.write32(off, v))
+        exempt(|| self.0.write32(off, v))
     }
     fn read64(&self, off: usize) -> u64 {
-        crate::testalloc::exempt(|| self.0.read64(off))
+        exempt(|| self.0.read64(off))
     }
     fn write64(&self, off: usize, v: u64) {
-        crate::testalloc::exempt(|| self.0.write64(off, v))
+        exempt(|| self.0.write64(off, v))
     }
 }
 
@@ -112,11 +121,11 @@ unsafe impl TableMemory for TestPool {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
         // The pool's own bookkeeping (standing in for the EL2 heap) is exempt from the
         // test allocator's failures; the budget makes it run dry.
-        crate::testalloc::exempt(|| self.alloc_inner(size, align))
+        exempt(|| self.alloc_inner(size, align))
     }
 
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
-        crate::testalloc::exempt(|| self.free_inner(pa, size))
+        exempt(|| self.free_inner(pa, size))
     }
 
     fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
