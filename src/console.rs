@@ -2,19 +2,15 @@
 //! drives it too once it runs), and the `log` backend. Only PL011 is driven for now; with
 //! any other UART Warden stays silent rather than guess.
 
-use core::fmt::{self, Write};
+use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use hyp::pl011::{CR_RXE, CR_TXE, CR_UARTEN, Pl011, Ticks, UARTCR, UartIo};
 use spin::Mutex;
-
-const UARTDR: usize = 0x00;
-const UARTFR: usize = 0x18;
-const UARTCR: usize = 0x30;
-const FR_TXFF: u32 = 1 << 5;
-const CR_UARTEN_TXE_RXE: u32 = 0x301;
 
 /// MMIO base of the PL011 (0 = no console).
 static BASE: AtomicUsize = AtomicUsize::new(0);
-static LOCK: Mutex<()> = Mutex::new(());
+/// The transmit state (bounded waits, dropped-byte count), under the console lock.
+static CONSOLE: Mutex<Pl011> = Mutex::new(Pl011::new());
 
 /// Starts using the PL011 at `base` (already mapped Device at EL2).
 ///
@@ -24,49 +20,53 @@ pub unsafe fn init_pl011(base: usize) {
     let cr = (base + UARTCR) as *mut u32;
     // SAFETY: the caller guarantees a mapped PL011 at `base`.
     unsafe {
-        if cr.read_volatile() & 1 == 0 {
-            cr.write_volatile(CR_UARTEN_TXE_RXE);
+        if cr.read_volatile() & CR_UARTEN == 0 {
+            cr.write_volatile(CR_UARTEN | CR_TXE | CR_RXE);
         }
     }
     BASE.store(base, Ordering::Release);
 }
 
-struct Uart(usize);
+/// The PL011's registers at the base registered by `init_pl011`.
+struct Mmio(usize);
 
-impl Uart {
-    fn put(&mut self, b: u8) {
-        let fr = (self.0 + UARTFR) as *const u32;
-        let dr = (self.0 + UARTDR) as *mut u32;
-        // SAFETY: `self.0` is the PL011 base registered by `init_pl011`.
-        unsafe {
-            while fr.read_volatile() & FR_TXFF != 0 {
-                core::hint::spin_loop();
-            }
-            dr.write_volatile(b as u32);
-        }
+impl UartIo for Mmio {
+    fn read32(&self, off: usize) -> u32 {
+        // SAFETY: `self.0` is the PL011 base registered by `init_pl011`, mapped Device.
+        unsafe { ((self.0 + off) as *const u32).read_volatile() }
+    }
+    fn write32(&self, off: usize, v: u32) {
+        // SAFETY: as above.
+        unsafe { ((self.0 + off) as *mut u32).write_volatile(v) }
     }
 }
 
-impl Write for Uart {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for b in s.bytes() {
-            if b == b'\n' {
-                self.put(b'\r');
-            }
-            self.put(b);
+/// The generic timer's physical counter.
+struct Counter;
+
+impl Ticks for Counter {
+    fn ticks(&self) -> u64 {
+        crate::arch::read_sysreg!("cntpct_el0")
+    }
+    fn ticks_per_sec(&self) -> u64 {
+        // Firmware must set CNTFRQ_EL0; if it did not, assume a fast counter (a longer
+        // wait, still bounded).
+        match crate::arch::read_sysreg!("cntfrq_el0") {
+            0 => 1_000_000_000,
+            f => f,
         }
-        Ok(())
     }
 }
 
 /// Prints to the console (if any), holding the console lock for the whole message.
+/// Returns within a bounded time whatever the host did to the UART (output it does not
+/// take is dropped and counted; see `hyp::pl011`).
 pub fn print(args: fmt::Arguments) {
     let base = BASE.load(Ordering::Acquire);
     if base == 0 {
         return;
     }
-    let _g = LOCK.lock();
-    let _ = Uart(base).write_fmt(args);
+    CONSOLE.lock().print(&Mmio(base), &Counter, args);
 }
 
 /// Prints a line on Warden's console.

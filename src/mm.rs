@@ -51,6 +51,9 @@ impl TableAlloc for HypTables {
     fn ptr(&self, pa: PhysAddr) -> *mut u64 {
         pa.get() as *mut u64
     }
+    fn publish(&mut self) {
+        arch::dsb_ishst();
+    }
 }
 
 /// `size` zeroed bytes aligned to `align` from the heap, as a physical address.
@@ -181,31 +184,24 @@ pub fn map_hyp(range: PhysRange, attr: S1Attr) -> Result<(), hyp::el2_s1::S1Erro
 #[derive(Clone, Copy, Default)]
 pub struct S2Mem;
 
-/// Donated pages not in use, by frame number (a buddy allocator: runs are naturally
-/// aligned), and the donated ranges (to route frees).
-struct Donated {
-    frames: buddy_system_allocator::FrameAllocator<32>,
-    ranges: alloc::vec::Vec<PhysRange>,
-}
+/// The pages the host donated: which are free, and which ranges are donated (to route
+/// frees). Its bookkeeping never allocates infallibly (hyp's `frames`).
+static DONATED: Mutex<hyp::frames::FramePool> = Mutex::new(hyp::frames::FramePool::new());
 
-static DONATED: Mutex<Option<Donated>> = Mutex::new(None);
-
-fn donated_alloc(size: usize) -> Option<PhysAddr> {
-    let mut g = DONATED.lock();
-    let d = g.as_mut()?;
-    let frames = size.div_ceil(4096).next_power_of_two();
-    let f = d.frames.alloc(frames)?;
-    let pa = (f as u64) << 12;
-    // SAFETY: the frames were donated (mapped at EL2 as RAM) and are free.
-    unsafe { core::ptr::write_bytes(pa as *mut u8, 0, frames * 4096) };
-    Some(PhysAddr(pa))
+fn donated_alloc(size: usize, align: usize) -> Option<PhysAddr> {
+    let pa = DONATED.lock().alloc(size, align)?;
+    let len = size.div_ceil(4096) * 4096;
+    let p = pa.get() as *mut u64;
+    for i in 0..len / 8 {
+        // SAFETY: the pages were donated (mapped at EL2 as RAM) and are free; volatile
+        // word stores keep the compiler from emitting a SIMD memset.
+        unsafe { p.add(i).write_volatile(0) };
+    }
+    Some(pa)
 }
 
 fn is_donated(pa: PhysAddr) -> bool {
-    DONATED
-        .lock()
-        .as_ref()
-        .is_some_and(|d| d.ranges.iter().any(|r| r.contains(pa.get())))
+    DONATED.lock().contains(pa)
 }
 
 // SAFETY: allocations come from the global heap, zeroed and aligned as requested, are
@@ -213,16 +209,11 @@ fn is_donated(pa: PhysAddr) -> bool {
 unsafe impl hyp::s2mmu::TableMemory for S2Mem {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
         // Tables and queues are naturally aligned (align <= size, both powers of two).
-        alloc_zeroed_pages(size, align.max(size)).or_else(|| donated_alloc(size))
+        alloc_zeroed_pages(size, align.max(size)).or_else(|| donated_alloc(size, align.max(size)))
     }
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
         if is_donated(pa) {
-            if let Some(d) = DONATED.lock().as_mut() {
-                d.frames.dealloc(
-                    (pa.get() >> 12) as usize,
-                    size.div_ceil(4096).next_power_of_two(),
-                );
-            }
+            DONATED.lock().free(pa, size);
             return;
         }
         // SAFETY: heap allocations are made with alignment == size, and the trait
@@ -252,33 +243,24 @@ pub fn set_noncoherent_walkers() {
     NONCOHERENT_WALKERS.store(true, core::sync::atomic::Ordering::Release);
 }
 
-// SAFETY: `reclaim` takes frames out of the donated allocator (so they are free and never
+// SAFETY: `reclaim` takes free pages out of the donated pool (so they are free and never
 // handed out again unless donated again); they were donated, hence are not heap memory.
 unsafe impl hyp::dma::PagePool for S2Mem {
-    fn donate(&mut self, r: PhysRange) {
-        let mut g = DONATED.lock();
-        let d = g.get_or_insert_with(|| Donated {
-            frames: buddy_system_allocator::FrameAllocator::new(),
-            ranges: alloc::vec::Vec::new(),
-        });
-        d.frames
-            .add_frame((r.base.get() >> 12) as usize, (r.end() >> 12) as usize);
-        d.ranges.push(r);
+    fn prepare_donate(&mut self) -> Result<(), hyp::frames::NoMem> {
+        DONATED.lock().reserve(4)
+    }
+    fn donate(&mut self, r: PhysRange) -> Result<(), hyp::frames::NoMem> {
+        DONATED.lock().donate(r)
     }
     fn reclaim(&mut self, max_pages: u64) -> Option<PhysRange> {
-        let mut g = DONATED.lock();
-        let d = g.as_mut()?;
-        // The largest naturally aligned free run up to `max_pages` (a power of two).
-        let mut n = 1usize << (63 - max_pages.max(1).leading_zeros());
-        loop {
-            if let Some(f) = d.frames.alloc(n) {
-                let r = PhysRange::new((f as u64) << 12, (n as u64) << 12);
-                return Some(r);
-            }
-            if n == 1 {
-                return None;
-            }
-            n /= 2;
+        DONATED.lock().reclaim(max_pages)
+    }
+    fn scrub(&mut self, r: PhysRange) {
+        let p = r.base.get() as *mut u64;
+        for i in 0..(r.size / 8) as usize {
+            // SAFETY: the run was just reclaimed (donated, identity-mapped at EL2, used by
+            // nothing); volatile word stores keep the compiler from emitting a SIMD memset.
+            unsafe { p.add(i).write_volatile(0) };
         }
     }
 }

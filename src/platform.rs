@@ -83,6 +83,9 @@ unsafe impl Sync for El2SmmuIo {}
 pub struct El2Cpu;
 
 impl CpuTlb for El2Cpu {
+    fn publish(&mut self) {
+        arch::dsb_ishst();
+    }
     fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
         arch::tlbi_ipa_range_is(ipa.get(), size);
     }

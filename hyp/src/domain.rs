@@ -249,14 +249,20 @@ impl Pending {
     }
 
     /// Moves one unmap's invalidations, tables and pins into the queue. If the lists
-    /// cannot grow nothing is moved and `Err` returns the gather (the caller completes
-    /// that unmap at once).
+    /// cannot grow, or an invalidation the unmap already issued (break-before-make of a
+    /// split block) was not confirmed, nothing is moved and `Err` returns the gather: the
+    /// caller completes that unmap at once, which for a failed gather means releasing
+    /// nothing (a later flush must never release what an unconfirmed invalidation
+    /// covered).
     pub fn push<V: Invalidate>(
         &mut self,
         g: Gather<V>,
         pins: &[Leaf],
         now_ns: u64,
     ) -> Result<(), Gather<V>> {
+        if g.failed {
+            return Err(g);
+        }
         let grow = self.ranges.try_reserve(g.ranges.len()).is_ok()
             && self.spans.try_reserve(g.spans.len()).is_ok()
             && self.tables.try_reserve(g.tables.len()).is_ok()
@@ -425,6 +431,10 @@ impl<V: Invalidate> S2Tlb for Gather<V> {
 
     fn complete(&mut self) {
         self.issue();
+    }
+
+    fn failed(&self) -> bool {
+        self.failed
     }
 
     fn keep_empty_tables(&self) -> bool {

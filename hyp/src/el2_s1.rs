@@ -76,6 +76,10 @@ pub trait TableAlloc {
     fn alloc(&mut self) -> Option<PhysAddr>;
     /// A writable pointer to the table at `pa` (identity at EL2; an arena in tests).
     fn ptr(&self, pa: PhysAddr) -> *mut u64;
+    /// `DSB ISHST`: earlier writes (a new table's zeroing, descriptors) are visible to the
+    /// table walker before what follows. Called before a new table is linked and at the
+    /// end of every [`IdMap::map`].
+    fn publish(&mut self);
 }
 
 /// TCR_EL2 for this map: T0SZ = 16, 4 KiB granule, inner-shareable write-back walks,
@@ -122,10 +126,19 @@ impl IdMap {
             return Err(S1Error::BadRange);
         }
         let mut addr = start;
+        let mut r = Ok(());
         while addr < end {
-            addr = self.map_one(alloc, addr, end, attr)?;
+            match self.map_one(alloc, addr, end, attr) {
+                Ok(next) => addr = next,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        // What was written is visible to the walker when this returns.
+        alloc.publish();
+        r
     }
 
     /// Maps the largest block that fits at `addr` and returns the next address.
@@ -154,6 +167,8 @@ impl IdMap {
             }
             if desc & DESC_VALID == 0 {
                 let next = alloc.alloc().ok_or(S1Error::OutOfTables)?;
+                // The walker must see the new table's zeros before the entry linking it.
+                alloc.publish();
                 // SAFETY: as above.
                 unsafe { slot.write_volatile(next.get() | DESC_TABLE | DESC_VALID) };
                 table = next;
@@ -202,8 +217,15 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
+    /// Table pages, with a memory-order model: a page's zeroing is unpublished until the
+    /// next `publish` (DSB ISHST). The map descends into a table (`ptr`) only through the
+    /// entry it just wrote or read, so reaching a non-root table that is still unpublished
+    /// means the walker could have seen the link before the zeros.
     struct Arena {
         pages: RefCell<Vec<Box<[u64; 512]>>>,
+        /// Pages allocated before the last `publish`.
+        published: core::cell::Cell<usize>,
+        violations: RefCell<Vec<std::string::String>>,
     }
     const ARENA_BASE: u64 = 0x7000_0000_0000;
 
@@ -211,6 +233,8 @@ mod tests {
         fn new() -> Self {
             Self {
                 pages: RefCell::new(Vec::new()),
+                published: core::cell::Cell::new(0),
+                violations: RefCell::new(Vec::new()),
             }
         }
         fn count(&self) -> usize {
@@ -229,8 +253,37 @@ mod tests {
         }
         fn ptr(&self, pa: PhysAddr) -> *mut u64 {
             let i = ((pa.get() - ARENA_BASE) / PAGE) as usize;
+            if i != 0 && i >= self.published.get() {
+                self.violations.borrow_mut().push(std::format!(
+                    "table {pa:?} linked before its zeros were published"
+                ));
+            }
             self.pages.borrow_mut()[i].as_mut_ptr()
         }
+        fn publish(&mut self) {
+            self.published.set(self.pages.borrow().len());
+        }
+    }
+
+    #[test]
+    fn new_tables_are_published_before_they_are_linked() {
+        let mut a = Arena::new();
+        let mut m = IdMap::new(&mut a).unwrap();
+        // Pages at both ends of a 2 MiB region and a block between: L1, L2, L3 tables.
+        m.map(
+            &mut a,
+            PhysRange::new(0x4000_0000 - PAGE, 0x20_0000 + 2 * PAGE),
+            S1Attr::NormalRw,
+        )
+        .unwrap();
+        m.map(&mut a, PhysRange::new(0x9_0000_0000, PAGE), S1Attr::Device)
+            .unwrap();
+        assert!(a.count() > 4, "tables were linked");
+        assert_eq!(
+            *a.violations.borrow(),
+            std::vec::Vec::<std::string::String>::new()
+        );
+        assert_eq!(a.published.get(), a.count(), "published when map returns");
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //! `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large ranges) with `DSB ISH`; when the SMMUs
 //! take part in broadcast TLB maintenance (BTM, CR2.PTM = 0) that is all, otherwise the
 //! same ranges are invalidated with SMMU commands and one `CMD_SYNC` per SMMU completes
-//! them.
+//! them. Its `sync` is `DSB ISHST` ([`CpuTlb::publish`]): the table code calls it before
+//! every invalidation, before linking a new table and at the end of every change, so a
+//! walker never sees a table descriptor before the table's contents, nor a TLBI before
+//! the descriptor write it is for.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
 use crate::pins::{PinError, PinSet};
@@ -39,6 +42,10 @@ pub const FULL_FLUSH_PAGES: u64 = 512;
 /// CPU TLB maintenance for the host's VMID (the current `VTTBR_EL2`), inner shareable,
 /// each call complete (`DSB ISH`) when it returns.
 pub trait CpuTlb {
+    /// `DSB ISHST`: every earlier descriptor write is visible to the table walkers (the
+    /// CPUs' and the SMMUs') before anything that follows: linking a new table, a TLBI,
+    /// the host running on the changed table.
+    fn publish(&mut self);
     /// `TLBI IPAS2E1IS` for each page of the range, then `TLBI VMALLE1IS` (stage 1+2
     /// entries built from them).
     fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64);
@@ -101,6 +108,10 @@ impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
 }
 
 impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
+    fn sync(&mut self) {
+        self.cpu.publish();
+    }
+
     fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, _last_level_only: bool) {
         let whole = size / PAGE > FULL_FLUSH_PAGES;
         if whole {
@@ -217,9 +228,14 @@ impl HostMem {
 
     /// `host_unpin_dma`: drops one DMA pin from every page of `r` (pinned by
     /// [`host_pin_dma`](Self::host_pin_dma)). Call only once no device can reach the pages
-    /// through the mapping that held the pin (its invalidation completed).
-    pub fn host_unpin_dma(&mut self, r: PhysRange) {
-        self.pins.unpin(r);
+    /// through the mapping that held the pin (its invalidation completed). NOMEM when the
+    /// pin bookkeeping cannot record it: then the pages stay pinned (safe; the caller
+    /// counts them as leaked).
+    pub fn host_unpin_dma(&mut self, r: PhysRange) -> Result<(), Error> {
+        self.pins.unpin(r).map_err(|e| match e {
+            PinError::Invalid => Error::Invalid,
+            PinError::NoMem => Error::NoMem,
+        })
     }
 
     /// Pages currently donated to Warden.
@@ -431,6 +447,7 @@ mod tests {
     }
 
     impl CpuTlb for ModelCpu<'_> {
+        fn publish(&mut self) {}
         fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
             let mut a = ipa.get();
             while a < ipa.get() + size {
@@ -770,7 +787,7 @@ mod tests {
         });
         assert_eq!(r, Err(Error::Busy));
         assert_eq!(counts, InvalidationCounts::default(), "nothing invalidated");
-        hm.host_unpin_dma(PhysRange::new(p2, 2 * PAGE));
+        hm.host_unpin_dma(PhysRange::new(p2, 2 * PAGE)).unwrap();
         let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
             hm.host_donate_hyp(mem, &mut tlb, p2 + PAGE, 4)
         });
@@ -856,5 +873,176 @@ mod tests {
             hm.host_donate_hyp(mem, &mut tlb, page, 1)
         });
         assert_eq!(r, Ok(()));
+    }
+
+    /// A memory-order model of the table walkers: a descriptor write (the table code
+    /// cleans every entry it writes in a live table, and a new table whole before
+    /// linking it; fresh tables are written by their zeroing) is *unpublished* until the
+    /// next `DSB ISHST`. A walker must never be pointed at unpublished data: no TLBI while
+    /// a write is unpublished, no table descriptor that points at an unpublished table.
+    #[derive(Default)]
+    struct Order {
+        unpublished: Vec<(u64, u64)>,
+        publishes: u64,
+        violations: Vec<std::string::String>,
+    }
+
+    impl Order {
+        fn dirty_in(&self, pa: u64, size: u64) -> bool {
+            self.unpublished
+                .iter()
+                .any(|&(a, s)| a < pa + size && pa < a + s)
+        }
+    }
+
+    struct OrderMem<'a> {
+        inner: &'a mut Arena,
+        order: Rc<RefCell<Order>>,
+    }
+
+    // SAFETY: forwards to the arena.
+    unsafe impl TableMemory for OrderMem<'_> {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            let pa = self.inner.alloc_zeroed(size, align)?;
+            // Zeroing is a write like any other.
+            self.order
+                .borrow_mut()
+                .unpublished
+                .push((pa.get(), size as u64));
+            Some(pa)
+        }
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            // SAFETY: forwarded under the caller's contract.
+            unsafe { self.inner.free(pa, size) }
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            self.inner.table_ptr(pa)
+        }
+        fn clean(&mut self, pa: PhysAddr, size: usize) {
+            self.inner.clean(pa, size);
+            let mut o = self.order.borrow_mut();
+            if size == 8 {
+                // An entry was just written: if it links a table, that table must be
+                // published already.
+                // SAFETY: `pa` is an entry of a live table of the arena.
+                let d = unsafe {
+                    self.inner
+                        .table_ptr(PhysAddr(pa.get() & !0xfff))
+                        .add((pa.get() & 0xfff) as usize / 8)
+                        .read_volatile()
+                };
+                let target = d & 0x0000_ffff_ffff_f000;
+                let is_table = self
+                    .inner
+                    .live()
+                    .iter()
+                    .any(|&(a, s)| target >= a && target < a + s as u64);
+                if d & 3 == 3 && is_table && o.dirty_in(target, PAGE) {
+                    let v = std::format!(
+                        "table {target:#x} linked at {:#x} before its contents were published",
+                        pa.get()
+                    );
+                    o.violations.push(v);
+                }
+            }
+            o.unpublished.push((pa.get(), size as u64));
+        }
+    }
+
+    struct OrderCpu<'a> {
+        model: &'a SmmuModel,
+        order: Rc<RefCell<Order>>,
+    }
+
+    impl OrderCpu<'_> {
+        fn check(&self, what: &str) {
+            let mut o = self.order.borrow_mut();
+            if !o.unpublished.is_empty() {
+                let v = std::format!(
+                    "{what} with {} descriptor write(s) unpublished",
+                    o.unpublished.len()
+                );
+                o.violations.push(v);
+            }
+        }
+    }
+
+    impl CpuTlb for OrderCpu<'_> {
+        fn publish(&mut self) {
+            let mut o = self.order.borrow_mut();
+            o.unpublished.clear();
+            o.publishes += 1;
+        }
+        fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
+            self.check("TLBI IPAS2E1IS");
+            let mut a = ipa.get();
+            while a < ipa.get() + size {
+                self.model.cpu_tlbi_ipa(HOST_VMID, a);
+                a += PAGE;
+            }
+            self.model.cpu_tlbi_vmall(HOST_VMID);
+        }
+        fn tlbi_vmall(&mut self) {
+            self.check("TLBI VMALLS12E1IS");
+            self.model.cpu_tlbi_vmall(HOST_VMID);
+        }
+    }
+
+    use core::cell::RefCell;
+    use std::rc::Rc;
+
+    #[test]
+    fn host_stage2_changes_publish_before_linking_and_before_invalidation() {
+        for btm in [false, true] {
+            setup!(
+                model,
+                w,
+                hm,
+                smmu,
+                ModelConfig {
+                    btm,
+                    ..ModelConfig::default()
+                },
+                btm
+            );
+            let order = Rc::new(RefCell::new(Order::default()));
+            let mut counts = InvalidationCounts::default();
+            let mut cpu = OrderCpu {
+                model: &model,
+                order: order.clone(),
+            };
+            let mut mem = OrderMem {
+                inner: &mut w.tables,
+                order: order.clone(),
+            };
+            // A page inside a 2 MiB block (a new table is linked, the block broken), then
+            // the whole block (a table unlinked), then both back.
+            let page = 0x4800_1000u64;
+            let mut tlb = HostS2Tlb::new(
+                &mut cpu,
+                core::slice::from_mut(&mut smmu),
+                &mut w.queues,
+                btm,
+                HOST_VMID,
+                &mut counts,
+            );
+            assert_eq!(hm.host_donate_hyp(&mut mem, &mut tlb, page, 1), Ok(()));
+            assert_eq!(
+                hm.hyp_donate_host_range(&mut mem, &mut tlb, PhysRange::new(page, PAGE)),
+                Ok((PhysAddr(page), 1))
+            );
+            assert_eq!(
+                hm.host_donate_hyp(&mut mem, &mut tlb, page & !0x1f_ffff, 512),
+                Ok(())
+            );
+            assert_eq!(
+                hm.hyp_donate_host(&mut mem, &mut tlb, 512),
+                Ok((PhysAddr(page & !0x1f_ffff), 512))
+            );
+            let o = order.borrow();
+            assert!(o.violations.is_empty(), "btm {btm}: {:?}", o.violations);
+            assert!(o.publishes > 0, "btm {btm}: DSB ISHST issued");
+            assert!(o.unpublished.is_empty(), "btm {btm}: published at the end");
+        }
     }
 }

@@ -17,14 +17,18 @@ pub mod el2_s1;
 pub mod el2_setup;
 pub mod events;
 pub mod fault;
+pub mod frames;
 pub mod host_mem;
 pub mod hpfar;
 pub mod layout;
 pub mod masters;
 pub mod pins;
+pub mod pl011;
 pub mod psci;
 pub mod s2mmu;
 pub mod smmu;
+#[cfg(test)]
+pub mod testalloc;
 #[cfg(test)]
 pub mod testutil;
 pub mod vmid_alloc;

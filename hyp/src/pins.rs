@@ -6,17 +6,21 @@
 //! sorted list of disjoint runs of pages with the same count, so that mapping a large
 //! contiguous buffer costs one entry, not one per page.
 //!
-//! Memory: the list grows only in [`PinSet::pin`], which reserves everything it needs up
-//! front (and keeps a little spare capacity) and fails with [`PinError::NoMem`] without
-//! changing anything. [`PinSet::unpin`] needs at most two more entries, taken from that
-//! spare capacity, so releasing pins does not fail for lack of memory.
+//! Memory (I6: nothing here can fail by panicking): [`PinSet::pin`] reserves everything
+//! it needs up front (and keeps a little spare capacity) and fails with
+//! [`PinError::NoMem`] without changing anything. [`PinSet::unpin`] may split a run at
+//! each end of the range (two more entries): it reserves them first, from the spare
+//! capacity or the allocator, and fails with [`PinError::NoMem`], changing nothing, if
+//! neither has room. The caller then keeps the pages pinned (safe: they only stay out of
+//! reach of ownership changes) and counts them.
 
 use crate::addr::PhysRange;
 use alloc::vec::Vec;
 
 /// Bytes per pinned page.
 pub const PAGE: u64 = 4096;
-/// Spare entries kept so that [`PinSet::unpin`] never needs to allocate.
+/// Spare entries reserved along with what an operation needs, so that most unpins need
+/// no allocation.
 const SPARE: usize = 4;
 
 /// Errors of [`PinSet::pin`].
@@ -147,12 +151,25 @@ impl PinSet {
     }
 
     /// Removes one pin from every page of `r`. Pages without a pin are left alone (a
-    /// caller bug: reported in debug builds).
-    pub fn unpin(&mut self, r: PhysRange) {
+    /// caller bug: reported in debug builds). NOMEM if splitting a run needs an entry that
+    /// cannot be allocated: then nothing changed (the pins stay).
+    pub fn unpin(&mut self, r: PhysRange) -> Result<(), PinError> {
         let Some((start, end)) = pfns(r) else {
             debug_assert!(false, "unpin of a bad range {r:?}");
-            return;
+            return Err(PinError::Invalid);
         };
+        let splits = [start, end]
+            .iter()
+            .filter(|&&pfn| {
+                let i = self.runs.partition_point(|run| run.end <= pfn);
+                self.runs.get(i).is_some_and(|run| run.start < pfn)
+            })
+            .count();
+        if self.runs.capacity() - self.runs.len() < splits {
+            self.runs
+                .try_reserve(splits + SPARE)
+                .map_err(|_| PinError::NoMem)?;
+        }
         self.split_at(start);
         self.split_at(end);
         let first = self.runs.partition_point(|run| run.end <= start);
@@ -172,10 +189,7 @@ impl PinSet {
         self.pages -= freed;
         self.runs.retain(|run| run.count != 0);
         self.merge_around(start, end);
-        // Best effort: keep spare room for the next unpin.
-        if self.runs.capacity() - self.runs.len() < SPARE {
-            let _ = self.runs.try_reserve(SPARE);
-        }
+        Ok(())
     }
 
     /// Splits the run containing page `pfn` (if any) so that a run starts at `pfn`.
@@ -186,7 +200,8 @@ impl PinSet {
         };
         if run.start < pfn {
             self.runs[i].end = pfn;
-            // Capacity was reserved by `pin` / kept spare for `unpin`.
+            // Capacity was reserved by the caller (`pin`, `unpin`): no allocation.
+            debug_assert!(self.runs.len() < self.runs.capacity());
             self.runs.insert(i + 1, Run { start: pfn, ..run });
         }
     }
@@ -243,10 +258,10 @@ mod tests {
         assert!(p.any_pinned(r(24, 5)));
         assert!(!p.any_pinned(r(25, 5)));
         assert!(!p.any_pinned(r(0, 10)));
-        p.unpin(r(15, 10));
+        p.unpin(r(15, 10)).unwrap();
         assert_eq!(p.runs(), 1, "merged back");
         assert_eq!(p.pinned_pages(), 10);
-        p.unpin(r(10, 10));
+        p.unpin(r(10, 10)).unwrap();
         assert_eq!(p.runs(), 0);
         assert_eq!(p.pinned_pages(), 0);
         assert_eq!(p.pin(r(1, 0)), Err(PinError::Invalid));
@@ -267,6 +282,42 @@ mod tests {
         assert_eq!(p.pinned_pages(), 1000);
     }
 
+    #[test]
+    fn unpin_under_a_failing_allocator_is_nomem_and_changes_nothing() {
+        let mut p = PinSet::new();
+        p.pin(r(0, 200)).unwrap();
+        // Unpinning every other page splits the run each time: the reserve runs out,
+        // then the allocator refuses. Never a panic; a refused unpin changes nothing.
+        let (nomem, refused) = crate::testalloc::failing(|| {
+            let mut nomem = 0;
+            for pg in (1..200).step_by(2) {
+                let runs = p.runs();
+                match p.unpin(r(pg, 1)) {
+                    Ok(()) => assert_eq!(p.count(pg * PAGE), 0),
+                    Err(e) => {
+                        assert_eq!(e, PinError::NoMem);
+                        assert_eq!(p.count(pg * PAGE), 1, "still pinned");
+                        assert_eq!(p.runs(), runs, "nothing changed");
+                        nomem += 1;
+                    }
+                }
+            }
+            nomem
+        });
+        assert!(
+            nomem > 0 && refused > 0,
+            "the allocator was asked and refused"
+        );
+        // With memory back, the rest goes.
+        for pg in (1..200).step_by(2) {
+            if p.count(pg * PAGE) == 1 {
+                p.unpin(r(pg, 1)).unwrap();
+            }
+        }
+        assert_eq!(p.pinned_pages(), 100);
+        assert_eq!(p.runs(), 100);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
         #[test]
@@ -282,7 +333,7 @@ mod tests {
                         *reference.entry(pg).or_default() += 1;
                     }
                 } else if all_pinned {
-                    p.unpin(range);
+                    p.unpin(range).unwrap();
                     for pg in start..start + len {
                         let c = reference.get_mut(&pg).unwrap();
                         *c -= 1;

@@ -696,6 +696,9 @@ impl S2Tlb for NoTlb {
 pub struct Stage2 {
     geom: S2Geometry,
     root: PhysAddr,
+    /// Bytes of tables left allocated because the invalidation that unlinked them was
+    /// not confirmed ([`S2Tlb::failed`]).
+    leaked: u64,
 }
 
 /// A table in the tree, as the update code sees it.
@@ -736,6 +739,7 @@ impl Stage2 {
         Ok(Self {
             geom: geometry,
             root,
+            leaked: 0,
         })
     }
 
@@ -747,6 +751,12 @@ impl Stage2 {
     /// Physical address of the root: `VTTBR_EL2.BADDR`, `STE.S2TTB`.
     pub const fn root(&self) -> PhysAddr {
         self.root
+    }
+
+    /// Bytes of tables never freed because the invalidation that unlinked them was not
+    /// confirmed (a walker may still hold them): leaked on purpose.
+    pub const fn leaked_table_bytes(&self) -> u64 {
+        self.leaked
     }
 
     /// Makes `[ipa, ipa + size)` translate to `[pa, pa + size)` with `attrs`, replacing
@@ -781,12 +791,14 @@ impl Stage2 {
             pa: pa.0,
             attrs,
         };
+        let root = self.root_node();
         let mut up = Updater {
             geom: self.geom,
             mem,
             tlb,
+            leaked: &mut self.leaked,
         };
-        let result = up.map_in(self.root_node(), ipa.0, end, &req);
+        let result = up.map_in(root, ipa.0, end, &req);
         up.tlb.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
@@ -808,12 +820,14 @@ impl Stage2 {
         if size == 0 {
             return Ok(());
         }
+        let root = self.root_node();
         let mut up = Updater {
             geom: self.geom,
             mem,
             tlb,
+            leaked: &mut self.leaked,
         };
-        let result = up.unmap_in(self.root_node(), ipa.0, end);
+        let result = up.unmap_in(root, ipa.0, end);
         up.tlb.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
@@ -880,11 +894,12 @@ impl Stage2 {
     ///
     /// The caller must first make sure no walker uses the tables any more: `VTTBR_EL2`
     /// and STEs point elsewhere and the VMID's TLB entries are invalidated.
-    pub fn destroy<M: TableMemory + ?Sized>(self, mem: &mut M) {
+    pub fn destroy<M: TableMemory + ?Sized>(mut self, mem: &mut M) {
         let mut up = Updater {
             geom: self.geom,
             mem,
             tlb: &mut NoTlb,
+            leaked: &mut self.leaked,
         };
         up.free_subtree(self.root, self.geom.start_level);
     }
@@ -987,6 +1002,8 @@ struct Updater<'a, M: ?Sized, T: ?Sized> {
     geom: S2Geometry,
     mem: &'a mut M,
     tlb: &'a mut T,
+    /// The tree's count of tables leaked after an unconfirmed invalidation.
+    leaked: &'a mut u64,
 }
 
 impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
@@ -1224,6 +1241,12 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
         }
         // No walker may still hold the table through a deferred invalidation.
         self.tlb.complete();
+        if self.tlb.failed() {
+            // Unconfirmed: a walker may still reach the table. Never reuse it.
+            log::error!("stage-2 table {pa:?} kept: invalidation unconfirmed");
+            *self.leaked += size as u64;
+            return;
+        }
         // SAFETY: `pa` is a table of this tree allocated from `self.mem` with
         // `table_size(level)` bytes; the caller has unlinked it (with TLB invalidation if
         // it was live) or never linked it, so nothing refers to it.

@@ -92,12 +92,18 @@ pub const DEFAULT_MAX_DOMAINS: u16 = 1024;
 /// [`donate`](Self::donate), are not part of any live allocation, and are removed from
 /// the pool (never handed out again unless donated again).
 pub unsafe trait PagePool: TableMemory + Clone {
+    /// Makes sure the next [`donate`](Self::donate) can record a donation without
+    /// allocating (as far as the pool's own allocations in between allow); NOMEM if not.
+    fn prepare_donate(&mut self) -> Result<(), crate::frames::NoMem>;
     /// Pages the host donated (already gone from the host stage-2, invalidated) join the
-    /// pool.
-    fn donate(&mut self, r: PhysRange);
+    /// pool. NOMEM, the pages not taken, if the pool's bookkeeping cannot grow.
+    fn donate(&mut self, r: PhysRange) -> Result<(), crate::frames::NoMem>;
     /// Takes a run of at most `max_pages` donated pages that nothing uses out of the pool,
     /// for MEM_RECLAIM; `None` if no donated page is free.
     fn reclaim(&mut self, max_pages: u64) -> Option<PhysRange>;
+    /// Writes zeros over `r`, a run [`reclaim`](Self::reclaim) just took out (through the
+    /// CPU's view; the caller then cleans it to the point of coherency).
+    fn scrub(&mut self, r: PhysRange);
 }
 
 /// CPU TLB maintenance under another VMID than the host's: at EL2 the implementation
@@ -315,6 +321,8 @@ struct Counters {
     leaves: [AtomicU64; 3],
     /// Pages whose release was abandoned after a hardware failure.
     leaked_pages: AtomicU64,
+    /// Bytes of domain tables kept allocated after a hardware failure.
+    leaked_table_bytes: AtomicU64,
 }
 
 /// What every host-managed domain can use, fixed at boot from the SMMUs.
@@ -385,7 +393,9 @@ impl From<SmmuError> for Error {
             SmmuError::BadConfig(_) => Error::Invalid,
             SmmuError::Unsupported(_) => Error::NotSupported,
             // The SMMU did not answer: try again later.
-            SmmuError::Timeout(_) | SmmuError::BadQueueIndex(_) => Error::Busy,
+            SmmuError::Timeout(_) | SmmuError::BadQueueIndex(_) | SmmuError::CommandSkipped(_) => {
+                Error::Busy
+            }
         }
     }
 }
@@ -874,7 +884,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                     if nc {
                         cpu.clean_inval_poc(r.base, r.size);
                     }
-                    host.mem.host_unpin_dma(r);
+                    self.unpin(&mut host.mem, r);
                 }
                 let _ = at;
                 core::ops::ControlFlow::<()>::Continue(())
@@ -883,7 +893,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 if nc {
                     cpu.clean_inval_poc(r.base, r.size);
                 }
-                host.mem.host_unpin_dma(*r);
+                self.unpin(&mut host.mem, *r);
             }
         }
         for (pa, size) in pending.tables {
@@ -1058,10 +1068,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             self.leak_tables(&mut g);
         }
         if done < chunk {
-            self.host
-                .lock()
-                .mem
-                .host_unpin_dma(PhysRange::new(pa + done, chunk - done));
+            self.unpin(
+                &mut self.host.lock().mem,
+                PhysRange::new(pa + done, chunk - done),
+            );
         }
         if done == 0 {
             return Err(match r {
@@ -1134,6 +1144,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             // Nothing unmapped (no memory to split a block): nothing to release.
             if gather.issue() {
                 gather.free_tables(&mut mem);
+            } else {
+                self.leak_tables(&mut gather);
             }
             return Err(Error::NoMem);
         }
@@ -1158,7 +1170,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                     }
                 }
                 Err(g) => {
-                    // No room in the queue: complete this unmap now.
+                    // No room in the queue, or an invalidation inside the call was not
+                    // confirmed: complete this unmap now (releasing nothing if failed).
                     gather = g;
                     self.complete_unmap(dom.flags.non_coherent, &mut gather, &found.leaves);
                 }
@@ -1186,14 +1199,29 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         }
         let mut host = self.host.lock();
         for l in leaves {
-            host.mem.host_unpin_dma(l.pa);
+            self.unpin(&mut host.mem, l.pa);
         }
     }
 
     fn leak_tables<V>(&self, g: &mut Gather<V>) {
         if !g.tables.is_empty() {
             log::error!("{} table(s) kept: invalidation unconfirmed", g.tables.len());
+            let n: u64 = g.tables.iter().map(|&(_, size)| size as u64).sum();
+            self.stats
+                .leaked_table_bytes
+                .fetch_add(n, Ordering::Relaxed);
             g.tables.clear();
+        }
+    }
+
+    /// Drops one pin from every page of `r`; if the pin bookkeeping has no memory for
+    /// it, the pages stay pinned for good (safe) and are counted as leaked.
+    fn unpin(&self, host: &mut HostMem, r: PhysRange) {
+        if host.host_unpin_dma(r).is_err() {
+            log::error!("{r:?}: no memory to record the unpin; the pages stay pinned");
+            self.stats
+                .leaked_pages
+                .fetch_add(r.size / PAGE, Ordering::Relaxed);
         }
     }
 
@@ -1246,7 +1274,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         }
         let mut host = self.host.lock();
         for r in &p.pins {
-            host.mem.host_unpin_dma(*r);
+            self.unpin(&mut host.mem, *r);
         }
     }
 
@@ -1358,12 +1386,30 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         for attempt in 0..2 {
             let r = {
                 let mut host = self.host.lock();
+                // Prepare: the pool can record the donation (no allocation after the host
+                // stage-2 changed).
+                self.pool
+                    .clone()
+                    .prepare_donate()
+                    .map_err(|_| Error::NoMem)?;
                 let mut set = self.smmus.lock();
                 let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
                     hm.host_donate_hyp(mem, tlb, pa, pages)
                 });
                 if r.is_ok() {
-                    self.pool.clone().donate(PhysRange::new(pa, pages * PAGE));
+                    let given = PhysRange::new(pa, pages * PAGE);
+                    if self.pool.clone().donate(given).is_err() {
+                        // Undo: the pages go back to the host (their tables still exist).
+                        let back = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
+                            hm.hyp_donate_host_range(mem, tlb, given)
+                        });
+                        if back.is_err() {
+                            log::error!(
+                                "MEM_DONATE {given:?}: no memory to record or undo it; pages withheld"
+                            );
+                        }
+                        return Err(Error::NoMem);
+                    }
                     host.refill(&self.pool);
                 }
                 r
@@ -1383,8 +1429,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     }
 
     /// MEM_RECLAIM: gives up to `wanted` donated pages the pool does not use back to the
-    /// host (one run). NOENT when nothing is donated, BUSY when every donated page is in
-    /// use.
+    /// host (one run), zeroed. NOENT when nothing is donated, BUSY when every donated page
+    /// is in use.
     pub fn mem_reclaim(&self, wanted: u64) -> Result<(u64, u64), Error> {
         if wanted == 0 || wanted > host_mem::MAX_PAGES_PER_CALL {
             return Err(Error::Invalid);
@@ -1404,6 +1450,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 }
                 return Err(Error::Busy);
             };
+            // Warden may have kept tables (or anything) there: the host gets zeros, in
+            // its caches and in memory (it may map the pages non-cacheable, a device
+            // may not snoop).
+            pool.scrub(give);
+            self.cpu.clone().clean_inval_poc(give.base, give.size);
             let mut set = self.smmus.lock();
             let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
                 hm.hyp_donate_host_range(mem, tlb, give)
@@ -1411,7 +1462,13 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             return match r {
                 Ok((pa, n)) => Ok((pa.get(), n)),
                 Err(e) => {
-                    pool.donate(give);
+                    // Back into the pool: the lists shrank by taking it out, so this needs
+                    // no allocation; if it failed anyway the pages are only withheld.
+                    if pool.donate(give).is_err() {
+                        log::error!(
+                            "MEM_RECLAIM {give:?}: could not return it to the pool; pages withheld"
+                        );
+                    }
                     Err(e)
                 }
             };
@@ -1459,5 +1516,12 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     /// Pages kept pinned after a hardware failure.
     pub fn leaked_pages(&self) -> u64 {
         self.stats.leaked_pages.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of tables never freed after a hardware failure: domain tables, and host
+    /// stage-2 tables unlinked under an unconfirmed invalidation.
+    pub fn leaked_table_bytes(&self) -> u64 {
+        self.stats.leaked_table_bytes.load(Ordering::Relaxed)
+            + self.host.lock().mem.s2.leaked_table_bytes()
     }
 }

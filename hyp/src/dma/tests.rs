@@ -9,9 +9,12 @@ use crate::smmu::model::{DmaFault, ModelConfig};
 use host_abi::{domain_flags, event};
 use std::println;
 
+mod alloc;
 mod fuzz;
 mod prop;
+mod reclaim;
 mod threads;
+mod unconfirmed;
 
 const MB: u64 = 1 << 20;
 /// A host page (inside the host RAM).

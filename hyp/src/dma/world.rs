@@ -27,21 +27,32 @@ pub const HOST_VMID: u16 = 0;
 /// StreamIDs described at boot on every SMMU (attached to the host stage-2).
 pub const SIDS: [u32; 3] = [0x10, 0x11, 0x12];
 
+/// Runs a model's or the test pool's own code with its allocations exempt from the test
+/// allocator's failures (hardware and fixtures, not Warden).
+fn exempt<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    return crate::testalloc::exempt(f);
+    #[cfg(not(test))]
+    f()
+}
+
 /// An SMMU model behind the register seam.
 pub struct ModelIo(pub Rc<SmmuModel>);
 
+// The model's own allocations (its logs, its TLB) are exempt from the test allocator's
+// failures: they are hardware, not Warden.
 impl SmmuIo for ModelIo {
     fn read32(&self, off: usize) -> u32 {
-        self.0.read32(off)
+        exempt(|| self.0.read32(off))
     }
     fn write32(&self, off: usize, v: u32) {
-        self.0.write32(off, v)
+        exempt(|| self.0.write32(off, v))
     }
     fn read64(&self, off: usize) -> u64 {
-        self.0.read64(off)
+        exempt(|| self.0.read64(off))
     }
     fn write64(&self, off: usize, v: u64) {
-        self.0.write64(off, v)
+        exempt(|| self.0.write64(off, v))
     }
     fn now_ns(&self) -> u64 {
         self.0.now_ns()
@@ -55,13 +66,14 @@ pub struct PoolState {
     free: BTreeSet<u64>,
     /// Live allocations: address → size.
     live: BTreeMap<u64, usize>,
-    /// Donated ranges currently in the pool.
-    donated: Vec<PhysRange>,
+    /// Donated pages: the same bookkeeping as Warden's pool at EL2.
+    pub frames: crate::frames::FramePool,
     /// Allocations still allowed (`None`: unlimited).
     pub budget: Option<usize>,
 }
 
-/// A page pool over the RAM: page-granular first fit, donation and reclaim.
+/// A page pool over the RAM: page-granular first fit in the carve-out, then donated pages
+/// (kept as Warden's pool at EL2 keeps them, in a [`FramePool`](crate::frames::FramePool)).
 #[derive(Clone)]
 pub struct TestPool(pub Rc<RefCell<PoolState>>);
 
@@ -75,7 +87,7 @@ impl TestPool {
             ram,
             free,
             live: BTreeMap::new(),
-            donated: Vec::new(),
+            frames: crate::frames::FramePool::new(),
             budget: None,
         })))
     }
@@ -110,6 +122,27 @@ impl TestPool {
 // and the RAM is only accessed through raw pointers.
 unsafe impl TableMemory for TestPool {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+        // The pool's own bookkeeping (standing in for the EL2 heap) is exempt from the
+        // test allocator's failures; the budget makes it run dry.
+        exempt(|| self.alloc_inner(size, align))
+    }
+
+    unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+        exempt(|| self.free_inner(pa, size))
+    }
+
+    fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+        assert!(self.is_live(pa.get()), "table_ptr({pa:?}) of no allocation");
+        self.0.borrow().ram.cpu_ptr(pa.get(), 8).cast()
+    }
+
+    fn clean(&mut self, pa: PhysAddr, size: usize) {
+        self.0.borrow().ram.clean(pa.get(), size);
+    }
+}
+
+impl TestPool {
+    fn alloc_inner(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
         let mut st = self.0.borrow_mut();
         if let Some(b) = &mut st.budget {
             if *b == 0 {
@@ -125,16 +158,23 @@ unsafe impl TableMemory for TestPool {
             .iter()
             .copied()
             .filter(|p| p.is_multiple_of(align))
-            .find(|&p| (1..n).all(|i| st.free.contains(&(p + i * PAGE))))?;
-        for i in 0..n {
-            st.free.remove(&(found + i * PAGE));
-        }
+            .find(|&p| (1..n).all(|i| st.free.contains(&(p + i * PAGE))));
+        let found = match found {
+            Some(found) => {
+                for i in 0..n {
+                    st.free.remove(&(found + i * PAGE));
+                }
+                found
+            }
+            // The carve-out is used up: donated pages.
+            None => st.frames.alloc(size as usize, align as usize)?.get(),
+        };
         st.ram.zero(found, (n * PAGE) as usize);
         st.live.insert(found, (n * PAGE) as usize);
         Some(PhysAddr(found))
     }
 
-    unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+    fn free_inner(&mut self, pa: PhysAddr, size: usize) {
         let mut st = self.0.borrow_mut();
         let size = (size as u64).max(PAGE);
         let was = st.live.remove(&pa.get());
@@ -147,62 +187,36 @@ unsafe impl TableMemory for TestPool {
         let p = st.ram.cpu_ptr(pa.get(), size as usize);
         // SAFETY: the allocation was live until now: in bounds, no other user.
         unsafe { p.write_bytes(0xa5, size as usize) };
+        if st.frames.contains(pa) {
+            st.frames.free(pa, size as usize);
+            return;
+        }
         for i in 0..size / PAGE {
             st.free.insert(pa.get() + i * PAGE);
         }
     }
-
-    fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
-        assert!(self.is_live(pa.get()), "table_ptr({pa:?}) of no allocation");
-        self.0.borrow().ram.cpu_ptr(pa.get(), 8).cast()
-    }
-
-    fn clean(&mut self, pa: PhysAddr, size: usize) {
-        self.0.borrow().ram.clean(pa.get(), size);
-    }
 }
 
-// SAFETY: `reclaim` hands out only free pages of donated ranges and removes them from
-// the pool and from the donated list.
+// SAFETY: `reclaim` hands out only free donated pages and takes them out of the pool.
 unsafe impl PagePool for TestPool {
-    fn donate(&mut self, r: PhysRange) {
-        let mut st = self.0.borrow_mut();
-        for i in 0..r.size / PAGE {
-            st.free.insert(r.base.get() + i * PAGE);
-        }
-        st.donated.push(r);
+    fn prepare_donate(&mut self) -> Result<(), crate::frames::NoMem> {
+        self.0.borrow_mut().frames.reserve(4)
+    }
+
+    fn donate(&mut self, r: PhysRange) -> Result<(), crate::frames::NoMem> {
+        self.0.borrow_mut().frames.donate(r)
     }
 
     fn reclaim(&mut self, max_pages: u64) -> Option<PhysRange> {
-        let mut st = self.0.borrow_mut();
-        let donated = st.donated.clone();
-        for (i, d) in donated.iter().enumerate() {
-            let pages = (0..d.size / PAGE).map(|k| d.base.get() + k * PAGE);
-            let Some(first) = pages.clone().find(|p| st.free.contains(p)) else {
-                continue;
-            };
-            let mut n = 0;
-            while n < max_pages
-                && first + n * PAGE < d.end()
-                && st.free.contains(&(first + n * PAGE))
-            {
-                n += 1;
-            }
-            let give = PhysRange::new(first, n * PAGE);
-            for k in 0..n {
-                st.free.remove(&(first + k * PAGE));
-            }
-            st.donated.remove(i);
-            let left = PhysRange::new(d.base.get(), first - d.base.get());
-            let right = PhysRange::new(give.end(), d.end() - give.end());
-            for part in [left, right] {
-                if part.size != 0 {
-                    st.donated.push(part);
-                }
-            }
-            return Some(give);
-        }
-        None
+        self.0.borrow_mut().frames.reclaim(max_pages)
+    }
+
+    fn scrub(&mut self, r: PhysRange) {
+        let st = self.0.borrow();
+        // The CPU's view only: the core must clean it for memory to follow.
+        let p = st.ram.cpu_ptr(r.base.get(), r.size as usize);
+        // SAFETY: the pages were just reclaimed: in the RAM, used by nothing else.
+        unsafe { p.write_bytes(0, r.size as usize) };
     }
 }
 
@@ -236,6 +250,7 @@ impl TestCpu {
 }
 
 impl CpuTlb for TestCpu {
+    fn publish(&mut self) {}
     fn tlbi_ipa_range(&mut self, ipa: Ipa, size: u64) {
         let mut a = ipa.get();
         while a < ipa.get() + size {

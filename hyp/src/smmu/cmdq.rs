@@ -18,8 +18,11 @@
 //! (`GERROR.CMDQ_ERR != GERRORN.CMDQ_ERR`), records the error and the command, replaces
 //! an illegal command by a `CMD_SYNC` (as Linux does: the command is skipped), leaves it in
 //! place for an abort or ATC timeout (the SMMU retries it), and acknowledges through
-//! `GERRORN`; the SMMU then resumes. A `sync` whose own `CMD_SYNC` completes returns Ok;
-//! the errors are in [`SmmuStats`](super::SmmuStats) and [`Smmu::take_errors`].
+//! `GERRORN`; the SMMU then resumes. The errors are in [`SmmuStats`](super::SmmuStats) and
+//! [`Smmu::take_errors`]. A `sync` whose own `CMD_SYNC` completes returns Ok unless a
+//! command other than a `CMD_SYNC` or prefetch was skipped since the last `sync`: a
+//! skipped invalidation did not happen, so the sync returns
+//! [`SmmuError::CommandSkipped`] and the caller treats it as unconfirmed.
 
 use super::regs::*;
 use super::{Deadline, Region, Smmu, SmmuError, SmmuIo};
@@ -549,7 +552,19 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         let err = CmdError { code, cmd, skipped };
         log::warn!("{err}");
         self.stats.cmd_errors += 1;
-        if self.errors.len() < MAX_KEPT_ERRORS {
+        // A skipped invalidation did not happen: the next `sync` must not confirm it. (A
+        // skipped CMD_SYNC became a CMD_SYNC; a prefetch has no effect to lose.)
+        if skipped
+            && !matches!(
+                cmd.opcode(),
+                op::CMD_SYNC | op::PREFETCH_CONFIG | op::PREFETCH_ADDR
+            )
+        {
+            self.pending
+                .get_or_insert(SmmuError::CommandSkipped(cmd.opcode()));
+        }
+        // Bounded and fallible: no allocation that can fail by panicking here.
+        if self.errors.len() < MAX_KEPT_ERRORS && self.errors.try_reserve(1).is_ok() {
             self.errors.push(err);
         }
         // Acknowledge only CMDQ_ERR: make GERRORN's bit equal GERROR's.

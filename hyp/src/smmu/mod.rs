@@ -142,6 +142,9 @@ pub enum SmmuError {
     BadConfig(&'static str),
     /// `CMDQ_CONS` holds an index the SMMU cannot be at (the raw value).
     BadQueueIndex(u32),
+    /// The SMMU refused a command (`CERROR_ILL`) and the driver skipped it: its effect
+    /// (an invalidation) never happened. The opcode.
+    CommandSkipped(u8),
 }
 
 impl fmt::Display for SmmuError {
@@ -153,6 +156,7 @@ impl fmt::Display for SmmuError {
             Self::SidOutOfRange(sid) => write!(f, "StreamID {sid:#x} beyond the stream table"),
             Self::BadConfig(what) => write!(f, "bad SMMU configuration: {what}"),
             Self::BadQueueIndex(v) => write!(f, "SMMU reported an impossible CMDQ_CONS {v:#x}"),
+            Self::CommandSkipped(op) => write!(f, "SMMU refused command {op:#04x} (skipped)"),
         }
     }
 }

@@ -395,12 +395,13 @@ impl SmmuModel {
         self.st.borrow().counts.get(&opcode).copied().unwrap_or(0)
     }
 
-    /// Forgets the executed commands and counts.
+    /// Forgets the executed commands, the counts and the register-write log.
     pub fn clear_counts(&self) {
         let mut st = self.st.borrow_mut();
         st.executed.clear();
         st.counts.clear();
         st.cfgi.clear();
+        st.writes.clear();
     }
 
     /// Every `CFGI_STE` executed, with the STE memory held then.

@@ -11,7 +11,8 @@
 //!   the run goes on. Whether the write landed the program cannot see: Warden's log must
 //!   show the SMMU fault (the harness checks).
 //! - `donate-blocks-dma`: a page donated with `MEM_DONATE` is out of reach of DMA in both
-//!   directions; `MEM_RECLAIM` returns it unchanged, and DMA reaches it again.
+//!   directions (the write: Warden logs the SMMU fault); `MEM_RECLAIM` returns it
+//!   zeroed, and DMA reaches it again.
 //! - `donate-errors`: `MEM_DONATE` / `MEM_RECLAIM` refuse bad arguments with the ABI's
 //!   error codes.
 //! - `fw-cfg-dma`: QEMU's fw_cfg DMA interface (a DMA master no SMMU translates) is
@@ -250,15 +251,26 @@ fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
 
     // SAFETY: the page is the program's again (reclaimed, or never donated).
     let now = unsafe { DONATED.load(0) };
-    if let Some(m) = compare(&now, &secret) {
+    // MEM_RECLAIM hands pages back zeroed (Warden may have kept tables there), so the
+    // page cannot show whether the refused DMA write landed: that is the SMMU fault the
+    // harness finds in Warden's log for this address. The page must be all zeros; edu's
+    // data in it would mean a write after the reclaim zeroed it.
+    let expected = if donated { [0; WORDS] } else { secret };
+    if let Some(m) = compare(&now, &expected) {
         let whose = if m.got == marker[m.index] {
             "edu's data"
+        } else if m.got == secret[m.index] {
+            "the page's old pattern: not zeroed"
         } else {
             "unknown data"
         };
         problems.push(format!(
-            "the page changed while it was {}donated: the DMA write into it landed ({} of {WORDS} words differ, word {} = {:#x}: {whose})",
-            if donated { "" } else { "(supposedly) " },
+            "after MEM_RECLAIM the page is not {} ({} of {WORDS} words differ, word {} = {:#x}: {whose})",
+            if donated {
+                "zeroed"
+            } else {
+                "as it was (never donated)"
+            },
             m.count,
             m.index,
             m.got
@@ -278,7 +290,7 @@ fn donate_blocks_dma(edu: &Edu) -> Result<String, String> {
 
     if problems.is_empty() {
         Ok(format!(
-            "page {p:#x} donated: DMA write into it refused (its data unchanged), DMA read of it refused ({}); MEM_RECLAIM(1) = 0, {p:#x}, 1; DMA write into it lands again",
+            "page {p:#x} donated: DMA read of it refused ({}), DMA write into it issued (Warden must log the SMMU fault); MEM_RECLAIM(1) = 0, {p:#x}, 1, the page zeroed; DMA write into it lands again",
             describe_read(read)
         ))
     } else {

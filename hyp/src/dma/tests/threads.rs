@@ -137,9 +137,17 @@ unsafe impl TableMemory for SyncPool {
 // SAFETY: donated pages are outside the backing buffer: they are only recorded, never
 // handed out, and given back as they came.
 unsafe impl PagePool for SyncPool {
-    fn donate(&mut self, _r: PhysRange) {}
+    fn prepare_donate(&mut self) -> Result<(), crate::frames::NoMem> {
+        Ok(())
+    }
+    fn donate(&mut self, _r: PhysRange) -> Result<(), crate::frames::NoMem> {
+        Ok(())
+    }
     fn reclaim(&mut self, _max_pages: u64) -> Option<PhysRange> {
         None
+    }
+    fn scrub(&mut self, _r: PhysRange) {
+        // Never called: `reclaim` returns nothing.
     }
 }
 
@@ -148,6 +156,7 @@ unsafe impl PagePool for SyncPool {
 struct SyncCpu(Arc<AtomicU64>);
 
 impl CpuTlb for SyncCpu {
+    fn publish(&mut self) {}
     fn tlbi_ipa_range(&mut self, _ipa: Ipa, _size: u64) {}
     fn tlbi_vmall(&mut self) {}
 }
