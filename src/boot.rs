@@ -233,7 +233,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
 
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
     let mut probed = crate::iommu::probe_all(&plat)?;
-    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, probed.min_oas, &probed.frames)?;
+    // The SMMUs' frames and the GIC's emulated frames stay out of the host stage-2.
+    let mut hidden = probed.frames.clone();
+    hidden.extend(crate::gic::init(&plat)?);
+    let s2 = build_host_stage2(&id, &plat, &ram, &carveouts, probed.min_oas, &hidden)?;
     let geom = s2.geometry();
     let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
     let vttbr = s2.root().get() | ((HOST_VMID as u64) << 48);

@@ -124,6 +124,10 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
     {
         return;
     }
+    // The GIC's table and command-queue registers: emulated (src/gic.rs).
+    if crate::gic::emulate(frame, esr, ipa) {
+        return;
+    }
     let write = esr & (1 << 6) != 0 && esr >> 26 == ec::DABT_LOW;
     let el = if fault::from_el0(frame.spsr) {
         "EL0"

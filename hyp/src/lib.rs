@@ -17,6 +17,7 @@ pub mod el2_s1;
 pub mod el2_setup;
 pub mod events;
 pub mod fault;
+pub mod gic;
 pub mod host_mem;
 pub mod layout;
 pub mod pins;
