@@ -18,7 +18,7 @@ use crate::util::{
 };
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 7] = [
+pub const TESTS: [&str; 8] = [
     "cpus",
     "hotplug",
     "el1",
@@ -26,6 +26,7 @@ pub const TESTS: [&str; 7] = [
     "devmem-carveout",
     "smmu-hidden",
     "virtio-blk",
+    "msi",
 ];
 /// Warden's first line starts with this (`Warden v<version>`).
 pub const BANNER_PREFIX: &str = "Warden ";
@@ -477,6 +478,7 @@ warden: host stage-2 fault at 0x4fe00000
 WTEST PASS devmem-carveout: 0x4fe00000 killed by SIGBUS (status 135)
 WTEST PASS smmu-hidden: no IOMMU in Linux; smmuv3@9050000 disabled
 WTEST PASS virtio-blk
+WTEST PASS msi: ITS-MSI: virtio0-req.0=417(ITS-MSI)
 WTEST DONE
 ";
 
@@ -493,7 +495,7 @@ WTEST DONE
     fn a_good_boot_passes() {
         assert_eq!(evaluate(GOOD, Some(0), T, &expect()), Vec::<String>::new());
         let r = parse_results(GOOD);
-        assert_eq!(r.passed.len(), 7);
+        assert_eq!(r.passed.len(), 8);
         assert_eq!(r.passed[0], ("cpus".to_string(), "online 0-3".to_string()));
         assert_eq!(r.passed[6], ("virtio-blk".to_string(), String::new()));
     }
