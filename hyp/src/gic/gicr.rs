@@ -128,7 +128,8 @@ impl Redist {
                 )
             }
             (gicr::TYPER, Some(_)) => 0,
-            (gicr::CTLR, Some(v)) if off == gicr::CTLR && w == Width::W32 => {
+            // Any width: a 64-bit store covers GICR_CTLR too.
+            (gicr::CTLR, Some(v)) if off == gicr::CTLR => {
                 let v = if v & gicr::CTLR_ENABLE_LPIS != 0 && !self.frozen && !self.pin_tables(env)
                 {
                     v & !gicr::CTLR_ENABLE_LPIS

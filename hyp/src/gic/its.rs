@@ -178,7 +178,7 @@ impl Its {
         let real = self.base + off;
         let baser_end = gits::BASER0 + 8 * gits::NR_BASER as u64;
         match (reg, write) {
-            (gits::CTLR, Some(v)) if off == gits::CTLR && w == Width::W32 => {
+            (gits::CTLR, Some(v)) if off == gits::CTLR => {
                 env.reg_write(real, w, v);
                 self.process(env, targets);
                 0
@@ -403,6 +403,9 @@ impl Its {
         release: &mut Vec<PhysRange>,
     ) -> Result<(), Refusal> {
         let dev = (c[0] >> 32) as u32;
+        if u64::from(dev) >> gits::typer_dev_bits(self.typer) != 0 {
+            return Err("MAPD DeviceID beyond GITS_TYPER.Devbits");
+        }
         let at = self.itts.iter().position(|(d, _)| *d == dev);
         release.try_reserve(1).map_err(|_| "no memory")?;
         if c[2] & cmd::VALID == 0 {
@@ -462,7 +465,9 @@ impl Its {
             env.reg_write(reg, Width::W64, v & !gits::BASER_PA_MASK);
             let rb = env.reg_read(reg, Width::W64);
             self.free_shadow(env, n);
-            self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT) | host_pa;
+            self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT & !gits::SIZE_MASK)
+                | host_pa
+                | (v & gits::SIZE_MASK);
             return;
         }
         let psz = gits::baser_page_size(v);
@@ -478,12 +483,22 @@ impl Its {
         if !env.host_owns(PhysRange::new(host_pa, len)) {
             return refuse(&mut self.warned, "the table is not host-owned");
         }
-        let size = len.next_power_of_two();
+        // Warden's copy need not be larger than the IDs the ITS can index (the host may
+        // ask for up to 256 pages of 64 KiB).
+        let ids = if ty == gits::TYPE_DEVICES {
+            gits::typer_dev_bits(self.typer)
+        } else {
+            gits::typer_cid_bits(self.typer)
+        };
+        let needed = (1u64 << ids) * gits::baser_entry_size(real);
+        let real_len = len.min(needed.next_multiple_of(psz));
+        let size = real_len.next_power_of_two();
         let Some(table) = env.alloc(size, psz) else {
             return refuse(&mut self.warned, "no memory for Warden's copy");
         };
         env.clean(table, size);
-        let want = (v & !gits::BASER_PA_MASK) | table;
+        let real_size = real_len / psz - 1;
+        let want = (v & !gits::BASER_PA_MASK & !gits::SIZE_MASK) | table | real_size;
         env.reg_write(reg, Width::W64, want);
         let rb = env.reg_read(reg, Width::W64);
         let geometry = gits::VALID | gits::BASER_PAGE_SIZE_MASK | gits::SIZE_MASK;
@@ -499,7 +514,10 @@ impl Its {
         }
         self.free_shadow(env, n);
         self.shadow[n] = Some((table, size));
-        self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT) | host_pa;
+        // The host reads back its own address and size.
+        self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT & !gits::SIZE_MASK)
+            | host_pa
+            | (v & gits::SIZE_MASK);
     }
 
     /// Frees Warden's table of `GITS_BASER<n>` (the ITS is disabled and quiescent, and

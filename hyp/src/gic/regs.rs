@@ -38,6 +38,22 @@ pub mod gits {
     pub const fn typer_ite_size(typer: u64) -> u64 {
         ((typer >> 4) & 0xf) + 1
     }
+    /// `GITS_TYPER.Devbits` (DeviceID bits − 1), bits 17:13.
+    pub const fn typer_dev_bits(typer: u64) -> u64 {
+        ((typer >> 13) & 0x1f) + 1
+    }
+    /// Collection ID bits: `GITS_TYPER.CIDbits` + 1 (bits 35:32) if `CIL` (bit 36), else 16.
+    pub const fn typer_cid_bits(typer: u64) -> u64 {
+        if typer & (1 << 36) != 0 {
+            ((typer >> 32) & 0xf) + 1
+        } else {
+            16
+        }
+    }
+    /// `GITS_BASER<n>`.Entry_Size (bytes − 1), bits 52:48.
+    pub const fn baser_entry_size(v: u64) -> u64 {
+        ((v >> 48) & 0x1f) + 1
+    }
     /// `GITS_TYPER.ID_bits` (EventID bits − 1), bits 12:8.
     pub const fn typer_id_bits(typer: u64) -> u64 {
         ((typer >> 8) & 0x1f) + 1

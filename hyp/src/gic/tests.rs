@@ -389,3 +389,33 @@ fn data_abort_syndrome_decoding() {
     assert_eq!(DataAccess::decode(2 << 22), None);
     assert_eq!(DataAccess::decode((1 << 24) | (1 << 7)), None);
 }
+
+#[test]
+fn warden_copies_of_tables_are_no_larger_than_the_ids_need() {
+    let mut w = World::new();
+    // 64 pages of 64 KiB asked for (4 MiB of host memory): Warden's copy covers the
+    // 2^16 DeviceIDs of 8 bytes the ITS can index (512 KiB), the host reads back its
+    // own request.
+    let big = DT | gits::VALID | (2 << 8) | 0x3f;
+    w.w64(ITS_BASE + gits::BASER0, big);
+    assert_eq!(
+        w.r64(ITS_BASE + gits::BASER0) & !(0xff << 48 | 7 << 56),
+        big
+    );
+    let (_, size) = w.emu.its[0].shadow_table(0).unwrap();
+    assert_eq!(size, 0x8_0000);
+    assert_eq!(w.env.gic.baser(0) & gits::SIZE_MASK, 7);
+    // A MAPD for a DeviceID beyond Devbits is refused.
+    w.its_init();
+    w.send(&[mapd(1 << 16, ITT, 8, true)]);
+    assert_eq!(w.executed(cmd::MAPD), 0);
+    assert_eq!(w.env.hm.pins().count(ITT), 0);
+}
+
+#[test]
+fn a_64_bit_store_to_gicr_ctlr_cannot_skip_the_pins() {
+    let mut w = World::new();
+    w.env.donate(SPARE).unwrap();
+    w.w64(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0);
+}
