@@ -6,7 +6,7 @@
 //! the GIC write where it would have written: the pages must stay all-zero; then tables
 //! in its own memory must work (an LPI raised by INT is pending) and be pinned.
 //! A variant passes only if every check printed `GIC PASS <name>` and nothing printed
-//! `GIC FAIL`; the summary says `gic: 5 passed, 0 failed`; Warden's banner and its GIC
+//! `GIC FAIL`; the summary says `gic: 6 passed, 0 failed`; Warden's banner and its GIC
 //! emulation line (`warden: GIC: … emulated`) appeared; and QEMU powered off by itself
 //! with status 0 before the timeout.
 
@@ -22,9 +22,10 @@ use crate::util::{self, Result, name_and_rest};
 /// The boot-test variants the image runs on (the GICv3 ones with an ITS).
 pub const VARIANT_NAMES: [&str; 2] = ["max-gicv3", "n1-5g"];
 /// The image's checks, in the order it runs them (test-images/gic-its/src/checks.rs).
-pub const CHECKS: [&str; 5] = [
+pub const CHECKS: [&str; 6] = [
     "its-baser-donated",
     "its-mapd-donated",
+    "its-forged-dte",
     "gicr-pendbaser-donated",
     "its-legit-lpi",
     "gic-pins-busy",
@@ -125,10 +126,11 @@ Warden v0.1.0 — EL2 hypervisor
 warden: GIC: 1 ITS(s) and 4 redistributor(s) emulated
 GIC PASS its-baser-donated: P1 all-zero
 GIC PASS its-mapd-donated: P2 all-zero
+GIC PASS its-forged-dte: P4 all-zero
 GIC PASS gicr-pendbaser-donated: P3 all-zero
 GIC PASS its-legit-lpi: LPI 8195 pending
 GIC PASS gic-pins-busy: MEM_DONATE BUSY for: ITT
-gic: 5 passed, 0 failed
+gic: 6 passed, 0 failed
 ";
     const T: Duration = Duration::from_secs(60);
 
@@ -159,6 +161,6 @@ gic: 5 passed, 0 failed
             Some(0),
             "no result for the `gic-pins-busy` check",
         );
-        check(&GOOD.replace("5 passed", "4 passed"), Some(0), "4 passed");
+        check(&GOOD.replace("6 passed", "5 passed"), Some(0), "5 passed");
     }
 }

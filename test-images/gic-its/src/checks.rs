@@ -5,6 +5,10 @@
 //!   would record there leaves P all-zero.
 //! - `its-mapd-donated`: a MAPD whose ITT is a donated page P is skipped; after reclaim,
 //!   a MAPTI that would write the translation entry into P leaves P all-zero.
+//! - `its-forged-dte`: a device table entry the program writes into its own device
+//!   table (in QEMU's format) naming a page P it donated and reclaimed as the ITT: a
+//!   MAPTI for that device must leave P all-zero (Warden's ITS uses its own copy of the
+//!   table).
 //! - `gicr-pendbaser-donated`: `GICR_PENDBASER` at donated pages P is refused; after
 //!   reclaim, EnableLPIs and an LPI raised with INT (which a redistributor using P would
 //!   record in P) leave P all-zero.
@@ -25,9 +29,10 @@ use el1_rt::rt::{self, report};
 use el1_rt::{println, smccc};
 
 /// The checks, in the order they run (the harness expects exactly these).
-pub const CHECKS: [&str; 5] = [
+pub const CHECKS: [&str; 6] = [
     "its-baser-donated",
     "its-mapd-donated",
+    "its-forged-dte",
     "gicr-pendbaser-donated",
     "its-legit-lpi",
     "gic-pins-busy",
@@ -47,6 +52,7 @@ const P2: usize = 52;
 const ITT1: usize = 53;
 const ITT3: usize = 54;
 const ITT4: usize = 55;
+const P4: usize = 56;
 /// `GICR_PROPBASER.IDbits`: 16 ID bits.
 const ID_BITS: u64 = 15;
 /// MAPD Size: 32 events.
@@ -325,6 +331,7 @@ pub fn run(plat: &Platform, _dtb: &[u8]) {
     );
     report("its-baser-donated", baser_donated(&mut gic));
     report("its-mapd-donated", mapd_donated(&mut gic));
+    report("its-forged-dte", forged_dte(&mut gic));
     let pend = pendbaser_donated(&mut gic);
     let lpis = gic.lpis_on();
     report("gicr-pendbaser-donated", pend);
@@ -396,6 +403,32 @@ fn mapd_donated(gic: &mut Gic) -> Result<String, String> {
         )),
         Some((off, v)) => Err(format!(
             "after reclaim, MAPTI wrote {v:#x} into P2 at +{off:#x} (an ITT entry)"
+        )),
+    }
+}
+
+/// QEMU's device table entry: V (bit 0), Size (bits 5:1), ITT address >> 8 (bits 49:6).
+fn qemu_dte(itt: u64) -> u64 {
+    1 | (EVENT_BITS - 1) << 1 | (itt >> 8) << 6
+}
+
+fn forged_dte(gic: &mut Gic) -> Result<String, String> {
+    zero(P4, 1);
+    let r = donate(P4, 1);
+    if !r.ok() {
+        return Err(format!("MEM_DONATE(P4) = {}", r.status()));
+    }
+    // Device 9 was never mapped with MAPD.
+    wr(page(DT) + 9 * 8, qemu_dte(page(P4)));
+    reclaim(P4, 1)?;
+    gic.mapti(9, 0, 8196)?;
+    match nonzero(P4, 1) {
+        None => Ok(format!(
+            "forged entry naming {:#x} in the program's device table, MAPTI: P4 is all-zero",
+            page(P4)
+        )),
+        Some((off, v)) => Err(format!(
+            "MAPTI used the forged device table entry: wrote {v:#x} into P4 at +{off:#x}"
         )),
     }
 }
