@@ -25,8 +25,9 @@
 //! **Tables.** The ITS's device and collection tables hold the addresses it writes to
 //! (a device table entry holds its ITT's address), so they must not be host-writable:
 //! an accepted `GITS_BASER<n>` (host-owned range, Warden checks it) gets a zeroed table
-//! of the same size in Warden memory, and the real register points there. The host reads
-//! back its own address, with the attributes the ITS accepted and Indirect clear (Warden
+//! of the same size in Warden memory (at most what the ITS's DeviceID or collection ID
+//! bits can index), and the real register points there. The host reads back its own
+//! address and size, with the attributes the ITS accepted and Indirect clear (Warden
 //! refuses two-level tables: Linux then uses flat ones). vPE tables are refused. Writes
 //! of `GITS_CBASER` or `GITS_BASER<n>` while the ITS is enabled or not quiescent are
 //! ignored (the architecture makes them UNPREDICTABLE).

@@ -419,3 +419,52 @@ fn a_64_bit_store_to_gicr_ctlr_cannot_skip_the_pins() {
     w.w64(GICR_BASE + gicr::CTLR, 1);
     assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0);
 }
+
+#[test]
+fn every_physical_command_kind_reaches_the_its() {
+    let mut w = World::new();
+    w.its_init();
+    let plain = |op: u8| [(1 << 32) | u64::from(op), 0, 0, 0];
+    let movall = |a: u64, b: u64| [u64::from(cmd::MOVALL), 0, a << 16, b << 16];
+    w.send(&[
+        mapc(0, 0),
+        mapd(1, ITT, 8, true),
+        [(1 << 32) | u64::from(cmd::MAPI), 2, 0, 0],
+        mapti(1, 3, 8200, 0),
+        plain(cmd::MOVI),
+        plain(cmd::INT),
+        plain(cmd::CLEAR),
+        plain(cmd::INV),
+        [u64::from(cmd::INVALL), 0, 0, 0],
+        plain(cmd::DISCARD),
+        movall(0, 1),
+        movall(0, 5), // no processor 5: refused
+        sync(0),
+        mapd(1, 0, 8, false),
+        [u64::from(cmd::MAPC), 0, 7 << 16, 0], // V = 0: no target needed
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    let ops: Vec<u8> = w.env.gic.executed.iter().map(|c| c[0] as u8).collect();
+    assert_eq!(
+        ops,
+        vec![
+            cmd::MAPC,
+            cmd::MAPD,
+            cmd::MAPI,
+            cmd::MAPTI,
+            cmd::MOVI,
+            cmd::INT,
+            cmd::CLEAR,
+            cmd::INV,
+            cmd::INVALL,
+            cmd::DISCARD,
+            cmd::MOVALL,
+            cmd::SYNC,
+            cmd::MAPD,
+            cmd::MAPC
+        ]
+    );
+    // Commands reach the ITS exactly as the host wrote them.
+    assert_eq!(w.env.gic.executed[3], mapti(1, 3, 8200, 0));
+    assert_eq!(w.env.hm.pins().count(ITT), 0, "MAPD V=0 released the ITT");
+}
