@@ -288,6 +288,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         }
     );
     HYP.call_once(|| core);
+    crate::gic::core_ready();
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------

@@ -116,6 +116,14 @@ pub fn init(plat: &Platform) -> Result<Vec<PhysRange>, &'static str> {
     Ok(trapped)
 }
 
+/// Once the hypercall core (and its pin bookkeeping) exists, before the host runs: pins
+/// the LPI tables firmware may have left in use.
+pub fn core_ready() {
+    if let Some(gic) = GIC.get() {
+        gic.lock().pin_firmware_tables(&mut El2Gic);
+    }
+}
+
 /// Emulates the host's access behind a stage-2 data abort at `ipa` if it hit a trapped
 /// GIC frame: `true` when done (ELR advanced), `false` when the caller must go on (not
 /// a GIC frame, or no usable syndrome: an external abort).

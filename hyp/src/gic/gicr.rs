@@ -183,6 +183,18 @@ impl Redist {
         env.reg_write(base + reg, Width::W64, v);
     }
 
+    /// Firmware left LPIs on: pins the tables the registers name (once the pin
+    /// bookkeeping exists, before the host runs), so that the host cannot donate them.
+    /// Logs an error if they are not host RAM (e.g. in Warden's carve-out).
+    pub fn pin_firmware_tables(&mut self, env: &mut impl GicEnv) {
+        if self.frozen && self.pinned == [None, None] && !self.pin_tables(env) {
+            log::error!(
+                "redistributor {:#x}: the LPI tables firmware enabled are not host RAM; the GIC may write there",
+                self.base
+            );
+        }
+    }
+
     /// Pins both LPI tables as the registers hold them now; nothing pinned on failure.
     fn pin_tables(&mut self, env: &mut impl GicEnv) -> bool {
         let base = self.base;

@@ -183,6 +183,14 @@ impl GicEmu {
         Ok(Self { its, rds })
     }
 
+    /// Pins the LPI tables of redistributors whose LPIs firmware left enabled (call once
+    /// pins work, before the host runs).
+    pub fn pin_firmware_tables(&mut self, env: &mut impl GicEnv) {
+        for r in &mut self.rds {
+            r.pin_firmware_tables(env);
+        }
+    }
+
     /// Every frame that must leave the host stage-2 (and be mapped Device at EL2).
     pub fn trapped(&self) -> impl Iterator<Item = PhysRange> + '_ {
         self.its

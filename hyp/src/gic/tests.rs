@@ -468,3 +468,25 @@ fn every_physical_command_kind_reaches_the_its() {
     assert_eq!(w.env.gic.executed[3], mapti(1, 3, 8200, 0));
     assert_eq!(w.env.hm.pins().count(ITT), 0, "MAPD V=0 released the ITT");
 }
+
+#[test]
+fn lpi_tables_firmware_left_enabled_get_pinned_and_frozen() {
+    let mut env = TestEnv::new();
+    let rd0 = &mut env.gic.rds[0];
+    rd0.prop = PROP | PROP_BITS;
+    rd0.pend = PEND;
+    rd0.ctlr = 1;
+    let mut emu = GicEmu::probe(
+        &mut env,
+        &[PhysRange::new(GICR_BASE, 0x10_0000)],
+        None,
+        &[PhysRange::new(ITS_BASE, 2 * FRAME)],
+    )
+    .unwrap();
+    emu.pin_firmware_tables(&mut env);
+    assert_eq!(env.donate(PEND), Err(Error::Busy));
+    assert_eq!(env.donate(PROP), Err(Error::Busy));
+    emu.access(&mut env, GICR_BASE + gicr::PENDBASER, 8, Some(SPARE))
+        .unwrap();
+    assert_eq!(env.gic.rds[0].pend, PEND);
+}
