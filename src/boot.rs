@@ -260,7 +260,9 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // ---- SMMUs, then the host stage-2 they share with the CPU ---------------------------
     let mut probed = crate::iommu::probe_all(&plat)?;
     // ---- Who may master DMA: one decision per device node --------------------------------
+    // The SMMUs' frames and the GIC's emulated frames stay out of the host stage-2.
     hidden_mmio.extend_from_slice(&probed.frames);
+    hidden_mmio.extend(crate::gic::init(&plat)?);
     let masters = decide_masters(blob, &plat, &probed)?;
     let host_mmio = masters
         .host_mmio()
@@ -325,6 +327,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         }
     );
     HYP.call_once(|| core);
+    crate::gic::core_ready();
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------

@@ -19,6 +19,8 @@ mod console;
 #[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
+mod gic;
+#[cfg(target_os = "none")]
 mod hypercall;
 #[cfg(target_os = "none")]
 mod iommu;

@@ -137,6 +137,12 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
     {
         return;
     }
+    // The GIC's table and command-queue registers: emulated (src/gic.rs).
+    if let Some(ipa) = ipa
+        && crate::gic::emulate(frame, esr, ipa)
+    {
+        return;
+    }
     let how = match source {
         IpaSource::Hpfar => "",
         IpaSource::Translate => " (IPA from AT S1E1R)",

@@ -182,6 +182,10 @@ pub struct Gic {
     pub vcpu_if: Option<PhysRange>,
     /// The INTID of the maintenance interrupt (`interrupts`), if described.
     pub maintenance_intid: Option<u32>,
+    /// `redistributor-stride`, if given (GICv3).
+    pub redist_stride: Option<u64>,
+    /// The available `arm,gic-v3-its` children's first `reg` entries (GICv3).
+    pub its: Vec<PhysRange>,
 }
 
 /// The newest PSCI version the `/psci` node claims.
@@ -1272,6 +1276,12 @@ impl<'a> Scan<'a> {
         if self.p.gic.is_none() && available {
             self.gic(depth, compatible)?;
         }
+        if available && strlist_has(compatible, "arm,gic-v3-its") {
+            let its = self.reg0(depth, "its reg")?;
+            if let Some(g) = self.p.gic.as_mut().filter(|g| g.version == GicVersion::V3) {
+                push(&mut g.its, its)?;
+            }
+        }
         if strlist_has(compatible, "arm,smmu-v3") {
             let smmu = Smmu {
                 regs: self.reg0(depth, "smmu reg")?,
@@ -1489,6 +1499,12 @@ impl<'a> Scan<'a> {
                     (1, n) => n.checked_add(16),
                     _ => None,
                 });
+        let redist_stride = match self.prop("redistributor-stride") {
+            Some(v) if v.len() == 8 => be64(v, 0),
+            Some(v) => Some(u64::from(prop_u32(v, "redistributor-stride")?)),
+            None => None,
+        }
+        .filter(|&s| s != 0);
         self.p.gic = Some(Gic {
             version,
             dist,
@@ -1497,6 +1513,8 @@ impl<'a> Scan<'a> {
             hyp_if,
             vcpu_if,
             maintenance_intid,
+            redist_stride,
+            its: Vec::new(),
         });
         Ok(())
     }
@@ -2176,6 +2194,8 @@ mod tests {
             hyp_if: None,
             vcpu_if: None,
             maintenance_intid: Some(25),
+            redist_stride: None,
+            its: vec![r(0x808_0000, 0x2_0000)],
         })
     }
 
@@ -2233,6 +2253,8 @@ mod tests {
                 hyp_if: Some(r(0x803_0000, 0x1_0000)),
                 vcpu_if: Some(r(0x804_0000, 0x1_0000)),
                 maintenance_intid: Some(25),
+                redist_stride: None,
+                its: vec![],
             }),
             psci: qemu_psci(),
             cpus: psci_cpus(2),
@@ -2325,6 +2347,8 @@ mod tests {
                 hyp_if: Some(r(0xf141_0000, 0x2000)),
                 vcpu_if: Some(r(0xf142_0000, 0x2000)),
                 maintenance_intid: Some(25),
+                redist_stride: None,
+                its: vec![],
             }),
             psci: Some(Psci {
                 version: PsciVersion::V0_2,

@@ -18,6 +18,7 @@ pub mod el2_setup;
 pub mod events;
 pub mod fault;
 pub mod frames;
+pub mod gic;
 pub mod host_mem;
 pub mod hpfar;
 pub mod layout;

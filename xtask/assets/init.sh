@@ -413,6 +413,27 @@ t_fpregs() {
 	pass fp-regs "alone: ${plain#fp-regs: ok: }; with SMMU events: ${dma#fp-regs: ok: } (edu ${dev##*/})"
 }
 
+# 5b. msi: the disk's MSI-X interrupts arrive: through the ITS (which Warden emulates)
+# on GICv3, through GICv2m on GICv2. Some virtio interrupt of an MSI chip has counted.
+t_msi() {
+	want=MSI
+	grep -q GICv3 /proc/interrupts && want=ITS-MSI
+	got=$(grep virtio /proc/interrupts | awk -v want="$want" '
+		{ n = 0; chip = ""
+		  for (i = 2; i <= NF; i++) {
+			if (chip == "" && $i ~ /^[0-9]+$/) n += $i
+			else if (chip == "") chip = $i
+		  }
+		  if (index(chip, want) && n > 0) s = s " " $NF "=" n "(" chip ")" }
+		END { print s }')
+	if [ -n "$got" ]; then
+		pass msi "$want:$got"
+	else
+		fail msi "no virtio interrupt of a $want chip with a nonzero count:" \
+			"$(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' ';')"
+	fi
+}
+
 echo "WTEST START $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs, cmdline: $CMDLINE"
 [ -n "$MODFAIL" ] && info "modules that failed to load:$MODFAIL"
 t_cpus
@@ -424,6 +445,7 @@ t_smmu
 t_masters
 t_blk
 t_fpregs
+t_msi
 [ -n "$RBASE" ] && info "the shell is still alive after the carve-out probes"
 echo "WTEST DONE"
 sync

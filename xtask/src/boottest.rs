@@ -18,7 +18,7 @@ use crate::util::{
 };
 
 /// The checks of the test `/init`, in the order it runs them.
-pub const TESTS: [&str; 9] = [
+pub const TESTS: [&str; 10] = [
     "cpus",
     "hotplug",
     "el1",
@@ -28,6 +28,7 @@ pub const TESTS: [&str; 9] = [
     "dma-masters-hidden",
     "virtio-blk",
     "fp-regs",
+    "msi",
 ];
 /// Warden prints one line per device node with its DMA-master decision
 /// (`warden: device <path> [<compatible>] <ranges>: <decision> (<why>)`, hyp::masters).
@@ -553,6 +554,7 @@ WTEST PASS dma-masters-hidden: 33 nodes disabled
 WTEST PASS virtio-blk
 warden: WARN  smmu0: SMMU event F_TRANSLATION sid 0x10 iova 0x4fe00000 ipa 0x4fe00000 read stage-2
 WTEST PASS fp-regs: ok: 200 rounds; ok: 6 rounds
+WTEST PASS msi: ITS-MSI: virtio0-req.0=417(ITS-MSI)
 WTEST DONE
 ";
 

@@ -9,6 +9,7 @@ mod conformance;
 mod cpio;
 mod deps;
 mod edutest;
+mod gictest;
 mod image;
 mod initramfs;
 mod insn;

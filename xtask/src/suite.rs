@@ -8,7 +8,7 @@ use crate::bail;
 use crate::boottest::{self, VARIANTS};
 use crate::testimage::{self, TestImage};
 use crate::util::{Result, describe};
-use crate::{build, cargo, conformance, deps, edutest, initramfs};
+use crate::{build, cargo, conformance, deps, edutest, gictest, initramfs};
 
 /// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
 /// test image's boots `edu:<variant>`, the conformance suite's boots `conf:<variant>`.
@@ -20,6 +20,7 @@ pub fn step_names() -> Vec<String> {
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
     names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
+    names.extend(group_steps("gic", &gictest::VARIANT_NAMES));
     names
 }
 
@@ -47,6 +48,7 @@ pub fn matches(word: &str, step: &str) -> bool {
         || (word == "boot" || word == "qemu") && step.starts_with("boot:")
         || (word == "edu" || word == "qemu") && step.starts_with("edu:")
         || (word == "conf" || word == "qemu") && step.starts_with("conf:")
+        || (word == "gic" || word == "qemu") && step.starts_with("gic:")
         || step.strip_prefix("boot:") == Some(word)
         || word == "clippy" && step == "clippy-aarch64"
 }
@@ -71,7 +73,7 @@ pub fn select(opts: &Options) -> Result<Vec<String>> {
     let boots = steps.iter().any(|s| s.starts_with("boot:"));
     let edus = steps
         .iter()
-        .any(|s| s.starts_with("edu:") || s.starts_with("conf:"));
+        .any(|s| s.starts_with("edu:") || s.starts_with("conf:") || s.starts_with("gic:"));
     let prebuilt = opts.direct || opts.image.is_some();
     let need_image = boots && !prebuilt || edus && opts.image.is_none();
     if need_image && !steps.iter().any(|s| s == "image") {
@@ -80,7 +82,12 @@ pub fn select(opts: &Options) -> Result<Vec<String>> {
         }
         let at = steps
             .iter()
-            .position(|s| s.starts_with("boot:") || s.starts_with("edu:") || s.starts_with("conf:"))
+            .position(|s| {
+                s.starts_with("boot:")
+                    || s.starts_with("edu:")
+                    || s.starts_with("conf:")
+                    || s.starts_with("gic:")
+            })
             .unwrap_or(0);
         steps.insert(at, "image".into());
     }
@@ -152,7 +159,7 @@ pub fn run(opts: &Options) -> Result<bool> {
         .collect();
     let edus = steps
         .iter()
-        .any(|s| s.starts_with("edu:") || s.starts_with("conf:"));
+        .any(|s| s.starts_with("edu:") || s.starts_with("conf:") || s.starts_with("gic:"));
 
     let mut results: Vec<(String, Outcome, Duration)> = Vec::new();
     let mut payload = None;
@@ -192,6 +199,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     // The edu and conformance test images, built by the first step that boots each.
     let mut edu_image = None;
     let mut conf_image = None;
+    let mut gic_image = None;
 
     let timeout = Duration::from_secs(opts.timeout_secs.unwrap_or(240));
     let mut image_ok = false;
@@ -232,6 +240,8 @@ pub fn run(opts: &Options) -> Result<bool> {
                     "conformance",
                     "-p",
                     "fp-regs",
+                    "-p",
+                    "gic-its",
                     "--target",
                     build::TEST_IMAGE_TARGET,
                     "--",
@@ -253,6 +263,9 @@ pub fn run(opts: &Options) -> Result<bool> {
             }
             conf if conf.starts_with("conf:") => {
                 test_image_step::<conformance::Conf>(conf, opts, qemu_ok, image_ok, &mut conf_image)
+            }
+            gic if gic.starts_with("gic:") => {
+                test_image_step::<gictest::Gic>(gic, opts, qemu_ok, image_ok, &mut gic_image)
             }
             boot => {
                 let name = boot.strip_prefix("boot:").expect("boot step");
@@ -403,7 +416,10 @@ mod tests {
         assert!(!sel(&["boot"], &[]).iter().any(|s| s.starts_with("edu:")));
         assert_eq!(
             sel(&["qemu"], &[]).len(),
-            1 + VARIANTS.len() + edutest::VARIANT_NAMES.len() + conformance::VARIANT_NAMES.len()
+            1 + VARIANTS.len()
+                + edutest::VARIANT_NAMES.len()
+                + conformance::VARIANT_NAMES.len()
+                + gictest::VARIANT_NAMES.len()
         );
         assert!(sel(&[], &["edu"]).iter().all(|s| !s.starts_with("edu:")));
         // Edu boots always run Warden: --direct does not spare the image.
@@ -422,13 +438,32 @@ mod tests {
         assert!(sel(&["qemu"], &[]).iter().any(|s| s == "conf:a57-gicv2"));
         assert!(sel(&[], &["conf"]).iter().all(|s| !s.starts_with("conf:")));
         assert!(sel(&[], &["qemu"]).iter().all(|s| !s.starts_with("conf:")));
-        // The conformance steps come last, after the edu ones.
+        // The conformance steps come after the edu ones, the gic ones last.
         let all = sel(&[], &[]);
-        assert!(all.last().unwrap().starts_with("conf:"));
+        let last_conf = all.iter().rposition(|s| s.starts_with("conf:")).unwrap();
+        assert!(all[..last_conf].iter().any(|s| s.starts_with("edu:")));
+        assert!(all[last_conf + 1..].iter().all(|s| s.starts_with("gic:")));
         // They always run Warden: --direct does not spare the image; --image does.
         let (direct, prebuilt) = direct_and_prebuilt("conf");
         assert_eq!(direct[0], "image");
         assert_eq!(prebuilt, conf);
+    }
+
+    #[test]
+    fn gic_filters() {
+        let (gic, want) = group("gic", &gictest::VARIANT_NAMES);
+        assert_eq!(sel(&["gic"], &[]), want);
+        assert_eq!(sel(&["gic:n1-5g"], &[]), ["image", "gic:n1-5g"]);
+        assert!(sel(&["qemu"], &[]).iter().any(|s| s == "gic:max-gicv3"));
+        assert!(sel(&[], &["gic"]).iter().all(|s| !s.starts_with("gic:")));
+        assert!(all_last_is_gic());
+        let (direct, prebuilt) = direct_and_prebuilt("gic");
+        assert_eq!(direct[0], "image");
+        assert_eq!(prebuilt, gic);
+    }
+
+    fn all_last_is_gic() -> bool {
+        sel(&[], &[]).last().is_some_and(|s| s.starts_with("gic:"))
     }
 
     #[test]

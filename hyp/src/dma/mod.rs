@@ -585,6 +585,26 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         f(&self.host.lock().mem)
     }
 
+    /// Pins `r` (page-aligned) for a DMA master Warden emulates (the GIC's tables, see
+    /// [`crate::gic`]): DENIED unless the host owns every page now.
+    pub fn pin_for_device(&self, r: PhysRange) -> Result<(), Error> {
+        let mem = self.pool.clone();
+        self.host.lock().mem.host_pin_dma(&mem, r)
+    }
+
+    /// Drops a pin taken by [`pin_for_device`](Self::pin_for_device). If the pin
+    /// bookkeeping has no memory to record it, the pages stay pinned for good (the safe
+    /// side: the host can never donate them) and are logged.
+    pub fn unpin_for_device(&self, r: PhysRange) {
+        if self.host.lock().mem.host_unpin_dma(r).is_err() {
+            log::error!(
+                "no memory to unpin {:#x}..{:#x} (emulated device): the pages stay pinned",
+                r.base.get(),
+                r.end()
+            );
+        }
+    }
+
     /// Runs `f` on the SMMUs.
     pub fn with_smmus<R>(&self, f: impl FnOnce(&mut [Smmu<I, M>]) -> R) -> R {
         f(&mut self.smmus.lock().smmus)

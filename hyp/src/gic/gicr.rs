@@ -1,0 +1,230 @@
+//! One redistributor, emulated: its RD_base frame (and, with GICv4, its VLPI_base frame,
+//! which reads as zero and ignores writes: virtual LPIs are hidden).
+//!
+//! `GICR_PROPBASER`/`GICR_PENDBASER` writes are accepted only when the table they name
+//! (property table: 2^IDbits − 8192 bytes; pending table: 2^IDbits / 8 bytes, IDbits from
+//! `GICR_PROPBASER`) is host-owned, and only while LPIs are off. Setting
+//! `GICR_CTLR.EnableLPIs` first pins both tables, as the registers hold them then; if
+//! that fails the bit stays clear. The pins are kept for good (EnableLPIs may not be
+//! clearable, and the redistributor may cache the tables), and both registers are frozen
+//! from then on.
+
+use super::regs::{FRAME, gicr};
+use super::{GicEnv, Width, log_once, page_hull, part};
+use crate::addr::PhysRange;
+
+/// Largest IDbits Warden accepts (the tables are 16 MiB and 2 MiB then).
+const MAX_ID_BITS: u64 = 24;
+/// Smallest IDbits with LPIs.
+const MIN_ID_BITS: u64 = 14;
+
+const W_PROP: u32 = 1 << 0;
+const W_PEND: u32 = 1 << 1;
+const W_ENABLE: u32 = 1 << 2;
+const W_FROZEN: u32 = 1 << 3;
+
+/// Emulation state of one redistributor.
+pub struct Redist {
+    base: u64,
+    typer: u64,
+    /// EnableLPIs was set (by the host, with its tables pinned, or by firmware): the
+    /// table registers no longer change.
+    frozen: bool,
+    /// The pinned tables.
+    pinned: [Option<PhysRange>; 2],
+    warned: u32,
+}
+
+/// Property table pages named by a `GICR_PROPBASER` value (`None` if IDbits is too large;
+/// `Some(None)` when it leaves no room for LPIs).
+fn prop_table(v: u64) -> Option<Option<PhysRange>> {
+    let bits = gicr::prop_id_bits(v);
+    if bits > MAX_ID_BITS {
+        return None;
+    }
+    if bits < MIN_ID_BITS {
+        return Some(None);
+    }
+    Some(page_hull(
+        v & gicr::PROP_PA_MASK,
+        (1 << bits) - gicr::LPI_BASE,
+    ))
+}
+
+/// Pending table pages named by a `GICR_PENDBASER` value for `bits` ID bits.
+fn pend_table(v: u64, bits: u64) -> Option<PhysRange> {
+    page_hull(v & gicr::PEND_PA_MASK, (1 << bits) / 8)
+}
+
+impl Redist {
+    /// The redistributor whose RD_base frame is at `base`, with `GICR_TYPER` `typer`.
+    pub fn new(env: &mut impl GicEnv, base: u64, typer: u64) -> Self {
+        let ctlr = env.reg_read(base + gicr::CTLR, Width::W32);
+        let frozen = ctlr & gicr::CTLR_ENABLE_LPIS != 0;
+        if frozen {
+            log::warn!(
+                "redistributor {base:#x}: LPIs enabled by firmware (tables {:#x}, {:#x}); the host cannot move them",
+                env.reg_read(base + gicr::PROPBASER, Width::W64),
+                env.reg_read(base + gicr::PENDBASER, Width::W64)
+            );
+        }
+        Self {
+            base,
+            typer,
+            frozen,
+            pinned: [None; 2],
+            warned: 0,
+        }
+    }
+
+    /// The RD_base frame's physical address.
+    pub const fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Whether the redistributor has a VLPI_base frame (GICv4).
+    pub const fn vlpi(&self) -> bool {
+        self.typer & gicr::TYPER_VLPIS != 0
+    }
+
+    /// `GICR_TYPER.Processor_Number`.
+    pub const fn processor(&self) -> u64 {
+        gicr::typer_processor(self.typer)
+    }
+
+    /// The pinned LPI tables (property, pending).
+    pub const fn pinned(&self) -> [Option<PhysRange>; 2] {
+        self.pinned
+    }
+
+    /// The trapped frames: RD_base, and VLPI_base with GICv4.
+    pub fn frames(&self) -> impl Iterator<Item = PhysRange> + '_ {
+        let vlpi = self
+            .vlpi()
+            .then(|| PhysRange::new(self.base + 2 * FRAME, FRAME));
+        core::iter::once(PhysRange::new(self.base, FRAME)).chain(vlpi)
+    }
+
+    /// Whether `pa` lies in a trapped frame.
+    pub fn contains(&self, pa: u64) -> bool {
+        self.frames().any(|f| f.contains(pa))
+    }
+
+    /// Emulates an access at physical `pa` (inside [`frames`](Self::frames)).
+    pub fn access(&mut self, env: &mut impl GicEnv, pa: u64, w: Width, write: Option<u64>) -> u64 {
+        let off = pa - self.base;
+        if off >= FRAME {
+            return 0;
+        }
+        let reg = off & !7;
+        let sub = off & 7;
+        match (reg, write) {
+            (gicr::TYPER, None) => {
+                let hidden = gicr::TYPER_VLPIS | gicr::TYPER_RVPEID;
+                part(
+                    env.reg_read(self.base + gicr::TYPER, Width::W64) & !hidden,
+                    sub,
+                    w,
+                )
+            }
+            (gicr::TYPER, Some(_)) => 0,
+            // Any width: a 64-bit store covers GICR_CTLR too.
+            (gicr::CTLR, Some(v)) if off == gicr::CTLR => {
+                let v = if v & gicr::CTLR_ENABLE_LPIS != 0 && !self.frozen && !self.pin_tables(env)
+                {
+                    v & !gicr::CTLR_ENABLE_LPIS
+                } else {
+                    v
+                };
+                env.reg_write(pa, w, v);
+                0
+            }
+            (gicr::PROPBASER | gicr::PENDBASER, Some(v)) => {
+                self.write_table_reg(env, reg, sub, w, v);
+                0
+            }
+            (_, None) => env.reg_read(pa, w),
+            (_, Some(v)) => {
+                env.reg_write(pa, w, v);
+                0
+            }
+        }
+    }
+
+    fn write_table_reg(&mut self, env: &mut impl GicEnv, reg: u64, sub: u64, w: Width, v: u64) {
+        let base = self.base;
+        let lpis = env.reg_read(base + gicr::CTLR, Width::W32) & gicr::CTLR_ENABLE_LPIS != 0;
+        if self.frozen || lpis {
+            log_once(&mut self.warned, W_FROZEN, || {
+                log::warn!("redistributor {base:#x}: LPI table write with LPIs enabled: ignored")
+            });
+            return;
+        }
+        let old = env.reg_read(base + reg, Width::W64);
+        let v = super::merge(old, sub, w, v);
+        let (table, flag, what) = if reg == gicr::PROPBASER {
+            (prop_table(v), W_PROP, "GICR_PROPBASER")
+        } else {
+            let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
+            let bits = gicr::prop_id_bits(prop).clamp(MIN_ID_BITS, MAX_ID_BITS);
+            (Some(pend_table(v, bits)), W_PEND, "GICR_PENDBASER")
+        };
+        let ok = match table {
+            None => false,
+            Some(None) => true,
+            Some(Some(r)) => env.host_owns(r),
+        };
+        if !ok {
+            log_once(&mut self.warned, flag, || {
+                log::error!("redistributor {base:#x}: {what} {v:#x}: table not host-owned; refused")
+            });
+            return;
+        }
+        env.reg_write(base + reg, Width::W64, v);
+    }
+
+    /// Firmware left LPIs on: pins the tables the registers name (once the pin
+    /// bookkeeping exists, before the host runs), so that the host cannot donate them.
+    /// Logs an error if they are not host RAM (e.g. in Warden's carve-out).
+    pub fn pin_firmware_tables(&mut self, env: &mut impl GicEnv) {
+        if self.frozen && self.pinned == [None, None] && !self.pin_tables(env) {
+            log::error!(
+                "redistributor {:#x}: the LPI tables firmware enabled are not host RAM; the GIC may write there",
+                self.base
+            );
+        }
+    }
+
+    /// Pins both LPI tables as the registers hold them now; nothing pinned on failure.
+    fn pin_tables(&mut self, env: &mut impl GicEnv) -> bool {
+        let base = self.base;
+        let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
+        let pend = env.reg_read(base + gicr::PENDBASER, Width::W64);
+        let bits = gicr::prop_id_bits(prop);
+        let tables = match prop_table(prop) {
+            Some(Some(p)) => pend_table(pend, bits).map(|q| (p, q)),
+            _ => None,
+        };
+        let pinned = tables.filter(|&(p, q)| {
+            if !env.pin(p) {
+                return false;
+            }
+            if !env.pin(q) {
+                env.unpin(p);
+                return false;
+            }
+            true
+        });
+        let Some((p, q)) = pinned else {
+            log_once(&mut self.warned, W_ENABLE, || {
+                log::error!(
+                    "redistributor {base:#x}: EnableLPIs with GICR_PROPBASER {prop:#x}, GICR_PENDBASER {pend:#x}: tables not host-owned; LPIs stay off"
+                )
+            });
+            return false;
+        };
+        self.pinned = [Some(p), Some(q)];
+        self.frozen = true;
+        true
+    }
+}
