@@ -153,7 +153,9 @@ pub fn scan(elf: &[u8], check: Check) -> Result<Vec<(u64, u32, &'static str)>> {
             marks.push((sym.st_shndx(endian).into(), sym.st_value(endian), is_data));
         }
     }
-    marks.sort_unstable();
+    // By section and address; at one address `$d` before `$x`, so that code wins (the
+    // last mark at or before an address decides).
+    marks.sort_unstable_by_key(|&(section, addr, is_data)| (section, addr, !is_data));
     let mut bad = Vec::new();
     for (index, section) in sections.iter().enumerate() {
         if section.sh_type(endian) != SHT_PROGBITS
@@ -428,6 +430,20 @@ mod tests {
         let found: Vec<(u64, u32)> = bad.iter().map(|b| (b.0, b.1)).collect();
         assert_eq!(found, [(0x1004, 0x9e67_0020), (0x1010, 0xadbf_07e0)]);
         assert!(describe(&bad, 1).starts_with("0x1004: 9e670020 ("));
+        // A `$d` and an `$x` at the same address (an empty data run): code, whatever the
+        // symbol table's order.
+        for marks in [
+            [("$x", 0), ("$d", 4), ("$x", 4)],
+            [("$x", 0), ("$x", 4), ("$d", 4)],
+        ] {
+            let elf = elf_with_text(&words[..2], &marks);
+            let found: Vec<u64> = scan(&elf, fp_simd_sve_sme)
+                .unwrap()
+                .iter()
+                .map(|b| b.0)
+                .collect();
+            assert_eq!(found, [0x1004], "{marks:?}");
+        }
         // Without mapping symbols the data word counts as code.
         let elf = elf_with_text(&words, &[]);
         assert_eq!(scan(&elf, fp_simd_sve_sme).unwrap().len(), 3);
