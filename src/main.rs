@@ -7,6 +7,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+// EL2 code must never touch the host's FP/SIMD registers: the image is built for
+// aarch64-unknown-none-softfloat (`cargo xtask build` also scans it for FP/SIMD/SVE/SME
+// instructions). A build for a target with FP/SIMD code generation stops here.
+#[cfg(all(target_os = "none", target_feature = "neon"))]
+compile_error!("Warden's EL2 image must be built for aarch64-unknown-none-softfloat (no FP/SIMD)");
+
 #[cfg(target_os = "none")]
 extern crate alloc;
 

@@ -363,7 +363,9 @@ impl HostMem {
     /// MEM_RECLAIM: gives the donated pages `give` back to the host (Warden no longer
     /// uses them: the page pool handed them out for this). Returns the run's address and
     /// page count. INVALID if `give` is not page-aligned or not inside one donated range;
-    /// on any error nothing has changed.
+    /// on INVALID or NOMEM nothing has changed. BUSY: running out of table memory half
+    /// way, the rollback's invalidation was not confirmed, so a device may still reach
+    /// part of `give`: the pages stay donated but must never be used again (withheld).
     pub fn hyp_donate_host_range<T: S2Tlb>(
         &mut self,
         mem: &mut impl TableMemory,
@@ -401,6 +403,14 @@ impl HostMem {
             Err(S2Error::OutOfMemory { done }) => {
                 let _ = self.s2.unmap(mem, tlb, Ipa(give.base.get()), done);
                 tlb.complete();
+                if tlb.failed() {
+                    // The host and its devices could use the first `done` bytes, and
+                    // their removal is unconfirmed: the run goes to nobody.
+                    log::error!(
+                        "MEM_RECLAIM {give:?}: an SMMU did not confirm the rollback's invalidation; pages withheld"
+                    );
+                    return Err(Error::Busy);
+                }
                 return Err(Error::NoMem);
             }
             Err(_) => return Err(Error::Invalid),
@@ -873,6 +883,37 @@ mod tests {
             hm.host_donate_hyp(mem, &mut tlb, page, 1)
         });
         assert_eq!(r, Ok(()));
+    }
+
+    #[test]
+    fn reclaim_whose_rollback_is_unconfirmed_is_withheld() {
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
+        // Donated: the last page of one 2 MiB block (which splits it: a level-3 table
+        // stays) and the whole next block (no table left): one run of 513 pages.
+        let edge = 0x4900_0000u64 + 2 * MB - PAGE;
+        for (pa, pages) in [(edge, 1), (edge + PAGE, 512)] {
+            let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+                hm.host_donate_hyp(mem, &mut tlb, pa, pages)
+            });
+            assert_eq!(r, Ok(()));
+        }
+        // Giving back [edge, edge + 2 pages): the first page maps into the existing
+        // table (the host and its devices can use it at once), the second needs a new
+        // table and there is none. The rollback of the first page is not confirmed.
+        w.tables.budget = Some(0);
+        model.set_stalled(true);
+        let give = PhysRange::new(edge, 2 * PAGE);
+        let (r, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, give)
+        });
+        model.set_stalled(false);
+        w.tables.budget = None;
+        assert_eq!(counts.smmu_errors, 1, "the rollback's CMD_SYNC failed");
+        // A device may still reach the first page: the run must not go back to Warden
+        // as "nothing changed" (NOMEM); BUSY says it is withheld.
+        assert_eq!(r, Err(Error::Busy));
+        assert!(!hm.host_owns(&w.tables, give), "not the host's either");
+        assert_eq!(hm.donated_pages(), 513, "still counted as donated");
     }
 
     /// A memory-order model of the table walkers: a descriptor write (the table code

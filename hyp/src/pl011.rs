@@ -1,9 +1,10 @@
 //! Warden's console output on a PL011 that the host drives too: bounded in time, never
 //! blocking Warden (I6).
 //!
-//! The host owns the UART once it runs and may disable it (`UARTCR.UARTEN`/`TXE` clear)
-//! or leave its FIFO full for ever. A byte waits at most [`WAIT_MS`] (by the counter,
-//! not by loop iterations) for room in the FIFO; if none comes the console is *stalled*:
+//! The host owns the UART once it runs and may disable it (`UARTCR.UARTEN`/`TXE` clear),
+//! leave its FIFO full for ever, or slow it down (baud rate). A byte waits at most
+//! [`WAIT_MS`] (by the counter, not by loop iterations) for room in the FIFO, and a whole
+//! message at most [`MESSAGE_MS`]; when a wait ends unmet the console is *stalled*:
 //! from then on bytes are dropped at once, each costing one look at the registers, until
 //! the UART takes bytes again. Dropped bytes are counted; the first message that gets
 //! through again is preceded by a line saying how many were lost.
@@ -26,6 +27,8 @@ pub const CR_TXE: u32 = 1 << 8;
 pub const CR_RXE: u32 = 1 << 9;
 /// Longest wait for room in the FIFO, in milliseconds.
 pub const WAIT_MS: u64 = 10;
+/// Longest time one message may keep Warden at the console, in milliseconds.
+pub const MESSAGE_MS: u64 = 100;
 
 /// The PL011's registers.
 pub trait UartIo {
@@ -75,8 +78,8 @@ impl Pl011 {
     }
 
     /// Prints one message (`\n` becomes `\r\n`): after a report of what was dropped, if
-    /// anything was and the UART takes bytes again. Returns within about [`WAIT_MS`]
-    /// whatever the UART does.
+    /// anything was and the UART takes bytes again. Returns within about [`MESSAGE_MS`]
+    /// (twice that with a report) whatever the UART does.
     pub fn print(&mut self, io: &impl UartIo, clock: &impl Ticks, args: fmt::Arguments) {
         if self.unreported != 0 && ready(io) {
             self.stalled = false;
@@ -85,6 +88,7 @@ impl Pl011 {
                 uart: self,
                 io,
                 clock,
+                start: clock.ticks(),
             };
             let _ = w.write_fmt(format_args!(
                 "warden: console: {n} byte(s) dropped while the UART did not take them\n"
@@ -97,6 +101,7 @@ impl Pl011 {
             uart: self,
             io,
             clock,
+            start: clock.ticks(),
         };
         let _ = w.write_fmt(args);
     }
@@ -106,14 +111,15 @@ impl Pl011 {
         self.dropped_total += 1;
     }
 
-    fn put(&mut self, io: &impl UartIo, clock: &impl Ticks, b: u8) {
+    /// Sends `b`, part of a message that started at tick `start`.
+    fn put(&mut self, io: &impl UartIo, clock: &impl Ticks, start: u64, b: u8) {
         if self.stalled {
             if !ready(io) {
                 self.drop_byte();
                 return;
             }
             self.stalled = false;
-        } else if !wait_ready(io, clock) {
+        } else if !wait_ready(io, clock, start) {
             self.stalled = true;
             self.drop_byte();
             return;
@@ -128,18 +134,21 @@ fn ready(io: &impl UartIo) -> bool {
     cr & (CR_UARTEN | CR_TXE) == (CR_UARTEN | CR_TXE) && io.read32(UARTFR) & FR_TXFF == 0
 }
 
-/// Waits up to [`WAIT_MS`] for [`ready`].
-fn wait_ready(io: &impl UartIo, clock: &impl Ticks) -> bool {
+/// Waits up to [`WAIT_MS`] for [`ready`], and not past [`MESSAGE_MS`] after `message`
+/// (the tick the message started at).
+fn wait_ready(io: &impl UartIo, clock: &impl Ticks, message: u64) -> bool {
     if ready(io) {
         return true;
     }
-    let limit = clock.ticks_per_sec().max(1000) / 1000 * WAIT_MS;
+    let per_ms = clock.ticks_per_sec().max(1000) / 1000;
+    let (limit, message_limit) = (per_ms * WAIT_MS, per_ms * MESSAGE_MS);
     let start = clock.ticks();
     loop {
         if ready(io) {
             return true;
         }
-        if clock.ticks().wrapping_sub(start) >= limit {
+        let now = clock.ticks();
+        if now.wrapping_sub(start) >= limit || now.wrapping_sub(message) >= message_limit {
             return false;
         }
         core::hint::spin_loop();
@@ -150,15 +159,17 @@ struct Out<'a, I, C> {
     uart: &'a mut Pl011,
     io: &'a I,
     clock: &'a C,
+    /// When the message started (ticks).
+    start: u64,
 }
 
 impl<I: UartIo, C: Ticks> Write for Out<'_, I, C> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {
             if b == b'\n' {
-                self.uart.put(self.io, self.clock, b'\r');
+                self.uart.put(self.io, self.clock, self.start, b'\r');
             }
-            self.uart.put(self.io, self.clock, b);
+            self.uart.put(self.io, self.clock, self.start, b);
         }
         Ok(())
     }
@@ -265,5 +276,60 @@ mod tests {
             c.print(&uart, &clock, format_args!("x\n"));
             assert!(uart.text().ends_with("back\r\nx\r\n"));
         }
+    }
+    /// A UART that takes one byte every `gap` µs of `clock` (a slow baud rate the host
+    /// chose: each byte alone is sent within [`WAIT_MS`]).
+    struct SlowUart<'a> {
+        clock: &'a Clock,
+        gap: u64,
+        last: Cell<Option<u64>>,
+        sent: Cell<u64>,
+    }
+
+    impl UartIo for SlowUart<'_> {
+        fn read32(&self, off: usize) -> u32 {
+            let now = self.clock.0.get();
+            match off {
+                UARTCR => CR_UARTEN | CR_TXE,
+                UARTFR if self.last.get().is_some_and(|t| now < t + self.gap) => FR_TXFF,
+                _ => 0,
+            }
+        }
+        fn write32(&self, off: usize, _v: u32) {
+            assert_eq!(off, UARTDR);
+            assert!(
+                self.read32(UARTFR) & FR_TXFF == 0,
+                "byte written into a full FIFO"
+            );
+            self.last.set(Some(self.clock.0.get()));
+            self.sent.set(self.sent.get() + 1);
+        }
+    }
+
+    #[test]
+    fn a_slow_uart_bounds_each_message_not_only_each_byte() {
+        let clock = Clock(Cell::new(0));
+        let uart = SlowUart {
+            clock: &clock,
+            gap: (WAIT_MS - 1) * 1000,
+            last: Cell::new(None),
+            sent: Cell::new(0),
+        };
+        let mut c = Pl011::new();
+        let line = [b'x'; 200];
+        let text = core::str::from_utf8(&line).unwrap();
+        let t0 = clock.0.get();
+        c.print(&uart, &clock, format_args!("{text}"));
+        let took = clock.0.get() - t0;
+        assert!(
+            took <= (MESSAGE_MS + WAIT_MS) * 1000,
+            "one message kept Warden {took} µs at the console"
+        );
+        assert!(uart.sent.get() > 0, "the UART works, slowly");
+        assert_eq!(
+            c.dropped() + uart.sent.get(),
+            200,
+            "the rest dropped and counted"
+        );
     }
 }

@@ -6,12 +6,12 @@
 //! - [`fp_simd_sve_sme`]: Warden's EL2 image must never touch FP/SIMD/SVE/SME state (the
 //!   exception entry saves only the general registers, so any such instruction would
 //!   change or leak the host's registers): no FP/SIMD data processing or loads/stores, no
-//!   SVE or SME instruction, no access to FPCR/FPSR/FPMR, ZCR_ELx, SMCR_ELx, SVCR or the
-//!   other SME registers, no `SMSTART`/`SMSTOP`. Two kinds of access are not FP state and
-//!   stay allowed: the trap controls (CPTR_EL2, CPACR_EL1), and *writes* of EL2's own
-//!   vector-length and priority controls (`MSR ZCR_EL2`, `MSR SMCR_EL2`,
-//!   `MSR SMPRIMAP_EL2`), which Warden programs once per CPU before the host first runs
-//!   (src/cpu.rs), as Linux's EL2 setup does.
+//!   SVE or SME instruction, no access to FPCR/FPSR/FPMR, FPEXC32_EL2, ZCR_ELx, SMCR_ELx,
+//!   SVCR, SMPRI_EL1 or the other SME registers, no `SMSTART`/`SMSTOP`. Two kinds of
+//!   access are not FP state and stay allowed: the trap controls (CPTR_EL2, CPACR_EL1),
+//!   and *writes* of EL2's own vector-length and priority controls (`MSR ZCR_EL2`,
+//!   `MSR SMCR_EL2`, `MSR SMPRIMAP_EL2`), which Warden programs once per CPU before the
+//!   host first runs (src/cpu.rs), as Linux's EL2 setup does.
 
 use object::elf::{FileHeader64, SHF_EXECINSTR, SHT_PROGBITS};
 use object::read::elf::{FileHeader, SectionHeader, Sym};
@@ -48,7 +48,7 @@ pub fn mmu_off_forbidden(insn: u32) -> Option<&'static str> {
 
 /// System registers that hold FP/SIMD/SVE/SME state or its vector lengths, as
 /// (op0 & 1, op1, CRn, CRm, op2) packed like bits [19:5] of an MRS/MSR.
-const FP_SYSREGS: [(u32, &str); 14] = [
+const FP_SYSREGS: [(u32, &str); 16] = [
     (sysreg(3, 3, 4, 4, 0), "FPCR"),
     (sysreg(3, 3, 4, 4, 1), "FPSR"),
     (sysreg(3, 3, 4, 4, 2), "FPMR"),
@@ -63,6 +63,9 @@ const FP_SYSREGS: [(u32, &str); 14] = [
     (sysreg(3, 3, 4, 2, 2), "SVCR"),
     (sysreg(3, 3, 13, 0, 5), "TPIDR2_EL0"),
     (sysreg(3, 4, 1, 2, 5), "SMPRIMAP_EL2"),
+    // The host's AArch32 FPEXC and its SME streaming priority.
+    (sysreg(3, 4, 5, 3, 0), "FPEXC32_EL2"),
+    (sysreg(3, 0, 1, 2, 4), "SMPRI_EL1"),
 ];
 
 const fn sysreg(op0: u32, op1: u32, crn: u32, crm: u32, op2: u32) -> u32 {
@@ -150,7 +153,9 @@ pub fn scan(elf: &[u8], check: Check) -> Result<Vec<(u64, u32, &'static str)>> {
             marks.push((sym.st_shndx(endian).into(), sym.st_value(endian), is_data));
         }
     }
-    marks.sort_unstable();
+    // By section and address; at one address `$d` before `$x`, so that code wins (the
+    // last mark at or before an address decides).
+    marks.sort_unstable_by_key(|&(section, addr, is_data)| (section, addr, !is_data));
     let mut bad = Vec::new();
     for (index, section) in sections.iter().enumerate() {
         if section.sh_type(endian) != SHT_PROGBITS
@@ -197,7 +202,7 @@ mod tests {
     use super::*;
 
     /// FP/SIMD/SVE/SME encodings (from `llvm-mc -show-encoding`).
-    const FP: [(u32, &str); 39] = [
+    const FP: [(u32, &str); 43] = [
         (0x9e67_0020, "fmov d0, x1"),
         (0x9e66_0001, "fmov x1, d0"),
         (0x3dc0_0000, "ldr q0, [x0]"),
@@ -237,6 +242,10 @@ mod tests {
         (0xd51b_4240, "msr svcr, x0"),
         (0xd53b_4440, "mrs x0, fpmr"),
         (0xd518_12c0, "msr smcr_el1, x0"),
+        (0xd53c_5300, "mrs x0, fpexc32_el2"),
+        (0xd51c_5300, "msr fpexc32_el2, x0"),
+        (0xd538_1280, "mrs x0, smpri_el1"),
+        (0xd518_1280, "msr smpri_el1, x0"),
     ];
 
     /// General-register and system encodings that must pass.
@@ -421,6 +430,20 @@ mod tests {
         let found: Vec<(u64, u32)> = bad.iter().map(|b| (b.0, b.1)).collect();
         assert_eq!(found, [(0x1004, 0x9e67_0020), (0x1010, 0xadbf_07e0)]);
         assert!(describe(&bad, 1).starts_with("0x1004: 9e670020 ("));
+        // A `$d` and an `$x` at the same address (an empty data run): code, whatever the
+        // symbol table's order.
+        for marks in [
+            [("$x", 0), ("$d", 4), ("$x", 4)],
+            [("$x", 0), ("$x", 4), ("$d", 4)],
+        ] {
+            let elf = elf_with_text(&words[..2], &marks);
+            let found: Vec<u64> = scan(&elf, fp_simd_sve_sme)
+                .unwrap()
+                .iter()
+                .map(|b| b.0)
+                .collect();
+            assert_eq!(found, [0x1004], "{marks:?}");
+        }
         // Without mapping symbols the data word counts as code.
         let elf = elf_with_text(&words, &[]);
         assert_eq!(scan(&elf, fp_simd_sve_sme).unwrap().len(), 3);

@@ -1481,6 +1481,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             });
             return match r {
                 Ok((pa, n)) => Ok((pa.get(), n)),
+                Err(Error::Busy) => {
+                    // Withheld (an unconfirmed invalidation): a device may still reach
+                    // part of the run, so it never goes back to the pool.
+                    Err(Error::Busy)
+                }
                 Err(e) => {
                     // Back into the pool: the lists shrank by taking it out, so this needs
                     // no allocation; if it failed anyway the pages are only withheld.

@@ -1,7 +1,9 @@
 //! Unconfirmed invalidation never releases anything (I2, I3): an SMMU that skips an
 //! invalidation (`CERROR_ILL`) or never completes its `CMD_SYNC` leaves the pages and
 //! tables involved pinned / allocated for good, on every path: a strict unmap, a batched
-//! unmap whose block split failed inside the call, and host stage-2 tables.
+//! unmap whose block split failed inside the call, host stage-2 tables, DOMAIN_FREE's
+//! quarantine (and its VMID, I4), a deadline flush, and an ATTACH whose STE update timed
+//! out.
 
 use super::*;
 
@@ -102,4 +104,66 @@ fn host_stage2_tables_are_not_freed_after_an_unconfirmed_invalidation() {
         );
     }
     assert_eq!(w.hyp.leaked_table_bytes(), PAGE * tables.len() as u64);
+}
+
+#[test]
+fn domain_free_with_an_unconfirmed_quarantine_keeps_pages_tables_and_vmid() {
+    let w = world(false);
+    let d = mapped(&w, BATCHED, 2);
+    // One page queued (batched), one still mapped.
+    assert_eq!(w.unmap(d, 0x10_0000, PAGE), Ok(PAGE));
+    assert_eq!(
+        w.dma(0, SID, 0x10_0000 + PAGE, true),
+        Ok(PhysAddr(HP + PAGE))
+    );
+    let vmid = w.hyp.domain_vmid(d).unwrap();
+    let tables: Vec<u64> = w.pool.live().iter().map(|&(a, _)| a).collect();
+    w.attach(domain::BLOCKED, 0, SID).unwrap();
+    w.models[0].set_stalled(true);
+    assert_eq!(w.free(d), Ok(()));
+    w.models[0].set_stalled(false);
+    assert_eq!(w.pins(HP), 1, "the queued page stays pinned");
+    assert_eq!(w.pins(HP + PAGE), 1, "the mapped page stays pinned");
+    for t in &tables {
+        assert!(w.pool.is_live(*t), "table {t:#x} went back to the pool");
+    }
+    assert_ne!(
+        w.hyp.vmids().lock().state(vmid),
+        Ok(crate::vmid_alloc::VmidState::Free),
+        "VMID {vmid:?} freed although its invalidation was unconfirmed (I4)"
+    );
+    donated_page_unreachable(&w, 0x10_0000, HP, "domain free");
+}
+
+#[test]
+fn deadline_flush_that_is_not_confirmed_never_unpins() {
+    let w = world(false);
+    let d = mapped(&w, BATCHED, 1);
+    assert_eq!(w.dma(0, SID, 0x10_0000, true), Ok(PhysAddr(HP)));
+    assert_eq!(w.unmap(d, 0x10_0000, PAGE), Ok(PAGE));
+    w.tick_ms(1000);
+    // Any call runs the deadline check first.
+    w.models[0].set_stalled(true);
+    let _ = w.try_call(host_abi::func::FEATURES, &[]);
+    w.models[0].set_stalled(false);
+    assert_eq!(w.stats(stats::PAGES)[1], 0, "the deadline flush ran");
+    assert_eq!(w.pins(HP), 1, "still pinned");
+    donated_page_unreachable(&w, 0x10_0000, HP, "deadline");
+}
+
+#[test]
+fn attach_whose_ste_update_times_out_keeps_both_domains_busy() {
+    let w = world(false);
+    let a = mapped(&w, 0, 1);
+    let b = w.alloc(0).unwrap();
+    w.models[0].set_stalled(true);
+    assert!(w.attach(b, 0, SID).is_err());
+    w.models[0].set_stalled(false);
+    assert_eq!(w.free(a), Err(Error::Busy), "the STE may still point at a");
+    assert_eq!(
+        w.free(b),
+        Err(Error::Busy),
+        "the STE may already point at b"
+    );
+    assert_eq!(w.pins(HP), 1);
 }
