@@ -1455,6 +1455,9 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         if wanted == 0 || wanted > host_mem::MAX_PAGES_PER_CALL {
             return Err(Error::Invalid);
         }
+        // Zeroing and cleaning the run happens with the host lock held: bound it like a
+        // MAP (the host calls again for more).
+        let wanted = wanted.min((self.cfg.max_map_bytes / PAGE).max(1));
         for attempt in 0..2 {
             let mut host = self.host.lock();
             if host.mem.donated_pages() == 0 {

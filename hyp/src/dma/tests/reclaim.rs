@@ -62,3 +62,24 @@ fn reclaimed_pages_are_zero_in_the_cpu_view_and_in_memory() {
         }
     }
 }
+
+/// A MEM_RECLAIM zeroes and cleans its run with the host lock held: it returns at most
+/// `max_map_bytes` per call, like MAP, whatever the host asks for (here 64 KiB: 16 pages).
+#[test]
+fn one_reclaim_returns_at_most_max_map_bytes() {
+    let w = World::new(Opts {
+        cfg: Config {
+            max_map_bytes: 0x1_0000,
+            ..Config::default()
+        },
+        ..Opts::default()
+    });
+    let donated = HOST_BASE + 4 * MB;
+    w.donate(donated, 64).unwrap();
+    let mut total = 0;
+    while let Ok((pa, n)) = w.reclaim(64) {
+        assert!(n <= 16, "one MEM_RECLAIM gave back {n} pages at {pa:#x}");
+        total += n;
+    }
+    assert_eq!(total, 64, "every donated page came back, 16 at a time");
+}
