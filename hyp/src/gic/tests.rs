@@ -490,3 +490,94 @@ fn lpi_tables_firmware_left_enabled_get_pinned_and_frozen() {
         .unwrap();
     assert_eq!(env.gic.rds[0].pend, PEND);
 }
+
+/// A second LPI property table (16 ID bits: 56 KiB), host-owned.
+const PROP2: u64 = HOST + 0x18_0000;
+/// Redistributor 1's RD_base.
+const RD1: u64 = GICR_BASE + 2 * FRAME;
+
+/// Redistributor 0 with 14 ID bits (a one-page pending table) and LPIs on; the page after
+/// its pending table donated. On a GIC whose redistributors share one LPI configuration
+/// (`GICR_TYPER.CommonLPIAff`), another redistributor's `GICR_PROPBASER` may decide how
+/// far redistributor 0 writes into its pending table.
+fn small_rd0_and_donated_neighbour(w: &mut World) {
+    w.env.gic.shared_config = true;
+    w.its_init();
+    w.w64(GICR_BASE + gicr::PROPBASER, PROP | 13);
+    w.w64(GICR_BASE + gicr::PENDBASER, PEND);
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 1);
+    assert_eq!(w.env.hm.pins().count(PEND + PAGE), 0);
+    w.env.donate(PEND + PAGE).unwrap();
+}
+
+/// LPI 40000 (beyond 14 ID bits, its pending bit in the second page) raised on
+/// redistributor 0.
+fn raise_lpi_40000(w: &mut World) {
+    w.send(&[
+        mapc(0, 0),
+        mapd(1, ITT, 8, true),
+        mapti(1, 0, 40000, 0),
+        int(1, 0),
+        sync(0),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+}
+
+#[test]
+fn a_later_propbaser_cannot_widen_an_enabled_redistributors_lpis() {
+    let mut w = World::new();
+    small_rd0_and_donated_neighbour(&mut w);
+    // Another redistributor's PROPBASER with 16 ID bits, while redistributor 0 uses 14:
+    // refused (the enabled redistributors' table is the only one accepted from now on).
+    w.w64(RD1 + gicr::PROPBASER, PROP2 | PROP_BITS);
+    assert_ne!(w.r64(RD1 + gicr::PROPBASER), PROP2 | PROP_BITS);
+    raise_lpi_40000(&mut w);
+    assert!(w.page_is_zero(PEND + PAGE), "the GIC wrote a donated page");
+    assert_eq!(w.env.reclaim(), Ok(PEND + PAGE));
+    assert!(w.env.gic.wild.is_empty());
+}
+
+#[test]
+fn enable_lpis_is_refused_while_another_redistributor_names_another_table() {
+    let mut w = World::new();
+    w.env.gic.shared_config = true;
+    w.its_init();
+    // Redistributor 0 is given 14 bits, then redistributor 1 (LPIs off there) 16, then
+    // redistributor 0 enables LPIs: with a shared configuration it could use 16.
+    w.w64(GICR_BASE + gicr::PROPBASER, PROP | 13);
+    w.w64(GICR_BASE + gicr::PENDBASER, PEND);
+    w.w64(RD1 + gicr::PROPBASER, PROP2 | PROP_BITS);
+    assert_eq!(w.r64(RD1 + gicr::PROPBASER), PROP2 | PROP_BITS);
+    w.env.donate(PEND + PAGE).unwrap();
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0, "EnableLPIs refused");
+    raise_lpi_40000(&mut w);
+    assert!(w.page_is_zero(PEND + PAGE), "the GIC wrote a donated page");
+    assert_eq!(w.env.reclaim(), Ok(PEND + PAGE));
+}
+
+#[test]
+fn redistributors_sharing_one_property_table_all_get_lpis() {
+    // What Linux does: one property table for every redistributor (attributes may
+    // differ), a pending table each.
+    let mut w = World::new();
+    w.env.gic.shared_config = true;
+    w.its_init();
+    w.lpis_on();
+    w.w64(RD1 + gicr::PROPBASER, PROP | PROP_BITS | gits::SH_INNER);
+    w.w64(RD1 + gicr::PENDBASER, PEND + 0x1_0000);
+    w.w32(RD1 + gicr::CTLR, 1);
+    assert_eq!(w.r32(RD1 + gicr::CTLR) & 1, 1);
+    // An LPI to redistributor 1 (collection 1) lands in its pending table.
+    w.send(&[
+        mapc(1, 1),
+        mapd(1, ITT, 8, true),
+        mapti(1, 0, 40000, 1),
+        int(1, 0),
+        sync(1),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    let at = PEND + 0x1_0000 + 40000 / 64 * 8;
+    assert_ne!(w.env.ram.read_u64(at) & 1 << (40000 % 64), 0);
+}
