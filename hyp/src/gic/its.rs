@@ -28,7 +28,8 @@
 //! of the same size in Warden memory (at most what the ITS's DeviceID or collection ID
 //! bits can index), and the real register points there. The host reads back its own
 //! address and size, with the attributes the ITS accepted and Indirect clear (Warden
-//! refuses two-level tables: Linux then uses flat ones). vPE tables are refused. Writes
+//! refuses two-level tables: Linux then uses flat ones). Other tables (vPE, GICv4) read
+//! as zero (Type 0: no table) and ignore writes. Writes
 //! of `GITS_CBASER` or `GITS_BASER<n>` while the ITS is enabled or not quiescent are
 //! ignored (the architecture makes them UNPREDICTABLE).
 
@@ -106,7 +107,13 @@ impl Its {
         for (n, b) in baser.iter_mut().enumerate() {
             let reg = base + gits::BASER0 + 8 * n as u64;
             env.reg_write(reg, Width::W64, 0);
-            *b = env.reg_read(reg, Width::W64);
+            let v = env.reg_read(reg, Width::W64);
+            // The host sees only the tables it may have: a vPE table (GICv4) reads as
+            // "no table" (Linux would otherwise try to set it up and give the ITS up).
+            let ty = gits::baser_type(v);
+            if ty == gits::TYPE_DEVICES || ty == gits::TYPE_COLLECTIONS {
+                *b = v;
+            }
         }
         let queue = env.alloc(QUEUE_SIZE, QUEUE_SIZE).ok_or(ProbeError::NoMem)?;
         let mut its = Self {

@@ -11,7 +11,7 @@
 //! | register | what the host gets |
 //! |---|---|
 //! | `GITS_CBASER`/`CWRITER`/`CREADR` | shadows: the host's queue (host-owned, pinned) is only read by Warden; each new command is copied once, checked and written to Warden's own queue, which the real `GITS_CBASER` points at ([`its`]) |
-//! | `GITS_BASER<n>` | device and collection tables live in Warden memory of the size the host asked for, at most what the ITS's IDs index (the host's range must be host-owned); Indirect reads as zero; vPE tables refused; writes while the ITS is enabled or not quiescent ignored |
+//! | `GITS_BASER<n>` | device and collection tables live in Warden memory of the size the host asked for, at most what the ITS's IDs index (the host's range must be host-owned); Indirect reads as zero; other tables (vPE) read as zero and ignore writes; writes while the ITS is enabled or not quiescent ignored |
 //! | `GITS_TYPER` | GICv4 (`Virtual`, `VMOVP`, `VSGI`) hidden |
 //! | `GICR_PROPBASER`/`PENDBASER` | accepted only for host-owned ranges; pinned for good when `GICR_CTLR.EnableLPIs` is set (refused, with the bit kept clear, if they are not host-owned then); once LPIs are on anywhere, every redistributor's `GICR_PROPBASER` must name the same table and IDbits ([`gicr`]) |
 //! | `GICR_TYPER` | `VLPIS`/`RVPEID` hidden; the VLPI_base frame is RAZ/WI |

@@ -581,3 +581,42 @@ fn redistributors_sharing_one_property_table_all_get_lpis() {
     let at = PEND + 0x1_0000 + 40000 / 64 * 8;
     assert_ne!(w.env.ram.read_u64(at) & 1 << (40000 % 64), 0);
 }
+
+#[test]
+fn linux_sets_up_every_table_the_its_shows() {
+    // Linux's its_alloc_tables: every GITS_BASER<n> whose Type is not 0 gets a page size
+    // probe (64K, 16K, 4K: the first that reads back) and a table, and the ITS is given
+    // up if any read-back differs from what was written. The vPE table GICv4 hardware
+    // has (GITS_BASER2 in the model) must therefore not show.
+    let mut w = World::new();
+    let tables = [DT, CT, SPARE, SPARE + 0x1_0000];
+    let mut next = tables.iter();
+    for n in 0..8u64 {
+        let reg = ITS_BASE + gits::BASER0 + 8 * n;
+        let v = w.r64(reg);
+        if gits::baser_type(v) == 0 {
+            continue;
+        }
+        let psz = [2u64, 1, 0]
+            .into_iter()
+            .find(|&p| {
+                w.w64(reg, (v & !gits::BASER_PAGE_SIZE_MASK) | p << 8);
+                (w.r64(reg) >> 8) & 3 == p
+            })
+            .unwrap_or_else(|| panic!("GITS_BASER{n}: no page size sticks"));
+        let table = *next.next().unwrap();
+        let want = (w.r64(reg) & !(gits::BASER_PA_MASK | gits::SIZE_MASK))
+            | table
+            | gits::VALID
+            | gits::SH_INNER;
+        w.w64(reg, want);
+        assert_eq!(
+            w.r64(reg),
+            want,
+            "GITS_BASER{n} (page size {psz}) doesn't stick"
+        );
+    }
+    assert!(w.emu.its[0].shadow_table(0).is_some());
+    assert!(w.emu.its[0].shadow_table(1).is_some());
+    assert_eq!(w.env.gic.baser(2) & gits::VALID, 0, "no vPE table");
+}
