@@ -34,6 +34,7 @@ const W_PEND: u32 = 1 << 1;
 const W_ENABLE: u32 = 1 << 2;
 const W_FROZEN: u32 = 1 << 3;
 const W_SHARED: u32 = 1 << 4;
+const W_OTHER: u32 = 1 << 5;
 
 /// Emulation state of one redistributor.
 pub struct Redist {
@@ -198,6 +199,15 @@ impl Redist {
             }
             (gicr::PROPBASER | gicr::PENDBASER, Some(v)) => {
                 self.write_table_reg(env, peers, reg, sub, w, v);
+                0
+            }
+            _ if !gicr::passthrough(off) => {
+                let base = self.base;
+                log_once(&mut self.warned, W_OTHER, || {
+                    log::warn!(
+                        "redistributor {base:#x}: access to offset {off:#x} (not an architected register Warden passes on): read as zero, writes ignored (logged once)"
+                    )
+                });
                 0
             }
             (_, None) => env.reg_read(pa, w),

@@ -59,6 +59,7 @@ const W_MAPD: u32 = 1 << 4;
 const W_TARGET: u32 = 1 << 5;
 const W_STUCK: u32 = 1 << 6;
 const W_VPE: u32 = 1 << 7;
+const W_OTHER: u32 = 1 << 8;
 
 /// Emulation state of one ITS.
 pub struct Its {
@@ -214,6 +215,15 @@ impl Its {
                 let n = ((r - gits::BASER0) / 8) as usize;
                 let v = merge(self.baser[n], sub, w, v);
                 self.write_baser(env, n, v);
+                0
+            }
+            _ if !gits::passthrough(off) => {
+                let base = self.base;
+                log_once(&mut self.warned, W_OTHER, || {
+                    log::warn!(
+                        "ITS {base:#x}: access to offset {off:#x} (not an architected register Warden passes on): read as zero, writes ignored (logged once)"
+                    )
+                });
                 0
             }
             (_, None) => env.reg_read(real, w),

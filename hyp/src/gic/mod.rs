@@ -15,7 +15,8 @@
 //! | `GITS_TYPER` | GICv4 (`Virtual`, `VMOVP`, `VSGI`) hidden |
 //! | `GICR_PROPBASER`/`PENDBASER` | accepted only for host-owned ranges; pinned for good when `GICR_CTLR.EnableLPIs` is set (refused, with the bit kept clear, if they are not host-owned then); once LPIs are on anywhere, every redistributor's `GICR_PROPBASER` must name the same table and IDbits ([`gicr`]) |
 //! | `GICR_TYPER` | `VLPIS`/`RVPEID` hidden; the VLPI_base frame is RAZ/WI |
-//! | anything else in the trapped frames | passed through, same width |
+//! | other architected registers of the trapped frames (`GITS_IIDR`, `GITS_PIDR2`, `GICR_WAKER`, `GICR_SYNCR`, `GICR_INVLPIR`, …: [`regs::gits::passthrough`], [`regs::gicr::passthrough`]) | passed through, same width |
+//! | IMPLEMENTATION DEFINED and reserved offsets (e.g. GIC-600's `GITS_FCTLR`, `GITS_OPR`, `GICR_PWRR`) | read as zero, writes ignored (logged once): Warden cannot tell what they do to the GIC's memory accesses |
 //!
 //! A refused write leaves the register as it was (the host reads back the old value) and
 //! is logged once per register kind. Pins are never dropped while the GIC may still use

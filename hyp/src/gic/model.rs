@@ -167,16 +167,21 @@ impl GicModel {
                 }
             };
         }
-        for rd in &self.rds {
-            if pa >= rd.base && pa < rd.base + FRAME {
-                return match pa - rd.base {
-                    gicr::CTLR => rd.ctlr,
-                    gicr::TYPER => rd.typer,
-                    gicr::PROPBASER => rd.prop,
-                    gicr::PENDBASER => rd.pend,
-                    _ => 0,
-                };
-            }
+        if let Some(rd) = self
+            .rds
+            .iter()
+            .find(|rd| pa >= rd.base && pa < rd.base + FRAME)
+        {
+            return match pa - rd.base {
+                gicr::CTLR => rd.ctlr,
+                gicr::TYPER => rd.typer,
+                gicr::PROPBASER => rd.prop,
+                gicr::PENDBASER => rd.pend,
+                _ => {
+                    self.other.push((pa, false));
+                    0
+                }
+            };
         }
         self.other.push((pa, false));
         0
@@ -221,7 +226,7 @@ impl GicModel {
                         self.last_prop = v;
                     }
                     gicr::PENDBASER => rd.pend = v,
-                    _ => {}
+                    _ => self.other.push((pa, true)),
                 }
                 return;
             }

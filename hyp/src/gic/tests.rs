@@ -620,3 +620,53 @@ fn linux_sets_up_every_table_the_its_shows() {
     assert!(w.emu.its[0].shadow_table(1).is_some());
     assert_eq!(w.env.gic.baser(2) & gits::VALID, 0, "no vPE table");
 }
+
+#[test]
+fn only_architected_registers_of_the_trapped_frames_reach_the_gic() {
+    let mut w = World::new();
+    w.env.gic.other.clear();
+    // IMPLEMENTATION DEFINED registers (GIC-600/700: GITS_FCTLR, GITS_OPR cache locks,
+    // GICR_FCTLR, GICR_PWRR) and reserved offsets: read as zero, writes dropped.
+    for pa in [
+        ITS_BASE + 0x20,
+        ITS_BASE + 0xc000,
+        ITS_BASE + 0x150,
+        GICR_BASE + 0x20,
+        GICR_BASE + 0x24,
+        GICR_BASE + 0x100,
+        RD1 + 0x8000,
+    ] {
+        w.w32(pa, 0xffff_ffff);
+        w.w64(pa & !7, u64::MAX);
+        assert_eq!(w.r32(pa), 0, "{pa:#x}");
+    }
+    assert_eq!(
+        w.env.gic.other,
+        vec![],
+        "IMPLEMENTATION DEFINED accesses reached the GIC"
+    );
+    // The architected ones the host needs still do: GITS_STATUSR, GITS_PIDR2, GICR_WAKER,
+    // GICR_SYNCR, GICR_INVLPIR, GICR_PIDR2 (the model does not know them: it records
+    // them).
+    w.r32(ITS_BASE + 0x40);
+    w.r32(ITS_BASE + 0xffe8);
+    w.w32(GICR_BASE + 0x14, 0);
+    w.r32(GICR_BASE + 0xc0);
+    w.w64(GICR_BASE + 0xa0, 8192);
+    w.r32(RD1 + 0xffe8);
+    // (The model records registers by their 64-bit-aligned offset.)
+    let reached: Vec<u64> = w.env.gic.other.iter().map(|&(pa, _)| pa & !7).collect();
+    for pa in [
+        ITS_BASE + 0x40,
+        ITS_BASE + 0xffe8,
+        GICR_BASE + 0x14,
+        GICR_BASE + 0xc0,
+        GICR_BASE + 0xa0,
+        RD1 + 0xffe8,
+    ] {
+        assert!(
+            reached.contains(&(pa & !7)),
+            "{pa:#x} did not reach the GIC"
+        );
+    }
+}
