@@ -89,6 +89,9 @@ pub struct DataAccess {
     pub sign_extend: bool,
     /// The load writes a 64-bit register (SF).
     pub sixty_four: bool,
+    /// Length of the faulting instruction (IL): 4, or 2 for a 16-bit T32 one (AArch32
+    /// EL0), which is how far the return address moves past it.
+    pub insn_bytes: u8,
 }
 
 impl DataAccess {
@@ -106,6 +109,7 @@ impl DataAccess {
             write: esr & (1 << 6) != 0,
             sign_extend: esr & (1 << 21) != 0,
             sixty_four: esr & (1 << 15) != 0,
+            insn_bytes: if esr & (1 << 25) != 0 { 4 } else { 2 },
         })
     }
 

@@ -375,10 +375,15 @@ fn data_abort_syndrome_decoding() {
         (4, 3, false, false)
     );
     assert_eq!(a.load_value(0x1_8000_0000), 0x8000_0000);
+    assert_eq!(a.insn_bytes, 4);
     // STR x30 (64-bit).
-    let esr = (1 << 24) | (3 << 22) | (30 << 16) | (1 << 15) | (1 << 6);
+    let esr = (1 << 25) | (1 << 24) | (3 << 22) | (30 << 16) | (1 << 15) | (1 << 6);
     let a = DataAccess::decode(esr).unwrap();
     assert_eq!((a.bytes, a.reg, a.write, a.sixty_four), (8, 30, true, true));
+    assert_eq!(a.insn_bytes, 4);
+    // A 16-bit T32 STR r2 from AArch32 EL0 (IL = 0): the return address moves by 2.
+    let esr = (1 << 24) | (2 << 22) | (2 << 16) | (1 << 6);
+    assert_eq!(DataAccess::decode(esr).unwrap().insn_bytes, 2);
     // LDRSH x1: sign-extended to 64 bits.
     let esr = (1 << 24) | (1 << 22) | (1 << 21) | (1 << 16) | (1 << 15);
     assert_eq!(
