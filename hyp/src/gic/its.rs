@@ -12,6 +12,7 @@
 //!
 //! | command | check |
 //! |---|---|
+//! | MAPD | DeviceID within `GITS_TYPER.Devbits` and the device table (else the ITS would ignore it: the pins must not change) |
 //! | MAPD V=1 | `Size` within `GITS_TYPER.ID_bits`; the ITT (2^(Size+1) entries of `ITT_entry_size` bytes) host-owned → pinned |
 //! | MAPD V=0 | — (the DeviceID's ITT pin is dropped once the command completed) |
 //! | MAPC V=1, SYNC, MOVALL | RDbase names a real redistributor (address with `PTA`, else processor number) |
@@ -424,6 +425,12 @@ impl Its {
         if u64::from(dev) >> gits::typer_dev_bits(self.typer) != 0 {
             return Err("MAPD DeviceID beyond GITS_TYPER.Devbits");
         }
+        // The ITS ignores a MAPD for a DeviceID its device table does not hold (a command
+        // error); the pins must not change for it either (a device table entry the ITS
+        // still caches from an earlier table would go on using the ITT).
+        if u64::from(dev) >= self.device_table_entries(env) {
+            return Err("MAPD DeviceID outside the device table");
+        }
         let at = self.itts.iter().position(|(d, _)| *d == dev);
         release.try_reserve(1).map_err(|_| "no memory")?;
         if c[2] & cmd::VALID == 0 {
@@ -536,6 +543,17 @@ impl Its {
         self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT & !gits::SIZE_MASK)
             | host_pa
             | (v & gits::SIZE_MASK);
+    }
+
+    /// Entries of the device table the ITS uses now (0 without one).
+    fn device_table_entries(&self, env: &mut impl GicEnv) -> u64 {
+        (0..gits::NR_BASER)
+            .filter(|&n| self.shadow[n].is_some())
+            .map(|n| env.reg_read(self.base + gits::BASER0 + 8 * n as u64, Width::W64))
+            .find(|&v| gits::baser_type(v) == gits::TYPE_DEVICES && v & gits::VALID != 0)
+            .map_or(0, |v| {
+                ((v & gits::SIZE_MASK) + 1) * gits::baser_page_size(v) / gits::baser_entry_size(v)
+            })
     }
 
     /// Frees Warden's table of `GITS_BASER<n>` (the ITS is disabled and quiescent, and

@@ -675,3 +675,30 @@ fn only_architected_registers_of_the_trapped_frames_reach_the_gic() {
         );
     }
 }
+
+#[test]
+fn a_mapd_the_its_would_ignore_changes_no_pin() {
+    let mut w = World::new();
+    w.its_init();
+    // A 64 KiB device table of 8-byte entries: DeviceIDs 0..8191.
+    w.send(&[mapd(1, ITT, 8, true)]);
+    assert_eq!(w.env.hm.pins().count(ITT), 1);
+    // DeviceIDs within Devbits (16) but beyond the table: a command error the ITS
+    // ignores. Warden neither pins the new ITT nor drops a pin for it.
+    w.send(&[mapd(8192, ITT2, 8, true), mapd(9000, 0, 8, false)]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.env.hm.pins().count(ITT2), 0);
+    assert_eq!(w.executed(cmd::MAPD), 1);
+    // No device table at all (disabled, GITS_BASER0 invalid): every MAPD is ignored.
+    w.w32(ITS_BASE + gits::CTLR, 0);
+    w.w64(ITS_BASE + gits::BASER0, 0);
+    w.w32(ITS_BASE + gits::CTLR, 1);
+    w.send(&[mapd(1, ITT2, 8, true), mapd(1, 0, 8, false)]);
+    assert_eq!(w.env.hm.pins().count(ITT2), 0);
+    assert_eq!(
+        w.env.hm.pins().count(ITT),
+        1,
+        "DeviceID 1's ITT stays pinned"
+    );
+    assert_eq!(w.executed(cmd::MAPD), 1);
+}
