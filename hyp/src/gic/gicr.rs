@@ -40,6 +40,8 @@ const W_OTHER: u32 = 1 << 5;
 pub struct Redist {
     base: u64,
     typer: u64,
+    /// The redistributor has a VLPI_base frame (GICv4).
+    vlpi: bool,
     /// EnableLPIs was set (by the host, with its tables pinned, or by firmware): the
     /// table registers no longer change.
     frozen: bool,
@@ -101,8 +103,9 @@ fn pend_table(v: u64, bits: u64) -> Option<PhysRange> {
 }
 
 impl Redist {
-    /// The redistributor whose RD_base frame is at `base`, with `GICR_TYPER` `typer`.
-    pub fn new(env: &mut impl GicEnv, base: u64, typer: u64) -> Self {
+    /// The redistributor whose RD_base frame is at `base`, with `GICR_TYPER` `typer`;
+    /// `vlpi`: it has a VLPI_base frame whatever `typer` says.
+    pub fn new(env: &mut impl GicEnv, base: u64, typer: u64, vlpi: bool) -> Self {
         let ctlr = env.reg_read(base + gicr::CTLR, Width::W32);
         let frozen = ctlr & gicr::CTLR_ENABLE_LPIS != 0;
         let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
@@ -118,6 +121,7 @@ impl Redist {
         Self {
             base,
             typer,
+            vlpi: vlpi || typer & gicr::TYPER_VLPIS != 0,
             frozen,
             pinned: [None; 2],
             config: if frozen { config_key(prop) } else { None },
@@ -132,7 +136,7 @@ impl Redist {
 
     /// Whether the redistributor has a VLPI_base frame (GICv4).
     pub const fn vlpi(&self) -> bool {
-        self.typer & gicr::TYPER_VLPIS != 0
+        self.vlpi
     }
 
     /// `GICR_TYPER.Processor_Number`.

@@ -155,7 +155,8 @@ impl GicEmu {
     }
 
     /// Walks the redistributor regions (frames of `stride` bytes, or 128 KiB / 256 KiB
-    /// from `GICR_TYPER.VLPIS`, up to `GICR_TYPER.Last`) and takes over each ITS (whose
+    /// from `GICR_TYPER.VLPIS` — 256 KiB for all of a region if any of its redistributors
+    /// reports VLPIS —, up to `GICR_TYPER.Last`) and takes over each ITS (whose
     /// control frame is the first 64 KiB of its range): disables it if firmware left it
     /// on, invalidates every table, and points its command queue at Warden memory. The
     /// regions must be readable through `env` (mapped at EL2).
@@ -167,18 +168,20 @@ impl GicEmu {
     ) -> Result<Self, ProbeError> {
         let mut rds = Vec::new();
         for region in redist_regions {
-            let mut at = region.base.get();
-            while at.checked_add(FRAME).is_some_and(|e| e <= region.end()) {
-                let typer = env.reg_read(at + regs::gicr::TYPER, Width::W64);
-                let rd = gicr::Redist::new(env, at, typer);
-                let step = stride.unwrap_or(if rd.vlpi() { 4 * FRAME } else { 2 * FRAME });
+            // Every redistributor of a GICv4 has a VLPI_base frame, also one whose
+            // GICR_TYPER does not say so now (e.g. still powered down): if any in the
+            // region reports VLPIS, all get that layout, so that no VLPI_base frame
+            // passes for an RD_base.
+            let mut vlpi = false;
+            walk(env, *region, stride, false, |_, _, typer| {
+                vlpi |= typer & regs::gicr::TYPER_VLPIS != 0;
+                Ok(())
+            })?;
+            walk(env, *region, stride, vlpi, |env, at, typer| {
                 rds.try_reserve(1).map_err(|_| ProbeError::NoMem)?;
-                rds.push(rd);
-                if typer & regs::gicr::TYPER_LAST != 0 || step == 0 {
-                    break;
-                }
-                at += step;
-            }
+                rds.push(gicr::Redist::new(env, at, typer, vlpi));
+                Ok(())
+            })?;
         }
         let mut its = Vec::new();
         for r in its_ranges {
@@ -242,6 +245,30 @@ impl GicEmu {
         let (r, after) = rest.split_first_mut()?;
         Some(r.access(env, &gicr::Peers(before, after), pa, w, write))
     }
+}
+
+/// Walks one redistributor region (see [`GicEmu::probe`]), calling `f` with each
+/// RD_base frame and its `GICR_TYPER`; with `vlpi`, every redistributor has the GICv4
+/// layout (four frames).
+fn walk<E: GicEnv>(
+    env: &mut E,
+    region: PhysRange,
+    stride: Option<u64>,
+    vlpi: bool,
+    mut f: impl FnMut(&mut E, u64, u64) -> Result<(), ProbeError>,
+) -> Result<(), ProbeError> {
+    let mut at = region.base.get();
+    while at.checked_add(FRAME).is_some_and(|e| e <= region.end()) {
+        let typer = env.reg_read(at + regs::gicr::TYPER, Width::W64);
+        f(env, at, typer)?;
+        let four = vlpi || typer & regs::gicr::TYPER_VLPIS != 0;
+        let step = stride.unwrap_or(if four { 4 * FRAME } else { 2 * FRAME });
+        if typer & regs::gicr::TYPER_LAST != 0 || step == 0 {
+            break;
+        }
+        at += step;
+    }
+    Ok(())
 }
 
 /// The redistributors a collection may target (MAPC, SYNC, MOVALL).

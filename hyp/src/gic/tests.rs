@@ -702,3 +702,46 @@ fn a_mapd_the_its_would_ignore_changes_no_pin() {
     );
     assert_eq!(w.executed(cmd::MAPD), 1);
 }
+
+#[test]
+fn a_redistributor_that_hides_vlpis_at_probe_keeps_the_gicv4_layout() {
+    // GICv4: RD_base, SGI_base, VLPI_base, reserved per redistributor (256 KiB). The
+    // second one reads GICR_TYPER as zero when Warden probes (e.g. still powered down).
+    let mut env = TestEnv::new();
+    let vlpis = gicr::TYPER_VLPIS;
+    env.gic.rds = (0..3u64)
+        .map(|i| super::model::RdModel {
+            base: GICR_BASE + 4 * FRAME * i,
+            typer: match i {
+                0 => vlpis,
+                1 => 0,
+                _ => (2 << 8) | vlpis | gicr::TYPER_LAST,
+            },
+            ..Default::default()
+        })
+        .collect();
+    let mut emu = GicEmu::probe(
+        &mut env,
+        &[PhysRange::new(GICR_BASE, 0x10_0000)],
+        None,
+        &[PhysRange::new(ITS_BASE, 2 * FRAME)],
+    )
+    .unwrap();
+    assert_eq!(
+        emu.counts(),
+        (1, 3),
+        "no redistributor made up of a VLPI_base frame"
+    );
+    // Redistributor 1's VLPI_base frame is trapped as one: GICR_VPENDBASER (0x78 there)
+    // reads as zero and a write never reaches the GIC.
+    let vpendbaser = GICR_BASE + 4 * FRAME + 2 * FRAME + 0x78;
+    assert!(emu.traps(vpendbaser));
+    env.gic.other.clear();
+    emu.access(&mut env, vpendbaser, 8, Some(gits::VALID | PEND))
+        .unwrap();
+    assert_eq!(emu.access(&mut env, vpendbaser, 8, None), Some(0));
+    assert!(
+        !env.gic.other.iter().any(|&(pa, w)| pa == vpendbaser && w),
+        "GICR_VPENDBASER written"
+    );
+}
