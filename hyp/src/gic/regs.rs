@@ -125,7 +125,7 @@ pub mod cmd {
     pub const SYNC: u8 = 0x05;
     /// MAPD (DeviceID DW0\[63:32\], Size DW1\[4:0\], ITT_addr DW2\[51:8\], V DW2\[63\]).
     pub const MAPD: u8 = 0x08;
-    /// MAPC (V DW2\[63\], RDbase DW2\[50:16\], ICID DW2\[15:0\]).
+    /// MAPC (V DW2\[63\], RDbase DW2\[51:16\], ICID DW2\[15:0\]).
     pub const MAPC: u8 = 0x09;
     /// MAPTI.
     pub const MAPTI: u8 = 0x0a;
@@ -143,9 +143,9 @@ pub mod cmd {
     pub const VALID: u64 = 1 << 63;
     /// MAPD ITT_addr, DW2\[51:8\].
     pub const ITT_MASK: u64 = 0x000f_ffff_ffff_ff00;
-    /// RDbase field (DW2/DW3 bits 50:16), shifted down.
+    /// RDbase field (DW2/DW3 bits 51:16, 52-bit physical addresses), shifted down.
     pub const fn rdbase(dw: u64) -> u64 {
-        (dw >> 16) & ((1 << 35) - 1)
+        (dw >> 16) & ((1 << 36) - 1)
     }
 }
 

@@ -745,3 +745,19 @@ fn a_redistributor_that_hides_vlpis_at_probe_keeps_the_gicv4_layout() {
         "GICR_VPENDBASER written"
     );
 }
+
+#[test]
+fn rdbase_bit_51_is_part_of_the_target() {
+    // RDbase is DW2[51:16] (52-bit physical addresses): a target with bit 51 set names
+    // no redistributor (here: processor 0 plus bit 51), whatever bits 50:16 say.
+    let mut w = World::new();
+    w.its_init();
+    let bit51 = 1u64 << 51;
+    w.send(&[
+        [cmd::MAPC as u64, 0, cmd::VALID | bit51 | 3, 0],
+        [cmd::SYNC as u64, 0, bit51, 0],
+        [cmd::MOVALL as u64, 0, 0, bit51],
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.env.gic.executed, Vec::<[u64; 4]>::new());
+}
