@@ -761,3 +761,26 @@ fn rdbase_bit_51_is_part_of_the_target() {
     assert_eq!(w.creadr(), w.wr);
     assert_eq!(w.env.gic.executed, Vec::<[u64; 4]>::new());
 }
+
+#[test]
+fn an_itt_straddling_a_donated_page_is_refused_whole() {
+    let mut w = World::new();
+    w.its_init();
+    w.env.donate(SPARE).unwrap();
+    let before = w.env.hm.pins().pinned_pages();
+    // 256 entries of 8 bytes from 1 KiB below the donated page: half of it is Warden's.
+    w.send(&[
+        mapd(1, SPARE - 0x400, 8, true),
+        mapc(0, 0),
+        mapti(1, 200, 8300, 0),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.executed(cmd::MAPD), 0);
+    assert_eq!(
+        w.env.hm.pins().pinned_pages(),
+        before,
+        "no page of it pinned"
+    );
+    assert!(w.page_is_zero(SPARE));
+    assert_eq!(w.env.reclaim(), Ok(SPARE));
+}
