@@ -1279,6 +1279,9 @@ impl<'a> Scan<'a> {
         }
         if self.p.gic.is_none() && available {
             self.gic(depth, compatible)?;
+        } else if available && strlist_has(compatible, "arm,gic-v3") {
+            // Its redistributors would be DMA masters Warden does not emulate.
+            return Err(DtbError::BadProperty("a second arm,gic-v3"));
         }
         if available && strlist_has(compatible, "arm,gic-v3-its") {
             // Attached to the GIC at the end: the node may come before the GIC's.
@@ -3528,5 +3531,41 @@ mod tests {
         for first in [false, true] {
             assert!(Platform::parse(&its_board(first, false)).is_err());
         }
+    }
+
+    #[test]
+    fn a_second_gicv3_is_refused() {
+        let gic = |b: &mut Builder, name: &str, base: u32| {
+            b.begin(name)
+                .prop("compatible", &s("arm,gic-v3"))
+                .prop("reg", &cells(&[base, 0x1_0000, base + 0xa_0000, 0x2_0000]))
+                .end();
+        };
+        let board = |second: Option<&str>| {
+            let mut b = Builder::default();
+            b.begin("")
+                .prop("#address-cells", &cells(&[1]))
+                .prop("#size-cells", &cells(&[1]))
+                .begin("memory@40000000")
+                .prop("device_type", &s("memory"))
+                .prop("reg", &cells(&[0x4000_0000, 0x1000_0000]))
+                .end();
+            gic(&mut b, "intc@8000000", 0x800_0000);
+            if let Some(status) = second {
+                b.begin("intc@9000000")
+                    .prop("compatible", &s("arm,gic-v3"))
+                    .prop("status", &s(status))
+                    .prop("reg", &cells(&[0x900_0000, 0x1_0000, 0x90a_0000, 0x2_0000]))
+                    .end();
+            }
+            b.end();
+            b.finish()
+        };
+        assert!(Platform::parse(&board(None)).is_ok());
+        assert!(Platform::parse(&board(Some("disabled"))).is_ok());
+        assert_eq!(
+            Platform::parse(&board(Some("okay"))).map(|_| ()),
+            Err(DtbError::BadProperty("a second arm,gic-v3"))
+        );
     }
 }
