@@ -7,7 +7,10 @@
 //! `GICR_CTLR.EnableLPIs` first pins both tables, as the registers hold them then; if
 //! that fails the bit stays clear. The pins are kept for good (EnableLPIs may not be
 //! clearable, and the redistributor may cache the tables), and both registers are frozen
-//! from then on.
+//! from then on — unless the redistributor is reset (LPIs off and the registers no longer
+//! what they were, e.g. after firmware powered it down and up): then the host programs
+//! them again, checked and pinned anew, instead of enabling LPIs on tables at the reset
+//! address.
 //!
 //! **One LPI configuration.** Redistributors may share one LPI configuration table
 //! (`GICR_TYPER.CommonLPIAff`; on a single-chip GIC all of them do), and the architecture
@@ -49,6 +52,8 @@ pub struct Redist {
     pinned: [Option<PhysRange>; 2],
     /// With LPIs on: the LPI configuration in use ([`config_key`]).
     config: Option<u64>,
+    /// `GICR_PROPBASER`, `GICR_PENDBASER` as they read when the registers froze.
+    tables: [u64; 2],
     warned: u32,
 }
 
@@ -109,10 +114,10 @@ impl Redist {
         let ctlr = env.reg_read(base + gicr::CTLR, Width::W32);
         let frozen = ctlr & gicr::CTLR_ENABLE_LPIS != 0;
         let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
+        let pend = env.reg_read(base + gicr::PENDBASER, Width::W64);
         if frozen {
             log::warn!(
-                "redistributor {base:#x}: LPIs enabled by firmware (tables {prop:#x}, {:#x}); the host cannot move them",
-                env.reg_read(base + gicr::PENDBASER, Width::W64)
+                "redistributor {base:#x}: LPIs enabled by firmware (tables {prop:#x}, {pend:#x}); the host cannot move them"
             );
         } else {
             // No reset value may contradict the configuration the host sets up.
@@ -125,6 +130,7 @@ impl Redist {
             frozen,
             pinned: [None; 2],
             config: if frozen { config_key(prop) } else { None },
+            tables: [prop, pend],
             warned: 0,
         }
     }
@@ -190,6 +196,7 @@ impl Redist {
             (gicr::TYPER, Some(_)) => 0,
             // Any width: a 64-bit store covers GICR_CTLR too.
             (gicr::CTLR, Some(v)) if off == gicr::CTLR => {
+                self.thaw_if_reset(env);
                 let v = if v & gicr::CTLR_ENABLE_LPIS != 0
                     && !self.frozen
                     && !(self.shares_config(env, peers) && self.pin_tables(env))
@@ -232,6 +239,7 @@ impl Redist {
         v: u64,
     ) {
         let base = self.base;
+        self.thaw_if_reset(env);
         let lpis = env.reg_read(base + gicr::CTLR, Width::W32) & gicr::CTLR_ENABLE_LPIS != 0;
         if self.frozen || lpis {
             log_once(&mut self.warned, W_FROZEN, || {
@@ -285,6 +293,32 @@ impl Redist {
         }
     }
 
+    /// A frozen redistributor with LPIs off whose table registers no longer read as when
+    /// they froze has been reset (powered down and up by firmware, e.g. over CPU_OFF and
+    /// CPU_ON): it uses none of the old tables any more, and EnableLPIs must not be let
+    /// through on their pins. Its registers may be programmed (and checked, and pinned)
+    /// again; the old pins stay for good.
+    fn thaw_if_reset(&mut self, env: &mut impl GicEnv) {
+        let base = self.base;
+        if !self.frozen || env.reg_read(base + gicr::CTLR, Width::W32) & gicr::CTLR_ENABLE_LPIS != 0
+        {
+            return;
+        }
+        let now = [
+            env.reg_read(base + gicr::PROPBASER, Width::W64),
+            env.reg_read(base + gicr::PENDBASER, Width::W64),
+        ];
+        if now != self.tables {
+            log::warn!(
+                "redistributor {base:#x}: LPIs off and the LPI table registers reset ({:#x}, {:#x}): programmable again",
+                now[0],
+                now[1]
+            );
+            self.frozen = false;
+            self.config = None;
+        }
+    }
+
     /// Whether this redistributor's `GICR_PROPBASER` is one the others allow for LPIs
     /// (see the module docs); logs once if not.
     fn shares_config(&mut self, env: &mut impl GicEnv, peers: &Peers<'_>) -> bool {
@@ -335,6 +369,7 @@ impl Redist {
         };
         self.pinned = [Some(p), Some(q)];
         self.config = config_key(prop);
+        self.tables = [prop, pend];
         self.frozen = true;
         true
     }

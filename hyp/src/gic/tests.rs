@@ -784,3 +784,31 @@ fn an_itt_straddling_a_donated_page_is_refused_whole() {
     assert!(w.page_is_zero(SPARE));
     assert_eq!(w.env.reclaim(), Ok(SPARE));
 }
+
+#[test]
+fn a_redistributor_that_lost_its_state_is_not_enabled_on_stale_pins() {
+    let mut w = World::new();
+    w.its_init();
+    w.lpis_on();
+    w.send(&[mapc(0, 0), mapd(1, ITT, 8, true), mapti(1, 0, 8300, 0)]);
+    // Firmware powers the redistributor down and up again (CPU_OFF, CPU_ON): LPIs off,
+    // the table registers at their reset values, architecturally UNKNOWN — here naming
+    // Warden's memory.
+    let warden = CARVE.base.get() + 0x10_0000;
+    let rd = &mut w.env.gic.rds[0];
+    (rd.ctlr, rd.prop, rd.pend) = (0, warden | PROP_BITS, warden);
+    // EnableLPIs alone would make it use the tables the registers name now: refused.
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0, "EnableLPIs refused");
+    w.send(&[int(1, 0), sync(0)]);
+    assert!(w.page_is_zero(warden), "the GIC wrote Warden's memory");
+    // The host programs its tables again: they are checked and pinned as the first time.
+    w.lpis_on();
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 1);
+    w.send(&[int(1, 0), sync(0)]);
+    assert_ne!(
+        w.env.ram.read_u64(PEND + 8300 / 64 * 8) & 1 << (8300 % 64),
+        0
+    );
+    assert!(w.env.gic.wild.is_empty());
+}
