@@ -125,7 +125,7 @@ pub fn core_ready() {
 }
 
 /// Emulates the host's access behind a stage-2 data abort at `ipa` if it hit a trapped
-/// GIC frame: `true` when done (ELR advanced), `false` when the caller must go on (not
+/// GIC frame: `true` when done (ELR advanced past the instruction), `false` when the caller must go on (not
 /// a GIC frame, or no usable syndrome: an external abort).
 pub fn emulate(frame: &mut TrapFrame, esr: u64, ipa: u64) -> bool {
     if esr >> 26 != hyp::fault::ec::DABT_LOW
@@ -153,6 +153,6 @@ pub fn emulate(frame: &mut TrapFrame, esr: u64, ipa: u64) -> bool {
     if !acc.write && reg != 31 {
         frame.x[reg] = acc.load_value(v);
     }
-    frame.elr += 4;
+    frame.elr += u64::from(acc.insn_bytes);
     true
 }

@@ -184,7 +184,8 @@ pub struct Gic {
     pub maintenance_intid: Option<u32>,
     /// `redistributor-stride`, if given (GICv3).
     pub redist_stride: Option<u64>,
-    /// The available `arm,gic-v3-its` children's first `reg` entries (GICv3).
+    /// The available `arm,gic-v3-its` nodes' first `reg` entries (GICv3; wherever the
+    /// nodes are in the tree).
     pub its: Vec<PhysRange>,
 }
 
@@ -908,6 +909,8 @@ struct Scan<'a> {
     raw_iommus: Vec<(&'a [u8], Option<PhysAddr>)>,
     /// Raw `iommu-map` values and the host index.
     raw_maps: Vec<(&'a [u8], usize)>,
+    /// Every available ITS's first `reg` entry, wherever its node is.
+    its: Vec<PhysRange>,
     /// The properties of the node being interpreted.
     cur: Vec<RawProp<'a>>,
 }
@@ -940,6 +943,7 @@ impl<'a> Scan<'a> {
             iommu_cells: Vec::new(),
             raw_iommus: Vec::new(),
             raw_maps: Vec::new(),
+            its: Vec::new(),
             cur: Vec::new(),
         };
         // The console is optional: an unusable stdout-path just means no console.
@@ -1275,12 +1279,14 @@ impl<'a> Scan<'a> {
         }
         if self.p.gic.is_none() && available {
             self.gic(depth, compatible)?;
+        } else if available && strlist_has(compatible, "arm,gic-v3") {
+            // Its redistributors would be DMA masters Warden does not emulate.
+            return Err(DtbError::BadProperty("a second arm,gic-v3"));
         }
         if available && strlist_has(compatible, "arm,gic-v3-its") {
+            // Attached to the GIC at the end: the node may come before the GIC's.
             let its = self.reg0(depth, "its reg")?;
-            if let Some(g) = self.p.gic.as_mut().filter(|g| g.version == GicVersion::V3) {
-                push(&mut g.its, its)?;
-            }
+            push(&mut self.its, its)?;
         }
         if strlist_has(compatible, "arm,smmu-v3") {
             let smmu = Smmu {
@@ -1528,6 +1534,17 @@ impl<'a> Scan<'a> {
 
     /// Decodes `iommu-map` and `iommus` now that every `#iommu-cells` is known.
     fn finish(mut self) -> Res<Platform> {
+        // An ITS is a DMA master Warden must emulate: one without a GICv3 to go with it
+        // cannot be left to the host.
+        match self.p.gic.as_mut().filter(|g| g.version == GicVersion::V3) {
+            Some(g) => g.its = core::mem::take(&mut self.its),
+            None if !self.its.is_empty() => {
+                return Err(DtbError::BadProperty(
+                    "arm,gic-v3-its without an arm,gic-v3",
+                ));
+            }
+            None => {}
+        }
         for &(map, host) in &self.raw_maps {
             let mut off = 0;
             while off < map.len() {
@@ -3457,5 +3474,98 @@ mod tests {
             b[24..28].copy_from_slice(&16u32.to_be_bytes());
             exercise(&b, &mut out);
         }
+    }
+
+    /// A GICv3 board whose ITS node is `its_first` before the GIC node (a sibling), or a
+    /// child of it; `v3 = false` makes the interrupt controller a GICv2.
+    fn its_board(its_first: bool, v3: bool) -> Vec<u8> {
+        let mut b = Builder::default();
+        let its = |b: &mut Builder| {
+            b.begin("its@8080000")
+                .prop("compatible", &s("arm,gic-v3-its"))
+                .prop("msi-controller", &[])
+                .prop("reg", &cells(&[0x808_0000, 0x2_0000]))
+                .end();
+        };
+        b.begin("")
+            .prop("#address-cells", &cells(&[1]))
+            .prop("#size-cells", &cells(&[1]))
+            .begin("memory@40000000")
+            .prop("device_type", &s("memory"))
+            .prop("reg", &cells(&[0x4000_0000, 0x1000_0000]))
+            .end();
+        if its_first {
+            its(&mut b);
+        }
+        b.begin("intc@8000000");
+        if v3 {
+            b.prop("compatible", &s("arm,gic-v3")).prop(
+                "reg",
+                &cells(&[0x800_0000, 0x1_0000, 0x80a_0000, 0xf6_0000]),
+            );
+        } else {
+            b.prop("compatible", &s("arm,cortex-a15-gic"))
+                .prop("reg", &cells(&[0x800_0000, 0x1_0000, 0x801_0000, 0x1_0000]));
+        }
+        b.prop("#address-cells", &cells(&[1]))
+            .prop("#size-cells", &cells(&[1]))
+            .prop("ranges", &[]);
+        if !its_first {
+            its(&mut b);
+        }
+        b.end().end();
+        b.finish()
+    }
+
+    #[test]
+    fn every_its_is_found_wherever_its_node_is() {
+        let its = PhysRange::new(0x808_0000, 0x2_0000);
+        for first in [false, true] {
+            let p = Platform::parse(&its_board(first, true)).unwrap();
+            let g = p.gic.unwrap();
+            assert_eq!(g.version, GicVersion::V3);
+            assert_eq!(g.its, vec![its], "ITS node first: {first}");
+        }
+        // An ITS Warden cannot emulate (no GICv3 to go with it) is not silently left to
+        // the host.
+        for first in [false, true] {
+            assert!(Platform::parse(&its_board(first, false)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_second_gicv3_is_refused() {
+        let gic = |b: &mut Builder, name: &str, base: u32| {
+            b.begin(name)
+                .prop("compatible", &s("arm,gic-v3"))
+                .prop("reg", &cells(&[base, 0x1_0000, base + 0xa_0000, 0x2_0000]))
+                .end();
+        };
+        let board = |second: Option<&str>| {
+            let mut b = Builder::default();
+            b.begin("")
+                .prop("#address-cells", &cells(&[1]))
+                .prop("#size-cells", &cells(&[1]))
+                .begin("memory@40000000")
+                .prop("device_type", &s("memory"))
+                .prop("reg", &cells(&[0x4000_0000, 0x1000_0000]))
+                .end();
+            gic(&mut b, "intc@8000000", 0x800_0000);
+            if let Some(status) = second {
+                b.begin("intc@9000000")
+                    .prop("compatible", &s("arm,gic-v3"))
+                    .prop("status", &s(status))
+                    .prop("reg", &cells(&[0x900_0000, 0x1_0000, 0x90a_0000, 0x2_0000]))
+                    .end();
+            }
+            b.end();
+            b.finish()
+        };
+        assert!(Platform::parse(&board(None)).is_ok());
+        assert!(Platform::parse(&board(Some("disabled"))).is_ok());
+        assert_eq!(
+            Platform::parse(&board(Some("okay"))).map(|_| ()),
+            Err(DtbError::BadProperty("a second arm,gic-v3"))
+        );
     }
 }

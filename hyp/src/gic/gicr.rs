@@ -7,7 +7,21 @@
 //! `GICR_CTLR.EnableLPIs` first pins both tables, as the registers hold them then; if
 //! that fails the bit stays clear. The pins are kept for good (EnableLPIs may not be
 //! clearable, and the redistributor may cache the tables), and both registers are frozen
-//! from then on.
+//! from then on — unless the redistributor is reset (LPIs off and the registers no longer
+//! what they were, e.g. after firmware powered it down and up): then the host programs
+//! them again, checked and pinned anew, instead of enabling LPIs on tables at the reset
+//! address.
+//!
+//! **One LPI configuration.** Redistributors may share one LPI configuration table
+//! (`GICR_TYPER.CommonLPIAff`; on a single-chip GIC all of them do), and the architecture
+//! makes differing `GICR_PROPBASER` values UNPREDICTABLE: a redistributor may then use
+//! another one's IDbits, and write its pending table beyond what Warden pinned for its
+//! own. So once any redistributor has LPIs on, every `GICR_PROPBASER` write (of a value
+//! that allows LPIs) must name the same table with the same IDbits (attributes may
+//! differ), as Linux's do; and EnableLPIs is refused while another redistributor's
+//! `GICR_PROPBASER` names a different one. Warden clears `GICR_PROPBASER` of every
+//! redistributor with LPIs off when it takes the GIC over, so that no reset value gets in
+//! the way.
 
 use super::regs::{FRAME, gicr};
 use super::{GicEnv, Width, log_once, page_hull, part};
@@ -22,17 +36,54 @@ const W_PROP: u32 = 1 << 0;
 const W_PEND: u32 = 1 << 1;
 const W_ENABLE: u32 = 1 << 2;
 const W_FROZEN: u32 = 1 << 3;
+const W_SHARED: u32 = 1 << 4;
+const W_OTHER: u32 = 1 << 5;
 
 /// Emulation state of one redistributor.
 pub struct Redist {
     base: u64,
     typer: u64,
+    /// The redistributor has a VLPI_base frame (GICv4).
+    vlpi: bool,
     /// EnableLPIs was set (by the host, with its tables pinned, or by firmware): the
     /// table registers no longer change.
     frozen: bool,
     /// The pinned tables.
     pinned: [Option<PhysRange>; 2],
+    /// With LPIs on: the LPI configuration in use ([`config_key`]).
+    config: Option<u64>,
+    /// `GICR_PROPBASER`, `GICR_PENDBASER` as they read when the registers froze.
+    tables: [u64; 2],
     warned: u32,
+}
+
+/// The LPI configuration a `GICR_PROPBASER` value names (table address and IDbits);
+/// `None` if it allows no LPIs.
+fn config_key(v: u64) -> Option<u64> {
+    (gicr::prop_id_bits(v) >= MIN_ID_BITS).then_some(v & (gicr::PROP_PA_MASK | 0x1f))
+}
+
+/// The other redistributors (on both sides of the one being accessed), for the LPI
+/// configuration they share.
+pub struct Peers<'a>(pub &'a [Redist], pub &'a [Redist]);
+
+impl Peers<'_> {
+    /// The configuration of the redistributors with LPIs on (they all use the same).
+    fn shared(&self) -> Option<u64> {
+        self.0.iter().chain(self.1).find_map(|r| r.config)
+    }
+
+    /// Whether a redistributor may enable LPIs with configuration `key`: the one in use,
+    /// or, while none is, one that no other redistributor's `GICR_PROPBASER` contradicts.
+    fn allow_enable(&self, env: &mut impl GicEnv, key: u64) -> bool {
+        match self.shared() {
+            Some(s) => s == key,
+            None => self.0.iter().chain(self.1).all(|r| {
+                config_key(env.reg_read(r.base + gicr::PROPBASER, Width::W64))
+                    .is_none_or(|k| k == key)
+            }),
+        }
+    }
 }
 
 /// Property table pages named by a `GICR_PROPBASER` value (`None` if IDbits is too large;
@@ -57,22 +108,29 @@ fn pend_table(v: u64, bits: u64) -> Option<PhysRange> {
 }
 
 impl Redist {
-    /// The redistributor whose RD_base frame is at `base`, with `GICR_TYPER` `typer`.
-    pub fn new(env: &mut impl GicEnv, base: u64, typer: u64) -> Self {
+    /// The redistributor whose RD_base frame is at `base`, with `GICR_TYPER` `typer`;
+    /// `vlpi`: it has a VLPI_base frame whatever `typer` says.
+    pub fn new(env: &mut impl GicEnv, base: u64, typer: u64, vlpi: bool) -> Self {
         let ctlr = env.reg_read(base + gicr::CTLR, Width::W32);
         let frozen = ctlr & gicr::CTLR_ENABLE_LPIS != 0;
+        let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
+        let pend = env.reg_read(base + gicr::PENDBASER, Width::W64);
         if frozen {
             log::warn!(
-                "redistributor {base:#x}: LPIs enabled by firmware (tables {:#x}, {:#x}); the host cannot move them",
-                env.reg_read(base + gicr::PROPBASER, Width::W64),
-                env.reg_read(base + gicr::PENDBASER, Width::W64)
+                "redistributor {base:#x}: LPIs enabled by firmware (tables {prop:#x}, {pend:#x}); the host cannot move them"
             );
+        } else {
+            // No reset value may contradict the configuration the host sets up.
+            env.reg_write(base + gicr::PROPBASER, Width::W64, 0);
         }
         Self {
             base,
             typer,
+            vlpi: vlpi || typer & gicr::TYPER_VLPIS != 0,
             frozen,
             pinned: [None; 2],
+            config: if frozen { config_key(prop) } else { None },
+            tables: [prop, pend],
             warned: 0,
         }
     }
@@ -84,7 +142,7 @@ impl Redist {
 
     /// Whether the redistributor has a VLPI_base frame (GICv4).
     pub const fn vlpi(&self) -> bool {
-        self.typer & gicr::TYPER_VLPIS != 0
+        self.vlpi
     }
 
     /// `GICR_TYPER.Processor_Number`.
@@ -110,8 +168,16 @@ impl Redist {
         self.frames().any(|f| f.contains(pa))
     }
 
-    /// Emulates an access at physical `pa` (inside [`frames`](Self::frames)).
-    pub fn access(&mut self, env: &mut impl GicEnv, pa: u64, w: Width, write: Option<u64>) -> u64 {
+    /// Emulates an access at physical `pa` (inside [`frames`](Self::frames)); `peers` are
+    /// the other redistributors.
+    pub fn access(
+        &mut self,
+        env: &mut impl GicEnv,
+        peers: &Peers<'_>,
+        pa: u64,
+        w: Width,
+        write: Option<u64>,
+    ) -> u64 {
         let off = pa - self.base;
         if off >= FRAME {
             return 0;
@@ -130,7 +196,10 @@ impl Redist {
             (gicr::TYPER, Some(_)) => 0,
             // Any width: a 64-bit store covers GICR_CTLR too.
             (gicr::CTLR, Some(v)) if off == gicr::CTLR => {
-                let v = if v & gicr::CTLR_ENABLE_LPIS != 0 && !self.frozen && !self.pin_tables(env)
+                self.thaw_if_reset(env);
+                let v = if v & gicr::CTLR_ENABLE_LPIS != 0
+                    && !self.frozen
+                    && !(self.shares_config(env, peers) && self.pin_tables(env))
                 {
                     v & !gicr::CTLR_ENABLE_LPIS
                 } else {
@@ -140,7 +209,16 @@ impl Redist {
                 0
             }
             (gicr::PROPBASER | gicr::PENDBASER, Some(v)) => {
-                self.write_table_reg(env, reg, sub, w, v);
+                self.write_table_reg(env, peers, reg, sub, w, v);
+                0
+            }
+            _ if !gicr::passthrough(off) => {
+                let base = self.base;
+                log_once(&mut self.warned, W_OTHER, || {
+                    log::warn!(
+                        "redistributor {base:#x}: access to offset {off:#x} (not an architected register Warden passes on): read as zero, writes ignored (logged once)"
+                    )
+                });
                 0
             }
             (_, None) => env.reg_read(pa, w),
@@ -151,8 +229,17 @@ impl Redist {
         }
     }
 
-    fn write_table_reg(&mut self, env: &mut impl GicEnv, reg: u64, sub: u64, w: Width, v: u64) {
+    fn write_table_reg(
+        &mut self,
+        env: &mut impl GicEnv,
+        peers: &Peers<'_>,
+        reg: u64,
+        sub: u64,
+        w: Width,
+        v: u64,
+    ) {
         let base = self.base;
+        self.thaw_if_reset(env);
         let lpis = env.reg_read(base + gicr::CTLR, Width::W32) & gicr::CTLR_ENABLE_LPIS != 0;
         if self.frozen || lpis {
             log_once(&mut self.warned, W_FROZEN, || {
@@ -162,6 +249,17 @@ impl Redist {
         }
         let old = env.reg_read(base + reg, Width::W64);
         let v = super::merge(old, sub, w, v);
+        if reg == gicr::PROPBASER
+            && let (Some(key), Some(shared)) = (config_key(v), peers.shared())
+            && key != shared
+        {
+            log_once(&mut self.warned, W_SHARED, || {
+                log::error!(
+                    "redistributor {base:#x}: GICR_PROPBASER {v:#x}: not the LPI configuration the other redistributors use ({shared:#x}); refused"
+                )
+            });
+            return;
+        }
         let (table, flag, what) = if reg == gicr::PROPBASER {
             (prop_table(v), W_PROP, "GICR_PROPBASER")
         } else {
@@ -195,6 +293,52 @@ impl Redist {
         }
     }
 
+    /// A frozen redistributor with LPIs off whose table registers no longer read as when
+    /// they froze has been reset (powered down and up by firmware, e.g. over CPU_OFF and
+    /// CPU_ON): it uses none of the old tables any more, and EnableLPIs must not be let
+    /// through on their pins. Its registers may be programmed (and checked, and pinned)
+    /// again; the old pins stay for good.
+    fn thaw_if_reset(&mut self, env: &mut impl GicEnv) {
+        let base = self.base;
+        if !self.frozen || env.reg_read(base + gicr::CTLR, Width::W32) & gicr::CTLR_ENABLE_LPIS != 0
+        {
+            return;
+        }
+        let now = [
+            env.reg_read(base + gicr::PROPBASER, Width::W64),
+            env.reg_read(base + gicr::PENDBASER, Width::W64),
+        ];
+        if now != self.tables {
+            log::warn!(
+                "redistributor {base:#x}: LPIs off and the LPI table registers reset ({:#x}, {:#x}): programmable again",
+                now[0],
+                now[1]
+            );
+            self.frozen = false;
+            self.config = None;
+        }
+    }
+
+    /// Whether this redistributor's `GICR_PROPBASER` is one the others allow for LPIs
+    /// (see the module docs); logs once if not.
+    fn shares_config(&mut self, env: &mut impl GicEnv, peers: &Peers<'_>) -> bool {
+        let base = self.base;
+        let prop = env.reg_read(base + gicr::PROPBASER, Width::W64);
+        // No LPIs at all: `pin_tables` refuses.
+        let Some(key) = config_key(prop) else {
+            return true;
+        };
+        let ok = peers.allow_enable(env, key);
+        if !ok {
+            log_once(&mut self.warned, W_SHARED, || {
+                log::error!(
+                    "redistributor {base:#x}: EnableLPIs with GICR_PROPBASER {prop:#x}, which another redistributor contradicts; LPIs stay off"
+                )
+            });
+        }
+        ok
+    }
+
     /// Pins both LPI tables as the registers hold them now; nothing pinned on failure.
     fn pin_tables(&mut self, env: &mut impl GicEnv) -> bool {
         let base = self.base;
@@ -224,6 +368,8 @@ impl Redist {
             return false;
         };
         self.pinned = [Some(p), Some(q)];
+        self.config = config_key(prop);
+        self.tables = [prop, pend];
         self.frozen = true;
         true
     }

@@ -12,6 +12,7 @@
 //!
 //! | command | check |
 //! |---|---|
+//! | MAPD | DeviceID within `GITS_TYPER.Devbits` and the device table (else the ITS would ignore it: the pins must not change) |
 //! | MAPD V=1 | `Size` within `GITS_TYPER.ID_bits`; the ITT (2^(Size+1) entries of `ITT_entry_size` bytes) host-owned → pinned |
 //! | MAPD V=0 | — (the DeviceID's ITT pin is dropped once the command completed) |
 //! | MAPC V=1, SYNC, MOVALL | RDbase names a real redistributor (address with `PTA`, else processor number) |
@@ -28,7 +29,8 @@
 //! of the same size in Warden memory (at most what the ITS's DeviceID or collection ID
 //! bits can index), and the real register points there. The host reads back its own
 //! address and size, with the attributes the ITS accepted and Indirect clear (Warden
-//! refuses two-level tables: Linux then uses flat ones). vPE tables are refused. Writes
+//! refuses two-level tables: Linux then uses flat ones). Other tables (vPE, GICv4) read
+//! as zero (Type 0: no table) and ignore writes. Writes
 //! of `GITS_CBASER` or `GITS_BASER<n>` while the ITS is enabled or not quiescent are
 //! ignored (the architecture makes them UNPREDICTABLE).
 
@@ -58,6 +60,7 @@ const W_MAPD: u32 = 1 << 4;
 const W_TARGET: u32 = 1 << 5;
 const W_STUCK: u32 = 1 << 6;
 const W_VPE: u32 = 1 << 7;
+const W_OTHER: u32 = 1 << 8;
 
 /// Emulation state of one ITS.
 pub struct Its {
@@ -106,7 +109,13 @@ impl Its {
         for (n, b) in baser.iter_mut().enumerate() {
             let reg = base + gits::BASER0 + 8 * n as u64;
             env.reg_write(reg, Width::W64, 0);
-            *b = env.reg_read(reg, Width::W64);
+            let v = env.reg_read(reg, Width::W64);
+            // The host sees only the tables it may have: a vPE table (GICv4) reads as
+            // "no table" (Linux would otherwise try to set it up and give the ITS up).
+            let ty = gits::baser_type(v);
+            if ty == gits::TYPE_DEVICES || ty == gits::TYPE_COLLECTIONS {
+                *b = v;
+            }
         }
         let queue = env.alloc(QUEUE_SIZE, QUEUE_SIZE).ok_or(ProbeError::NoMem)?;
         let mut its = Self {
@@ -207,6 +216,15 @@ impl Its {
                 let n = ((r - gits::BASER0) / 8) as usize;
                 let v = merge(self.baser[n], sub, w, v);
                 self.write_baser(env, n, v);
+                0
+            }
+            _ if !gits::passthrough(off) => {
+                let base = self.base;
+                log_once(&mut self.warned, W_OTHER, || {
+                    log::warn!(
+                        "ITS {base:#x}: access to offset {off:#x} (not an architected register Warden passes on): read as zero, writes ignored (logged once)"
+                    )
+                });
                 0
             }
             (_, None) => env.reg_read(real, w),
@@ -407,6 +425,12 @@ impl Its {
         if u64::from(dev) >> gits::typer_dev_bits(self.typer) != 0 {
             return Err("MAPD DeviceID beyond GITS_TYPER.Devbits");
         }
+        // The ITS ignores a MAPD for a DeviceID its device table does not hold (a command
+        // error); the pins must not change for it either (a device table entry the ITS
+        // still caches from an earlier table would go on using the ITT).
+        if u64::from(dev) >= self.device_table_entries(env) {
+            return Err("MAPD DeviceID outside the device table");
+        }
         let at = self.itts.iter().position(|(d, _)| *d == dev);
         release.try_reserve(1).map_err(|_| "no memory")?;
         if c[2] & cmd::VALID == 0 {
@@ -519,6 +543,17 @@ impl Its {
         self.baser[n] = (rb & !gits::BASER_PA_MASK & !gits::BASER_INDIRECT & !gits::SIZE_MASK)
             | host_pa
             | (v & gits::SIZE_MASK);
+    }
+
+    /// Entries of the device table the ITS uses now (0 without one).
+    fn device_table_entries(&self, env: &mut impl GicEnv) -> u64 {
+        (0..gits::NR_BASER)
+            .filter(|&n| self.shadow[n].is_some())
+            .map(|n| env.reg_read(self.base + gits::BASER0 + 8 * n as u64, Width::W64))
+            .find(|&v| gits::baser_type(v) == gits::TYPE_DEVICES && v & gits::VALID != 0)
+            .map_or(0, |v| {
+                ((v & gits::SIZE_MASK) + 1) * gits::baser_page_size(v) / gits::baser_entry_size(v)
+            })
     }
 
     /// Frees Warden's table of `GITS_BASER<n>` (the ITS is disabled and quiescent, and

@@ -11,11 +11,12 @@
 //! | register | what the host gets |
 //! |---|---|
 //! | `GITS_CBASER`/`CWRITER`/`CREADR` | shadows: the host's queue (host-owned, pinned) is only read by Warden; each new command is copied once, checked and written to Warden's own queue, which the real `GITS_CBASER` points at ([`its`]) |
-//! | `GITS_BASER<n>` | device and collection tables live in Warden memory of the size the host asked for, at most what the ITS's IDs index (the host's range must be host-owned); Indirect reads as zero; vPE tables refused; writes while the ITS is enabled or not quiescent ignored |
+//! | `GITS_BASER<n>` | device and collection tables live in Warden memory of the size the host asked for, at most what the ITS's IDs index (the host's range must be host-owned); Indirect reads as zero; other tables (vPE) read as zero and ignore writes; writes while the ITS is enabled or not quiescent ignored |
 //! | `GITS_TYPER` | GICv4 (`Virtual`, `VMOVP`, `VSGI`) hidden |
-//! | `GICR_PROPBASER`/`PENDBASER` | accepted only for host-owned ranges; pinned for good when `GICR_CTLR.EnableLPIs` is set (refused, with the bit kept clear, if they are not host-owned then) ([`gicr`]) |
+//! | `GICR_PROPBASER`/`PENDBASER` | accepted only for host-owned ranges; pinned for good when `GICR_CTLR.EnableLPIs` is set (refused, with the bit kept clear, if they are not host-owned then); once LPIs are on anywhere, every redistributor's `GICR_PROPBASER` must name the same table and IDbits ([`gicr`]) |
 //! | `GICR_TYPER` | `VLPIS`/`RVPEID` hidden; the VLPI_base frame is RAZ/WI |
-//! | anything else in the trapped frames | passed through, same width |
+//! | other architected registers of the trapped frames (`GITS_IIDR`, `GITS_PIDR2`, `GICR_WAKER`, `GICR_SYNCR`, `GICR_INVLPIR`, …: [`regs::gits::passthrough`], [`regs::gicr::passthrough`]) | passed through, same width |
+//! | IMPLEMENTATION DEFINED and reserved offsets (e.g. GIC-600's `GITS_FCTLR`, `GITS_OPR`, `GICR_PWRR`) | read as zero, writes ignored (logged once): Warden cannot tell what they do to the GIC's memory accesses |
 //!
 //! A refused write leaves the register as it was (the host reads back the old value) and
 //! is logged once per register kind. Pins are never dropped while the GIC may still use
@@ -88,6 +89,9 @@ pub struct DataAccess {
     pub sign_extend: bool,
     /// The load writes a 64-bit register (SF).
     pub sixty_four: bool,
+    /// Length of the faulting instruction (IL): 4, or 2 for a 16-bit T32 one (AArch32
+    /// EL0), which is how far the return address moves past it.
+    pub insn_bytes: u8,
 }
 
 impl DataAccess {
@@ -105,6 +109,7 @@ impl DataAccess {
             write: esr & (1 << 6) != 0,
             sign_extend: esr & (1 << 21) != 0,
             sixty_four: esr & (1 << 15) != 0,
+            insn_bytes: if esr & (1 << 25) != 0 { 4 } else { 2 },
         })
     }
 
@@ -150,7 +155,8 @@ impl GicEmu {
     }
 
     /// Walks the redistributor regions (frames of `stride` bytes, or 128 KiB / 256 KiB
-    /// from `GICR_TYPER.VLPIS`, up to `GICR_TYPER.Last`) and takes over each ITS (whose
+    /// from `GICR_TYPER.VLPIS` — 256 KiB for all of a region if any of its redistributors
+    /// reports VLPIS —, up to `GICR_TYPER.Last`) and takes over each ITS (whose
     /// control frame is the first 64 KiB of its range): disables it if firmware left it
     /// on, invalidates every table, and points its command queue at Warden memory. The
     /// regions must be readable through `env` (mapped at EL2).
@@ -162,18 +168,20 @@ impl GicEmu {
     ) -> Result<Self, ProbeError> {
         let mut rds = Vec::new();
         for region in redist_regions {
-            let mut at = region.base.get();
-            while at.checked_add(FRAME).is_some_and(|e| e <= region.end()) {
-                let typer = env.reg_read(at + regs::gicr::TYPER, Width::W64);
-                let rd = gicr::Redist::new(env, at, typer);
-                let step = stride.unwrap_or(if rd.vlpi() { 4 * FRAME } else { 2 * FRAME });
+            // Every redistributor of a GICv4 has a VLPI_base frame, also one whose
+            // GICR_TYPER does not say so now (e.g. still powered down): if any in the
+            // region reports VLPIS, all get that layout, so that no VLPI_base frame
+            // passes for an RD_base.
+            let mut vlpi = false;
+            walk(env, *region, stride, false, |_, _, typer| {
+                vlpi |= typer & regs::gicr::TYPER_VLPIS != 0;
+                Ok(())
+            })?;
+            walk(env, *region, stride, vlpi, |env, at, typer| {
                 rds.try_reserve(1).map_err(|_| ProbeError::NoMem)?;
-                rds.push(rd);
-                if typer & regs::gicr::TYPER_LAST != 0 || step == 0 {
-                    break;
-                }
-                at += step;
-            }
+                rds.push(gicr::Redist::new(env, at, typer, vlpi));
+                Ok(())
+            })?;
         }
         let mut its = Vec::new();
         for r in its_ranges {
@@ -232,9 +240,35 @@ impl GicEmu {
         if let Some(i) = self.its.iter_mut().find(|i| i.contains(pa)) {
             return Some(i.access(env, &targets, pa - i.base(), w, write));
         }
-        let r = self.rds.iter_mut().find(|r| r.contains(pa))?;
-        Some(r.access(env, pa, w, write))
+        let i = self.rds.iter().position(|r| r.contains(pa))?;
+        let (before, rest) = self.rds.split_at_mut(i);
+        let (r, after) = rest.split_first_mut()?;
+        Some(r.access(env, &gicr::Peers(before, after), pa, w, write))
     }
+}
+
+/// Walks one redistributor region (see [`GicEmu::probe`]), calling `f` with each
+/// RD_base frame and its `GICR_TYPER`; with `vlpi`, every redistributor has the GICv4
+/// layout (four frames).
+fn walk<E: GicEnv>(
+    env: &mut E,
+    region: PhysRange,
+    stride: Option<u64>,
+    vlpi: bool,
+    mut f: impl FnMut(&mut E, u64, u64) -> Result<(), ProbeError>,
+) -> Result<(), ProbeError> {
+    let mut at = region.base.get();
+    while at.checked_add(FRAME).is_some_and(|e| e <= region.end()) {
+        let typer = env.reg_read(at + regs::gicr::TYPER, Width::W64);
+        f(env, at, typer)?;
+        let four = vlpi || typer & regs::gicr::TYPER_VLPIS != 0;
+        let step = stride.unwrap_or(if four { 4 * FRAME } else { 2 * FRAME });
+        if typer & regs::gicr::TYPER_LAST != 0 || step == 0 {
+            break;
+        }
+        at += step;
+    }
+    Ok(())
 }
 
 /// The redistributors a collection may target (MAPC, SYNC, MOVALL).

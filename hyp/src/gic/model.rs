@@ -6,7 +6,11 @@
 //! entry the host forged would be used. Device table entries are 8 bytes
 //! (`V | ITT_addr | Size`), collection table entries 8 bytes (`V | RDbase`, processor
 //! numbers: `PTA` = 0), ITEs 8 bytes (`V | ICID << 32 | pINTID`). INT sets the LPI's bit
-//! in the target redistributor's pending table. Memory writes outside the RAM are
+//! in the target redistributor's pending table, if the LPI is within the IDbits of the
+//! LPI configuration in use: the redistributor's own `GICR_PROPBASER`, or, with
+//! [`GicModel::shared_config`] (redistributors that share one LPI configuration table,
+//! `GICR_TYPER.CommonLPIAff`), the `GICR_PROPBASER` written last on any of them (the
+//! architecture makes differing values UNPREDICTABLE). Memory writes outside the RAM are
 //! recorded in [`GicModel::wild`].
 
 use super::regs::{FRAME, cmd, gicr, gits};
@@ -68,6 +72,9 @@ pub struct GicModel {
     pub consume: bool,
     /// Accesses to registers the model does not know: (pa, write).
     pub other: Vec<(u64, bool)>,
+    /// The redistributors share one LPI configuration: the last `GICR_PROPBASER` written.
+    pub shared_config: bool,
+    last_prop: u64,
 }
 
 /// `GITS_BASER<n>` read-only fields: Type and Entry_Size (8 bytes; 32 for vPEs).
@@ -103,6 +110,8 @@ impl GicModel {
             wild: Vec::new(),
             consume: true,
             other: Vec::new(),
+            shared_config: false,
+            last_prop: 0,
         }
     }
 
@@ -158,16 +167,21 @@ impl GicModel {
                 }
             };
         }
-        for rd in &self.rds {
-            if pa >= rd.base && pa < rd.base + FRAME {
-                return match pa - rd.base {
-                    gicr::CTLR => rd.ctlr,
-                    gicr::TYPER => rd.typer,
-                    gicr::PROPBASER => rd.prop,
-                    gicr::PENDBASER => rd.pend,
-                    _ => 0,
-                };
-            }
+        if let Some(rd) = self
+            .rds
+            .iter()
+            .find(|rd| pa >= rd.base && pa < rd.base + FRAME)
+        {
+            return match pa - rd.base {
+                gicr::CTLR => rd.ctlr,
+                gicr::TYPER => rd.typer,
+                gicr::PROPBASER => rd.prop,
+                gicr::PENDBASER => rd.pend,
+                _ => {
+                    self.other.push((pa, false));
+                    0
+                }
+            };
         }
         self.other.push((pa, false));
         0
@@ -207,9 +221,12 @@ impl GicModel {
             if pa >= rd.base && pa < rd.base + FRAME {
                 match pa - rd.base {
                     gicr::CTLR => rd.ctlr |= v & gicr::CTLR_ENABLE_LPIS,
-                    gicr::PROPBASER => rd.prop = v,
+                    gicr::PROPBASER => {
+                        rd.prop = v;
+                        self.last_prop = v;
+                    }
                     gicr::PENDBASER => rd.pend = v,
-                    _ => {}
+                    _ => self.other.push((pa, true)),
                 }
                 return;
             }
@@ -286,11 +303,17 @@ impl GicModel {
                 else {
                     return;
                 };
-                let Some(rd) = self.rds.get(cmd::rdbase(cte) as usize).cloned() else {
+                let Some(rd) = self.rds.get((cte & !cmd::VALID) as usize).cloned() else {
                     return;
                 };
                 let pintid = ite & 0xffff_ffff;
-                if cte & cmd::VALID != 0 && rd.ctlr & gicr::CTLR_ENABLE_LPIS != 0 {
+                let config = if self.shared_config {
+                    self.last_prop
+                } else {
+                    rd.prop
+                };
+                let in_range = pintid >> gicr::prop_id_bits(config) == 0;
+                if cte & cmd::VALID != 0 && rd.ctlr & gicr::CTLR_ENABLE_LPIS != 0 && in_range {
                     let at = (rd.pend & gicr::PEND_PA_MASK) + (pintid / 64) * 8;
                     let old = self.dma_read(at).unwrap_or(0);
                     self.dma_write(at, old | 1 << (pintid % 64));

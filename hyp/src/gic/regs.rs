@@ -21,6 +21,15 @@ pub mod gits {
     /// Number of `GITS_BASER<n>` registers.
     pub const NR_BASER: usize = 8;
 
+    /// Whether byte offset `off` of the control frame is an architected register that
+    /// holds no table address and passes through unchanged: `GITS_CTLR` (read),
+    /// `GITS_IIDR`, `GITS_MPAMIDR`, `GITS_PARTIDR`, `GITS_MPIDR`, `GITS_STATUSR`,
+    /// `GITS_UMSIR` and the ID registers. The rest (IMPLEMENTATION DEFINED, reserved)
+    /// reads as zero and ignores writes.
+    pub const fn passthrough(off: u64) -> bool {
+        matches!(off, 0x0000..0x0008 | 0x0010..0x0020 | 0x0040..0x0050 | 0xffd0..0x1_0000)
+    }
+
     /// `GITS_CTLR.Enabled`.
     pub const CTLR_ENABLED: u64 = 1 << 0;
     /// `GITS_CTLR.Quiescent`.
@@ -116,7 +125,7 @@ pub mod cmd {
     pub const SYNC: u8 = 0x05;
     /// MAPD (DeviceID DW0\[63:32\], Size DW1\[4:0\], ITT_addr DW2\[51:8\], V DW2\[63\]).
     pub const MAPD: u8 = 0x08;
-    /// MAPC (V DW2\[63\], RDbase DW2\[50:16\], ICID DW2\[15:0\]).
+    /// MAPC (V DW2\[63\], RDbase DW2\[51:16\], ICID DW2\[15:0\]).
     pub const MAPC: u8 = 0x09;
     /// MAPTI.
     pub const MAPTI: u8 = 0x0a;
@@ -134,9 +143,9 @@ pub mod cmd {
     pub const VALID: u64 = 1 << 63;
     /// MAPD ITT_addr, DW2\[51:8\].
     pub const ITT_MASK: u64 = 0x000f_ffff_ffff_ff00;
-    /// RDbase field (DW2/DW3 bits 50:16), shifted down.
+    /// RDbase field (DW2/DW3 bits 51:16, 52-bit physical addresses), shifted down.
     pub const fn rdbase(dw: u64) -> u64 {
-        (dw >> 16) & ((1 << 35) - 1)
+        (dw >> 16) & ((1 << 36) - 1)
     }
 }
 
@@ -150,6 +159,26 @@ pub mod gicr {
     pub const PROPBASER: u64 = 0x0070;
     /// LPI pending table base (64-bit).
     pub const PENDBASER: u64 = 0x0078;
+
+    /// Whether byte offset `off` of the RD_base frame is an architected register that
+    /// passes through unchanged (or, for `GICR_PROPBASER`/`PENDBASER`, is read
+    /// unchanged): `GICR_CTLR` (read), `GICR_IIDR`, `GICR_STATUSR`, `GICR_WAKER`,
+    /// `GICR_MPAMIDR`, `GICR_PARTIDR`, `GICR_SETLPIR`, `GICR_CLRLPIR`, the LPI table
+    /// registers, `GICR_INVLPIR`, `GICR_INVALLR`, `GICR_SYNCR` and the ID registers.
+    /// The rest (IMPLEMENTATION DEFINED, reserved) reads as zero and ignores writes.
+    pub const fn passthrough(off: u64) -> bool {
+        matches!(
+            off,
+            0x0000..0x0008
+                | 0x0010..0x0020
+                | 0x0040..0x0050
+                | 0x0070..0x0080
+                | 0x00a0..0x00a8
+                | 0x00b0..0x00b8
+                | 0x00c0..0x00c4
+                | 0xffd0..0x1_0000
+        )
+    }
 
     /// `GICR_CTLR.EnableLPIs`.
     pub const CTLR_ENABLE_LPIS: u64 = 1 << 0;

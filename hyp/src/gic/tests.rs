@@ -375,10 +375,15 @@ fn data_abort_syndrome_decoding() {
         (4, 3, false, false)
     );
     assert_eq!(a.load_value(0x1_8000_0000), 0x8000_0000);
+    assert_eq!(a.insn_bytes, 4);
     // STR x30 (64-bit).
-    let esr = (1 << 24) | (3 << 22) | (30 << 16) | (1 << 15) | (1 << 6);
+    let esr = (1 << 25) | (1 << 24) | (3 << 22) | (30 << 16) | (1 << 15) | (1 << 6);
     let a = DataAccess::decode(esr).unwrap();
     assert_eq!((a.bytes, a.reg, a.write, a.sixty_four), (8, 30, true, true));
+    assert_eq!(a.insn_bytes, 4);
+    // A 16-bit T32 STR r2 from AArch32 EL0 (IL = 0): the return address moves by 2.
+    let esr = (1 << 24) | (2 << 22) | (2 << 16) | (1 << 6);
+    assert_eq!(DataAccess::decode(esr).unwrap().insn_bytes, 2);
     // LDRSH x1: sign-extended to 64 bits.
     let esr = (1 << 24) | (1 << 22) | (1 << 21) | (1 << 16) | (1 << 15);
     assert_eq!(
@@ -489,4 +494,321 @@ fn lpi_tables_firmware_left_enabled_get_pinned_and_frozen() {
     emu.access(&mut env, GICR_BASE + gicr::PENDBASER, 8, Some(SPARE))
         .unwrap();
     assert_eq!(env.gic.rds[0].pend, PEND);
+}
+
+/// A second LPI property table (16 ID bits: 56 KiB), host-owned.
+const PROP2: u64 = HOST + 0x18_0000;
+/// Redistributor 1's RD_base.
+const RD1: u64 = GICR_BASE + 2 * FRAME;
+
+/// Redistributor 0 with 14 ID bits (a one-page pending table) and LPIs on; the page after
+/// its pending table donated. On a GIC whose redistributors share one LPI configuration
+/// (`GICR_TYPER.CommonLPIAff`), another redistributor's `GICR_PROPBASER` may decide how
+/// far redistributor 0 writes into its pending table.
+fn small_rd0_and_donated_neighbour(w: &mut World) {
+    w.env.gic.shared_config = true;
+    w.its_init();
+    w.w64(GICR_BASE + gicr::PROPBASER, PROP | 13);
+    w.w64(GICR_BASE + gicr::PENDBASER, PEND);
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 1);
+    assert_eq!(w.env.hm.pins().count(PEND + PAGE), 0);
+    w.env.donate(PEND + PAGE).unwrap();
+}
+
+/// LPI 40000 (beyond 14 ID bits, its pending bit in the second page) raised on
+/// redistributor 0.
+fn raise_lpi_40000(w: &mut World) {
+    w.send(&[
+        mapc(0, 0),
+        mapd(1, ITT, 8, true),
+        mapti(1, 0, 40000, 0),
+        int(1, 0),
+        sync(0),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+}
+
+#[test]
+fn a_later_propbaser_cannot_widen_an_enabled_redistributors_lpis() {
+    let mut w = World::new();
+    small_rd0_and_donated_neighbour(&mut w);
+    // Another redistributor's PROPBASER with 16 ID bits, while redistributor 0 uses 14:
+    // refused (the enabled redistributors' table is the only one accepted from now on).
+    w.w64(RD1 + gicr::PROPBASER, PROP2 | PROP_BITS);
+    assert_ne!(w.r64(RD1 + gicr::PROPBASER), PROP2 | PROP_BITS);
+    raise_lpi_40000(&mut w);
+    assert!(w.page_is_zero(PEND + PAGE), "the GIC wrote a donated page");
+    assert_eq!(w.env.reclaim(), Ok(PEND + PAGE));
+    assert!(w.env.gic.wild.is_empty());
+}
+
+#[test]
+fn enable_lpis_is_refused_while_another_redistributor_names_another_table() {
+    let mut w = World::new();
+    w.env.gic.shared_config = true;
+    w.its_init();
+    // Redistributor 0 is given 14 bits, then redistributor 1 (LPIs off there) 16, then
+    // redistributor 0 enables LPIs: with a shared configuration it could use 16.
+    w.w64(GICR_BASE + gicr::PROPBASER, PROP | 13);
+    w.w64(GICR_BASE + gicr::PENDBASER, PEND);
+    w.w64(RD1 + gicr::PROPBASER, PROP2 | PROP_BITS);
+    assert_eq!(w.r64(RD1 + gicr::PROPBASER), PROP2 | PROP_BITS);
+    w.env.donate(PEND + PAGE).unwrap();
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0, "EnableLPIs refused");
+    raise_lpi_40000(&mut w);
+    assert!(w.page_is_zero(PEND + PAGE), "the GIC wrote a donated page");
+    assert_eq!(w.env.reclaim(), Ok(PEND + PAGE));
+}
+
+#[test]
+fn redistributors_sharing_one_property_table_all_get_lpis() {
+    // What Linux does: one property table for every redistributor (attributes may
+    // differ), a pending table each.
+    let mut w = World::new();
+    w.env.gic.shared_config = true;
+    w.its_init();
+    w.lpis_on();
+    w.w64(RD1 + gicr::PROPBASER, PROP | PROP_BITS | gits::SH_INNER);
+    w.w64(RD1 + gicr::PENDBASER, PEND + 0x1_0000);
+    w.w32(RD1 + gicr::CTLR, 1);
+    assert_eq!(w.r32(RD1 + gicr::CTLR) & 1, 1);
+    // An LPI to redistributor 1 (collection 1) lands in its pending table.
+    w.send(&[
+        mapc(1, 1),
+        mapd(1, ITT, 8, true),
+        mapti(1, 0, 40000, 1),
+        int(1, 0),
+        sync(1),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    let at = PEND + 0x1_0000 + 40000 / 64 * 8;
+    assert_ne!(w.env.ram.read_u64(at) & 1 << (40000 % 64), 0);
+}
+
+#[test]
+fn linux_sets_up_every_table_the_its_shows() {
+    // Linux's its_alloc_tables: every GITS_BASER<n> whose Type is not 0 gets a page size
+    // probe (64K, 16K, 4K: the first that reads back) and a table, and the ITS is given
+    // up if any read-back differs from what was written. The vPE table GICv4 hardware
+    // has (GITS_BASER2 in the model) must therefore not show.
+    let mut w = World::new();
+    let tables = [DT, CT, SPARE, SPARE + 0x1_0000];
+    let mut next = tables.iter();
+    for n in 0..8u64 {
+        let reg = ITS_BASE + gits::BASER0 + 8 * n;
+        let v = w.r64(reg);
+        if gits::baser_type(v) == 0 {
+            continue;
+        }
+        let psz = [2u64, 1, 0]
+            .into_iter()
+            .find(|&p| {
+                w.w64(reg, (v & !gits::BASER_PAGE_SIZE_MASK) | p << 8);
+                (w.r64(reg) >> 8) & 3 == p
+            })
+            .unwrap_or_else(|| panic!("GITS_BASER{n}: no page size sticks"));
+        let table = *next.next().unwrap();
+        let want = (w.r64(reg) & !(gits::BASER_PA_MASK | gits::SIZE_MASK))
+            | table
+            | gits::VALID
+            | gits::SH_INNER;
+        w.w64(reg, want);
+        assert_eq!(
+            w.r64(reg),
+            want,
+            "GITS_BASER{n} (page size {psz}) doesn't stick"
+        );
+    }
+    assert!(w.emu.its[0].shadow_table(0).is_some());
+    assert!(w.emu.its[0].shadow_table(1).is_some());
+    assert_eq!(w.env.gic.baser(2) & gits::VALID, 0, "no vPE table");
+}
+
+#[test]
+fn only_architected_registers_of_the_trapped_frames_reach_the_gic() {
+    let mut w = World::new();
+    w.env.gic.other.clear();
+    // IMPLEMENTATION DEFINED registers (GIC-600/700: GITS_FCTLR, GITS_OPR cache locks,
+    // GICR_FCTLR, GICR_PWRR) and reserved offsets: read as zero, writes dropped.
+    for pa in [
+        ITS_BASE + 0x20,
+        ITS_BASE + 0xc000,
+        ITS_BASE + 0x150,
+        GICR_BASE + 0x20,
+        GICR_BASE + 0x24,
+        GICR_BASE + 0x100,
+        RD1 + 0x8000,
+    ] {
+        w.w32(pa, 0xffff_ffff);
+        w.w64(pa & !7, u64::MAX);
+        assert_eq!(w.r32(pa), 0, "{pa:#x}");
+    }
+    assert_eq!(
+        w.env.gic.other,
+        vec![],
+        "IMPLEMENTATION DEFINED accesses reached the GIC"
+    );
+    // The architected ones the host needs still do: GITS_STATUSR, GITS_PIDR2, GICR_WAKER,
+    // GICR_SYNCR, GICR_INVLPIR, GICR_PIDR2 (the model does not know them: it records
+    // them).
+    w.r32(ITS_BASE + 0x40);
+    w.r32(ITS_BASE + 0xffe8);
+    w.w32(GICR_BASE + 0x14, 0);
+    w.r32(GICR_BASE + 0xc0);
+    w.w64(GICR_BASE + 0xa0, 8192);
+    w.r32(RD1 + 0xffe8);
+    // (The model records registers by their 64-bit-aligned offset.)
+    let reached: Vec<u64> = w.env.gic.other.iter().map(|&(pa, _)| pa & !7).collect();
+    for pa in [
+        ITS_BASE + 0x40,
+        ITS_BASE + 0xffe8,
+        GICR_BASE + 0x14,
+        GICR_BASE + 0xc0,
+        GICR_BASE + 0xa0,
+        RD1 + 0xffe8,
+    ] {
+        assert!(
+            reached.contains(&(pa & !7)),
+            "{pa:#x} did not reach the GIC"
+        );
+    }
+}
+
+#[test]
+fn a_mapd_the_its_would_ignore_changes_no_pin() {
+    let mut w = World::new();
+    w.its_init();
+    // A 64 KiB device table of 8-byte entries: DeviceIDs 0..8191.
+    w.send(&[mapd(1, ITT, 8, true)]);
+    assert_eq!(w.env.hm.pins().count(ITT), 1);
+    // DeviceIDs within Devbits (16) but beyond the table: a command error the ITS
+    // ignores. Warden neither pins the new ITT nor drops a pin for it.
+    w.send(&[mapd(8192, ITT2, 8, true), mapd(9000, 0, 8, false)]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.env.hm.pins().count(ITT2), 0);
+    assert_eq!(w.executed(cmd::MAPD), 1);
+    // No device table at all (disabled, GITS_BASER0 invalid): every MAPD is ignored.
+    w.w32(ITS_BASE + gits::CTLR, 0);
+    w.w64(ITS_BASE + gits::BASER0, 0);
+    w.w32(ITS_BASE + gits::CTLR, 1);
+    w.send(&[mapd(1, ITT2, 8, true), mapd(1, 0, 8, false)]);
+    assert_eq!(w.env.hm.pins().count(ITT2), 0);
+    assert_eq!(
+        w.env.hm.pins().count(ITT),
+        1,
+        "DeviceID 1's ITT stays pinned"
+    );
+    assert_eq!(w.executed(cmd::MAPD), 1);
+}
+
+#[test]
+fn a_redistributor_that_hides_vlpis_at_probe_keeps_the_gicv4_layout() {
+    // GICv4: RD_base, SGI_base, VLPI_base, reserved per redistributor (256 KiB). The
+    // second one reads GICR_TYPER as zero when Warden probes (e.g. still powered down).
+    let mut env = TestEnv::new();
+    let vlpis = gicr::TYPER_VLPIS;
+    env.gic.rds = (0..3u64)
+        .map(|i| super::model::RdModel {
+            base: GICR_BASE + 4 * FRAME * i,
+            typer: match i {
+                0 => vlpis,
+                1 => 0,
+                _ => (2 << 8) | vlpis | gicr::TYPER_LAST,
+            },
+            ..Default::default()
+        })
+        .collect();
+    let mut emu = GicEmu::probe(
+        &mut env,
+        &[PhysRange::new(GICR_BASE, 0x10_0000)],
+        None,
+        &[PhysRange::new(ITS_BASE, 2 * FRAME)],
+    )
+    .unwrap();
+    assert_eq!(
+        emu.counts(),
+        (1, 3),
+        "no redistributor made up of a VLPI_base frame"
+    );
+    // Redistributor 1's VLPI_base frame is trapped as one: GICR_VPENDBASER (0x78 there)
+    // reads as zero and a write never reaches the GIC.
+    let vpendbaser = GICR_BASE + 4 * FRAME + 2 * FRAME + 0x78;
+    assert!(emu.traps(vpendbaser));
+    env.gic.other.clear();
+    emu.access(&mut env, vpendbaser, 8, Some(gits::VALID | PEND))
+        .unwrap();
+    assert_eq!(emu.access(&mut env, vpendbaser, 8, None), Some(0));
+    assert!(
+        !env.gic.other.iter().any(|&(pa, w)| pa == vpendbaser && w),
+        "GICR_VPENDBASER written"
+    );
+}
+
+#[test]
+fn rdbase_bit_51_is_part_of_the_target() {
+    // RDbase is DW2[51:16] (52-bit physical addresses): a target with bit 51 set names
+    // no redistributor (here: processor 0 plus bit 51), whatever bits 50:16 say.
+    let mut w = World::new();
+    w.its_init();
+    let bit51 = 1u64 << 51;
+    w.send(&[
+        [cmd::MAPC as u64, 0, cmd::VALID | bit51 | 3, 0],
+        [cmd::SYNC as u64, 0, bit51, 0],
+        [cmd::MOVALL as u64, 0, 0, bit51],
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.env.gic.executed, Vec::<[u64; 4]>::new());
+}
+
+#[test]
+fn an_itt_straddling_a_donated_page_is_refused_whole() {
+    let mut w = World::new();
+    w.its_init();
+    w.env.donate(SPARE).unwrap();
+    let before = w.env.hm.pins().pinned_pages();
+    // 256 entries of 8 bytes from 1 KiB below the donated page: half of it is Warden's.
+    w.send(&[
+        mapd(1, SPARE - 0x400, 8, true),
+        mapc(0, 0),
+        mapti(1, 200, 8300, 0),
+    ]);
+    assert_eq!(w.creadr(), w.wr);
+    assert_eq!(w.executed(cmd::MAPD), 0);
+    assert_eq!(
+        w.env.hm.pins().pinned_pages(),
+        before,
+        "no page of it pinned"
+    );
+    assert!(w.page_is_zero(SPARE));
+    assert_eq!(w.env.reclaim(), Ok(SPARE));
+}
+
+#[test]
+fn a_redistributor_that_lost_its_state_is_not_enabled_on_stale_pins() {
+    let mut w = World::new();
+    w.its_init();
+    w.lpis_on();
+    w.send(&[mapc(0, 0), mapd(1, ITT, 8, true), mapti(1, 0, 8300, 0)]);
+    // Firmware powers the redistributor down and up again (CPU_OFF, CPU_ON): LPIs off,
+    // the table registers at their reset values, architecturally UNKNOWN — here naming
+    // Warden's memory.
+    let warden = CARVE.base.get() + 0x10_0000;
+    let rd = &mut w.env.gic.rds[0];
+    (rd.ctlr, rd.prop, rd.pend) = (0, warden | PROP_BITS, warden);
+    // EnableLPIs alone would make it use the tables the registers name now: refused.
+    w.w32(GICR_BASE + gicr::CTLR, 1);
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 0, "EnableLPIs refused");
+    w.send(&[int(1, 0), sync(0)]);
+    assert!(w.page_is_zero(warden), "the GIC wrote Warden's memory");
+    // The host programs its tables again: they are checked and pinned as the first time.
+    w.lpis_on();
+    assert_eq!(w.r32(GICR_BASE + gicr::CTLR) & 1, 1);
+    w.send(&[int(1, 0), sync(0)]);
+    assert_ne!(
+        w.env.ram.read_u64(PEND + 8300 / 64 * 8) & 1 << (8300 % 64),
+        0
+    );
+    assert!(w.env.gic.wild.is_empty());
 }
