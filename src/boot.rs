@@ -205,8 +205,9 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let release_pages = plat.spin_table_release_pages(arch::mpidr());
     for page in &release_pages {
         log::warn!(
-            "spin-table CPU(s) refused: release address page {:#x} kept from the host",
-            page.base.get()
+            "spin-table CPU(s) refused: {:#x}..{:#x} (release address, holding pen) kept from the host",
+            page.base.get(),
+            page.end()
         );
     }
     let mut hidden_mmio = layout::keep_from_host(&ram, &mut carveouts, &release_pages);
