@@ -411,7 +411,11 @@ fn decide_masters(
         .collect();
     let pass: Vec<&str> =
         hyp::bootargs::passthrough_paths(plat.bootargs.as_deref().unwrap_or("")).collect();
-    let m = hyp::masters::decide(nodes, &live, &pass).map_err(|_| "no memory for the decisions")?;
+    // The GIC nodes src/gic.rs traps (gic::init ran first): any other GICv3 or ITS is hidden.
+    let gic =
+        hyp::masters::emulated_gic(plat.gic.as_ref()).map_err(|_| "no memory for the decisions")?;
+    let m = hyp::masters::decide(nodes, &live, &gic, &pass)
+        .map_err(|_| "no memory for the decisions")?;
     for v in &m.verdicts {
         if v.decision == Decision::Passthrough {
             log::warn!("UNPROTECTED: device {}", m.describe(v));

@@ -13,9 +13,10 @@
 //!   (`GBPA.ABORT`, `SMMUEN = 0`) where it can, and every device behind it is hidden.
 //! - [`Decision::Translated`]: every `iommus` specifier and every requester ID of its
 //!   `iommu-map` (a PCI host bridge's whole `bus-range`) lead to a live SMMU.
-//! - [`Decision::Emulated`]: the GICv3 (its redistributors walk LPI tables) and its ITS:
-//!   reachable, with the registers that hold table addresses trapped by Warden (the GIC
-//!   code decides which pages leave the host stage-2).
+//! - [`Decision::Emulated`]: the GICv3 (its redistributors walk LPI tables) and its ITS,
+//!   when the GIC code traps them ([`emulated_gic`]): reachable, with the registers that
+//!   hold table addresses trapped by Warden (the GIC code decides which pages leave the
+//!   host stage-2). Any other GICv3 or ITS is hidden.
 //! - [`Decision::NoDma`]: known not to master DMA (PrimeCell UART/RTC/GPIO, 16550
 //!   UARTs, CFI flash, GICv2 distributor and CPU interface, GICv2m frames, memory-mapped
 //!   timers, watchdogs).
@@ -152,8 +153,11 @@ const GICV2: &[&str] = &["arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-400
 /// Decides for every device node of `nodes`.
 ///
 /// `live_smmus`: the register frame bases of the SMMUs Warden drives (probed and taken
-/// over); every other `arm,smmu-v3` node is not live. `passthrough`: node paths from
-/// `warden.passthrough=` (exact full paths, a trailing `/` ignored).
+/// over); every other `arm,smmu-v3` node is not live. `emulated_gic`: the first `reg`
+/// bases of the GICv3 and ITS nodes whose registers Warden traps ([`emulated_gic`]);
+/// any other `arm,gic-v3` or `arm,gic-v3-its` node is a master nobody checks.
+/// `passthrough`: node paths from `warden.passthrough=` (exact full paths, a trailing
+/// `/` ignored).
 ///
 /// # Errors
 ///
@@ -161,6 +165,7 @@ const GICV2: &[&str] = &["arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-400
 pub fn decide(
     nodes: Vec<DeviceNode>,
     live_smmus: &[u64],
+    emulated_gic: &[u64],
     passthrough: &[&str],
 ) -> Result<Masters, DtbError> {
     let mut m = Masters {
@@ -172,7 +177,7 @@ pub fn decide(
         if !is_device(n) {
             continue;
         }
-        let (decision, why) = first_decision(&m.nodes, n, live_smmus);
+        let (decision, why) = first_decision(&m.nodes, n, live_smmus, emulated_gic);
         push(
             &mut m.verdicts,
             Verdict {
@@ -271,7 +276,30 @@ fn rids_covered(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> bool {
     })
 }
 
-fn first_decision(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> (Decision, &'static str) {
+/// The first `reg` bases of the GIC nodes Warden emulates: the GICv3 distributor the
+/// platform description found (the one whose redistributors `src/gic.rs` traps) and its
+/// ITSes. Nothing for a GICv2.
+///
+/// # Errors
+///
+/// [`DtbError::NoMemory`] if allocation fails.
+pub fn emulated_gic(gic: Option<&crate::dtb::Gic>) -> Result<Vec<u64>, DtbError> {
+    let mut out = Vec::new();
+    if let Some(g) = gic.filter(|g| g.version == crate::dtb::GicVersion::V3) {
+        push(&mut out, g.dist.base.get())?;
+        for its in &g.its {
+            push(&mut out, its.base.get())?;
+        }
+    }
+    Ok(out)
+}
+
+fn first_decision(
+    nodes: &[DeviceNode],
+    n: &DeviceNode,
+    live: &[u64],
+    gic: &[u64],
+) -> (Decision, &'static str) {
     if n.is_compatible("arm,smmu-v3") {
         let is_live = n.regs.first().is_some_and(|r| live.contains(&r.base.get()));
         return (
@@ -320,6 +348,13 @@ fn first_decision(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> (Decisi
             );
         }
         return (Decision::Translated, "behind an SMMU Warden drives");
+    }
+    let is_emulated = n.regs.first().is_some_and(|r| gic.contains(&r.base.get()));
+    if (n.is_compatible("arm,gic-v3") || n.is_compatible("arm,gic-v3-its")) && !is_emulated {
+        return (
+            Decision::Hidden,
+            "GICv3 or ITS that Warden does not emulate: its table walks bypass every SMMU",
+        );
     }
     if n.is_compatible("arm,gic-v3") {
         return (
