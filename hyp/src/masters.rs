@@ -425,8 +425,9 @@ impl Masters {
         })
     }
 
-    /// Hides every translated or no-DMA node that shares a page with a hidden one,
-    /// until nothing changes; notes the emulated and passed-through ones.
+    /// Hides every translated or no-DMA node that shares a page with a hidden one (or
+    /// with an SMMU's frame), until nothing changes; notes the emulated and
+    /// passed-through ones.
     fn settle_shared_pages(&mut self) -> Result<(), DtbError> {
         loop {
             let mut change = None;
@@ -434,11 +435,7 @@ impl Masters {
                 if !matches!(v.decision, Decision::Translated | Decision::NoDma) {
                     continue;
                 }
-                for h in self
-                    .verdicts
-                    .iter()
-                    .filter(|h| h.decision == Decision::Hidden)
-                {
+                for h in self.verdicts.iter().filter(|h| !h.decision.reachable()) {
                     if self.shares_page(v, h) {
                         change = Some((i, h.node));
                         break 'outer;
@@ -455,11 +452,7 @@ impl Masters {
             if !matches!(v.decision, Decision::Emulated | Decision::Passthrough) {
                 continue;
             }
-            for h in self
-                .verdicts
-                .iter()
-                .filter(|h| h.decision == Decision::Hidden)
-            {
+            for h in self.verdicts.iter().filter(|h| !h.decision.reachable()) {
                 if self.shares_page(v, h) {
                     push(
                         &mut self.notes,

@@ -803,3 +803,19 @@ fn gic_nodes_warden_does_not_emulate_are_hidden() {
     }
     assert!(mmio.iter().any(|r| r.contains(0x808_0000)));
 }
+
+#[test]
+fn a_page_shared_with_an_smmu_frame_hides_the_device() {
+    // The SMMU's frame is never mapped: a UART in its last page would be left enabled
+    // for the host but unreachable (and, to the banner, reachable).
+    let blob = board(|b| {
+        b.dev("serial@2001f800", "ns16550a", 0x2001_f800, 0x100)
+            .end();
+    });
+    let m = decide_blob(&blob, &[LIVE], &[]);
+    let v = m.by_path("/serial@2001f800").unwrap();
+    assert_eq!(v.decision, Decision::Hidden);
+    let smmu = m.nodes.iter().position(|n| n.path == "/smmu@20000000");
+    assert_eq!(v.shares_with, smmu);
+    assert!(m.hidden_offsets().unwrap().contains(&m.node(v).offset));
+}
