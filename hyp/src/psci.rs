@@ -256,10 +256,14 @@ pub struct LegacyIds {
 }
 
 impl LegacyIds {
-    /// The function a DTB ID names (matched exactly, and with the SVE hint cleared).
+    /// The function a DTB ID names (matched exactly, and for a fast call with the SVE hint
+    /// cleared on both sides: firmware that follows SMCCC 1.3 ignores the hint whichever
+    /// way the DTB's ID has it, so a call that differs from the ID only there is the same
+    /// call).
     fn lookup(&self, fid: u32) -> Option<PsciFn> {
+        let hint = |f: u32| f & !smccc::SVE_HINT;
         let hit = |v: Option<u32>| {
-            v.is_some_and(|v| v == fid || (fid & smccc::FAST != 0 && v == fid & !smccc::SVE_HINT))
+            v.is_some_and(|v| v == fid || (fid & smccc::FAST != 0 && hint(v) == hint(fid)))
         };
         if hit(self.cpu_on) {
             Some(PsciFn::CpuOn)
@@ -1038,6 +1042,22 @@ mod tests {
             Action::Refuse(ret::NOT_SUPPORTED)
         );
         assert_eq!(p.decide(0x9500_0004, true), Action::Forward(0x9500_0004));
+        // A DTB ID with the SVE hint bit set: the call without it is the same call to
+        // firmware that ignores the hint, and must not reach the allowlist.
+        let mut hinted = node;
+        hinted.cpu_on = Some(0x9501_0003);
+        let p = Policy::for_platform(Some(&hinted), allow);
+        for f in [0x9501_0003, 0x9500_0003] {
+            assert_eq!(
+                p.decide(f, true),
+                Action::CpuOn {
+                    fw_id: 0x9501_0003,
+                    w64: true
+                },
+                "{f:#x}"
+            );
+        }
+        let p = Policy::for_platform(Some(&node), allow);
         // No cpu_suspend ID: CPU_SUSPEND cannot be served (standard IDs mean nothing to
         // this firmware).
         assert_eq!(
