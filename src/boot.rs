@@ -577,7 +577,9 @@ fn enter_host_on_this_cpu(entry: u64, x0: u64, slot: usize) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(record: &cpu::CpuBoot) -> ! {
     let slot = record.index as usize;
-    if slot >= MAX_CPUS {
+    // A CPU that firmware started with another CPU's record (a firmware that reads
+    // CPU_ON's target differently) must not run as that CPU: it would share its stack.
+    if slot >= MAX_CPUS || CPUS[slot].mpidr.load(Ordering::Acquire) != arch::mpidr() {
         arch::park()
     }
     write_sysreg!("tpidr_el2", slot as u64);

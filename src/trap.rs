@@ -326,7 +326,13 @@ fn smccc_call(frame: &mut TrapFrame, conduit: Conduit) {
 /// PSCI CPU_ON on behalf of the host: the target starts in Warden's secondary entry,
 /// which sets up its EL2 state and then enters the host's `entry` with `ctx`.
 fn cpu_on(fw_id: u32, target: u64, entry: u64, ctx: u64) -> i64 {
-    let Some(slot) = cpu::slot_of(target & psci::MPIDR_AFF_MASK) else {
+    // Firmware gets exactly the affinity Warden looks up: bits outside it must not make
+    // firmware start another CPU than the one whose record is handed over.
+    let target = match psci::cpu_on_target(target) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let Some(slot) = cpu::slot_of(target) else {
         return psci::ret::INVALID_PARAMETERS;
     };
     let s = &CPUS[slot];

@@ -792,6 +792,18 @@ impl PowerCell {
 /// MPIDR_EL1 affinity bits (Aff3..Aff0).
 pub const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;
 
+/// CPU_ON's `target_cpu` as Warden looks it up and passes it on: PSCI requires bits
+/// 63:40 and 31:24 to be zero, and a target with any of them set is refused with
+/// INVALID_PARAMETERS rather than masked, so that firmware (which may read those bits
+/// its own way) is never asked to start a CPU other than the one Warden prepared.
+pub const fn cpu_on_target(target: u64) -> Result<u64, i64> {
+    if target & !MPIDR_AFF_MASK != 0 {
+        Err(ret::INVALID_PARAMETERS)
+    } else {
+        Ok(target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1266,6 +1278,16 @@ mod tests {
                     assert_eq!(id & smccc::SMC64 != 0, w);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn cpu_on_target_must_be_an_affinity() {
+        for t in [0, 1, 0x100, 0xff_00ff_ffff, 0x1_0000_0203] {
+            assert_eq!(cpu_on_target(t), Ok(t), "{t:#x}");
+        }
+        for t in [1 << 24, 1 << 30, 1 << 31 | 1, 1 << 40, 1 << 63 | 0x100] {
+            assert_eq!(cpu_on_target(t), Err(ret::INVALID_PARAMETERS), "{t:#x}");
         }
     }
 
