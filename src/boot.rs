@@ -174,6 +174,12 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         log::error!("Warden's image {image_2m:?} overlaps {clash:?}");
         return Err("Warden's image overlaps the DTB, a module or a reservation");
     }
+    // Spin-table CPUs would start at the host's release address, at EL2: they are not
+    // the host's, and the pages holding their release addresses (and firmware's holding
+    // pen) leave its reach. Nothing of Warden's (pool, host DTB) may land there either: a
+    // write would release the CPU.
+    let release_pages = plat.spin_table_release_pages(arch::mpidr());
+    taken.extend_from_slice(&release_pages);
     let pool_size = opts.pool_size.unwrap_or(DEFAULT_POOL);
     let pool = layout::find_free(&ram, &taken, pool_size, 2 * MB, Some(image_2m.end()))
         .ok_or("no free RAM for Warden's pool (warden.pool=)")?;
@@ -200,9 +206,6 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
             return Err("Warden's carve-out (image or pool) lies outside the DTB's /memory");
         }
     }
-    // Spin-table CPUs would start at the host's release address, at EL2: they are not
-    // the host's, and the pages holding their release addresses leave its reach.
-    let release_pages = plat.spin_table_release_pages(arch::mpidr());
     for page in &release_pages {
         log::warn!(
             "spin-table CPU(s) refused: {:#x}..{:#x} (release address, holding pen) kept from the host",
