@@ -204,6 +204,17 @@ fn policy() -> &'static psci::Policy {
 pub fn init_firmware(plat: &hyp::dtb::Platform, allow: psci::SmcAllowList) {
     use hyp::dtb::{PsciMethod, PsciVersion};
     let mut p = psci::Policy::for_platform(plat.psci.as_ref(), allow);
+    // ID_AA64PFR0_EL1.EL3: without EL3 an SMC at EL2 is UNDEFINED (it would take Warden
+    // down), unless the DTB's PSCI conduit is SMC (an emulator implements it).
+    let el3 = (read_sysreg!("id_aa64pfr0_el1") >> 12) & 0xf != 0;
+    p.smc = el3
+        || plat
+            .psci
+            .as_ref()
+            .is_some_and(|n| n.method == PsciMethod::Smc);
+    if !p.smc {
+        log::warn!("no EL3 and no SMC PSCI conduit: no firmware call is forwarded");
+    }
     if let Some(node) = &plat.psci
         && node.version != PsciVersion::V0_1
         && node.method == PsciMethod::Smc

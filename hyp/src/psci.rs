@@ -593,6 +593,10 @@ pub struct Policy {
     pub suspend_format: SuspendFormat,
     /// The board's allowlist.
     pub allow: SmcAllowList,
+    /// An SMC from EL2 reaches firmware: EL3 is implemented, or the DTB's PSCI conduit is
+    /// SMC (an emulator's PSCI). Without either an SMC at EL2 is UNDEFINED, so nothing is
+    /// forwarded and every call that needs firmware is refused.
+    pub smc: bool,
 }
 
 impl Policy {
@@ -608,6 +612,7 @@ impl Policy {
         fw: FirmwareIds::STANDARD,
         suspend_format: SuspendFormat::Original,
         allow: SmcAllowList::EMPTY,
+        smc: true,
     };
 
     /// The policy for the DTB's `/psci` node and the board's allowlist, before firmware is
@@ -639,6 +644,22 @@ impl Policy {
 
     /// The action for the call `fid` the host made over SMC (`smc`) or HVC.
     pub fn decide(&self, fid: u32, smc: bool) -> Action {
+        let a = self.decide_any(fid, smc);
+        match a {
+            Action::CpuOn { .. }
+            | Action::CpuOff { .. }
+            | Action::CpuSuspend { .. }
+            | Action::SystemReset2(_)
+            | Action::Forward(_)
+                if !self.smc =>
+            {
+                Action::Refuse(ret::NOT_SUPPORTED)
+            }
+            a => a,
+        }
+    }
+
+    fn decide_any(&self, fid: u32, smc: bool) -> Action {
         let not_sup = Action::Refuse(ret::NOT_SUPPORTED);
         match classify(fid, &self.legacy) {
             Call::Psci { func, w64, .. } => match psci_policy(func) {
@@ -684,6 +705,9 @@ impl Policy {
     /// `SMCCC_VERSION` (PSCI 1.0 requires it).
     pub fn psci_features(&self, queried: u32) -> FeatureAnswer {
         let none = FeatureAnswer::Value(ret::NOT_SUPPORTED);
+        if !self.smc && queried != smccc::VERSION {
+            return none;
+        }
         match classify(queried, &self.legacy) {
             Call::SmcccVersion => FeatureAnswer::Value(0),
             Call::Psci { func, w64, .. } => {
@@ -709,7 +733,7 @@ impl Policy {
     pub fn arch_features(&self, queried: u32) -> FeatureAnswer {
         match classify(queried, &LegacyIds::default()) {
             Call::SmcccVersion | Call::ArchFeatures => FeatureAnswer::Value(0),
-            Call::ArchForward => match normalise(queried) {
+            Call::ArchForward if self.smc => match normalise(queried) {
                 Some(fid) => FeatureAnswer::AskFirmware { fid, clear: 0 },
                 None => FeatureAnswer::Value(ret::NOT_SUPPORTED),
             },
@@ -1279,6 +1303,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn without_a_way_to_firmware_nothing_issues_an_smc() {
+        let mut p = pol();
+        p.smc = false;
+        p.allow.push(0xC200_0000, 0xC200_FFFF).unwrap();
+        for base in [0x8400_0000u32, 0xC400_0000, 0x8000_0000, 0xC200_0000] {
+            for n in 0..0x10000u32 {
+                let f = base | n;
+                let a = p.decide(f, true);
+                assert!(
+                    !matches!(
+                        a,
+                        Action::CpuOn { .. }
+                            | Action::CpuOff { .. }
+                            | Action::CpuSuspend { .. }
+                            | Action::SystemReset2(_)
+                            | Action::Forward(_)
+                    ),
+                    "{f:#x}: {a:?}"
+                );
+                assert!(
+                    !matches!(p.psci_features(f), FeatureAnswer::AskFirmware { .. }),
+                    "{f:#x}"
+                );
+                assert!(
+                    !matches!(p.arch_features(f), FeatureAnswer::AskFirmware { .. }),
+                    "{f:#x}"
+                );
+            }
+        }
+        assert_eq!(p.decide(smccc::VERSION, true), Action::SmcccVersion);
+        assert_eq!(p.decide(id::FEATURES, true), Action::PsciFeatures);
+        assert_eq!(p.psci_features(smccc::VERSION), FeatureAnswer::Value(0));
+        assert!(matches!(p.decide(0xC600_0001, false), Action::VendorHyp));
+        // The same policy with firmware reachable forwards.
+        p.smc = true;
+        assert_eq!(p.decide(id::VERSION, true), Action::Forward(id::VERSION));
     }
 
     #[test]
