@@ -248,14 +248,23 @@ fn rids_covered(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> bool {
     let mask = n.iommu_map_mask.unwrap_or(u32::MAX);
     let lo = first << 8;
     let hi = (last << 8) | 0xff;
+    // The entries that lead to a live SMMU, found once (a DTB may have many entries and
+    // many nodes; the masked check below visits every requester ID).
+    let mut entries: Vec<&crate::dtb::MapEntry> = Vec::new();
+    if entries.try_reserve(n.iommu_map.len()).is_err() {
+        return false;
+    }
+    entries.extend(
+        n.iommu_map
+            .iter()
+            .filter(|e| live_smmu(nodes, e.iommu, live)),
+    );
     // Fast path: no mask, and the live entries' intervals cover [lo, hi].
     if mask & 0xffff == 0xffff {
         let mut at = lo;
         loop {
-            let Some(e) = n.iommu_map.iter().find(|e| {
-                e.rid_base <= at
-                    && u64::from(at) < u64::from(e.rid_base) + u64::from(e.len)
-                    && live_smmu(nodes, e.iommu, live)
+            let Some(e) = entries.iter().find(|e| {
+                e.rid_base <= at && u64::from(at) < u64::from(e.rid_base) + u64::from(e.len)
             }) else {
                 return false;
             };
@@ -268,11 +277,9 @@ fn rids_covered(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> bool {
     }
     (lo..=hi).all(|rid| {
         let id = rid & mask;
-        n.iommu_map.iter().any(|e| {
-            e.rid_base <= id
-                && u64::from(id) < u64::from(e.rid_base) + u64::from(e.len)
-                && live_smmu(nodes, e.iommu, live)
-        })
+        entries
+            .iter()
+            .any(|e| e.rid_base <= id && u64::from(id) < u64::from(e.rid_base) + u64::from(e.len))
     })
 }
 
