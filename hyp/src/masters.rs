@@ -436,24 +436,34 @@ impl Masters {
     /// with an SMMU's frame), until nothing changes; notes the emulated and
     /// passed-through ones.
     fn settle_shared_pages(&mut self) -> Result<(), DtbError> {
+        // One pass hides every node that shares a page with one hidden before the pass;
+        // passes repeat until none hides anything (each pass is quadratic, and a board's
+        // DTB has hundreds of nodes).
+        let mut changes: Vec<(usize, usize)> = Vec::new();
         loop {
-            let mut change = None;
-            'outer: for (i, v) in self.verdicts.iter().enumerate() {
+            changes.clear();
+            for (i, v) in self.verdicts.iter().enumerate() {
                 if !matches!(v.decision, Decision::Translated | Decision::NoDma) {
                     continue;
                 }
-                for h in self.verdicts.iter().filter(|h| !h.decision.reachable()) {
-                    if self.shares_page(v, h) {
-                        change = Some((i, h.node));
-                        break 'outer;
-                    }
+                if let Some(h) = self
+                    .verdicts
+                    .iter()
+                    .filter(|h| !h.decision.reachable())
+                    .find(|h| self.shares_page(v, h))
+                {
+                    push(&mut changes, (i, h.node))?;
                 }
             }
-            let Some((i, hidden)) = change else { break };
-            let v = &mut self.verdicts[i];
-            v.decision = Decision::Hidden;
-            v.why = "shares a 4 KiB page with a hidden device";
-            v.shares_with = Some(hidden);
+            if changes.is_empty() {
+                break;
+            }
+            for &(i, hidden) in &changes {
+                let v = &mut self.verdicts[i];
+                v.decision = Decision::Hidden;
+                v.why = "shares a 4 KiB page with a hidden device";
+                v.shares_with = Some(hidden);
+            }
         }
         for v in &self.verdicts {
             if !matches!(v.decision, Decision::Emulated | Decision::Passthrough) {

@@ -819,3 +819,36 @@ fn a_page_shared_with_an_smmu_frame_hides_the_device() {
     assert_eq!(v.shares_with, smmu);
     assert!(m.hidden_offsets().unwrap().contains(&m.node(v).offset));
 }
+
+#[test]
+fn page_sharing_is_followed_along_a_chain() {
+    // thing (hidden) shares a page with uart-a, uart-a one with uart-b, uart-b one with
+    // uart-c: all hidden, each because of the one before; uart-d, alone, stays.
+    let blob = board(|b| {
+        b.dev("thing@3000000", "vendor,thing", 0x300_0000, 0x100)
+            .end()
+            .dev("serial@3000800", "ns16550a", 0x300_0800, 0x1000)
+            .end()
+            .dev("serial@3001c00", "ns16550a", 0x300_1c00, 0x1000)
+            .end()
+            .dev("serial@3002f00", "ns16550a", 0x300_2f00, 0x100)
+            .end()
+            .dev("serial@3004000", "ns16550a", 0x300_4000, 0x100)
+            .end();
+    });
+    let m = decide_blob(&blob, &[LIVE], &[]);
+    let idx = |p: &str| m.nodes.iter().position(|n| n.path == p);
+    for (p, because) in [
+        ("/serial@3000800", "/thing@3000000"),
+        ("/serial@3001c00", "/serial@3000800"),
+        ("/serial@3002f00", "/serial@3001c00"),
+    ] {
+        let v = m.by_path(p).unwrap();
+        assert_eq!(v.decision, Decision::Hidden, "{p}");
+        assert_eq!(v.shares_with, idx(because), "{p}");
+    }
+    assert_eq!(
+        m.by_path("/serial@3004000").unwrap().decision,
+        Decision::NoDma
+    );
+}
