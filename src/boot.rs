@@ -174,6 +174,12 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         log::error!("Warden's image {image_2m:?} overlaps {clash:?}");
         return Err("Warden's image overlaps the DTB, a module or a reservation");
     }
+    // Spin-table CPUs would start at the host's release address, at EL2: they are not
+    // the host's, and the pages holding their release addresses (and firmware's holding
+    // pen) leave its reach. Nothing of Warden's (pool, host DTB) may land there either: a
+    // write would release the CPU.
+    let release_pages = plat.spin_table_release_pages(arch::mpidr());
+    taken.extend_from_slice(&release_pages);
     let pool_size = opts.pool_size.unwrap_or(DEFAULT_POOL);
     let pool = layout::find_free(&ram, &taken, pool_size, 2 * MB, Some(image_2m.end()))
         .ok_or("no free RAM for Warden's pool (warden.pool=)")?;
@@ -200,13 +206,11 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
             return Err("Warden's carve-out (image or pool) lies outside the DTB's /memory");
         }
     }
-    // Spin-table CPUs would start at the host's release address, at EL2: they are not
-    // the host's, and the pages holding their release addresses leave its reach.
-    let release_pages = plat.spin_table_release_pages(arch::mpidr());
     for page in &release_pages {
         log::warn!(
-            "spin-table CPU(s) refused: release address page {:#x} kept from the host",
-            page.base.get()
+            "spin-table CPU(s) refused: {:#x}..{:#x} (release address, holding pen) kept from the host",
+            page.base.get(),
+            page.end()
         );
     }
     let mut hidden_mmio = layout::keep_from_host(&ram, &mut carveouts, &release_pages);
@@ -410,7 +414,11 @@ fn decide_masters(
         .collect();
     let pass: Vec<&str> =
         hyp::bootargs::passthrough_paths(plat.bootargs.as_deref().unwrap_or("")).collect();
-    let m = hyp::masters::decide(nodes, &live, &pass).map_err(|_| "no memory for the decisions")?;
+    // The GIC nodes src/gic.rs traps (gic::init ran first): any other GICv3 or ITS is hidden.
+    let gic =
+        hyp::masters::emulated_gic(plat.gic.as_ref()).map_err(|_| "no memory for the decisions")?;
+    let m = hyp::masters::decide(nodes, &live, &gic, &pass)
+        .map_err(|_| "no memory for the decisions")?;
     for v in &m.verdicts {
         if v.decision == Decision::Passthrough {
             log::warn!("UNPROTECTED: device {}", m.describe(v));
@@ -572,7 +580,9 @@ fn enter_host_on_this_cpu(entry: u64, x0: u64, slot: usize) -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(record: &cpu::CpuBoot) -> ! {
     let slot = record.index as usize;
-    if slot >= MAX_CPUS {
+    // A CPU that firmware started with another CPU's record (a firmware that reads
+    // CPU_ON's target differently) must not run as that CPU: it would share its stack.
+    if slot >= MAX_CPUS || CPUS[slot].mpidr.load(Ordering::Acquire) != arch::mpidr() {
         arch::park()
     }
     write_sysreg!("tpidr_el2", slot as u64);

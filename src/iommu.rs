@@ -50,6 +50,16 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
     };
     let mut min_oas: Option<u32> = None;
     for (i, s) in plat.smmus.iter().enumerate() {
+        // Two nodes for one frame: driving (or aborting) it twice would undo the first
+        // node's set-up. The frame stays out of the host's reach either way.
+        if io.frames.iter().any(|f| f.overlaps(&s.regs)) {
+            log::error!(
+                "smmu{i} at {:?} overlaps an SMMU frame already handled: ignored (devices behind it are hidden)",
+                s.regs
+            );
+            io.frames.push(s.regs);
+            continue;
+        }
         io.frames.push(s.regs);
         mm::map_hyp(s.regs, S1Attr::Device).map_err(|_| "cannot map an SMMU at EL2")?;
         if !s.available {

@@ -204,6 +204,17 @@ fn policy() -> &'static psci::Policy {
 pub fn init_firmware(plat: &hyp::dtb::Platform, allow: psci::SmcAllowList) {
     use hyp::dtb::{PsciMethod, PsciVersion};
     let mut p = psci::Policy::for_platform(plat.psci.as_ref(), allow);
+    // ID_AA64PFR0_EL1.EL3: without EL3 an SMC at EL2 is UNDEFINED (it would take Warden
+    // down), unless the DTB's PSCI conduit is SMC (an emulator implements it).
+    let el3 = (read_sysreg!("id_aa64pfr0_el1") >> 12) & 0xf != 0;
+    p.smc = el3
+        || plat
+            .psci
+            .as_ref()
+            .is_some_and(|n| n.method == PsciMethod::Smc);
+    if !p.smc {
+        log::warn!("no EL3 and no SMC PSCI conduit: no firmware call is forwarded");
+    }
     if let Some(node) = &plat.psci
         && node.version != PsciVersion::V0_1
         && node.method == PsciMethod::Smc
@@ -326,7 +337,13 @@ fn smccc_call(frame: &mut TrapFrame, conduit: Conduit) {
 /// PSCI CPU_ON on behalf of the host: the target starts in Warden's secondary entry,
 /// which sets up its EL2 state and then enters the host's `entry` with `ctx`.
 fn cpu_on(fw_id: u32, target: u64, entry: u64, ctx: u64) -> i64 {
-    let Some(slot) = cpu::slot_of(target & psci::MPIDR_AFF_MASK) else {
+    // Firmware gets exactly the affinity Warden looks up: bits outside it must not make
+    // firmware start another CPU than the one whose record is handed over.
+    let target = match psci::cpu_on_target(target) {
+        Ok(t) => t,
+        Err(e) => return e,
+    };
+    let Some(slot) = cpu::slot_of(target) else {
         return psci::ret::INVALID_PARAMETERS;
     };
     let s = &CPUS[slot];

@@ -396,27 +396,55 @@ impl Platform {
         self.smmus.iter().position(|s| s.phandle == Some(phandle))
     }
 
-    /// The pages holding the `cpu-release-addr` of every available spin-table CPU except
-    /// the boot CPU (`boot_mpidr`), page-aligned, without duplicates: a write there
+    /// The pages holding the `cpu-release-addr` of every spin-table CPU except the boot
+    /// CPU (`boot_mpidr`), page-aligned, sorted, merged where they overlap: a write there
     /// releases the CPU at an address of the writer's choosing and at firmware's exception
-    /// level (EL2), so these pages must stay out of the host's reach.
+    /// level (EL2), so these pages must stay out of the host's reach. A CPU's `status`
+    /// does not matter: `disabled` is how the devicetree specification describes a
+    /// quiescent CPU waiting for its enable method. A reservation (`/memreserve/` or
+    /// `/reserved-memory`) holding a release address is kept whole, page-rounded: that is
+    /// where firmware's holding pen (the code the waiting CPUs run) lives (U-Boot's spin
+    /// table, the boot-wrapper), and rewriting that code would release them just as well.
     pub fn spin_table_release_pages(&self, boot_mpidr: u64) -> Vec<PhysRange> {
         const PAGE: u64 = 4096;
         let mut pages: Vec<PhysRange> = Vec::new();
+        let mut add = |r: PhysRange| {
+            let base = r.base.get() & !(PAGE - 1);
+            let end = r
+                .end()
+                .checked_next_multiple_of(PAGE)
+                .unwrap_or(!(PAGE - 1));
+            if end > base && pages.try_reserve(1).is_ok() {
+                pages.push(PhysRange::new(base, end - base));
+            }
+        };
         for c in &self.cpus {
-            if c.enable_method != EnableMethod::SpinTable || !c.available || c.mpidr == boot_mpidr {
+            if c.enable_method != EnableMethod::SpinTable || c.mpidr == boot_mpidr {
                 continue;
             }
             let Some(a) = c.release_addr else { continue };
             // The 8-byte release address may straddle two pages.
-            let first = a & !(PAGE - 1);
-            let last = a.saturating_add(7) & !(PAGE - 1);
-            for base in [first, last] {
-                if !pages.iter().any(|p| p.base.get() == base) && pages.try_reserve(1).is_ok() {
-                    pages.push(PhysRange::new(base, PAGE));
-                }
+            add(PhysRange::new(a & !(PAGE - 1), PAGE));
+            add(PhysRange::new(a.saturating_add(7) & !(PAGE - 1), PAGE));
+            for res in self.reservations.iter().filter(|r| r.range.contains(a)) {
+                add(res.range);
             }
         }
+        pages.sort_unstable_by_key(|p| p.base.get());
+        // Merge in place: `pages[..n]` is the merged prefix.
+        let mut n = 0;
+        for i in 0..pages.len() {
+            let p = pages[i];
+            if n > 0 && p.base.get() < pages[n - 1].end() {
+                let last = &mut pages[n - 1];
+                let end = last.end().max(p.end());
+                last.size = end - last.base.get();
+            } else {
+                pages[n] = p;
+                n += 1;
+            }
+        }
+        pages.truncate(n);
         pages
     }
 
@@ -2601,6 +2629,7 @@ mod tests {
     /// A board whose secondary CPUs use spin tables (and one PSCI CPU).
     fn spin_table_board() -> Vec<u8> {
         let mut b = Builder::default();
+        b.rsv.push((0x8800_0800, 0x2000));
         let spin = |b: &mut Builder, name: &str, reg: u32, release: u64, status: Option<&str>| {
             b.begin(name)
                 .prop("device_type", &s("cpu"))
@@ -2626,8 +2655,10 @@ mod tests {
         spin(&mut b, "cpu@1", 1, 0x8000_0ff8, Some("okay"));
         // Straddles two pages.
         spin(&mut b, "cpu@2", 2, 0x8000_1ffc, None);
-        // Already disabled: nothing to protect.
+        // Disabled: quiescent, waiting on its release address all the same.
         spin(&mut b, "cpu@3", 3, 0x9000_0000, Some("disabled"));
+        // Its release address lies in a reservation: firmware's holding pen.
+        spin(&mut b, "cpu@4", 4, 0x8800_1010, None);
         b.begin("cpu@100")
             .prop("device_type", &s("cpu"))
             .prop("reg", &cells(&[0x100]))
@@ -2642,20 +2673,27 @@ mod tests {
     fn spin_table_cpus_are_refused() {
         let orig = spin_table_board();
         let p = Platform::parse(&orig).unwrap();
-        assert_eq!(p.cpus.len(), 5);
+        assert_eq!(p.cpus.len(), 6);
         // The release pages of the secondaries, once each, both pages of a straddling
-        // address; not the boot CPU's own, nor a disabled CPU's.
+        // address, a disabled (quiescent) CPU's, and the whole reservation around a
+        // release address (page-rounded); not the boot CPU's own.
         assert_eq!(
             p.spin_table_release_pages(0),
             [
                 r(0x8000_0000, 0x1000),
                 r(0x8000_1000, 0x1000),
-                r(0x8000_2000, 0x1000)
+                r(0x8000_2000, 0x1000),
+                r(0x8800_0000, 0x3000),
+                r(0x9000_0000, 0x1000),
             ]
         );
         assert_eq!(
             p.spin_table_release_pages(2),
-            [r(0x8000_0000, 0x1000)],
+            [
+                r(0x8000_0000, 0x1000),
+                r(0x8800_0000, 0x3000),
+                r(0x9000_0000, 0x1000),
+            ],
             "booted on CPU 2: CPUs 0 and 1 share a page"
         );
         let edits = HostDtbEdits {
@@ -2668,7 +2706,14 @@ mod tests {
         let avail: Vec<(u64, bool)> = q.cpus.iter().map(|c| (c.mpidr, c.available)).collect();
         assert_eq!(
             avail,
-            [(0, true), (1, false), (2, false), (3, false), (0x100, true)],
+            [
+                (0, true),
+                (1, false),
+                (2, false),
+                (3, false),
+                (4, false),
+                (0x100, true)
+            ],
             "only the boot CPU and the PSCI CPU are left to the host"
         );
         let (_, props) = flatten(&out[..n]);

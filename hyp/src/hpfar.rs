@@ -6,7 +6,9 @@
 //! CPUs with Arm erratum 834220, which can report a stage-2 fault where stage 1 should
 //! have faulted. Then the IPA is recovered by translating `FAR_EL2` through the host's
 //! stage 1 (`AT S1E1R`), unless `FAR_EL2` itself is not valid (`FnV`) or the fault was an
-//! external abort on a stage-1 walk (walking again could abort again).
+//! external abort or a parity/ECC error on a translation table walk, at either stage
+//! (walking again could abort again, and an abort of `AT` is taken at EL2: KVM's
+//! `__fault_safe_to_translate` makes the same exception).
 //!
 //! The decision is pure and lives here; the `AT` instruction is in the image's arch layer.
 
@@ -57,7 +59,13 @@ pub const fn is_address_size(esr: u64) -> bool {
 
 /// Synchronous external abort (on the access or on a walk, any level).
 pub const fn is_external_abort(esr: u64) -> bool {
-    matches!(fsc(esr), 0x10 | 0x13..=0x17)
+    matches!(fsc(esr), 0x10 | 0x12..=0x17)
+}
+
+/// Synchronous external abort or parity/ECC error on a translation table walk (or
+/// hardware table update), any level (FEAT_LPA2's level -1 and FEAT_D128's -2 included).
+pub const fn is_walk_abort(esr: u64) -> bool {
+    matches!(fsc(esr), 0x12..=0x17 | 0x1b..=0x1f)
 }
 
 /// Whether the CPU (MIDR_EL1) has Arm erratum 834220: Cortex-A57 r0p0 to r1p2.
@@ -79,9 +87,9 @@ pub const fn ipa_source(esr: u64, erratum: bool) -> IpaSource {
     } else if !erratum && (is_translation(esr) || is_access_flag(esr) || is_address_size(esr)) {
         return IpaSource::Hpfar;
     }
-    // FAR is not valid (FnV, external aborts only), or walking stage 1 again could
-    // abort again.
-    if esr & iss::FNV != 0 || (is_external_abort(esr) && esr & iss::S1PTW != 0) {
+    // FAR is not valid (FnV, external aborts only), or walking again could abort again
+    // (whether the walk that aborted was stage 1's or stage 2's: S1PTW only tells which).
+    if esr & iss::FNV != 0 || is_walk_abort(esr) {
         return IpaSource::Unknown;
     }
     IpaSource::Translate
@@ -143,6 +151,22 @@ mod tests {
             ipa_source(DABT | 0x14 | iss::S1PTW, false),
             IpaSource::Unknown
         );
+        // An abort or ECC error on a walk, stage 1's or stage 2's, at every level: AT
+        // would walk again (and an abort of AT is taken at EL2).
+        for fsc in [
+            0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+        ] {
+            for s1ptw in [0, iss::S1PTW] {
+                assert_eq!(
+                    ipa_source(DABT | fsc | s1ptw, false),
+                    IpaSource::Unknown,
+                    "{fsc:#x} {s1ptw:#x}"
+                );
+                assert_eq!(ipa_source(DABT | fsc | s1ptw, true), IpaSource::Unknown);
+            }
+        }
+        // A parity/ECC error on the access itself: the walk went fine.
+        assert_eq!(ipa_source(DABT | 0x18, false), IpaSource::Translate);
         assert_eq!(ipa_source(DABT | 0x11, false), IpaSource::Translate);
     }
 

@@ -62,10 +62,19 @@ pub fn keep_from_host(
 ) -> alloc::vec::Vec<PhysRange> {
     let mut mmio = alloc::vec::Vec::new();
     for p in pages {
-        if outside_ram(ram, *p).is_some() {
-            mmio.push(*p);
-        } else if !carve_outs.iter().any(|c| c.contains_range(p)) {
-            carve_outs.push(*p);
+        // A range (a reservation around a release address) may straddle RAM and MMIO:
+        // each part is kept from the host its own way.
+        subtract(*p, ram, |piece| mmio.push(piece));
+        for bank in ram {
+            let base = bank.base.get().max(p.base.get());
+            let end = bank.end().min(p.end());
+            if base >= end {
+                continue;
+            }
+            let part = PhysRange::new(base, end - base);
+            if !carve_outs.iter().any(|c| c.contains_range(&part)) {
+                carve_outs.push(part);
+            }
         }
     }
     mmio
@@ -182,14 +191,23 @@ mod tests {
             PhysRange::new(0x4800_0000, 4096), // RAM
             PhysRange::new(0x4030_0000, 4096), // already Warden's
             PhysRange::new(0x0800_0000, 4096), // SRAM / MMIO
+            // A reservation straddling the start of RAM: each part its own way.
+            PhysRange::new(0x3fff_e000, 0x4000),
         ];
         let mmio = keep_from_host(&ram, &mut carve, &pages);
-        assert_eq!(mmio, [PhysRange::new(0x0800_0000, 4096)]);
+        assert_eq!(
+            mmio,
+            [
+                PhysRange::new(0x0800_0000, 4096),
+                PhysRange::new(0x3fff_e000, 0x2000)
+            ]
+        );
         assert_eq!(
             carve,
             [
                 PhysRange::new(0x4020_0000, 36 * MB),
-                PhysRange::new(0x4800_0000, 4096)
+                PhysRange::new(0x4800_0000, 4096),
+                PhysRange::new(0x4000_0000, 0x2000)
             ]
         );
     }

@@ -13,9 +13,10 @@
 //!   (`GBPA.ABORT`, `SMMUEN = 0`) where it can, and every device behind it is hidden.
 //! - [`Decision::Translated`]: every `iommus` specifier and every requester ID of its
 //!   `iommu-map` (a PCI host bridge's whole `bus-range`) lead to a live SMMU.
-//! - [`Decision::Emulated`]: the GICv3 (its redistributors walk LPI tables) and its ITS:
-//!   reachable, with the registers that hold table addresses trapped by Warden (the GIC
-//!   code decides which pages leave the host stage-2).
+//! - [`Decision::Emulated`]: the GICv3 (its redistributors walk LPI tables) and its ITS,
+//!   when the GIC code traps them ([`emulated_gic`]): reachable, with the registers that
+//!   hold table addresses trapped by Warden (the GIC code decides which pages leave the
+//!   host stage-2). Any other GICv3 or ITS is hidden.
 //! - [`Decision::NoDma`]: known not to master DMA (PrimeCell UART/RTC/GPIO, 16550
 //!   UARTs, CFI flash, GICv2 distributor and CPU interface, GICv2m frames, memory-mapped
 //!   timers, watchdogs).
@@ -152,8 +153,11 @@ const GICV2: &[&str] = &["arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-400
 /// Decides for every device node of `nodes`.
 ///
 /// `live_smmus`: the register frame bases of the SMMUs Warden drives (probed and taken
-/// over); every other `arm,smmu-v3` node is not live. `passthrough`: node paths from
-/// `warden.passthrough=` (exact full paths, a trailing `/` ignored).
+/// over); every other `arm,smmu-v3` node is not live. `emulated_gic`: the first `reg`
+/// bases of the GICv3 and ITS nodes whose registers Warden traps ([`emulated_gic`]);
+/// any other `arm,gic-v3` or `arm,gic-v3-its` node is a master nobody checks.
+/// `passthrough`: node paths from `warden.passthrough=` (exact full paths, a trailing
+/// `/` ignored).
 ///
 /// # Errors
 ///
@@ -161,6 +165,7 @@ const GICV2: &[&str] = &["arm,cortex-a15-gic", "arm,cortex-a9-gic", "arm,gic-400
 pub fn decide(
     nodes: Vec<DeviceNode>,
     live_smmus: &[u64],
+    emulated_gic: &[u64],
     passthrough: &[&str],
 ) -> Result<Masters, DtbError> {
     let mut m = Masters {
@@ -172,7 +177,7 @@ pub fn decide(
         if !is_device(n) {
             continue;
         }
-        let (decision, why) = first_decision(&m.nodes, n, live_smmus);
+        let (decision, why) = first_decision(&m.nodes, n, live_smmus, emulated_gic);
         push(
             &mut m.verdicts,
             Verdict {
@@ -243,14 +248,23 @@ fn rids_covered(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> bool {
     let mask = n.iommu_map_mask.unwrap_or(u32::MAX);
     let lo = first << 8;
     let hi = (last << 8) | 0xff;
+    // The entries that lead to a live SMMU, found once (a DTB may have many entries and
+    // many nodes; the masked check below visits every requester ID).
+    let mut entries: Vec<&crate::dtb::MapEntry> = Vec::new();
+    if entries.try_reserve(n.iommu_map.len()).is_err() {
+        return false;
+    }
+    entries.extend(
+        n.iommu_map
+            .iter()
+            .filter(|e| live_smmu(nodes, e.iommu, live)),
+    );
     // Fast path: no mask, and the live entries' intervals cover [lo, hi].
     if mask & 0xffff == 0xffff {
         let mut at = lo;
         loop {
-            let Some(e) = n.iommu_map.iter().find(|e| {
-                e.rid_base <= at
-                    && u64::from(at) < u64::from(e.rid_base) + u64::from(e.len)
-                    && live_smmu(nodes, e.iommu, live)
+            let Some(e) = entries.iter().find(|e| {
+                e.rid_base <= at && u64::from(at) < u64::from(e.rid_base) + u64::from(e.len)
             }) else {
                 return false;
             };
@@ -263,15 +277,36 @@ fn rids_covered(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> bool {
     }
     (lo..=hi).all(|rid| {
         let id = rid & mask;
-        n.iommu_map.iter().any(|e| {
-            e.rid_base <= id
-                && u64::from(id) < u64::from(e.rid_base) + u64::from(e.len)
-                && live_smmu(nodes, e.iommu, live)
-        })
+        entries
+            .iter()
+            .any(|e| e.rid_base <= id && u64::from(id) < u64::from(e.rid_base) + u64::from(e.len))
     })
 }
 
-fn first_decision(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> (Decision, &'static str) {
+/// The first `reg` bases of the GIC nodes Warden emulates: the GICv3 distributor the
+/// platform description found (the one whose redistributors `src/gic.rs` traps) and its
+/// ITSes. Nothing for a GICv2.
+///
+/// # Errors
+///
+/// [`DtbError::NoMemory`] if allocation fails.
+pub fn emulated_gic(gic: Option<&crate::dtb::Gic>) -> Result<Vec<u64>, DtbError> {
+    let mut out = Vec::new();
+    if let Some(g) = gic.filter(|g| g.version == crate::dtb::GicVersion::V3) {
+        push(&mut out, g.dist.base.get())?;
+        for its in &g.its {
+            push(&mut out, its.base.get())?;
+        }
+    }
+    Ok(out)
+}
+
+fn first_decision(
+    nodes: &[DeviceNode],
+    n: &DeviceNode,
+    live: &[u64],
+    gic: &[u64],
+) -> (Decision, &'static str) {
     if n.is_compatible("arm,smmu-v3") {
         let is_live = n.regs.first().is_some_and(|r| live.contains(&r.base.get()));
         return (
@@ -320,6 +355,13 @@ fn first_decision(nodes: &[DeviceNode], n: &DeviceNode, live: &[u64]) -> (Decisi
             );
         }
         return (Decision::Translated, "behind an SMMU Warden drives");
+    }
+    let is_emulated = n.regs.first().is_some_and(|r| gic.contains(&r.base.get()));
+    if (n.is_compatible("arm,gic-v3") || n.is_compatible("arm,gic-v3-its")) && !is_emulated {
+        return (
+            Decision::Hidden,
+            "GICv3 or ITS that Warden does not emulate: its table walks bypass every SMMU",
+        );
     }
     if n.is_compatible("arm,gic-v3") {
         return (
@@ -390,41 +432,44 @@ impl Masters {
         })
     }
 
-    /// Hides every translated or no-DMA node that shares a page with a hidden one,
-    /// until nothing changes; notes the emulated and passed-through ones.
+    /// Hides every translated or no-DMA node that shares a page with a hidden one (or
+    /// with an SMMU's frame), until nothing changes; notes the emulated and
+    /// passed-through ones.
     fn settle_shared_pages(&mut self) -> Result<(), DtbError> {
+        // One pass hides every node that shares a page with one hidden before the pass;
+        // passes repeat until none hides anything (each pass is quadratic, and a board's
+        // DTB has hundreds of nodes).
+        let mut changes: Vec<(usize, usize)> = Vec::new();
         loop {
-            let mut change = None;
-            'outer: for (i, v) in self.verdicts.iter().enumerate() {
+            changes.clear();
+            for (i, v) in self.verdicts.iter().enumerate() {
                 if !matches!(v.decision, Decision::Translated | Decision::NoDma) {
                     continue;
                 }
-                for h in self
+                if let Some(h) = self
                     .verdicts
                     .iter()
-                    .filter(|h| h.decision == Decision::Hidden)
+                    .filter(|h| !h.decision.reachable())
+                    .find(|h| self.shares_page(v, h))
                 {
-                    if self.shares_page(v, h) {
-                        change = Some((i, h.node));
-                        break 'outer;
-                    }
+                    push(&mut changes, (i, h.node))?;
                 }
             }
-            let Some((i, hidden)) = change else { break };
-            let v = &mut self.verdicts[i];
-            v.decision = Decision::Hidden;
-            v.why = "shares a 4 KiB page with a hidden device";
-            v.shares_with = Some(hidden);
+            if changes.is_empty() {
+                break;
+            }
+            for &(i, hidden) in &changes {
+                let v = &mut self.verdicts[i];
+                v.decision = Decision::Hidden;
+                v.why = "shares a 4 KiB page with a hidden device";
+                v.shares_with = Some(hidden);
+            }
         }
         for v in &self.verdicts {
             if !matches!(v.decision, Decision::Emulated | Decision::Passthrough) {
                 continue;
             }
-            for h in self
-                .verdicts
-                .iter()
-                .filter(|h| h.decision == Decision::Hidden)
-            {
+            for h in self.verdicts.iter().filter(|h| !h.decision.reachable()) {
                 if self.shares_page(v, h) {
                     push(
                         &mut self.notes,

@@ -256,10 +256,14 @@ pub struct LegacyIds {
 }
 
 impl LegacyIds {
-    /// The function a DTB ID names (matched exactly, and with the SVE hint cleared).
+    /// The function a DTB ID names (matched exactly, and for a fast call with the SVE hint
+    /// cleared on both sides: firmware that follows SMCCC 1.3 ignores the hint whichever
+    /// way the DTB's ID has it, so a call that differs from the ID only there is the same
+    /// call).
     fn lookup(&self, fid: u32) -> Option<PsciFn> {
+        let hint = |f: u32| f & !smccc::SVE_HINT;
         let hit = |v: Option<u32>| {
-            v.is_some_and(|v| v == fid || (fid & smccc::FAST != 0 && v == fid & !smccc::SVE_HINT))
+            v.is_some_and(|v| v == fid || (fid & smccc::FAST != 0 && hint(v) == hint(fid)))
         };
         if hit(self.cpu_on) {
             Some(PsciFn::CpuOn)
@@ -589,6 +593,10 @@ pub struct Policy {
     pub suspend_format: SuspendFormat,
     /// The board's allowlist.
     pub allow: SmcAllowList,
+    /// An SMC from EL2 reaches firmware: EL3 is implemented, or the DTB's PSCI conduit is
+    /// SMC (an emulator's PSCI). Without either an SMC at EL2 is UNDEFINED, so nothing is
+    /// forwarded and every call that needs firmware is refused.
+    pub smc: bool,
 }
 
 impl Policy {
@@ -604,6 +612,7 @@ impl Policy {
         fw: FirmwareIds::STANDARD,
         suspend_format: SuspendFormat::Original,
         allow: SmcAllowList::EMPTY,
+        smc: true,
     };
 
     /// The policy for the DTB's `/psci` node and the board's allowlist, before firmware is
@@ -635,6 +644,22 @@ impl Policy {
 
     /// The action for the call `fid` the host made over SMC (`smc`) or HVC.
     pub fn decide(&self, fid: u32, smc: bool) -> Action {
+        let a = self.decide_any(fid, smc);
+        match a {
+            Action::CpuOn { .. }
+            | Action::CpuOff { .. }
+            | Action::CpuSuspend { .. }
+            | Action::SystemReset2(_)
+            | Action::Forward(_)
+                if !self.smc =>
+            {
+                Action::Refuse(ret::NOT_SUPPORTED)
+            }
+            a => a,
+        }
+    }
+
+    fn decide_any(&self, fid: u32, smc: bool) -> Action {
         let not_sup = Action::Refuse(ret::NOT_SUPPORTED);
         match classify(fid, &self.legacy) {
             Call::Psci { func, w64, .. } => match psci_policy(func) {
@@ -680,6 +705,9 @@ impl Policy {
     /// `SMCCC_VERSION` (PSCI 1.0 requires it).
     pub fn psci_features(&self, queried: u32) -> FeatureAnswer {
         let none = FeatureAnswer::Value(ret::NOT_SUPPORTED);
+        if !self.smc && queried != smccc::VERSION {
+            return none;
+        }
         match classify(queried, &self.legacy) {
             Call::SmcccVersion => FeatureAnswer::Value(0),
             Call::Psci { func, w64, .. } => {
@@ -705,7 +733,7 @@ impl Policy {
     pub fn arch_features(&self, queried: u32) -> FeatureAnswer {
         match classify(queried, &LegacyIds::default()) {
             Call::SmcccVersion | Call::ArchFeatures => FeatureAnswer::Value(0),
-            Call::ArchForward => match normalise(queried) {
+            Call::ArchForward if self.smc => match normalise(queried) {
                 Some(fid) => FeatureAnswer::AskFirmware { fid, clear: 0 },
                 None => FeatureAnswer::Value(ret::NOT_SUPPORTED),
             },
@@ -787,6 +815,18 @@ impl PowerCell {
 
 /// MPIDR_EL1 affinity bits (Aff3..Aff0).
 pub const MPIDR_AFF_MASK: u64 = 0xff_00ff_ffff;
+
+/// CPU_ON's `target_cpu` as Warden looks it up and passes it on: PSCI requires bits
+/// 63:40 and 31:24 to be zero, and a target with any of them set is refused with
+/// INVALID_PARAMETERS rather than masked, so that firmware (which may read those bits
+/// its own way) is never asked to start a CPU other than the one Warden prepared.
+pub const fn cpu_on_target(target: u64) -> Result<u64, i64> {
+    if target & !MPIDR_AFF_MASK != 0 {
+        Err(ret::INVALID_PARAMETERS)
+    } else {
+        Ok(target)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -1038,6 +1078,22 @@ mod tests {
             Action::Refuse(ret::NOT_SUPPORTED)
         );
         assert_eq!(p.decide(0x9500_0004, true), Action::Forward(0x9500_0004));
+        // A DTB ID with the SVE hint bit set: the call without it is the same call to
+        // firmware that ignores the hint, and must not reach the allowlist.
+        let mut hinted = node;
+        hinted.cpu_on = Some(0x9501_0003);
+        let p = Policy::for_platform(Some(&hinted), allow);
+        for f in [0x9501_0003, 0x9500_0003] {
+            assert_eq!(
+                p.decide(f, true),
+                Action::CpuOn {
+                    fw_id: 0x9501_0003,
+                    w64: true
+                },
+                "{f:#x}"
+            );
+        }
+        let p = Policy::for_platform(Some(&node), allow);
         // No cpu_suspend ID: CPU_SUSPEND cannot be served (standard IDs mean nothing to
         // this firmware).
         assert_eq!(
@@ -1246,6 +1302,55 @@ mod tests {
                     assert_eq!(id & smccc::SMC64 != 0, w);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn without_a_way_to_firmware_nothing_issues_an_smc() {
+        let mut p = pol();
+        p.smc = false;
+        p.allow.push(0xC200_0000, 0xC200_FFFF).unwrap();
+        for base in [0x8400_0000u32, 0xC400_0000, 0x8000_0000, 0xC200_0000] {
+            for n in 0..0x10000u32 {
+                let f = base | n;
+                let a = p.decide(f, true);
+                assert!(
+                    !matches!(
+                        a,
+                        Action::CpuOn { .. }
+                            | Action::CpuOff { .. }
+                            | Action::CpuSuspend { .. }
+                            | Action::SystemReset2(_)
+                            | Action::Forward(_)
+                    ),
+                    "{f:#x}: {a:?}"
+                );
+                assert!(
+                    !matches!(p.psci_features(f), FeatureAnswer::AskFirmware { .. }),
+                    "{f:#x}"
+                );
+                assert!(
+                    !matches!(p.arch_features(f), FeatureAnswer::AskFirmware { .. }),
+                    "{f:#x}"
+                );
+            }
+        }
+        assert_eq!(p.decide(smccc::VERSION, true), Action::SmcccVersion);
+        assert_eq!(p.decide(id::FEATURES, true), Action::PsciFeatures);
+        assert_eq!(p.psci_features(smccc::VERSION), FeatureAnswer::Value(0));
+        assert!(matches!(p.decide(0xC600_0001, false), Action::VendorHyp));
+        // The same policy with firmware reachable forwards.
+        p.smc = true;
+        assert_eq!(p.decide(id::VERSION, true), Action::Forward(id::VERSION));
+    }
+
+    #[test]
+    fn cpu_on_target_must_be_an_affinity() {
+        for t in [0, 1, 0x100, 0xff_00ff_ffff, 0x1_0000_0203] {
+            assert_eq!(cpu_on_target(t), Ok(t), "{t:#x}");
+        }
+        for t in [1 << 24, 1 << 30, 1 << 31 | 1, 1 << 40, 1 << 63 | 0x100] {
+            assert_eq!(cpu_on_target(t), Err(ret::INVALID_PARAMETERS), "{t:#x}");
         }
     }
 
