@@ -124,10 +124,10 @@ fn stage2_fault(frame: &mut TrapFrame, esr: u64) {
         IpaSource::Unknown => None,
     };
     // A live entry may be briefly invalid during break-before-make on another CPU: if
-    // the IPA is mapped now, the access simply retries. (Not for a permission fault: the
-    // entry is there, it does not allow the access.)
+    // the IPA is mapped now, the access simply retries. (Only for translation and
+    // access-flag faults: any other fault would repeat on every retry.)
     if let Some(ipa) = ipa
-        && !hpfar::is_permission(esr)
+        && hpfar::may_be_transient(esr)
         && let Some(core) = crate::boot::HYP.get()
         && core.with_host_mem(|hm| {
             hm.s2
@@ -178,8 +178,10 @@ fn set_result(frame: &mut TrapFrame, r: &[u64]) {
 /// Forwards the host's registers to firmware with x0 = `fid` (the normalised ID).
 fn forward(frame: &mut TrapFrame, fid: u32) {
     let mut a = SmcArgs::default();
-    a.0.copy_from_slice(&frame.x[..18]);
+    let mut host = [0u64; 17];
+    host.copy_from_slice(&frame.x[1..18]);
     a.0[0] = u64::from(fid);
+    a.0[1..18].copy_from_slice(&psci::forward_args(fid, &host));
     let r = arch::smc(&a);
     frame.x[..18].copy_from_slice(&r.0);
 }

@@ -52,6 +52,15 @@ pub const fn is_permission(esr: u64) -> bool {
     matches!(fsc(esr), 0x0c..=0x0f)
 }
 
+/// Whether a stage-2 abort on an IPA that the host stage-2 maps (when Warden looks) may
+/// be a transient gap that the host should simply retry: a translation or access-flag
+/// fault, as seen while another CPU breaks and makes the entry. Anything else (a
+/// permission fault, a TLB conflict, an unsupported atomic or exclusive, an external
+/// abort) would fault again on every retry: the host gets an abort instead of looping.
+pub const fn may_be_transient(esr: u64) -> bool {
+    is_translation(esr) || is_access_flag(esr)
+}
+
 /// Address size fault at any level.
 pub const fn is_address_size(esr: u64) -> bool {
     matches!(fsc(esr), 0x00..=0x03 | 0x29)
@@ -203,5 +212,18 @@ mod tests {
             Some(0x7e00_0123)
         );
         assert_eq!(ipa_from_par(0x7e00_0001, 0x123), None);
+    }
+
+    #[test]
+    fn only_translation_and_access_flag_faults_are_retried() {
+        let dabt = |fsc: u64| (0x24u64 << 26) | fsc;
+        for fsc in [0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b] {
+            assert!(may_be_transient(dabt(fsc)), "FSC {fsc:#x}");
+        }
+        // Permission, TLB conflict, unsupported atomic/exclusive, external abort, address
+        // size: the same fault again on every retry.
+        for fsc in [0x0c, 0x0f, 0x30, 0x31, 0x35, 0x10, 0x00] {
+            assert!(!may_be_transient(dabt(fsc)), "FSC {fsc:#x}");
+        }
     }
 }

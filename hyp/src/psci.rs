@@ -324,6 +324,32 @@ pub fn classify(fid: u32, legacy: &LegacyIds) -> Call {
     }
 }
 
+/// The argument registers x1–x17 firmware gets for a call Warden forwards as
+/// [`Action::Forward`]`(fid)`, from the host's. The Arm Architecture calls Warden forwards
+/// take at most one argument, and one of them is not the host's to choose:
+/// `SMCCC_ARCH_WORKAROUND_2` with x1 = 0 turns the Spectre-v4 mitigation off for the
+/// whole non-secure world on firmware with a dynamic mitigation, Warden included, so
+/// Warden always asks for it on (x1 = 1). `SMCCC_ARCH_SOC_ID` keeps its type (x1);
+/// `WORKAROUND_1`/`_3` take none. Every unused register is zero. PSCI and allowlisted
+/// calls are passed unchanged (PSCI's forwarded calls are informational or end the
+/// system; an allowlisted call is the integrator's decision).
+pub fn forward_args(fid: u32, host: &[u64; 17]) -> [u64; 17] {
+    match fid {
+        smccc::ARCH_WORKAROUND_1 | smccc::ARCH_WORKAROUND_3 => [0; 17],
+        smccc::ARCH_WORKAROUND_2 => {
+            let mut a = [0; 17];
+            a[0] = 1;
+            a
+        }
+        smccc::ARCH_SOC_ID => {
+            let mut a = [0; 17];
+            a[0] = host[0] & 0xffff_ffff;
+            a
+        }
+        _ => *host,
+    }
+}
+
 /// The SMC32 or SMC64 PSCI function ID of `func`.
 pub const fn standard_id(func: PsciFn, w64: bool) -> Option<u32> {
     use PsciFn::*;
@@ -1363,5 +1389,26 @@ mod tests {
         assert_eq!(c.claim_for_on(), Err(ret::ALREADY_ON));
         c.set(PowerState::Off);
         assert_eq!(c.claim_for_on(), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_arch_calls_get_only_their_arguments_and_keep_ssbd_on() {
+        let mut host = [0xdead_beef_u64; 17];
+        host[0] = 0;
+        // The host asks firmware to turn the Spectre-v4 mitigation off: firmware is
+        // asked to keep it on (it covers Warden too).
+        let a = forward_args(smccc::ARCH_WORKAROUND_2, &host);
+        assert_eq!(a[0], 1);
+        assert!(a[1..].iter().all(|&x| x == 0));
+        for f in [smccc::ARCH_WORKAROUND_1, smccc::ARCH_WORKAROUND_3] {
+            assert_eq!(forward_args(f, &host), [0; 17]);
+        }
+        host[0] = 1;
+        let a = forward_args(smccc::ARCH_SOC_ID, &host);
+        assert_eq!(a[0], 1);
+        assert!(a[1..].iter().all(|&x| x == 0));
+        // Everything else (PSCI, the allowlist) is passed as the host gave it.
+        assert_eq!(forward_args(0x8400_0004, &host), host);
+        assert_eq!(forward_args(0x8200_0001, &host), host);
     }
 }
