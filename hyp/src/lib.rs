@@ -2,7 +2,7 @@
 //! narrow seams so that the same code runs at EL2 and, under `cargo test`, against
 //! software models.
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fuzzing")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -17,12 +17,14 @@ pub mod el2_s1;
 pub mod el2_setup;
 pub mod events;
 pub mod fault;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host_mem;
 pub mod layout;
 pub mod pins;
 pub mod psci;
 pub mod s2mmu;
 pub mod smmu;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod testutil;
 pub mod vmid_alloc;
