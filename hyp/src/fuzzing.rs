@@ -953,7 +953,7 @@ fn check(w: &World, s: &mut Shadow) -> Check {
     }
     // I1, I3 through every StreamID.
     let carve = [RAM_BASE, RAM_BASE + POOL_SIZE / 2, HOST_BASE - PAGE];
-    let tables: Vec<u64> = w.pool.live().iter().take(8).map(|&(a, _)| a).collect();
+    let tables: Vec<u64> = w.pool.live().iter().take(4).map(|&(a, _)| a).collect();
     for smmu in 0..s.setup.smmus {
         let mut sids: BTreeSet<u32> = SIDS.iter().copied().collect();
         sids.insert(STRAY_SID);
