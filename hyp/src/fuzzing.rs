@@ -1167,8 +1167,10 @@ mod tests {
         }
     }
 
-    /// A few thousand generated inputs through the same harness.
+    /// A few thousand generated inputs through the same harness (`WARDEN_FUZZ_SMOKE`
+    /// sets how many): the `fuzz-smoke` step of `cargo xtask test`.
     #[test]
+    #[ignore = "the fuzz-smoke step runs it"]
     fn generated_inputs_run_clean() {
         let n: u64 = std::env::var("WARDEN_FUZZ_SMOKE")
             .ok()

@@ -13,10 +13,17 @@ use crate::{build, cargo, conformance, deps, edutest, initramfs};
 /// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
 /// test image's boots `edu:<variant>`, the conformance suite's boots `conf:<variant>`.
 pub fn step_names() -> Vec<String> {
-    let mut names: Vec<String> = ["fmt", "clippy", "clippy-aarch64", "unit", "image"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut names: Vec<String> = [
+        "fmt",
+        "clippy",
+        "clippy-aarch64",
+        "unit",
+        "fuzz-smoke",
+        "image",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
     names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
@@ -226,6 +233,17 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "warnings",
             ]),
             "unit" => cargo_step(&["test", "--workspace", "--no-fail-fast"]),
+            // The hypercall fuzz harness on stable: the checked-in corpus and a few
+            // thousand generated inputs (`cargo xtask fuzz` runs the real fuzzer).
+            "fuzz-smoke" => cargo_step(&[
+                "test",
+                "-p",
+                "hyp",
+                "--lib",
+                "fuzzing::",
+                "--",
+                "--include-ignored",
+            ]),
             "image" => match build::build_image(false) {
                 Ok(_) => {
                     image_ok = true;
