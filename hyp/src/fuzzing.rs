@@ -237,7 +237,7 @@ impl Dom {
         }
         let len = len.min(u64::MAX - iova).max(1);
         self.probe(iova);
-        self.probe(iova + (len / 2 & !(PAGE - 1)));
+        self.probe(iova + ((len / 2) & !(PAGE - 1)));
         self.probe(iova + (len - 1));
     }
 }
@@ -295,7 +295,7 @@ fn pick_dom(inp: &mut Input, s: &Shadow) -> u64 {
     let sel = inp.u8();
     match sel {
         0..=175 if !s.doms.is_empty() => s.doms[usize::from(sel) % s.doms.len()].id,
-        0..=175 | 176..=199 => [domain::HOST, domain::BLOCKED][usize::from(sel & 1)],
+        0..=199 => [domain::HOST, domain::BLOCKED][usize::from(sel & 1)],
         200..=229 => match s.freed.last() {
             Some(&id) if sel & 1 == 0 => id,
             _ => domain::FIRST_MANAGED + u64::from(sel % 8),
@@ -335,7 +335,7 @@ fn pick_iova(inp: &mut Input, s: &Shadow, id: u64) -> u64 {
             1 => IOVA0 + 0x800,
             2 => (1 << 40) - g,
             3 => 1 << 48,
-            _ => u64::MAX & !(g - 1),
+            _ => !(g - 1),
         },
         _ => inp.u64(),
     }
@@ -387,7 +387,7 @@ fn pick_size(inp: &mut Input, g: u64) -> u64 {
         160..=199 => block(g) * (1 + k % 2) + if sel & 1 == 0 { 0 } else { g * (k % 3) },
         200..=209 => 0,
         210..=224 => 1 + k * 0x100,
-        225..=239 => [1 << 40, u64::MAX & !(g - 1), u64::MAX, 64 << 20][(k % 4) as usize],
+        225..=239 => [1 << 40, !(g - 1), u64::MAX, 64 << 20][(k % 4) as usize],
         _ => inp.u64(),
     }
 }
@@ -451,6 +451,8 @@ pub fn run(data: &[u8]) -> Result<(), Finding> {
     if trace() {
         std::eprintln!("{setup:?}");
     }
+    // Every field is set, and any added later takes its default.
+    #[allow(clippy::needless_update)]
     let w = World::new(Opts {
         btm: setup.btm,
         ril: setup.ril,
@@ -718,7 +720,7 @@ fn step(inp: &mut Input, w: &World, s: &mut Shadow) -> Result<String, Finding> {
 /// before it flushes the queues past their deadline (whose tables go back to the pool),
 /// so that ATTACH's own deadline check does nothing.
 fn attach(w: &World, s: &mut Shadow, args: [u64; 6]) -> Result<Result<[u64; 3], Error>, Finding> {
-    call(w, func::FEATURES, [0; 6])?;
+    let _ = call(w, func::FEATURES, [0; 6])?;
     let before = w.pool.live().len();
     let r = call(w, func::ATTACH, args)?;
     s.pool_live += w.pool.live().len().saturating_sub(before);
@@ -826,7 +828,9 @@ fn unmap_done(s: &mut Shadow, id: u64, iova: u64, size: u64, r: Result<[u64; 3],
             d.remove(iova, n);
             d.probe_range(iova, n);
         }
-        Err(Error::NoEnt) if over && size % d.granule == 0 && iova % d.granule == 0 => {
+        Err(Error::NoEnt)
+            if over && size.is_multiple_of(d.granule) && iova.is_multiple_of(d.granule) =>
+        {
             fail!("UNMAP: NOENT over a mapping")
         }
         Err(_) => {}
@@ -1065,10 +1069,10 @@ fn finish(w: &World, s: &mut Shadow) -> Check {
         let expected = s.attached[&(smmu, sid)] == domain::HOST
             || smmu >= s.setup.smmus
             || !SIDS.contains(&sid);
-        if let Err(e) = r {
-            if !expected {
-                fail!("ATTACH smmu{smmu} sid {sid:#x} back to the host: {e:?}");
-            }
+        if let Err(e) = r
+            && !expected
+        {
+            fail!("ATTACH smmu{smmu} sid {sid:#x} back to the host: {e:?}");
         }
         s.attached.remove(&(smmu, sid));
     }
