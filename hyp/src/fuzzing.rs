@@ -30,15 +30,16 @@
 //! - I4: live domains have distinct VMIDs (not the host's), a freshly allocated VMID has no
 //!   TLB entry on any SMMU, and no TLB holds entries of a VMID nobody owns;
 //!
-//! and at the end, after every endpoint went back to the host domain and every domain was
-//! flushed and freed: no pin, no VMID, no queued page and no page-pool allocation is left.
+//! and at the end, after every endpoint went back to the host domain and everything was
+//! unmapped and flushed: no pin; and once every domain is freed: no VMID, no queued page
+//! and no domain table is left.
 
 use crate::addr::{Ipa, PhysRange};
 use crate::dma::world::{HOST_BASE, HOST_SIZE, HOST_VMID, Opts, POOL_SIZE, RAM_BASE, SIDS, World};
 use crate::dma::{Config, PAGE};
 use crate::smmu::model::{DmaFault, ModelConfig};
 use crate::vmid_alloc::VmidAllocator;
-use host_abi::{Error, domain, domain_flags, endpoint, func, prot};
+use host_abi::{Error, domain, domain_flags, endpoint, features, func, prot};
 use spin::Mutex;
 use std::boxed::Box;
 use std::collections::{BTreeMap, BTreeSet};
@@ -1077,11 +1078,44 @@ fn finish(w: &World, s: &mut Shadow) -> Check {
         s.attached.remove(&(smmu, sid));
     }
     check(w, s)?;
-    for id in s.doms.iter().map(|d| d.id).collect::<Vec<_>>() {
+    // Unmap everything (in as many calls as it takes) and flush: then no pin is left.
+    let ias = match call(w, func::FEATURES, [0; 6])? {
+        Ok([_, _, x3]) => features::limit(x3, features::LIMIT_IAS_SHIFT, features::LIMIT_IAS_MASK),
+        Err(e) => fail!("FEATURES: {e:?}"),
+    };
+    let ids: Vec<u64> = s.doms.iter().map(|d| d.id).collect();
+    for &id in &ids {
+        let (size, mut iova) = (1u64 << ias, 0);
+        for _ in 0..1024 {
+            let r = call(w, func::UNMAP, [id, iova, size - iova, 0, 0, 0])?;
+            unmap_done(s, id, iova, size - iova, r)?;
+            check(w, s)?;
+            match r {
+                Ok([n, ..]) if iova + n < size => iova += n,
+                Ok(_) | Err(Error::NoEnt) => break,
+                Err(e) => fail!("UNMAP {id} {iova:#x} {:#x}: {e:?}", size - iova),
+            }
+        }
+        if let Some(i) = s.dom(id)
+            && !s.doms[i].live.is_empty()
+        {
+            fail!(
+                "domain {id} still maps {:x?} after unmapping everything",
+                s.doms[i].live
+            );
+        }
         if let Err(e) = call(w, func::FLUSH, [id, 0, 0, 0, 0, 0])? {
             fail!("FLUSH {id}: {e:?}");
         }
         check(w, s)?;
+    }
+    if w.pinned_pages() != 0 {
+        fail!(
+            "{} pages pinned after unmapping and flushing everything",
+            w.pinned_pages()
+        );
+    }
+    for id in ids {
         let r = call(w, func::DOMAIN_FREE, [id, 0, 0, 0, 0, 0])?;
         free_done(s, id, r)?;
         check(w, s)?;
