@@ -13,17 +13,13 @@ use crate::{build, cargo, conformance, deps, edutest, initramfs};
 /// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
 /// test image's boots `edu:<variant>`, the conformance suite's boots `conf:<variant>`.
 pub fn step_names() -> Vec<String> {
-    let mut names: Vec<String> = [
-        "fmt",
-        "clippy",
-        "clippy-aarch64",
-        "unit",
-        "fuzz-smoke",
-        "image",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut names: Vec<String> = ["fmt", "clippy", "clippy-aarch64", "unit", "image"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // The hypercall fuzz harness's smoke, right after the unit tests.
+    let at = names.iter().position(|s| s == "unit").map_or(0, |i| i + 1);
+    names.insert(at, "fuzz-smoke".into());
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
     names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
