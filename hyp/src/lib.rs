@@ -2,7 +2,7 @@
 //! narrow seams so that the same code runs at EL2 and, under `cargo test`, against
 //! software models.
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "fuzzing")), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -19,6 +19,8 @@ pub mod events;
 pub mod fault;
 pub mod frames;
 pub mod gic;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod host_mem;
 pub mod hpfar;
 pub mod layout;
@@ -30,6 +32,6 @@ pub mod s2mmu;
 pub mod smmu;
 #[cfg(test)]
 pub mod testalloc;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod testutil;
 pub mod vmid_alloc;

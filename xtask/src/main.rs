@@ -1,4 +1,4 @@
-//! Warden's developer tasks: `cargo xtask build | run | test | deps`.
+//! Warden's developer tasks: `cargo xtask build | run | test | fuzz | deps`.
 //!
 //! See README.md for what each command does; `cargo xtask help` prints the options.
 
@@ -10,6 +10,7 @@ mod cpio;
 mod deps;
 mod edutest;
 mod gictest;
+mod fuzz;
 mod image;
 mod initramfs;
 mod insn;
@@ -37,6 +38,10 @@ commands:
   test [options]       every test layer: fmt, clippy (host and aarch64), unit tests,
                        the image, QEMU Linux boot tests, the edu DMA test image and
                        the hypercall conformance suite under Warden; prints a summary
+  fuzz [options] [-- LIBFUZZER ARGS]
+                       the coverage-guided hypercall fuzzer (cargo-fuzz on nightly,
+                       installed if missing) with the checked-in corpus; prints the
+                       number of executions, fails on a finding
   deps                 install/download what run and test need, build the initramfs
   elf2bin ELF OUT      convert an image ELF to a flat binary and check its Image header
   check-no-fp ELF      fail if an EL2 image ELF has FP/SIMD/SVE/SME instructions
@@ -57,6 +62,12 @@ run options:
   --image PATH         boot this flat image instead of building one
   --direct             boot the kernel directly, without Warden (Linux at EL2)
 
+fuzz options:
+  --time SECS          how long to fuzz (default 60)
+  --jobs N             parallel fuzzing processes (libFuzzer -fork=N; default 1)
+  --max-len BYTES      longest input (default 256)
+  --sanitizer NAME     cargo-fuzz sanitizer: none (default, fastest) or address
+
 test options:
   --only STEP[,STEP]   run only these steps (repeatable)
   --skip STEP[,STEP]   skip these steps (repeatable); --skip-qemu skips all QEMU runs
@@ -65,7 +76,7 @@ test options:
   --image PATH         boot this flat image instead of building target/warden.bin
   --direct             boot Linux without Warden (to check the Linux side: the
                        Warden-specific checks are then expected to fail)
-  steps: fmt, clippy (both), clippy-aarch64, unit, image, boot (all Linux boots),
+  steps: fmt, clippy (both), clippy-aarch64, unit, fuzz-smoke, image, boot (all Linux boots),
          boot:<variant> or just <variant>; variants: max-gicv3, a57-gicv2, n1-5g, relocated;
          edu (all edu DMA boots), edu:<variant> (max-gicv3, a57-gicv2, n1-5g);
          conf (all conformance boots), conf:<variant> (the same three);
@@ -223,6 +234,31 @@ fn parse_test(mut args: Args) -> Result<Option<suite::Options>> {
     Ok(Some(o))
 }
 
+fn parse_fuzz(mut args: Args) -> Result<fuzz::Options> {
+    let mut o = fuzz::Options::default();
+    while let Some(opt) = args.next_opt()? {
+        match opt.as_str() {
+            "--time" => o.time_secs = args.number(&opt)?.max(1),
+            "--jobs" => {
+                o.jobs = u32::try_from(args.number(&opt)?)
+                    .ok()
+                    .filter(|&n| (1..=64).contains(&n))
+                    .context("--jobs: 1 to 64")?
+            }
+            "--max-len" => {
+                o.max_len = u32::try_from(args.number(&opt)?)
+                    .ok()
+                    .filter(|&n| n >= 2)
+                    .context("--max-len: at least 2 bytes")?
+            }
+            "--sanitizer" => o.sanitizer = args.value(&opt)?,
+            "--" => o.extra = args.rest(),
+            other => bail!("fuzz: unknown option '{other}'\n\n{USAGE}"),
+        }
+    }
+    Ok(o)
+}
+
 fn cmd_run(o: RunOptions) -> Result<ExitCode> {
     deps::ensure_rust_target()?;
     deps::ensure_qemu()?;
@@ -320,6 +356,10 @@ fn main_inner() -> Result<ExitCode> {
                 ExitCode::FAILURE
             }),
         },
+        "fuzz" => {
+            fuzz::run(&parse_fuzz(args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
         "deps" => cmd_deps(),
         "abi-header" => abi::cmd(&args.rest()),
         "elf2bin" => {
@@ -427,6 +467,17 @@ mod tests {
         assert!(parse_run(args(&["--frobnicate"])).is_err());
         assert!(parse_run(args(&["--smp"])).is_err());
         assert!(parse_run(args(&["--debug=yes"])).is_err());
+    }
+
+    #[test]
+    fn fuzz_options() {
+        assert_eq!(parse_fuzz(args(&[])).unwrap(), fuzz::Options::default());
+        let o = parse_fuzz(args(&["--time", "600", "--jobs=2", "--", "-runs=5"])).unwrap();
+        assert_eq!((o.time_secs, o.jobs), (600, 2));
+        assert_eq!(o.extra, ["-runs=5"]);
+        assert!(parse_fuzz(args(&["--jobs", "0"])).is_err());
+        assert!(parse_fuzz(args(&["--time"])).is_err());
+        assert!(parse_fuzz(args(&["--forever"])).is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub fn step_names() -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+    // The hypercall fuzz harness's smoke, right after the unit tests.
+    let at = names.iter().position(|s| s == "unit").map_or(0, |i| i + 1);
+    names.insert(at, "fuzz-smoke".into());
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
     names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
@@ -251,6 +254,17 @@ pub fn run(opts: &Options) -> Result<bool> {
                 fail => fail,
             },
             "unit" => cargo_step(&["test", "--workspace", "--no-fail-fast"]),
+            // The hypercall fuzz harness on stable: the checked-in corpus and a few
+            // thousand generated inputs (`cargo xtask fuzz` runs the real fuzzer).
+            "fuzz-smoke" => cargo_step(&[
+                "test",
+                "-p",
+                "hyp",
+                "--lib",
+                "fuzzing::",
+                "--",
+                "--include-ignored",
+            ]),
             "image" => match build::build_image(false) {
                 Ok(_) => {
                     image_ok = true;

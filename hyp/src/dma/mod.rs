@@ -69,8 +69,8 @@ use spin::Mutex;
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod world;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod world;
 
 /// Bytes per page (the ownership and pin unit).
 pub const PAGE: u64 = 4096;

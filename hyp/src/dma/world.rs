@@ -68,6 +68,8 @@ pub struct PoolState {
     live: BTreeMap<u64, usize>,
     /// Donated pages: the same bookkeeping as Warden's pool at EL2.
     pub frames: crate::frames::FramePool,
+    /// Per page of the RAM: inside a live allocation (`table_ptr`'s check, kept cheap).
+    live_pages: Vec<bool>,
     /// Allocations still allowed (`None`: unlimited).
     pub budget: Option<usize>,
 }
@@ -84,6 +86,7 @@ impl TestPool {
             .map(|i| r.base.get() + i * PAGE)
             .collect();
         Self(Rc::new(RefCell::new(PoolState {
+            live_pages: vec![false; ram.len() / PAGE as usize],
             ram,
             free,
             live: BTreeMap::new(),
@@ -105,10 +108,9 @@ impl TestPool {
     /// Whether `pa` is inside a live allocation.
     pub fn is_live(&self, pa: u64) -> bool {
         let st = self.0.borrow();
-        st.live
-            .range(..=pa)
-            .next_back()
-            .is_some_and(|(&a, &s)| pa < a + s as u64)
+        pa.checked_sub(st.ram.base())
+            .and_then(|off| st.live_pages.get((off / PAGE) as usize))
+            .is_some_and(|&live| live)
     }
 
     /// Free pages.
@@ -171,6 +173,8 @@ impl TestPool {
         };
         st.ram.zero(found, (n * PAGE) as usize);
         st.live.insert(found, (n * PAGE) as usize);
+        let first = ((found - st.ram.base()) / PAGE) as usize;
+        st.live_pages[first..first + n as usize].fill(true);
         Some(PhysAddr(found))
     }
 
@@ -187,6 +191,8 @@ impl TestPool {
         let p = st.ram.cpu_ptr(pa.get(), size as usize);
         // SAFETY: the allocation was live until now: in bounds, no other user.
         unsafe { p.write_bytes(0xa5, size as usize) };
+        let first = ((pa.get() - st.ram.base()) / PAGE) as usize;
+        st.live_pages[first..first + (size / PAGE) as usize].fill(false);
         if st.frames.contains(pa) {
             st.frames.free(pa, size as usize);
             return;
@@ -314,6 +320,9 @@ pub struct Opts {
     pub cfg: Config,
     /// Base model configuration.
     pub model: ModelConfig,
+    /// A VMID allocator to reuse (reset by [`World::new`]) instead of leaking a new one:
+    /// for callers that build millions of worlds (the fuzz harness).
+    pub vmids: Option<&'static Mutex<VmidAllocator>>,
 }
 
 impl Default for Opts {
@@ -326,6 +335,7 @@ impl Default for Opts {
             vmid_bits: 16,
             cfg: Config::default(),
             model: ModelConfig::default(),
+            vmids: None,
         }
     }
 }
@@ -374,7 +384,11 @@ impl World {
             o.coherent,
         ));
         let mut pool = TestPool::new(ram.clone(), PhysRange::new(RAM_BASE, POOL_SIZE));
-        let geom = S2Geometry::new(Granule::Size4K, 40, 40).unwrap();
+        // 40 bits, or less when the SMMUs' OAS is smaller (`IDR5.OAS` encoding).
+        let bits = [32, 36, 40]
+            .get(usize::from(o.model.oas))
+            .map_or(40, |&b| b);
+        let geom = S2Geometry::new(Granule::Size4K, bits, bits).unwrap();
         // SAFETY: every later use passes a clone of this pool.
         let mut s2 = unsafe { Stage2::new(geom, &mut pool) }.unwrap();
         s2.map(
@@ -418,9 +432,15 @@ impl World {
             models.push(model);
             smmus.push(smmu);
         }
-        let vmids: &'static Mutex<VmidAllocator> = Box::leak(Box::new(Mutex::new(
-            VmidAllocator::new(o.vmid_bits).unwrap(),
-        )));
+        let vmids: &'static Mutex<VmidAllocator> = match o.vmids {
+            Some(v) => {
+                *v.lock() = VmidAllocator::new(o.vmid_bits).unwrap();
+                v
+            }
+            None => Box::leak(Box::new(Mutex::new(
+                VmidAllocator::new(o.vmid_bits).unwrap(),
+            ))),
+        };
         vmids.lock().reserve(Vmid::new(HOST_VMID)).unwrap();
         let host = HostMem::new(
             s2,

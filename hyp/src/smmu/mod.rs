@@ -50,7 +50,7 @@
 pub mod cmdq;
 pub mod evtq;
 pub mod features;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod model;
 pub mod regs;
 pub mod ste;
