@@ -18,9 +18,9 @@ pub mod el2_setup;
 pub mod events;
 pub mod fault;
 pub mod frames;
-pub mod gic;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod gic;
 pub mod host_mem;
 pub mod hpfar;
 pub mod layout;
