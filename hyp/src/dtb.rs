@@ -924,6 +924,31 @@ struct Frame<'a> {
     ranges: Option<&'a [u8]>,
 }
 
+/// Translates `addr` in the child address space of the node at `frames[level]` up to a
+/// CPU physical address through every ancestor's `ranges`. None if some ancestor has no
+/// `ranges` or no window covers it.
+fn translate_up(frames: &[Frame<'_>], mut addr: u128, mut level: usize) -> Option<u64> {
+    while level > 0 {
+        let bus = &frames[level];
+        let parent_cells = frames[level - 1].address_cells;
+        let ranges = bus.ranges?;
+        if !ranges.is_empty() {
+            let mut hit = None;
+            for [child, parent, size] in
+                tuples(ranges, [bus.address_cells, parent_cells, bus.size_cells])?
+            {
+                if addr >= child && addr - child < size {
+                    hit = parent.checked_add(addr - child);
+                    break;
+                }
+            }
+            addr = hit?;
+        }
+        level -= 1;
+    }
+    u64::try_from(addr).ok()
+}
+
 struct Scan<'a> {
     fdt: Fdt<'a>,
     frames: [Frame<'a>; MAX_DEPTH + 1],
@@ -1035,27 +1060,8 @@ impl<'a> Scan<'a> {
 
     /// Translates an address in the child address space of the node at `level` up to a
     /// CPU physical address. None if some ancestor has no `ranges` or no window covers it.
-    fn translate(&self, addr: u128, mut level: usize) -> Option<u64> {
-        let mut addr = addr;
-        while level > 0 {
-            let bus = &self.frames[level];
-            let parent_cells = self.frames[level - 1].address_cells;
-            let ranges = bus.ranges?;
-            if !ranges.is_empty() {
-                let mut hit = None;
-                for [child, parent, size] in
-                    tuples(ranges, [bus.address_cells, parent_cells, bus.size_cells])?
-                {
-                    if addr >= child && addr - child < size {
-                        hit = parent.checked_add(addr - child);
-                        break;
-                    }
-                }
-                addr = hit?;
-            }
-            level -= 1;
-        }
-        u64::try_from(addr).ok()
+    fn translate(&self, addr: u128, level: usize) -> Option<u64> {
+        translate_up(&self.frames, addr, level)
     }
 
     /// The `reg` entries of the node at `depth`, translated; None if it has no `reg`.

@@ -12,7 +12,7 @@
 
 use super::{
     DtbError, FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, Fdt, Frame, MAX_DEPTH, Res, be32, owned,
-    prop_str, prop_u32, push, range, status_ok, tuples,
+    prop_str, prop_u32, push, range, status_ok, translate_up, tuples,
 };
 use crate::addr::PhysRange;
 use alloc::string::String;
@@ -143,27 +143,8 @@ struct Walk<'a> {
 impl<'a> Walk<'a> {
     /// Translates `addr` in the child address space of the node at `level` to a CPU
     /// physical address (as `Scan::translate`).
-    fn translate(&self, addr: u128, mut level: usize) -> Option<u64> {
-        let mut addr = addr;
-        while level > 0 {
-            let bus = &self.frames[level];
-            let parent_cells = self.frames[level - 1].address_cells;
-            let ranges = bus.ranges?;
-            if !ranges.is_empty() {
-                let mut hit = None;
-                for [child, parent, size] in
-                    tuples(ranges, [bus.address_cells, parent_cells, bus.size_cells])?
-                {
-                    if addr >= child && addr - child < size {
-                        hit = parent.checked_add(addr - child);
-                        break;
-                    }
-                }
-                addr = hit?;
-            }
-            level -= 1;
-        }
-        u64::try_from(addr).ok()
+    fn translate(&self, addr: u128, level: usize) -> Option<u64> {
+        translate_up(&self.frames, addr, level)
     }
 
     fn visit(&mut self, begin: usize, depth: usize, parent: Option<usize>) -> Res<usize> {
