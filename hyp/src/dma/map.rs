@@ -57,10 +57,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             // What the CPU wrote must be in memory before the device can read it.
             cpu.clean_inval_poc(PhysAddr(pa), chunk);
         }
-        let mut g = Gather::new(self.dom_inv(slot, dom), iova, iova + chunk);
+        let mut g = self.dom_gather(slot, dom, iova, iova + chunk);
         let r = dom
             .s2
-            .map(&mut mem, &mut g, Ipa(iova), PhysAddr(pa), chunk, attrs);
+            .map_gathered(&mut mem, &mut g, Ipa(iova), PhysAddr(pa), chunk, attrs);
         let done = match r {
             Ok(()) => chunk,
             Err(S2Error::OutOfMemory { done }) => done,
@@ -71,7 +71,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         };
         // Nothing valid was replaced (the range was unmapped), so there is normally
         // nothing to invalidate; if there is, it completes before tables are freed.
-        if g.issue() {
+        if g.complete() {
             g.free_tables(&mut mem);
         } else {
             self.leak_tables(&mut g);
@@ -128,19 +128,21 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         if found.mapped == 0 {
             return Err(Error::NoEnt);
         }
-        let mut gather = Gather::new(self.dom_inv(slot, dom), iova, found.end);
-        gather.keep_tables = dom.flags.batched;
-        let processed = match dom
-            .s2
-            .unmap(&mut mem, &mut gather, Ipa(iova), found.end - iova)
-        {
-            Ok(()) => found.end,
-            Err(S2Error::OutOfMemory { done }) => iova + done,
-            Err(e) => {
-                log::error!("UNMAP {iova:#x}: unexpected table error {e}");
-                iova
-            }
-        };
+        let mut gather = self
+            .dom_gather(slot, dom, iova, found.end)
+            .keep_empty_tables(dom.flags.batched);
+        let processed =
+            match dom
+                .s2
+                .unmap_gathered(&mut mem, &mut gather, Ipa(iova), found.end - iova)
+            {
+                Ok(()) => found.end,
+                Err(S2Error::OutOfMemory { done }) => iova + done,
+                Err(e) => {
+                    log::error!("UNMAP {iova:#x}: unexpected table error {e}");
+                    iova
+                }
+            };
         // Keep the pins of what was actually unmapped.
         found.leaves.retain_mut(|l| {
             if l.iova >= processed {
@@ -151,7 +153,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         });
         if processed == iova {
             // Nothing unmapped (no memory to split a block): nothing to release.
-            if gather.issue() {
+            if gather.complete() {
                 gather.free_tables(&mut mem);
             } else {
                 self.leak_tables(&mut gather);

@@ -66,12 +66,12 @@
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
 use crate::domain::{
-    Domain, DomainFlags, Gather, InvRange, Invalidate, Leaf, Pending, any_mapped, collect_leaves,
-    count_leaves,
+    Domain, DomainFlags, InvRange, Leaf, Pending, any_mapped, collect_leaves, count_leaves,
 };
 use crate::events::EventRing;
 use crate::host_mem::{self, CpuTlb, HostMem, HostS2Tlb, InvalidationCounts};
-use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Geometry, Stage2, TableMemory};
+use crate::inval::{CpuInval, Fanout, Gather, Limits};
+use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Geometry, S2Tlb, Stage2, TableMemory};
 use crate::smmu::{S2Config, Smmu, SmmuError, SmmuIo, TLBI_RANGE_MAX_PAGES};
 use crate::vmid_alloc::{Vmid, VmidAllocator};
 use alloc::vec::Vec;

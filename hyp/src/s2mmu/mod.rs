@@ -9,8 +9,11 @@
 //!   raw fields an SMMU STE needs: `S2T0SZ`, `S2SL0`, `S2TG`, `S2PS`).
 //! - [`TableMemory`]: where table memory comes from and how the hypervisor reaches it.
 //!   The code never assumes VA == PA; under `cargo test` a RAM arena poses as memory.
-//! - [`S2Tlb`]: TLB maintenance (and the write barrier) for changes to live tables. The
-//!   VMID is the implementation's business.
+//! - [`S2Tlb`]: TLB maintenance (and the write barrier) for changes to live tables: the
+//!   hardware side, with no policy. The VMID is the implementation's business. The walker
+//!   does not call it directly: it records into a [`Gather`] (module [`crate::inval`]),
+//!   which owns the pending ranges, the tables waiting for their invalidation and the
+//!   failure flag, and decides when to issue and free.
 //! - [`Stage2`]: one table tree: [`map`](Stage2::map), [`unmap`](Stage2::unmap),
 //!   [`translate`](Stage2::translate), [`walk`](Stage2::walk), [`destroy`](Stage2::destroy).
 //!
@@ -70,6 +73,7 @@ use core::fmt;
 use core::ops::ControlFlow;
 
 use crate::addr::{Ipa, PhysAddr};
+use crate::inval::{Gather, InvRange};
 
 const DESC_VALID: u64 = 1 << 0;
 const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
@@ -626,7 +630,8 @@ pub unsafe trait TableMemory {
 /// The EL2 implementation for the CPU: `invalidate_ipa_range` issues `TLBI IPAS2E1IS`
 /// (`IPAS2LE1IS` when `last_level_only`) per granule or a range TLBI, `DSB ISH`, then
 /// `TLBI VMALLE1IS` + `DSB ISH` (combined stage 1+2 entries); `sync` is `DSB ISHST`.
-/// Without BTM, SMMU commands for the same VMID follow.
+/// Without BTM, SMMU commands for the same VMID follow: [`crate::inval::Fanout`] makes
+/// that choice for every user.
 pub trait S2Tlb {
     /// Invalidates cached translations of `[ipa, ipa + size)` (leaf entries, and walk
     /// cache entries too unless `last_level_only`); completion may be deferred until
@@ -642,38 +647,52 @@ pub trait S2Tlb {
     /// and at the end of every [`Stage2::map`] / [`Stage2::unmap`].
     fn sync(&mut self) {}
 
-    /// Waits for every invalidation issued so far to complete. An implementation may
-    /// defer completion of [`invalidate_ipa_range`](Self::invalidate_ipa_range) (e.g. to
-    /// send one SMMU `CMD_SYNC` for a whole unmap); it must not defer past this call,
-    /// which comes before a broken entry is re-made (break-before-make). Whoever drives a
-    /// pure unmap calls it once at the end, before the freed IPAs change owner.
-    fn complete(&mut self) {}
-
-    /// Whether an invalidation issued through this value could not be confirmed (an
-    /// SMMU did not complete its `CMD_SYNC`): the caller must then not hand the affected
-    /// pages to anyone else.
-    fn failed(&self) -> bool {
-        false
+    /// Waits for every invalidation issued so far to complete, and says whether they
+    /// did: `false` if one could not be confirmed (an SMMU did not complete its
+    /// `CMD_SYNC`); the caller must then not hand the affected pages or tables to anyone
+    /// else. An implementation may defer completion of
+    /// [`invalidate_ipa_range`](Self::invalidate_ipa_range) (e.g. to send one SMMU
+    /// `CMD_SYNC` for a whole unmap); it must not defer past this call, which comes before
+    /// a broken entry is re-made (break-before-make). Whoever drives a pure unmap calls it
+    /// once at the end, before the freed IPAs change owner.
+    fn complete(&mut self) -> bool {
+        true
     }
 
-    /// Offers a table of `size` bytes at `pa` that has just left the tree (unlinked, and
-    /// its entry invalidated through this TLB) or was never linked. Returning `true` takes
-    /// it over: the implementation must pass it to [`TableMemory::free`] itself, and only
-    /// once the invalidations issued so far have completed (e.g. when a batched
-    /// invalidation queue is flushed). The default returns `false`: the tree code then
-    /// calls [`complete`](Self::complete) and frees the table at once.
-    fn defer_free(&mut self, pa: PhysAddr, size: usize) -> bool {
-        let _ = (pa, size);
-        false
+    /// Invalidates `ranges` (or every entry when `all`) and waits: what a
+    /// [`Gather`](crate::inval::Gather) issues at once. The default goes range by range
+    /// and then [`complete`](Self::complete)s; an implementation that must take a lock
+    /// to reach its hardware may do it once here.
+    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
+        if all {
+            self.invalidate_all();
+        } else {
+            for r in ranges {
+                self.invalidate_ipa_range(Ipa(r.start), r.end - r.start, r.leaf);
+            }
+        }
+        self.complete()
     }
+}
 
-    /// Whether [`Stage2::unmap`] leaves tables it emptied linked (`true`) instead of
-    /// unlinking and freeing them (the default). A user that defers invalidation wants
-    /// them kept: once unlinked, the span could not be mapped again (through a new table)
-    /// before the deferred walk-cache invalidation completed. Tables covered whole by an
-    /// unmapped range are removed either way.
-    fn keep_empty_tables(&self) -> bool {
-        false
+/// A borrowed [`S2Tlb`], so that a one-operation [`Gather`] can wrap the caller's.
+struct Borrowed<'a, T: ?Sized>(&'a mut T);
+
+impl<T: S2Tlb + ?Sized> S2Tlb for Borrowed<'_, T> {
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        self.0.invalidate_ipa_range(ipa, size, last_level_only);
+    }
+    fn invalidate_all(&mut self) {
+        self.0.invalidate_all();
+    }
+    fn sync(&mut self) {
+        self.0.sync();
+    }
+    fn complete(&mut self) -> bool {
+        self.0.complete()
+    }
+    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
+        self.0.issue(ranges, all)
     }
 }
 
@@ -697,7 +716,7 @@ pub struct Stage2 {
     geom: S2Geometry,
     root: PhysAddr,
     /// Bytes of tables left allocated because the invalidation that unlinked them was
-    /// not confirmed ([`S2Tlb::failed`]).
+    /// not confirmed ([`S2Tlb::complete`] returned `false`).
     leaked: u64,
 }
 
@@ -762,7 +781,9 @@ impl Stage2 {
     /// Makes `[ipa, ipa + size)` translate to `[pa, pa + size)` with `attrs`, replacing
     /// whatever was mapped there (see the module docs). All three must be granule-aligned;
     /// `size == 0` does nothing. On return the new descriptors are visible to walkers and
-    /// every replaced translation has been invalidated through `tlb`.
+    /// every replaced translation has been invalidated through `tlb` (an eager
+    /// [`Gather`]: invalidations go to `tlb` as they are recorded, tables are freed once
+    /// they completed).
     ///
     /// On [`S2Error::OutOfMemory`] the first `done` bytes are mapped and the rest is as
     /// before.
@@ -770,6 +791,21 @@ impl Stage2 {
         &mut self,
         mem: &mut M,
         tlb: &mut T,
+        ipa: Ipa,
+        pa: PhysAddr,
+        size: u64,
+        attrs: S2Attrs,
+    ) -> Result<(), S2Error> {
+        let mut g = Gather::eager(Borrowed(tlb));
+        self.map_gathered(mem, &mut g, ipa, pa, size, attrs)
+    }
+
+    /// [`map`](Self::map), recording into `g`: what it owes the walkers (invalidations,
+    /// tables that left the tree) is issued and freed as `g`'s mode says.
+    pub fn map_gathered<M: TableMemory + ?Sized, T: S2Tlb>(
+        &mut self,
+        mem: &mut M,
+        g: &mut Gather<T>,
         ipa: Ipa,
         pa: PhysAddr,
         size: u64,
@@ -795,17 +831,18 @@ impl Stage2 {
         let mut up = Updater {
             geom: self.geom,
             mem,
-            tlb,
+            g,
             leaked: &mut self.leaked,
         };
         let result = up.map_in(root, ipa.0, end, &req);
-        up.tlb.sync();
+        up.g.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
 
     /// Removes every translation in `[ipa, ipa + size)` (granule-aligned; unmapped parts
     /// are fine), splitting blocks that straddle the range ends and freeing tables left
-    /// empty. On return no walker can use a removed translation.
+    /// empty. On return no walker can use a removed translation once `tlb` completed (an
+    /// eager [`Gather`], as for [`map`](Self::map)).
     ///
     /// On [`S2Error::OutOfMemory`] (splitting a block needs tables) the first `done`
     /// bytes are unmapped and the rest is as before.
@@ -813,6 +850,19 @@ impl Stage2 {
         &mut self,
         mem: &mut M,
         tlb: &mut T,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<(), S2Error> {
+        let mut g = Gather::eager(Borrowed(tlb));
+        self.unmap_gathered(mem, &mut g, ipa, size)
+    }
+
+    /// [`unmap`](Self::unmap), recording into `g` (which also decides whether tables the
+    /// unmap emptied stay linked: [`Gather::keep_empty_tables`]).
+    pub fn unmap_gathered<M: TableMemory + ?Sized, T: S2Tlb>(
+        &mut self,
+        mem: &mut M,
+        g: &mut Gather<T>,
         ipa: Ipa,
         size: u64,
     ) -> Result<(), S2Error> {
@@ -824,11 +874,11 @@ impl Stage2 {
         let mut up = Updater {
             geom: self.geom,
             mem,
-            tlb,
+            g,
             leaked: &mut self.leaked,
         };
         let result = up.unmap_in(root, ipa.0, end);
-        up.tlb.sync();
+        up.g.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
 
@@ -898,7 +948,7 @@ impl Stage2 {
         let mut up = Updater {
             geom: self.geom,
             mem,
-            tlb: &mut NoTlb,
+            g: &mut Gather::eager(NoTlb),
             leaked: &mut self.leaked,
         };
         up.free_subtree(self.root, self.geom.start_level);
@@ -998,15 +1048,16 @@ fn read_desc<M: TableMemory + ?Sized>(
 }
 
 /// Changes descriptors: map, unmap, split, free. Holds the seams for one operation.
-struct Updater<'a, M: ?Sized, T: ?Sized> {
+struct Updater<'a, M: ?Sized, T> {
     geom: S2Geometry,
     mem: &'a mut M,
-    tlb: &'a mut T,
+    /// What the operation owes the walkers.
+    g: &'a mut Gather<T>,
     /// The tree's count of tables leaked after an unconfirmed invalidation.
     leaked: &'a mut u64,
 }
 
-impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
+impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
     fn read(&self, node: Node, idx: usize) -> Descriptor {
         read_desc(&self.geom, &*self.mem, node, idx)
     }
@@ -1041,7 +1092,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
             return;
         }
         if new.is_table(level) {
-            self.tlb.sync();
+            self.g.sync();
         }
         if !old.is_valid() {
             self.write(node, idx, new);
@@ -1052,20 +1103,20 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
         let entry_size = 1u64 << shift;
         if needs_break(old, new, level) {
             self.write(node, idx, Descriptor::INVALID);
-            self.tlb.sync();
-            self.tlb
-                .invalidate_ipa_range(entry_ipa, entry_size, !old.is_table(level));
+            self.g.sync();
+            self.g
+                .invalidate(entry_ipa, entry_size, !old.is_table(level));
             if new.is_valid() {
                 // Break-before-make: the old translation must be gone everywhere before
                 // the new one becomes visible.
-                self.tlb.complete();
+                self.g.complete();
                 self.write(node, idx, new);
             }
         } else {
             self.write(node, idx, new);
             if (old.0 ^ new.0) & PERM_MASK != 0 {
-                self.tlb.sync();
-                self.tlb.invalidate_ipa_range(entry_ipa, entry_size, true);
+                self.g.sync();
+                self.g.invalidate(entry_ipa, entry_size, true);
             }
         }
     }
@@ -1142,7 +1193,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
                     live: node.live,
                 };
                 let result = self.unmap_in(child, addr, sub_end);
-                if !self.tlb.keep_empty_tables() && self.is_empty(child) {
+                if !self.g.keeps_empty_tables() && self.is_empty(child) {
                     self.set(node, idx, old, Descriptor::INVALID);
                     self.free_table(child.pa, child.level);
                 }
@@ -1235,22 +1286,12 @@ impl<M: TableMemory + ?Sized, T: S2Tlb + ?Sized> Updater<'_, M, T> {
 
     fn free_table(&mut self, pa: PhysAddr, level: u8) {
         let size = self.geom.table_size(level);
-        if self.tlb.defer_free(pa, size) {
-            // The TLB frees it once its invalidation completed.
-            return;
-        }
-        // No walker may still hold the table through a deferred invalidation.
-        self.tlb.complete();
-        if self.tlb.failed() {
-            // Unconfirmed: a walker may still reach the table. Never reuse it.
-            log::error!("stage-2 table {pa:?} kept: invalidation unconfirmed");
-            *self.leaked += size as u64;
-            return;
-        }
         // SAFETY: `pa` is a table of this tree allocated from `self.mem` with
-        // `table_size(level)` bytes; the caller has unlinked it (with TLB invalidation if
-        // it was live) or never linked it, so nothing refers to it.
-        unsafe { self.mem.free(pa, size) };
+        // `table_size(level)` bytes; the caller has unlinked it (with its entry recorded
+        // for invalidation if it was live) or never linked it, so nothing refers to it.
+        // The gather frees it only once that invalidation completed, and keeps it for
+        // good (reported here) if it could not be confirmed.
+        *self.leaked += unsafe { self.g.retire_table(self.mem, pa, size) };
     }
 }
 
