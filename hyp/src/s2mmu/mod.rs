@@ -70,6 +70,7 @@
 //! whole aligned block is mapped over a table.
 
 use core::fmt;
+use core::marker::PhantomData;
 use core::ops::ControlFlow;
 
 use crate::addr::{Ipa, PhysAddr};
@@ -560,14 +561,14 @@ impl Descriptor {
         S2Attrs(self.0 & ATTR_MASK)
     }
 
-    /// A block (level < 3) or page (level 3) descriptor.
-    const fn leaf(pa: u64, attrs: S2Attrs, level: u8) -> Self {
+    /// A block (level < 3) or page (level 3) descriptor with attribute bits `attrs`.
+    const fn leaf_bits(pa: u64, attrs: u64, level: u8) -> Self {
         let kind = if level == LAST_LEVEL {
             DESC_TABLE_OR_PAGE
         } else {
             0
         };
-        Self((pa & OA_MASK) | attrs.0 | kind | DESC_VALID)
+        Self((pa & OA_MASK) | attrs | kind | DESC_VALID)
     }
 
     /// A table descriptor pointing at `table`.
@@ -706,18 +707,69 @@ impl S2Tlb for NoTlb {
     fn invalidate_all(&mut self) {}
 }
 
-/// A stage-2 translation table tree.
+/// A translation regime's leaf format, as the walker sees it: which descriptor bits are
+/// attributes, and which of them need break-before-make or TLB invalidation when they
+/// change (like aarch64-paging's regimes). Table descriptors, the valid and table/page
+/// bits and the output address are the same in every VMSAv8-64 regime (4 KiB to 64 KiB
+/// granules, 48-bit OA), so the walker is shared.
+pub trait Regime {
+    /// Leaf attributes in this regime's encoding.
+    type Attrs: Copy + PartialEq;
+    /// Descriptor bits of a leaf that [`Attrs`](Self::Attrs) carries.
+    const ATTR_MASK: u64;
+    /// Leaf fields whose change needs break-before-make.
+    const BREAK_MASK: u64;
+    /// Leaf fields whose change needs TLB invalidation but no break (permissions).
+    const PERM_MASK: u64;
+    /// The descriptor bits of `attrs` (within [`ATTR_MASK`](Self::ATTR_MASK)).
+    fn bits(attrs: Self::Attrs) -> u64;
+    /// The attributes of a leaf's descriptor bits (masked with `ATTR_MASK`).
+    fn from_bits(bits: u64) -> Self::Attrs;
+}
+
+/// The stage-2 regime (`VTTBR_EL2`, `STE.S2TTB`): [`S2Attrs`], layout in the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stage2Regime;
+
+impl Regime for Stage2Regime {
+    type Attrs = S2Attrs;
+    const ATTR_MASK: u64 = ATTR_MASK;
+    const BREAK_MASK: u64 = BREAK_MASK;
+    const PERM_MASK: u64 = PERM_MASK;
+    fn bits(attrs: S2Attrs) -> u64 {
+        attrs.0
+    }
+    fn from_bits(bits: u64) -> S2Attrs {
+        S2Attrs(bits & ATTR_MASK)
+    }
+}
+
+/// Why [`Stage2::map_new`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapNewError {
+    /// As [`Stage2::map`] fails (the first `done` bytes of an out-of-memory are mapped).
+    Table(S2Error),
+    /// `at` is already mapped, differently from what was asked; everything before it is
+    /// mapped as asked.
+    Conflict {
+        /// The first conflicting address.
+        at: Ipa,
+    },
+}
+
+/// A translation table tree of regime `R` (stage 2 unless said otherwise).
 ///
 /// Tables live in a [`TableMemory`] passed to every call; all tables reachable from the
 /// root are treated as live (visible to walkers), so changes follow break-before-make.
 /// Dropping a `Stage2` without [`destroy`](Self::destroy) leaks its tables.
 #[derive(Debug)]
-pub struct Stage2 {
+pub struct Stage2<R: Regime = Stage2Regime> {
     geom: S2Geometry,
     root: PhysAddr,
     /// Bytes of tables left allocated because the invalidation that unlinked them was
     /// not confirmed ([`S2Tlb::complete`] returned `false`).
     leaked: u64,
+    regime: PhantomData<R>,
 }
 
 /// A table in the tree, as the update code sees it.
@@ -737,10 +789,14 @@ struct Node {
 struct MapReq {
     ipa: u64,
     pa: u64,
-    attrs: S2Attrs,
+    /// Leaf attribute bits (within the regime's `ATTR_MASK`).
+    attrs: u64,
+    /// Only fill invalid entries ([`Stage2::map_new`]): a valid leaf that translates
+    /// differently is a conflict, and no valid entry is ever replaced.
+    add_only: bool,
 }
 
-impl Stage2 {
+impl<R: Regime> Stage2<R> {
     /// Allocates the (possibly concatenated) zeroed root for `geometry`.
     ///
     /// # Safety
@@ -759,6 +815,7 @@ impl Stage2 {
             geom: geometry,
             root,
             leaked: 0,
+            regime: PhantomData,
         })
     }
 
@@ -794,10 +851,29 @@ impl Stage2 {
         ipa: Ipa,
         pa: PhysAddr,
         size: u64,
-        attrs: S2Attrs,
+        attrs: R::Attrs,
     ) -> Result<(), S2Error> {
         let mut g = Gather::eager(Borrowed(tlb));
         self.map_gathered(mem, &mut g, ipa, pa, size, attrs)
+    }
+
+    /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with `attrs` where nothing is mapped
+    /// yet, and keeps what already translates exactly so: no valid entry is ever changed
+    /// (so no break-before-make and no TLB maintenance, only [`S2Tlb::sync`]: safe on a
+    /// live table the caller itself runs on). Tables are added as for
+    /// [`map`](Self::map), with the same choice of leaves where nothing was mapped; a
+    /// table already under an entry is kept (not replaced by a block).
+    pub fn map_new<M: TableMemory + ?Sized, T: S2Tlb + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        tlb: &mut T,
+        ipa: Ipa,
+        pa: PhysAddr,
+        size: u64,
+        attrs: R::Attrs,
+    ) -> Result<(), MapNewError> {
+        let mut g = Gather::eager(Borrowed(tlb));
+        self.map_req(mem, &mut g, ipa, pa, size, R::bits(attrs), true)
     }
 
     /// [`map`](Self::map), recording into `g`: what it owes the walkers (invalidations,
@@ -809,15 +885,34 @@ impl Stage2 {
         ipa: Ipa,
         pa: PhysAddr,
         size: u64,
-        attrs: S2Attrs,
+        attrs: R::Attrs,
     ) -> Result<(), S2Error> {
-        let end = self.check_range(ipa, size)?;
+        match self.map_req(mem, g, ipa, pa, size, R::bits(attrs), false) {
+            Ok(()) => Ok(()),
+            Err(MapNewError::Table(e)) => Err(e),
+            // Not reachable: only add-only requests conflict.
+            Err(MapNewError::Conflict { at }) => Err(S2Error::OutOfMemory { done: at.0 - ipa.0 }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn map_req<M: TableMemory + ?Sized, T: S2Tlb>(
+        &mut self,
+        mem: &mut M,
+        g: &mut Gather<T>,
+        ipa: Ipa,
+        pa: PhysAddr,
+        size: u64,
+        attrs: u64,
+        add_only: bool,
+    ) -> Result<(), MapNewError> {
+        let end = self.check_range(ipa, size).map_err(MapNewError::Table)?;
         if !pa.is_aligned(self.geom.granule.size()) {
-            return Err(S2Error::Misaligned);
+            return Err(MapNewError::Table(S2Error::Misaligned));
         }
         match pa.checked_add(size) {
             Some(pa_end) if pa_end.0 <= 1 << self.geom.pa_bits => {}
-            _ => return Err(S2Error::OutOfRange),
+            _ => return Err(MapNewError::Table(S2Error::OutOfRange)),
         }
         if size == 0 {
             return Ok(());
@@ -825,7 +920,8 @@ impl Stage2 {
         let req = MapReq {
             ipa: ipa.0,
             pa: pa.0,
-            attrs,
+            attrs: attrs & R::ATTR_MASK,
+            add_only,
         };
         let root = self.root_node();
         let mut up = Updater {
@@ -833,10 +929,18 @@ impl Stage2 {
             mem,
             g,
             leaked: &mut self.leaked,
+            conflict: None,
+            regime: PhantomData::<R>,
         };
         let result = up.map_in(root, ipa.0, end, &req);
         up.g.sync();
-        result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
+        match (result, up.conflict) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(at)) => Err(MapNewError::Conflict { at: Ipa(at) }),
+            (Err(at), None) => Err(MapNewError::Table(S2Error::OutOfMemory {
+                done: at - ipa.0,
+            })),
+        }
     }
 
     /// Removes every translation in `[ipa, ipa + size)` (granule-aligned; unmapped parts
@@ -876,6 +980,8 @@ impl Stage2 {
             mem,
             g,
             leaked: &mut self.leaked,
+            conflict: None,
+            regime: PhantomData::<R>,
         };
         let result = up.unmap_in(root, ipa.0, end);
         up.g.sync();
@@ -888,7 +994,7 @@ impl Stage2 {
         &self,
         mem: &M,
         ipa: Ipa,
-    ) -> Option<(PhysAddr, S2Attrs, u8)> {
+    ) -> Option<(PhysAddr, R::Attrs, u8)> {
         if ipa.0 >= self.geom.ipa_size() {
             return None;
         }
@@ -907,7 +1013,7 @@ impl Stage2 {
                 };
             } else if desc.is_leaf(node.level) {
                 let pa = PhysAddr(desc.address().0 + (ipa.0 - entry_base));
-                return Some((pa, desc.attrs(), node.level));
+                return Some((pa, R::from_bits(desc.0 & R::ATTR_MASK), node.level));
             } else {
                 return None;
             }
@@ -950,6 +1056,8 @@ impl Stage2 {
             mem,
             g: &mut Gather::eager(NoTlb),
             leaked: &mut self.leaked,
+            conflict: None,
+            regime: PhantomData::<R>,
         };
         up.free_subtree(self.root, self.geom.start_level);
     }
@@ -1048,16 +1156,19 @@ fn read_desc<M: TableMemory + ?Sized>(
 }
 
 /// Changes descriptors: map, unmap, split, free. Holds the seams for one operation.
-struct Updater<'a, M: ?Sized, T> {
+struct Updater<'a, M: ?Sized, T, R> {
     geom: S2Geometry,
     mem: &'a mut M,
     /// What the operation owes the walkers.
     g: &'a mut Gather<T>,
+    /// Where an add-only map found a conflicting entry.
+    conflict: Option<u64>,
+    regime: PhantomData<R>,
     /// The tree's count of tables leaked after an unconfirmed invalidation.
     leaked: &'a mut u64,
 }
 
-impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
+impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
     fn read(&self, node: Node, idx: usize) -> Descriptor {
         read_desc(&self.geom, &*self.mem, node, idx)
     }
@@ -1101,7 +1212,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
         let shift = self.geom.granule.level_shift(level);
         let entry_ipa = Ipa(node.base + ((idx as u64) << shift));
         let entry_size = 1u64 << shift;
-        if needs_break(old, new, level) {
+        if needs_break::<R>(old, new, level) {
             self.write(node, idx, Descriptor::INVALID);
             self.g.sync();
             self.g
@@ -1114,7 +1225,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
             }
         } else {
             self.write(node, idx, new);
-            if (old.0 ^ new.0) & PERM_MASK != 0 {
+            if (old.0 ^ new.0) & R::PERM_MASK != 0 {
                 self.g.sync();
                 self.g.invalidate(entry_ipa, entry_size, true);
             }
@@ -1136,8 +1247,21 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
             let pa = req.pa + (addr - req.ipa);
             let old = self.read(node, idx);
             let whole = addr == entry_base && sub_end == entry_end;
-            if whole && self.geom.granule.leaf_allowed(level) && pa & (entry_size - 1) == 0 {
-                self.set(node, idx, old, Descriptor::leaf(pa, req.attrs, level));
+            let same = old.is_leaf(level)
+                && old.0 & R::ATTR_MASK == req.attrs
+                && old.address().0 + (addr - entry_base) == pa;
+            if req.add_only && old.is_leaf(level) && !same {
+                self.conflict = Some(addr);
+                return Err(addr);
+            }
+            let replace = !(req.add_only && old.is_valid());
+            if replace
+                && whole
+                && self.geom.granule.leaf_allowed(level)
+                && pa & (entry_size - 1) == 0
+            {
+                let leaf = Descriptor::leaf_bits(pa, req.attrs, level);
+                self.set(node, idx, old, leaf);
                 if old.is_table(level) {
                     self.free_subtree(old.address(), level + 1);
                 }
@@ -1149,10 +1273,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
                     live: node.live,
                 };
                 self.map_in(child, addr, sub_end, req)?;
-            } else if old.is_leaf(level)
-                && old.attrs() == req.attrs
-                && old.address().0 + (addr - entry_base) == pa
-            {
+            } else if same {
                 // A block already maps this part exactly as asked: keep it.
             } else {
                 self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
@@ -1241,7 +1362,8 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
             let child_size = self.geom.entry_size(child.level);
             for i in 0..self.geom.entries(child.level) {
                 let out = old.address().0 + i as u64 * child_size;
-                self.write(child, i, Descriptor::leaf(out, old.attrs(), child.level));
+                let attrs = old.0 & R::ATTR_MASK;
+                self.write(child, i, Descriptor::leaf_bits(out, attrs, child.level));
             }
         }
         let result = fill(self, child);
@@ -1298,11 +1420,11 @@ impl<M: TableMemory + ?Sized, T: S2Tlb> Updater<'_, M, T> {
 /// Whether changing a live `old` into `new` at `level` needs break-before-make: removing
 /// a translation, anything involving a table, or a change of output address, memory type
 /// or shareability. Permission and software-bit changes do not.
-const fn needs_break(old: Descriptor, new: Descriptor, level: u8) -> bool {
+fn needs_break<R: Regime>(old: Descriptor, new: Descriptor, level: u8) -> bool {
     !new.is_valid()
         || old.is_table(level)
         || new.is_table(level)
-        || (old.0 ^ new.0) & BREAK_MASK != 0
+        || (old.0 ^ new.0) & R::BREAK_MASK != 0
 }
 
 #[cfg(test)]

@@ -1121,7 +1121,7 @@ fn out_of_memory_while_splitting_keeps_the_block() {
     let mut empty = Arena::new(1 << 20);
     empty.budget = Some(0);
     // SAFETY: the arena is not used again.
-    let r = unsafe { Stage2::new(geom(Granule::Size4K, 40, 40), &mut empty) };
+    let r: Result<Stage2, _> = unsafe { Stage2::new(geom(Granule::Size4K, 40, 40), &mut empty) };
     assert_eq!(r.unwrap_err(), S2Error::OutOfMemory { done: 0 });
 }
 
