@@ -4,8 +4,11 @@
 
 use super::world::*;
 use super::*;
+use crate::PAGE;
+use crate::addr::Iova;
 use crate::smmu::cmdq::op;
 use crate::smmu::model::{DmaFault, ModelConfig};
+use host_abi::{domain, features, func, prot, stats};
 use host_abi::{domain_flags, event};
 use std::println;
 
@@ -137,7 +140,10 @@ fn domain_alloc_and_free_errors() {
     assert!(d >= domain::FIRST_MANAGED);
     let e = w.alloc(BATCHED | NC | G64K).unwrap();
     assert_ne!(d, e);
-    assert_ne!(w.hyp.domain_vmid(d), w.hyp.domain_vmid(e));
+    assert_ne!(
+        w.hyp.domain_vmid(DomainId(d)),
+        w.hyp.domain_vmid(DomainId(e))
+    );
     assert_eq!(w.free(0), Err(Error::Invalid));
     assert_eq!(w.free(1), Err(Error::Invalid));
     assert_eq!(w.free(5000), Err(Error::NoEnt));
@@ -519,7 +525,10 @@ fn batched_unmap_is_stale_until_flush_then_faults_and_unpins() {
             Ok(PhysAddr(HP)),
             "{what}: the stale translation still hits (the host's choice)"
         );
-        assert_eq!(w.hyp.iova_to_phys(d, 0x10_0000), Err(Error::NoEnt));
+        assert_eq!(
+            w.hyp.iova_to_phys(DomainId(d), Iova(0x10_0000)),
+            Err(Error::NoEnt)
+        );
         w.flush(d).unwrap();
         assert_eq!(w.dma(0, SID, 0x10_0000, true), Err(DmaFault::Translation));
         assert_eq!(w.pins(HP), 0);
@@ -660,7 +669,7 @@ fn recycled_vmid_never_serves_a_stale_translation() {
             ..Opts::default()
         });
         let d = mapped(&w, 0, 1);
-        let vmid = w.hyp.domain_vmid(d).unwrap();
+        let vmid = w.hyp.domain_vmid(DomainId(d)).unwrap();
         assert_eq!(w.dma(0, SID, 0x10_0000, true), Ok(PhysAddr(HP)));
         w.attach(domain::HOST, 0, SID).unwrap();
         w.clear_counts();
@@ -675,7 +684,7 @@ fn recycled_vmid_never_serves_a_stale_translation() {
         let mut n = 0;
         loop {
             e = w.alloc(0).unwrap();
-            if w.hyp.domain_vmid(e) == Some(vmid) {
+            if w.hyp.domain_vmid(DomainId(e)) == Some(vmid) {
                 break;
             }
             w.free(e).unwrap();
