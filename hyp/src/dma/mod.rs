@@ -46,19 +46,20 @@
 //!
 //! # Partial progress and errors (I6)
 //!
-//! Every call returns exactly one [`Error`] (encoded by [`encode`]) and changes nothing
-//! when it fails. MAP and UNMAP may do less than asked: x1 is the number of bytes done
-//! from the start of the range, and the caller continues from `iova + x1`.
+//! Every call returns exactly one [`Error`] (the front-end encodes it with [`encode`])
+//! and changes nothing when it fails. MAP and UNMAP may do less than asked: they return
+//! the number of bytes `done` from the start of the range (x1 in the hypercall ABI), and
+//! the caller continues from `iova + done`.
 //!
 //! - MAP maps at most [`Config::max_map_bytes`] per call, and less if the page pool runs
 //!   dry (NOMEM only when nothing could be mapped, after flushing every batched queue
 //!   once to free their tables). The whole requested range must be unmapped (EXIST
 //!   otherwise, nothing done).
 //! - UNMAP walks the range and unmaps up to [`Config::max_map_bytes`] of *mapped* bytes:
-//!   x1 is the length of the prefix `[iova, iova + x1)` that is now entirely unmapped,
-//!   holes included (so x1 == size when the whole range was processed). NOENT when
+//!   `done` is the length of the prefix `[iova, iova + done)` that is now entirely
+//!   unmapped, holes included (so `done == size` when the whole range was processed). NOENT when
 //!   nothing at all is mapped in the range.
-//! - Domains 0 (host identity) and 1 (blocking) cannot be mapped, unmapped, flushed,
+//! - Domains [`DomainId::HOST`] and [`DomainId::BLOCKED`] cannot be mapped, unmapped, flushed,
 //!   translated or freed: INVALID.
 //! - A hardware failure (an SMMU that does not complete a `CMD_SYNC`) can leave an
 //!   operation's effect unconfirmed: then the pages and tables involved are never

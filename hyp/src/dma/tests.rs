@@ -106,6 +106,94 @@ fn features_report_paths_sizes_and_limits() {
     assert_eq!(sizes, (4 << 10) | (2 << 20) | (64 << 10));
 }
 
+/// The typed core methods a second front-end (virtio-iommu) calls serve the same domains
+/// as the hypercalls: no register layout is needed below the front-end.
+#[test]
+fn typed_core_methods_serve_the_same_domains_as_the_hypercalls() {
+    each_config(|w, what| {
+        let h = &w.hyp;
+        let d = h.domain_alloc(DomainFlags::decode(0).unwrap()).unwrap();
+        assert!(d >= DomainId::FIRST_MANAGED, "{what}");
+        let ep = Endpoint { smmu: 0, sid: SID };
+        h.attach(d, ep).unwrap();
+        let ro = Prot {
+            read: true,
+            write: false,
+        };
+        let none = Prot {
+            read: false,
+            write: false,
+        };
+        let iova = Iova(0x10_0000);
+        assert_eq!(
+            h.map(d, iova, PhysRange::new(HP, PAGE), none),
+            Err(Error::Invalid),
+            "{what}: no access"
+        );
+        assert_eq!(h.map(d, iova, PhysRange::new(HP, PAGE), ro), Ok(PAGE));
+        assert_eq!(w.dma(0, SID, iova.get(), false), Ok(PhysAddr(HP)), "{what}");
+        assert_eq!(w.dma(0, SID, iova.get(), true), Err(DmaFault::Permission));
+        assert_eq!(h.iova_to_phys(d, iova), Ok(PhysAddr(HP)));
+        assert_eq!(
+            w.try_call(func::IOVA_TO_PHYS, &[d.get(), iova.get()]),
+            Ok([HP, 0, 0]),
+            "{what}: the hypercall sees the same mapping"
+        );
+        assert_eq!(w.pins(HP), 1);
+        assert_eq!(h.unmap(d, iova, PAGE), Ok(PAGE));
+        assert_eq!(w.dma(0, SID, iova.get(), false), Err(DmaFault::Translation));
+        assert_eq!(w.pins(HP), 0, "{what}: strict unmap released the pin");
+        assert_eq!(h.domain_free(d), Err(Error::Busy), "attached");
+        h.attach(DomainId::HOST, ep).unwrap();
+        assert_eq!(h.domain_free(d), Ok(()));
+        assert_eq!(h.flush(d), Err(Error::NoEnt));
+        let f = h.features();
+        let [bits, sizes, limits] = w.try_call(func::FEATURES, &[]).unwrap();
+        assert_eq!(bits & features::BTM != 0, f.btm);
+        assert_eq!(sizes, f.page_sizes);
+        assert_eq!(limits & features::LIMIT_DOMAINS_MASK, f.max_domains);
+        assert_eq!(h.stats().pages_pinned, w.stats(stats::PAGES)[0]);
+    });
+}
+
+/// Each layer's error reaches the ABI as the status code the calls have always returned.
+#[test]
+fn layer_errors_map_to_their_abi_codes() {
+    use crate::frames::NoMem;
+    use crate::pins::PinError;
+    use crate::s2mmu::S2Error;
+    use crate::smmu::SmmuError;
+    use crate::vmid_alloc::{Vmid, VmidError};
+    assert_eq!(Error::from(S2Error::OutOfMemory { done: 0 }), Error::NoMem);
+    for e in [
+        S2Error::InvalidIpaBits,
+        S2Error::InvalidPaBits,
+        S2Error::Misaligned,
+        S2Error::OutOfRange,
+    ] {
+        assert_eq!(Error::from(e), Error::Invalid, "{e}");
+    }
+    assert_eq!(Error::from(NoMem), Error::NoMem);
+    assert_eq!(Error::from(PinError::NoMem), Error::NoMem);
+    assert_eq!(Error::from(PinError::Invalid), Error::Invalid);
+    assert_eq!(Error::from(VmidError::Exhausted), Error::NoSpc);
+    assert_eq!(Error::from(VmidError::InUse(Vmid::new(3))), Error::Busy);
+    assert_eq!(Error::from(SmmuError::SidOutOfRange(7)), Error::NoEnt);
+    assert_eq!(Error::from(SmmuError::OutOfMemory), Error::NoMem);
+    assert_eq!(Error::from(SmmuError::BadConfig("x")), Error::Invalid);
+    assert_eq!(
+        Error::from(SmmuError::Unsupported("x")),
+        Error::NotSupported
+    );
+    for e in [
+        SmmuError::Timeout("x"),
+        SmmuError::BadQueueIndex(0),
+        SmmuError::CommandSkipped(0),
+    ] {
+        assert_eq!(Error::from(e), Error::Busy, "{e}");
+    }
+}
+
 #[test]
 fn unknown_calls_are_not_supported_and_change_nothing() {
     let w = world(false);
