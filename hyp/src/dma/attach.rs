@@ -8,7 +8,7 @@ use host_abi::Error;
 
 /// The target of an ATTACH.
 #[derive(Clone, Copy)]
-pub(super) enum Target {
+enum Target {
     Host,
     Blocked,
     Managed(usize, S2Config),

@@ -25,7 +25,7 @@ impl HostState {
 }
 
 /// The pool, falling back to the host reserve for page-sized tables.
-pub(super) struct ReserveMem<'a, M> {
+struct ReserveMem<'a, M> {
     pool: M,
     reserve: &'a mut Vec<PhysAddr>,
 }
