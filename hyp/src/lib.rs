@@ -8,6 +8,9 @@
 
 extern crate alloc;
 
+/// Bytes per page (ownership, pins, donation): the ABI's [`host_abi::PAGE`].
+pub use host_abi::PAGE;
+
 pub mod addr;
 pub mod bootargs;
 pub mod dma;

@@ -1,27 +1,31 @@
 //! ATTACH: which domain an endpoint's STE points at, and the endpoint map that keeps a
 //! domain busy while an endpoint uses it.
 
-use super::*;
+use super::{CpuSeams, DomainId, Endpoint, Hyp, PagePool, SmmuSet};
+use crate::smmu::{S2Config, SmmuError, SmmuIo};
+use core::sync::atomic::Ordering;
+use host_abi::Error;
 
 /// The target of an ATTACH.
 #[derive(Clone, Copy)]
-pub(super) enum Target {
+enum Target {
     Host,
     Blocked,
     Managed(usize, S2Config),
 }
 
 impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
-    /// ATTACH: points endpoint `ep` = (SMMU index << 32) | StreamID at domain `id`: the
+    /// ATTACH: points endpoint `ep` (an SMMU index and a StreamID) at domain `id`: the
     /// host identity domain (0), the blocking domain (1) or a host-managed one. The STE
     /// changes break-before-make with `CFGI_STE` + `CMD_SYNC` (I5).
-    pub fn attach(&self, id: u64, ep: u64) -> Result<(), Error> {
-        let smmu_idx = usize::try_from(ep >> 32).map_err(|_| Error::NoEnt)?;
-        let sid = ep as u32;
+    pub fn attach(&self, id: DomainId, ep: Endpoint) -> Result<(), Error> {
+        // An index that does not fit `usize` names no SMMU.
+        let smmu_idx = usize::try_from(ep.smmu).map_err(|_| Error::NoEnt)?;
+        let sid = ep.sid;
         let _table = self.table.lock();
         let target = match id {
-            domain::HOST => Target::Host,
-            domain::BLOCKED => Target::Blocked,
+            DomainId::HOST => Target::Host,
+            DomainId::BLOCKED => Target::Blocked,
             _ => {
                 let (idx, slot) = self.slot_of(id)?;
                 let guard = slot.dom.lock();

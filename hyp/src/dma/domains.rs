@@ -2,25 +2,33 @@
 //! and DOMAIN_FREE (the VMID's quarantine invalidation, then pins, tables and VMID
 //! released).
 
-use super::*;
+use super::{CpuSeams, DomainFlags, DomainId, Hyp, PagePool, Slot, granule_index};
+use crate::addr::{Ipa, PhysRange};
+use crate::domain::{Domain, Pending};
+use crate::s2mmu::{S2Geometry, Stage2};
+use crate::smmu::SmmuIo;
+use core::sync::atomic::Ordering;
+use host_abi::Error;
 
 impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
-    pub(super) fn slot_of(&self, id: u64) -> Result<(usize, &Slot), Error> {
-        if id < domain::FIRST_MANAGED {
+    /// The slot of host-managed domain `id`: INVALID for the host identity and blocking
+    /// domains, NOENT past the table (the slot may be empty).
+    pub(super) fn slot_of(&self, id: DomainId) -> Result<(usize, &Slot), Error> {
+        if id < DomainId::FIRST_MANAGED {
             return Err(Error::Invalid);
         }
-        let idx = usize::try_from(id - domain::FIRST_MANAGED).map_err(|_| Error::NoEnt)?;
+        // An index that does not fit `usize` is past the table as well.
+        let idx =
+            usize::try_from(id.get() - DomainId::FIRST_MANAGED.get()).map_err(|_| Error::NoEnt)?;
         self.slots.get(idx).map(|s| (idx, s)).ok_or(Error::NoEnt)
     }
 
     /// DOMAIN_ALLOC: a host-managed domain with its own stage-2 and VMID.
-    pub fn domain_alloc(&self, flags: u64) -> Result<u64, Error> {
-        let flags = DomainFlags::decode(flags)?;
+    pub fn domain_alloc(&self, flags: DomainFlags) -> Result<DomainId, Error> {
         if !self.limits.gran[granule_index(flags.granule)] {
             return Err(Error::Invalid);
         }
-        let geom = S2Geometry::new(flags.granule, self.limits.ipa_bits, self.limits.pa_bits)
-            .map_err(|_| Error::Invalid)?;
+        let geom = S2Geometry::new(flags.granule, self.limits.ipa_bits, self.limits.pa_bits)?;
         let mut table = self.table.lock();
         if table.used >= self.slots.len() {
             return Err(Error::NoSpc);
@@ -32,33 +40,31 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         else {
             return Err(Error::NoSpc);
         };
-        let vmid = self.vmids.lock().alloc().map_err(|_| Error::NoSpc)?;
-        let mut s2 = None;
-        for attempt in 0..2 {
+        let vmid = self.vmids.lock().alloc()?;
+        let new_table = || {
             let mut mem = self.pool.clone();
             // SAFETY: every later use of this table passes a clone of `self.pool`, the
             // same memory.
-            match unsafe { Stage2::new(geom, &mut mem) } {
-                Ok(t) => {
-                    s2 = Some(t);
-                    break;
-                }
-                Err(_) if attempt == 0 => {
-                    // Table lock held: flushing takes slot locks, which come later.
-                    self.flush_all();
-                }
-                Err(_) => {}
-            }
-        }
-        let Some(s2) = s2 else {
-            // Never installed anywhere: no TLB holds it, so the quarantine ends at once.
-            let mut v = self.vmids.lock();
-            if let Ok(ticket) = v.release(vmid) {
-                let _ = v.invalidation_done(ticket);
-            }
-            return Err(Error::NoMem);
+            unsafe { Stage2::new(geom, &mut mem) }
         };
-        let id = idx as u64 + domain::FIRST_MANAGED;
+        let s2 = new_table().or_else(|_| {
+            // Table lock held: flushing takes slot locks, which come later.
+            self.flush_all();
+            new_table()
+        });
+        let s2 = match s2 {
+            Ok(t) => t,
+            Err(e) => {
+                // Never installed anywhere: no TLB holds it, so the quarantine ends at once.
+                let mut v = self.vmids.lock();
+                if let Ok(ticket) = v.release(vmid) {
+                    let _ = v.invalidation_done(ticket);
+                }
+                // The geometry is valid: only table memory can be missing (NOMEM).
+                return Err(e.into());
+            }
+        };
+        let id = DomainId(idx as u64 + DomainId::FIRST_MANAGED.get());
         let slot = &self.slots[idx];
         slot.attached.store(0, Ordering::Relaxed);
         slot.smmu_mask.store(0, Ordering::Relaxed);
@@ -80,7 +86,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     /// tables and returns the VMID through the quarantine (I4): `TLBI_S12_VMALL` +
     /// `CMD_SYNC` on every SMMU (and a CPU `TLBI VMALLS12E1IS` on the CPU-TLBI path)
     /// before pins, tables and VMID are released.
-    pub fn domain_free(&self, id: u64) -> Result<(), Error> {
+    pub fn domain_free(&self, id: DomainId) -> Result<(), Error> {
         let (_, slot) = self.slot_of(id)?;
         let dom = {
             let mut table = self.table.lock();
@@ -101,22 +107,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         };
         let vmid = dom.vmid.raw();
         let ticket = self.vmids.lock().release(dom.vmid);
-        let mut ok = true;
-        {
-            let mut mem = self.pool.clone();
-            let mut set = self.smmus.lock();
-            for (i, smmu) in set.smmus.iter_mut().enumerate() {
-                smmu.tlbi_vmall(&mut mem, vmid);
-                if let Err(e) = smmu.sync(&mut mem) {
-                    log::error!("smmu{i}: VMID {vmid} quarantine invalidation failed: {e}");
-                    ok = false;
-                }
-            }
-        }
-        if self.cpu_path() {
-            self.cpu.clone().tlbi_vmid_all(vmid);
-            self.stats.domain_cpu_tlbis.fetch_add(1, Ordering::Relaxed);
-        }
+        let ok = self.invalidate_vmid_everywhere(vmid);
         let pending = dom.pending.take();
         if !ok {
             // The SMMUs may still use the tables and reach the pages: keep everything.

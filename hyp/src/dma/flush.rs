@@ -1,9 +1,19 @@
 //! Domain invalidation and release: [`DomInv`] (SMMU commands on the SMMUs a domain was
-//! attached to, or CPU TLBIs by VMID with BTM), the completion of a strict unmap, the
-//! batched queue's flush policy (threshold, deadline, pool pressure) and FLUSH. Pins and
-//! tables are released here, and only after the invalidation covering them completed.
+//! attached to, or CPU TLBIs by VMID with BTM), the quarantine invalidation of a freed
+//! domain's VMID, the completion of a strict unmap, the batched queue's flush policy
+//! (threshold, deadline, pool pressure) and FLUSH. Pins and tables are released here,
+//! and only after the invalidation covering them completed.
 
-use super::*;
+use super::{CpuSeams, DomainId, Hyp, MAX_FLUSH_RANGES, PagePool, Slot};
+use crate::PAGE;
+use crate::addr::{Iova, Ipa, PhysRange};
+use crate::domain::{Domain, InvRange, Leaf};
+use crate::host_mem::HostMem;
+use crate::inval::{CpuInval, Fanout, Gather, InvalidationCounts, Limits};
+use crate::s2mmu::{Granule, S2Tlb};
+use crate::smmu::{SmmuIo, TLBI_RANGE_MAX_PAGES};
+use core::sync::atomic::Ordering;
+use host_abi::Error;
 
 /// Domain invalidation for one operation: the domain's [`Fanout`] (the CPUs never
 /// translate through a domain: SMMU commands on the SMMUs the domain was ever attached
@@ -114,6 +124,29 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> S2Tlb for DomInv<'_, I, M, C> {
 }
 
 impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
+    /// `TLBI_S12_VMALL` + `CMD_SYNC` for `vmid` on every SMMU (and a CPU
+    /// `TLBI VMALLS12E1IS` on the CPU-TLBI path): the quarantine of a freed domain's VMID.
+    /// `false` if an SMMU did not confirm it.
+    pub(super) fn invalidate_vmid_everywhere(&self, vmid: u16) -> bool {
+        let mut ok = true;
+        {
+            let mut mem = self.pool.clone();
+            let mut set = self.smmus.lock();
+            for (i, smmu) in set.smmus.iter_mut().enumerate() {
+                smmu.tlbi_vmall(&mut mem, vmid);
+                if let Err(e) = smmu.sync(&mut mem) {
+                    log::error!("smmu{i}: VMID {vmid} quarantine invalidation failed: {e}");
+                    ok = false;
+                }
+            }
+        }
+        if self.cpu_path() {
+            self.cpu.clone().tlbi_vmid_all(vmid);
+            self.stats.domain_cpu_tlbis.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
     /// Completes a strict unmap: one invalidation per range and one `CMD_SYNC` per SMMU,
     /// then (only then) tables freed, caches invalidated and pins released.
     pub(super) fn complete_unmap<V: S2Tlb>(&self, nc: bool, g: &mut Gather<V>, leaves: &[Leaf]) {
@@ -189,10 +222,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         &'h self,
         slot: &'h Slot,
         dom: &Domain,
-        start: u64,
-        end: u64,
+        start: Iova,
+        end: Iova,
     ) -> Gather<DomInv<'h, I, M, C>> {
-        Gather::clipped(self.dom_inv(slot, dom), start, end, Self::dom_limits(dom))
+        let limits = Self::dom_limits(dom);
+        Gather::clipped(self.dom_inv(slot, dom), start.get(), end.get(), limits)
     }
 
     /// Completes every queued unmap of `dom`: invalidation + one `CMD_SYNC` per SMMU,
@@ -284,7 +318,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     }
 
     /// FLUSH: completes every earlier batched UNMAP of the domain (I3).
-    pub fn flush(&self, id: u64) -> Result<(), Error> {
+    pub fn flush(&self, id: DomainId) -> Result<(), Error> {
         let (_, slot) = self.slot_of(id)?;
         let mut guard = slot.dom.lock();
         let dom = guard.as_mut().ok_or(Error::NoEnt)?;

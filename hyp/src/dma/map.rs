@@ -2,20 +2,34 @@
 //! with the pins of the pages it maps. Completing an unmap (now or batched) is
 //! [`super::flush`]'s.
 
-use super::*;
+use super::{CpuSeams, DomainId, Hyp, PagePool, Prot, Slot};
+use crate::PAGE;
+use crate::addr::{Iova, PhysAddr, PhysRange};
+use crate::domain::{any_mapped, collect_leaves, count_leaves};
+use crate::s2mmu::{S2Attrs, S2Error};
+use crate::smmu::SmmuIo;
+use core::sync::atomic::Ordering;
+use host_abi::Error;
 
 impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
-    /// MAP: `[iova, iova + size)` → `[pa, pa + size)` with `prot`. Returns bytes mapped.
-    pub fn map(&self, id: u64, iova: u64, pa: u64, size: u64, prot: u64) -> Result<u64, Error> {
-        if prot & !prot::ALL != 0 || prot & prot::ALL == 0 || size == 0 {
+    /// MAP: `[iova, iova + pages.size)` → `pages` with `prot`. Returns the bytes mapped
+    /// from the start (see the module docs of [`crate::dma`]).
+    pub fn map(
+        &self,
+        id: DomainId,
+        iova: Iova,
+        pages: PhysRange,
+        prot: Prot,
+    ) -> Result<u64, Error> {
+        if prot.is_none() || pages.size == 0 {
             return Err(Error::Invalid);
         }
         let (_, slot) = self.slot_of(id)?;
-        let attrs = S2Attrs::normal().with_access(prot & prot::READ != 0, prot & prot::WRITE != 0);
-        match self.map_once(slot, iova, pa, size, attrs) {
+        let attrs = S2Attrs::normal().with_access(prot.read, prot.write);
+        match self.map_once(slot, iova, pages, attrs) {
             Err(Error::NoMem) => {
                 self.flush_all();
-                self.map_once(slot, iova, pa, size, attrs)
+                self.map_once(slot, iova, pages, attrs)
             }
             r => r,
         }
@@ -24,21 +38,21 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     fn map_once(
         &self,
         slot: &Slot,
-        iova: u64,
-        pa: u64,
-        size: u64,
+        iova: Iova,
+        pages: PhysRange,
         attrs: S2Attrs,
     ) -> Result<u64, Error> {
+        let (pa, size) = (pages.base, pages.size);
         let mut guard = slot.dom.lock();
         let dom = guard.as_mut().ok_or(Error::NoEnt)?;
         let geom = dom.s2.geometry();
         let g = geom.granule().size();
-        if !iova.is_multiple_of(g) || !pa.is_multiple_of(g) || !size.is_multiple_of(g) {
+        if !iova.is_aligned(g) || !pa.is_aligned(g) || !size.is_multiple_of(g) {
             return Err(Error::Invalid);
         }
         let iova_end = iova.checked_add(size).ok_or(Error::Invalid)?;
         pa.checked_add(size).ok_or(Error::Invalid)?;
-        if iova_end > geom.ipa_size() {
+        if iova_end.get() > geom.ipa_size() {
             return Err(Error::Invalid);
         }
         let mut mem = self.pool.clone();
@@ -46,26 +60,31 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             return Err(Error::Exist);
         }
         let chunk = size.min(self.cfg.max_map_bytes);
-        if dom.flags.batched && dom.pending.touches(iova, iova + chunk) {
+        // Cannot wrap: `iova + size` did not.
+        let chunk_end = Iova(iova.get() + chunk);
+        if dom.flags.batched && dom.pending.touches(iova, chunk_end) {
             // A stale translation of a queued unmap must not shadow the new mapping.
             self.flush_domain(slot, dom);
         }
-        let pages = PhysRange::new(pa, chunk);
-        self.host.lock().mem.host_pin_dma(&mem, pages)?;
+        let pinned = PhysRange {
+            base: pa,
+            size: chunk,
+        };
+        self.host.lock().mem.host_pin_dma(&mem, pinned)?;
         let mut cpu = self.cpu.clone();
         if dom.flags.non_coherent {
             // What the CPU wrote must be in memory before the device can read it.
-            cpu.clean_inval_poc(PhysAddr(pa), chunk);
+            cpu.clean_inval_poc(pa, chunk);
         }
-        let mut g = self.dom_gather(slot, dom, iova, iova + chunk);
+        let mut g = self.dom_gather(slot, dom, iova, chunk_end);
         let r = dom
             .s2
-            .map_gathered(&mut mem, &mut g, Ipa(iova), PhysAddr(pa), chunk, attrs);
+            .map_gathered(&mut mem, &mut g, iova.ipa(), pa, chunk, attrs);
         let done = match r {
             Ok(()) => chunk,
             Err(S2Error::OutOfMemory { done }) => done,
             Err(e) => {
-                log::error!("MAP {iova:#x}: unexpected table error {e}");
+                log::error!("MAP {iova}: unexpected table error {e}");
                 0
             }
         };
@@ -79,16 +98,14 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         if done < chunk {
             self.unpin(
                 &mut self.host.lock().mem,
-                PhysRange::new(pa + done, chunk - done),
+                PhysRange::new(pa.get() + done, chunk - done),
             );
         }
         if done == 0 {
-            return Err(match r {
-                Err(S2Error::OutOfMemory { .. }) => Error::NoMem,
-                _ => Error::Invalid,
-            });
+            // Out of table memory: NOMEM; an unexpected table error: INVALID.
+            return Err(r.err().map_or(Error::Invalid, Error::from));
         }
-        let n = count_leaves(&dom.s2, &mem, iova, iova + done);
+        let n = count_leaves(&dom.s2, &mem, iova, Iova(iova.get() + done));
         for (c, n) in self.stats.leaves.iter().zip(n) {
             c.fetch_add(n, Ordering::Relaxed);
         }
@@ -97,7 +114,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
 
     /// UNMAP: removes the translations of `[iova, iova + size)`. Returns the bytes
     /// processed (see the module docs).
-    pub fn unmap(&self, id: u64, iova: u64, size: u64) -> Result<u64, Error> {
+    pub fn unmap(&self, id: DomainId, iova: Iova, size: u64) -> Result<u64, Error> {
         if size == 0 {
             return Err(Error::Invalid);
         }
@@ -111,44 +128,45 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         }
     }
 
-    fn unmap_once(&self, slot: &Slot, iova: u64, size: u64) -> Result<u64, Error> {
+    fn unmap_once(&self, slot: &Slot, start: Iova, size: u64) -> Result<u64, Error> {
         let mut guard = slot.dom.lock();
         let dom = guard.as_mut().ok_or(Error::NoEnt)?;
         let geom = dom.s2.geometry();
         let g = geom.granule().size();
-        if !iova.is_multiple_of(g) || !size.is_multiple_of(g) {
+        if !start.is_aligned(g) || !size.is_multiple_of(g) {
             return Err(Error::Invalid);
         }
-        let end = iova.checked_add(size).ok_or(Error::Invalid)?;
-        if end > geom.ipa_size() {
+        let end = start.checked_add(size).ok_or(Error::Invalid)?;
+        if end.get() > geom.ipa_size() {
             return Err(Error::Invalid);
         }
         let mut mem = self.pool.clone();
-        let mut found = collect_leaves(&dom.s2, &mem, iova, end, self.cfg.max_map_bytes)?;
+        let mut found = collect_leaves(&dom.s2, &mem, start, end, self.cfg.max_map_bytes)?;
         if found.mapped == 0 {
             return Err(Error::NoEnt);
         }
         let mut gather = self
-            .dom_gather(slot, dom, iova, found.end)
+            .dom_gather(slot, dom, start, found.end)
             .keep_empty_tables(dom.flags.batched);
+        let iova = start.get();
         let processed =
             match dom
                 .s2
-                .unmap_gathered(&mut mem, &mut gather, Ipa(iova), found.end - iova)
+                .unmap_gathered(&mut mem, &mut gather, start.ipa(), found.end.get() - iova)
             {
-                Ok(()) => found.end,
+                Ok(()) => found.end.get(),
                 Err(S2Error::OutOfMemory { done }) => iova + done,
                 Err(e) => {
-                    log::error!("UNMAP {iova:#x}: unexpected table error {e}");
+                    log::error!("UNMAP {start}: unexpected table error {e}");
                     iova
                 }
             };
         // Keep the pins of what was actually unmapped.
         found.leaves.retain_mut(|l| {
-            if l.iova >= processed {
+            if l.iova.get() >= processed {
                 return false;
             }
-            l.pa.size = l.pa.size.min(processed - l.iova);
+            l.pa.size = l.pa.size.min(processed - l.iova.get());
             true
         });
         if processed == iova {
@@ -194,16 +212,16 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     }
 
     /// IOVA_TO_PHYS: the physical address `iova` reaches in the domain; NOENT if unmapped.
-    pub fn iova_to_phys(&self, id: u64, iova: u64) -> Result<u64, Error> {
+    pub fn iova_to_phys(&self, id: DomainId, iova: Iova) -> Result<PhysAddr, Error> {
         let (_, slot) = self.slot_of(id)?;
         let guard = slot.dom.lock();
         let dom = guard.as_ref().ok_or(Error::NoEnt)?;
-        if iova >= dom.s2.geometry().ipa_size() {
+        if iova.get() >= dom.s2.geometry().ipa_size() {
             return Err(Error::Invalid);
         }
         dom.s2
-            .translate(&self.pool, Ipa(iova))
-            .map(|(pa, _, _)| pa.get())
+            .translate(&self.pool, iova.ipa())
+            .map(|(pa, _, _)| pa)
             .ok_or(Error::NoEnt)
     }
 }

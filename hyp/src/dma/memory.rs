@@ -2,7 +2,14 @@
 //! reserve that keeps host stage-2 changes possible with an empty pool, and the pins of
 //! DMA masters Warden emulates.
 
-use super::*;
+use super::{CpuSeams, HOST_RESERVE_PAGES, HostState, Hyp, PagePool};
+use crate::PAGE;
+use crate::addr::{PhysAddr, PhysRange};
+use crate::host_mem::{self, HostMem, HostS2Tlb};
+use crate::s2mmu::TableMemory;
+use crate::smmu::{Smmu, SmmuIo};
+use alloc::vec::Vec;
+use host_abi::Error;
 
 impl HostState {
     /// Tops the reserve up from the pool (best effort).
@@ -18,7 +25,7 @@ impl HostState {
 }
 
 /// The pool, falling back to the host reserve for page-sized tables.
-pub(super) struct ReserveMem<'a, M> {
+struct ReserveMem<'a, M> {
     pool: M,
     reserve: &'a mut Vec<PhysAddr>,
 }
@@ -106,16 +113,14 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     /// MEM_DONATE: `pages` pages at `pa` leave the host and join the page pool. A page
     /// pinned only by a queued batched unmap is released by flushing that domain first;
     /// a page still mapped is BUSY.
-    pub fn mem_donate(&self, pa: u64, pages: u64) -> Result<(), Error> {
+    pub fn mem_donate(&self, pa: PhysAddr, pages: u64) -> Result<(), Error> {
+        let pa = pa.get();
         for attempt in 0..2 {
             let r = {
                 let mut host = self.host.lock();
                 // Prepare: the pool can record the donation (no allocation after the host
                 // stage-2 changed).
-                self.pool
-                    .clone()
-                    .prepare_donate()
-                    .map_err(|_| Error::NoMem)?;
+                self.pool.clone().prepare_donate()?;
                 let mut set = self.smmus.lock();
                 let r = self.with_host_s2(&mut host, &mut set.smmus, |hm, mem, tlb| {
                     hm.host_donate_hyp(mem, tlb, pa, pages)
@@ -154,8 +159,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
 
     /// MEM_RECLAIM: gives up to `wanted` donated pages the pool does not use back to the
     /// host (one run), zeroed. NOENT when nothing is donated, BUSY when every donated page
-    /// is in use.
-    pub fn mem_reclaim(&self, wanted: u64) -> Result<(u64, u64), Error> {
+    /// is in use. Returns the run given back.
+    pub fn mem_reclaim(&self, wanted: u64) -> Result<PhysRange, Error> {
         if wanted == 0 || wanted > host_mem::MAX_PAGES_PER_CALL {
             return Err(Error::Invalid);
         }
@@ -187,7 +192,11 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 hm.hyp_donate_host_range(mem, tlb, give)
             });
             return match r {
-                Ok((pa, n)) => Ok((pa.get(), n)),
+                // `n` is at most `MAX_PAGES_PER_CALL`: the size cannot overflow.
+                Ok((pa, n)) => Ok(PhysRange {
+                    base: pa,
+                    size: n * PAGE,
+                }),
                 Err(Error::Busy) => {
                     // Withheld (an unconfirmed invalidation): a device may still reach
                     // part of the run, so it never goes back to the pool.

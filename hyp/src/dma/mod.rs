@@ -46,37 +46,35 @@
 //!
 //! # Partial progress and errors (I6)
 //!
-//! Every call returns exactly one [`Error`] (encoded by [`encode`]) and changes nothing
-//! when it fails. MAP and UNMAP may do less than asked: x1 is the number of bytes done
-//! from the start of the range, and the caller continues from `iova + x1`.
+//! Every call returns exactly one [`Error`] (the front-end encodes it with [`encode`])
+//! and changes nothing when it fails. MAP and UNMAP may do less than asked: they return
+//! the number of bytes `done` from the start of the range (x1 in the hypercall ABI), and
+//! the caller continues from `iova + done`.
 //!
 //! - MAP maps at most [`Config::max_map_bytes`] per call, and less if the page pool runs
 //!   dry (NOMEM only when nothing could be mapped, after flushing every batched queue
 //!   once to free their tables). The whole requested range must be unmapped (EXIST
 //!   otherwise, nothing done).
 //! - UNMAP walks the range and unmaps up to [`Config::max_map_bytes`] of *mapped* bytes:
-//!   x1 is the length of the prefix `[iova, iova + x1)` that is now entirely unmapped,
-//!   holes included (so x1 == size when the whole range was processed). NOENT when
+//!   `done` is the length of the prefix `[iova, iova + done)` that is now entirely
+//!   unmapped, holes included (so `done == size` when the whole range was processed). NOENT when
 //!   nothing at all is mapped in the range.
-//! - Domains 0 (host identity) and 1 (blocking) cannot be mapped, unmapped, flushed,
+//! - Domains [`DomainId::HOST`] and [`DomainId::BLOCKED`] cannot be mapped, unmapped, flushed,
 //!   translated or freed: INVALID.
 //! - A hardware failure (an SMMU that does not complete a `CMD_SYNC`) can leave an
 //!   operation's effect unconfirmed: then the pages and tables involved are never
 //!   released (they stay pinned / allocated), which is safe, and logged.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
-use crate::domain::{
-    Domain, DomainFlags, InvRange, Leaf, Pending, any_mapped, collect_leaves, count_leaves,
-};
+use crate::domain::Domain;
 use crate::events::EventRing;
-use crate::host_mem::{self, CpuTlb, HostMem, HostS2Tlb, InvalidationCounts};
-use crate::inval::{CpuInval, Fanout, Gather, Limits};
-use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Geometry, S2Tlb, Stage2, TableMemory};
-use crate::smmu::{S2Config, Smmu, SmmuError, SmmuIo, TLBI_RANGE_MAX_PAGES};
+use crate::host_mem::{CpuTlb, HostMem, InvalidationCounts};
+use crate::s2mmu::{Granule, TableMemory};
+use crate::smmu::{S2Config, Smmu, SmmuIo};
 use crate::vmid_alloc::{Vmid, VmidAllocator};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use host_abi::{Error, domain, features, func, prot, stats};
+use host_abi::Error;
 use spin::Mutex;
 
 mod attach;
@@ -91,10 +89,9 @@ mod tests;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod world;
 
+pub use crate::domain::{DomainFlags, DomainId, Endpoint, Prot};
 pub use hypercall::encode;
-
-/// Bytes per page (the ownership and pin unit).
-pub const PAGE: u64 = 4096;
+pub use info::{Features, Stats};
 /// Most SMMUs one [`Hyp`] drives (a domain's SMMUs are a 64-bit mask).
 pub const MAX_SMMUS: usize = 64;
 /// Past this many merged ranges one flush invalidates the whole VMID instead.
@@ -311,6 +308,13 @@ fn granule_index(g: Granule) -> usize {
     }
 }
 
+/// An empty vector with room for exactly `n` elements; NOMEM if the heap has no room.
+fn with_capacity<T>(n: usize) -> Result<Vec<T>, crate::frames::NoMem> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| crate::frames::NoMem)?;
+    Ok(v)
+}
+
 /// Largest output size a stage-2 geometry encodes (no 52-bit).
 fn encodable_pa_bits(bits: u32) -> u32 {
     match bits {
@@ -382,15 +386,9 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 .map(|g| !smmus.is_empty() && smmus.iter().all(|s| s.features().supports(g))),
             ril: !smmus.is_empty() && smmus.iter().all(|s| s.features().ril),
         };
-        let mut slots = Vec::new();
-        slots
-            .try_reserve_exact(usize::from(cfg.max_domains))
-            .map_err(|_| Error::NoMem)?;
+        let mut slots = with_capacity(usize::from(cfg.max_domains))?;
         slots.extend((0..cfg.max_domains).map(|_| Slot::new()));
-        let mut owner = Vec::new();
-        owner
-            .try_reserve_exact(smmus.len())
-            .map_err(|_| Error::NoMem)?;
+        let mut owner = with_capacity(smmus.len())?;
         owner.extend(smmus.iter().map(|_| Vec::new()));
         let events = EventRing::with_capacity(cfg.event_ring).ok_or(Error::NoMem)?;
         let host_ste = S2Config::for_stage2(&host.s2, host_vmid);
@@ -398,10 +396,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             table: Mutex::new(Table { hint: 0, used: 0 }),
             slots,
             host: Mutex::new({
-                let mut reserve = Vec::new();
-                reserve
-                    .try_reserve_exact(HOST_RESERVE_PAGES)
-                    .map_err(|_| Error::NoMem)?;
+                let reserve = with_capacity(HOST_RESERVE_PAGES)?;
                 let mut h = HostState {
                     mem: host,
                     counts: InvalidationCounts::default(),
@@ -460,24 +455,24 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     // Introspection (tests, debugging).
 
     /// The VMID of domain `id`, if it exists.
-    pub fn domain_vmid(&self, id: u64) -> Option<Vmid> {
+    pub fn domain_vmid(&self, id: DomainId) -> Option<Vmid> {
         let (_, slot) = self.slot_of(id).ok()?;
         slot.dom.lock().as_ref().map(|d| d.vmid)
     }
 
     /// IDs of the live host-managed domains.
-    pub fn domain_ids(&self) -> Vec<u64> {
+    pub fn domain_ids(&self) -> Vec<DomainId> {
         let mut v = Vec::new();
         for (i, s) in self.slots.iter().enumerate() {
             if s.dom.lock().is_some() {
-                v.push(i as u64 + domain::FIRST_MANAGED);
+                v.push(DomainId(i as u64 + DomainId::FIRST_MANAGED.get()));
             }
         }
         v
     }
 
     /// Pins held by domain `id`'s queued unmaps.
-    pub fn pending_pins(&self, id: u64) -> Vec<PhysRange> {
+    pub fn pending_pins(&self, id: DomainId) -> Vec<PhysRange> {
         let Ok((_, slot)) = self.slot_of(id) else {
             return Vec::new();
         };
