@@ -26,22 +26,75 @@
 //! | 47:12 | output address                               |
 //! | 54    | XN                                           |
 
+use crate::PAGE;
 use crate::addr::{Ipa, PhysAddr, PhysRange};
 use crate::s2mmu::{Granule, MapNewError, Regime, S2Error, S2Geometry, S2Tlb, Stage2, TableMemory};
+use bitfield_struct::bitfield;
 use core::ops::ControlFlow;
 
 /// MAIR_EL2: index 0 Normal write-back RA/WA, index 1 Device-nGnRE, index 2 Device-nGnRnE.
 pub const MAIR_EL2: u64 = 0x00_04_ff;
 
-const PAGE: u64 = 4096;
-const DESC_ATTRINDX_MASK: u64 = 0b111 << 2;
-const DESC_ATTRINDX_DEVICE: u64 = 1 << 2;
-const DESC_AP_MASK: u64 = 0b11 << 6;
-const DESC_AP_RO: u64 = 2 << 6;
-const DESC_SH_MASK: u64 = 0b11 << 8;
-const DESC_SH_INNER: u64 = 3 << 8;
-const DESC_AF: u64 = 1 << 10;
-const DESC_XN: u64 = 1 << 54;
+/// An EL2 stage-1 descriptor, field by field (VMSAv8-64, 4 KiB granule, 48-bit OA).
+#[bitfield(u64)]
+struct El2Desc {
+    /// Bit 0: valid.
+    valid: bool,
+    /// Bit 1: 1 = table (L0–L2) or page (L3), 0 = block.
+    table_or_page: bool,
+    /// Bits 4:2: AttrIndx into [`MAIR_EL2`].
+    #[bits(3)]
+    attrindx: u8,
+    /// Bit 5: NS (Secure state only): 0.
+    ns: bool,
+    /// Bits 7:6: AP.
+    #[bits(2)]
+    ap: u8,
+    /// Bits 9:8: shareability.
+    #[bits(2)]
+    sh: u8,
+    /// Bit 10: access flag.
+    af: bool,
+    /// Bits 11: nG (RES0 in this regime).
+    ng: bool,
+    /// Bits 47:12: output address or next-level table.
+    #[bits(36)]
+    oa: u64,
+    /// Bits 51:48: 0 (no 52-bit OA, no DBM).
+    #[bits(4)]
+    __: u8,
+    /// Bit 52: contiguous hint.
+    contiguous: bool,
+    /// Bit 53: reserved in the EL2 regime: 0.
+    #[bits(1)]
+    __: u8,
+    /// Bit 54: execute never.
+    xn: bool,
+    /// Bits 58:55: software use.
+    #[bits(4)]
+    sw: u8,
+    /// Bits 63:59: ignored / PBHA: 0.
+    #[bits(5)]
+    __: u8,
+}
+
+/// The bits of a field at `offset`, `bits` wide (less than 64).
+const fn field(offset: usize, bits: usize) -> u64 {
+    ((1u64 << bits) - 1) << offset
+}
+
+const DESC_KIND_MASK: u64 = field(El2Desc::VALID_OFFSET, 2);
+const DESC_ATTRINDX_MASK: u64 = field(El2Desc::ATTRINDX_OFFSET, El2Desc::ATTRINDX_BITS);
+const DESC_ATTRINDX_DEVICE: u64 = 1 << El2Desc::ATTRINDX_OFFSET;
+const DESC_AP_MASK: u64 = field(El2Desc::AP_OFFSET, El2Desc::AP_BITS);
+/// AP = 0b10: read-only at EL2.
+const DESC_AP_RO: u64 = 0b10 << El2Desc::AP_OFFSET;
+const DESC_SH_MASK: u64 = field(El2Desc::SH_OFFSET, El2Desc::SH_BITS);
+const DESC_SH_INNER: u64 = 0b11 << El2Desc::SH_OFFSET;
+const DESC_AF: u64 = field(El2Desc::AF_OFFSET, El2Desc::AF_BITS);
+const DESC_OA_MASK: u64 = field(El2Desc::OA_OFFSET, El2Desc::OA_BITS);
+const DESC_CONTIGUOUS: u64 = field(El2Desc::CONTIGUOUS_OFFSET, El2Desc::CONTIGUOUS_BITS);
+const DESC_XN: u64 = field(El2Desc::XN_OFFSET, El2Desc::XN_BITS);
 /// Leaf bits the EL2 regime's attributes carry.
 const ATTR_MASK: u64 = DESC_ATTRINDX_MASK | DESC_AP_MASK | DESC_SH_MASK | DESC_AF | DESC_XN;
 
@@ -94,7 +147,8 @@ impl Regime for El2Regime {
     type Attrs = El2Attrs;
     const ATTR_MASK: u64 = ATTR_MASK;
     /// Memory type, shareability, valid/table bits and output address.
-    const BREAK_MASK: u64 = 0b11 | DESC_ATTRINDX_MASK | DESC_SH_MASK | 0x0000_ffff_ffff_f000;
+    const BREAK_MASK: u64 =
+        DESC_KIND_MASK | DESC_ATTRINDX_MASK | DESC_SH_MASK | DESC_OA_MASK | DESC_CONTIGUOUS;
     /// AP, AF and XN.
     const PERM_MASK: u64 = DESC_AP_MASK | DESC_AF | DESC_XN;
     fn bits(attrs: El2Attrs) -> u64 {
@@ -448,6 +502,23 @@ mod tests {
             }
         }
         assert_eq!(err, Some(S1Error::OutOfTables));
+    }
+
+    #[test]
+    fn descriptor_fields_sit_where_the_architecture_puts_them() {
+        assert_eq!(DESC_KIND_MASK, 0b11);
+        assert_eq!(DESC_ATTRINDX_MASK, 0b111 << 2);
+        assert_eq!(DESC_AP_MASK, 0b11 << 6);
+        assert_eq!(DESC_SH_MASK, 0b11 << 8);
+        assert_eq!(DESC_AF, 1 << 10);
+        assert_eq!(DESC_OA_MASK, 0x0000_ffff_ffff_f000);
+        assert_eq!(DESC_CONTIGUOUS, 1 << 52);
+        assert_eq!(DESC_XN, 1 << 54);
+        let d = El2Desc::new()
+            .with_valid(true)
+            .with_oa(0x4_0000)
+            .with_ng(false);
+        assert_eq!(d.into_bits(), 1 | 0x4000_0000);
     }
 
     #[test]

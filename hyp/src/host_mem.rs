@@ -33,8 +33,8 @@ use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
 use host_abi::Error;
 
-/// Bytes in a page (the ownership unit).
-pub const PAGE: u64 = 4096;
+/// Bytes in a page (the ownership unit): the crate's one [`PAGE`](crate::PAGE).
+pub use crate::PAGE;
 /// Most pages one MEM_DONATE / MEM_RECLAIM moves (bounded work per call).
 pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
 /// Past this many pages one invalidation covers the whole VMID instead of a range.

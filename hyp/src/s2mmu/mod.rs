@@ -39,6 +39,8 @@
 //!
 //! # Descriptor layout (stage 2, 48-bit OA, `HCR_EL2.FWB = 0`)
 //!
+//! Declared field by field in `desc.rs` (`bitfield-struct`); the masks below come from it.
+//!
 //! | bits  | block (L1/L2) / page (L3)                        | table (L0–L2)             |
 //! |-------|--------------------------------------------------|---------------------------|
 //! | 0     | valid = 1                                        | valid = 1                 |
@@ -76,23 +78,14 @@ use core::ops::ControlFlow;
 use crate::addr::{Ipa, PhysAddr};
 use crate::inval::{Gather, InvRange};
 
-const DESC_VALID: u64 = 1 << 0;
-const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
-const MEMATTR_MASK: u64 = 0xf << 2;
-const MEMATTR_NORMAL_WB: u64 = 0b1111 << 2;
-const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << 2;
-const S2AP_READ: u64 = 1 << 6;
-const S2AP_WRITE: u64 = 1 << 7;
-const SH_MASK: u64 = 0b11 << 8;
-const SH_INNER: u64 = 0b11 << 8;
-const AF: u64 = 1 << 10;
-const CONTIGUOUS: u64 = 1 << 52;
-const XN_MASK: u64 = 0b11 << 53;
-const XN: u64 = 1 << 54;
-const SW_SHIFT: u32 = 55;
-const SW_MASK: u64 = 0xf << SW_SHIFT;
-/// Output address / next-level table address, 48-bit OA.
-const OA_MASK: u64 = 0x0000_ffff_ffff_f000;
+mod desc;
+
+use desc::{
+    AF, CONTIGUOUS, DESC_TABLE_OR_PAGE, DESC_VALID, MEMATTR_DEVICE_NGNRE, MEMATTR_MASK,
+    MEMATTR_NORMAL_WB, OA_MASK, S2AP_READ, S2AP_WRITE, SH_INNER, SH_MASK, SW_MASK, SW_SHIFT, XN,
+    XN_MASK,
+};
+
 /// Attribute bits of a leaf that [`S2Attrs`] carries.
 const ATTR_MASK: u64 = MEMATTR_MASK | S2AP_READ | S2AP_WRITE | SH_MASK | AF | XN_MASK | SW_MASK;
 /// Leaf fields whose change needs break-before-make.
