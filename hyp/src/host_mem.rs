@@ -33,7 +33,7 @@ use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
 use host_abi::Error;
 
-/// Bytes in a page (the ownership unit): the crate's one [`PAGE`](crate::PAGE).
+/// Bytes in a page (the ownership unit): the crate's one `PAGE`.
 pub use crate::PAGE;
 /// Most pages one MEM_DONATE / MEM_RECLAIM moves (bounded work per call).
 pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;

@@ -14,8 +14,13 @@
 //!   does not call it directly: it records into a [`Gather`] (module [`crate::inval`]),
 //!   which owns the pending ranges, the tables waiting for their invalidation and the
 //!   failure flag, and decides when to issue and free.
-//! - [`Stage2`]: one table tree: [`map`](Stage2::map), [`unmap`](Stage2::unmap),
+//! - [`Stage2`]: one table tree: [`map`](Stage2::map), [`unmap`](Stage2::unmap) (and
+//!   their `_gathered` forms that record into the caller's gather),
+//!   [`map_new`](Stage2::map_new) (add-only, for a table the caller runs on),
 //!   [`translate`](Stage2::translate), [`walk`](Stage2::walk), [`destroy`](Stage2::destroy).
+//! - [`Regime`]: the leaf encoding of a translation regime. [`Stage2Regime`] is the
+//!   default; Warden's EL2 stage-1 map ([`crate::el2_s1`]) is the second regime of the
+//!   same walker.
 //!
 //! # Break-before-make
 //!
@@ -654,7 +659,7 @@ pub trait S2Tlb {
     }
 
     /// Invalidates `ranges` (or every entry when `all`) and waits: what a
-    /// [`Gather`](crate::inval::Gather) issues at once. The default goes range by range
+    /// [`Gather`] issues at once. The default goes range by range
     /// and then [`complete`](Self::complete)s; an implementation that must take a lock
     /// to reach its hardware may do it once here.
     fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
