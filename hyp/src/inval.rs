@@ -480,7 +480,124 @@ impl<C: CpuInval, I: SmmuIo, M: TableMemory> S2Tlb for Fanout<'_, C, I, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::s2mmu::{S2Attrs, S2Geometry, Stage2};
+    use crate::testutil::Arena;
     use alloc::vec;
+    use std::vec::Vec;
+
+    /// Records what reaches the hardware seam; `confirm` is what `complete` reports.
+    #[derive(Default)]
+    struct Rec {
+        calls: Vec<(u64, u64, bool)>,
+        alls: usize,
+        completes: usize,
+        fail: bool,
+    }
+
+    impl S2Tlb for &mut Rec {
+        fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, leaf: bool) {
+            self.calls.push((ipa.get(), size, leaf));
+        }
+        fn invalidate_all(&mut self) {
+            self.alls += 1;
+        }
+        fn complete(&mut self) -> bool {
+            self.completes += 1;
+            !self.fail
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A 4 KiB stage-2 with one page mapped at 2 MiB (so the unmap empties an L3 table).
+    fn one_page() -> (Arena, Stage2) {
+        let mut a = Arena::new(8 << 20);
+        let g = S2Geometry::new(Granule::Size4K, 40, 40).unwrap();
+        // SAFETY: every call passes this arena.
+        let mut s2: Stage2 = unsafe { Stage2::new(g, &mut a) }.unwrap();
+        s2.map(
+            &mut a,
+            &mut crate::s2mmu::NoTlb,
+            Ipa(2 * MIB),
+            PhysAddr(0x10_0000),
+            4096,
+            S2Attrs::NORMAL_RW,
+        )
+        .unwrap();
+        (a, s2)
+    }
+
+    #[test]
+    fn clipped_gather_keeps_invalidations_and_tables_until_complete() {
+        let (mut a, mut s2) = one_page();
+        let live = a.live_count();
+        let mut rec = Rec::default();
+        let mut g = Gather::clipped(&mut rec, 2 * MIB, 2 * MIB + 4096, Limits::NONE);
+        s2.unmap_gathered(&mut a, &mut g, Ipa(2 * MIB), 4096)
+            .unwrap();
+        // The emptied L3 and L2 tables left the tree but are still allocated, nothing
+        // was issued; their unclipped spans are kept.
+        assert_eq!(g.tables.len(), 2);
+        assert_eq!(g.spans.len(), 2);
+        assert_eq!(a.live_count(), live);
+        assert!(g.has_work());
+        assert!(g.complete());
+        g.free_tables(&mut a);
+        assert!(g.tables.is_empty());
+        assert_eq!(a.live_count(), live - 2, "freed after completion");
+        drop(g);
+        // One page-sized invalidation (both entries clipped to the page and merged; walk
+        // caches too), one completion.
+        assert_eq!(rec.calls, [(2 * MIB, 4096, false)]);
+        assert_eq!((rec.alls, rec.completes), (0, 1));
+    }
+
+    #[test]
+    fn unconfirmed_invalidation_keeps_the_tables() {
+        let (mut a, mut s2) = one_page();
+        let live = a.live_count();
+        let mut rec = Rec {
+            fail: true,
+            ..Rec::default()
+        };
+        let mut g = Gather::clipped(&mut rec, 2 * MIB, 2 * MIB + 4096, Limits::NONE);
+        s2.unmap_gathered(&mut a, &mut g, Ipa(2 * MIB), 4096)
+            .unwrap();
+        assert!(!g.complete());
+        g.free_tables(&mut a);
+        assert_eq!(g.tables.len(), 2, "kept for the caller to count as leaked");
+        assert_eq!(a.live_count(), live);
+        assert!(!g.complete(), "the failure sticks");
+    }
+
+    #[test]
+    fn past_the_limits_one_whole_vmid_invalidation() {
+        let mut rec = Rec::default();
+        let limits = Limits {
+            max_ranges: 2,
+            max_range_granules: 4,
+            granule: Granule::Size4K,
+        };
+        let r = |start: u64, end: u64| InvRange {
+            start,
+            end,
+            leaf: true,
+        };
+        let mut three = vec![r(0, 4096), r(0x10000, 0x11000), r(0x20000, 0x21000)];
+        assert!(issue(&mut &mut rec, &mut three, false, &limits));
+        assert_eq!((rec.calls.len(), rec.alls), (0, 1));
+        let mut big = vec![r(0, 5 * 4096)];
+        assert!(issue(&mut &mut rec, &mut big, false, &limits));
+        assert_eq!((rec.calls.len(), rec.alls), (0, 2));
+        let mut two = vec![r(0x1000, 0x2000), r(0, 0x1000), r(0x8000, 0x9000)];
+        assert!(issue(&mut &mut rec, &mut two, false, &limits));
+        assert_eq!(
+            rec.calls,
+            [(0, 0x2000, true), (0x8000, 0x1000, true)],
+            "merged"
+        );
+        assert_eq!(rec.completes, 3);
+    }
 
     #[test]
     fn merging() {
