@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
+use anyhow::{Context, Result};
+
 use crate::cpio;
 use crate::deps::{self, Payload};
 use crate::kmod;
-use crate::util::{Context, Result, say, show, write_atomic};
+use crate::util::{say, show, write_atomic};
 
 /// The drivers the host needs beyond what the kernel has built in.
 pub const WANTED_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];

@@ -13,12 +13,10 @@
 //!   `MSR SMCR_EL2`, `MSR SMPRIMAP_EL2`), which Warden programs once per CPU before the
 //!   host first runs (src/cpu.rs), as Linux's EL2 setup does.
 
+use anyhow::{Context, Result, bail};
 use object::elf::{FileHeader64, SHF_EXECINSTR, SHT_PROGBITS};
 use object::read::elf::{FileHeader, SectionHeader, Sym};
 use object::{Endianness, FileKind};
-
-use crate::bail;
-use crate::util::{Context, Result};
 
 /// A class check: why an instruction is not allowed, if it is not.
 pub type Check = fn(u32) -> Option<&'static str>;
