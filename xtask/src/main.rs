@@ -474,6 +474,19 @@ mod tests {
         assert!(parse_run(args(&["--frobnicate"])).is_err());
         assert!(parse_run(args(&["--smp"])).is_err());
         assert!(parse_run(args(&["--debug=yes"])).is_err());
+        assert!(parse_run(args(&["stray"])).is_err());
+        assert!(parse_run(args(&["-x"])).is_err());
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_is_for_qemu() {
+        let o = parse_run(args(&["--smp=2", "--", "--smp", "8", "--", "-S"])).unwrap();
+        assert_eq!(o.machine.smp, 2);
+        assert_eq!(o.extra, ["--smp", "8", "--", "-S"]);
+        let o = parse_run(args(&["--append", "--", "--"])).unwrap();
+        assert_eq!(o.append.as_deref(), Some("--"), "a value may look like an option");
+        assert!(o.extra.is_empty());
+        assert!(parse_test(args(&["--"])).is_err());
     }
 
     #[test]
