@@ -484,7 +484,11 @@ mod tests {
         assert_eq!(o.machine.smp, 2);
         assert_eq!(o.extra, ["--smp", "8", "--", "-S"]);
         let o = parse_run(args(&["--append", "--", "--"])).unwrap();
-        assert_eq!(o.append.as_deref(), Some("--"), "a value may look like an option");
+        assert_eq!(
+            o.append.as_deref(),
+            Some("--"),
+            "a value may look like an option"
+        );
         assert!(o.extra.is_empty());
         assert!(parse_test(args(&["--"])).is_err());
     }
