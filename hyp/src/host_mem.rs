@@ -26,8 +26,9 @@
 //! the descriptor write it is for.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::page_state::{self, PageState, PreparedTables};
 use crate::pins::{PinError, PinSet};
-use crate::s2mmu::{Granule, S2Attrs, S2Error, S2Tlb, Stage2, TableMemory};
+use crate::s2mmu::{Granule, S2Tlb, Stage2, TableMemory};
 use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
 use host_abi::Error;
@@ -167,7 +168,10 @@ impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
     }
 }
 
-/// The host's RAM and who owns which part of it.
+/// The host's RAM and who owns which part of it: the host stage-2 (the host side of
+/// every page's state, see [`page_state`](crate::page_state)) and Warden's ledger (the
+/// hyp side: what is RAM, Warden's own memory, donated runs, DMA pins). One lock guards
+/// all of it (the DMA core's `host memory` lock).
 pub struct HostMem {
     /// The host stage-2 (shared by the CPU and every host StreamID).
     pub s2: Stage2,
@@ -180,11 +184,28 @@ pub struct HostMem {
     pins: PinSet,
 }
 
-/// Attributes of host-owned RAM in the host stage-2.
-pub const HOST_RAM: S2Attrs = S2Attrs::NORMAL_RWX;
+pub use crate::page_state::HOST_RAM;
+
+/// Maps an error of the pin bookkeeping to the ABI.
+fn pin_error(e: PinError) -> Error {
+    match e {
+        PinError::Invalid => Error::Invalid,
+        PinError::NoMem => Error::NoMem,
+    }
+}
+
+/// A page-aligned, non-empty range that does not wrap.
+fn page_range(base: u64, size: u64) -> Result<PhysRange, Error> {
+    if size == 0 || !base.is_multiple_of(PAGE) || !size.is_multiple_of(PAGE) {
+        return Err(Error::Invalid);
+    }
+    base.checked_add(size).ok_or(Error::Invalid)?;
+    Ok(PhysRange::new(base, size))
+}
 
 impl HostMem {
-    /// Wraps the boot-time host stage-2 (RAM minus `carveouts` mapped with [`HOST_RAM`]).
+    /// Wraps the boot-time host stage-2 (RAM minus `carveouts` mapped with [`HOST_RAM`],
+    /// that is every page [`PageState::HostOwned`]).
     pub fn new(s2: Stage2, ram: Vec<PhysRange>, carveouts: Vec<PhysRange>) -> Self {
         Self {
             s2,
@@ -205,25 +226,44 @@ impl HostMem {
         &self.donated
     }
 
+    /// Pages currently donated to Warden.
+    pub fn donated_pages(&self) -> u64 {
+        self.donated.iter().map(|r| r.size / PAGE).sum()
+    }
+
+    /// Whether the host owns every page of `r` right now: every page is
+    /// [`PageState::HostOwned`] in the host stage-2 (mapped identity as host RAM).
+    pub fn host_owns(&self, mem: &impl TableMemory, r: PhysRange) -> bool {
+        page_state::range_is(&self.s2, mem, r, PageState::HostOwned)
+    }
+
+    /// Both sides of "the host owns `r` and may give it away or pin it": the ledger says
+    /// it is RAM and none of it is Warden's, and the stage-2 says every page is
+    /// [`PageState::HostOwned`]. DENIED otherwise.
+    fn check_host_owned(&self, mem: &impl TableMemory, r: PhysRange) -> Result<(), Error> {
+        let ledger = self.ram.iter().any(|b| b.contains_range(&r))
+            && !self.carveouts.iter().any(|c| c.overlaps(&r))
+            && !self.donated.iter().any(|d| d.overlaps(&r));
+        if ledger && self.host_owns(mem, r) {
+            Ok(())
+        } else {
+            Err(Error::Denied)
+        }
+    }
+
     /// `host_pin_dma`: checks that the host owns every 4 KiB page of `r` now (DENIED
     /// otherwise: Warden's memory, donated pages, MMIO, beyond RAM) and adds one DMA pin to
     /// each. On error nothing changed.
     pub fn host_pin_dma(&mut self, mem: &impl TableMemory, r: PhysRange) -> Result<(), Error> {
-        if r.size == 0 || !r.base.get().is_multiple_of(PAGE) || !r.size.is_multiple_of(PAGE) {
-            return Err(Error::Invalid);
-        }
-        r.base.get().checked_add(r.size).ok_or(Error::Invalid)?;
-        if !self.ram.iter().any(|b| b.contains_range(&r))
-            || self.carveouts.iter().any(|c| c.overlaps(&r))
-            || self.donated.iter().any(|d| d.overlaps(&r))
-            || !self.host_owns(mem, r)
-        {
-            return Err(Error::Denied);
-        }
-        self.pins.pin(r).map_err(|e| match e {
-            PinError::Invalid => Error::Invalid,
-            PinError::NoMem => Error::NoMem,
-        })
+        // Validate.
+        let r = page_range(r.base.get(), r.size)?;
+        // Check both sides.
+        self.check_host_owned(mem, r)?;
+        // Prepare.
+        self.pins.prepare_pin(r).map_err(pin_error)?;
+        // Commit.
+        self.pins.commit_pin(r);
+        Ok(())
     }
 
     /// `host_unpin_dma`: drops one DMA pin from every page of `r` (pinned by
@@ -232,42 +272,20 @@ impl HostMem {
     /// pin bookkeeping cannot record it: then the pages stay pinned (safe; the caller
     /// counts them as leaked).
     pub fn host_unpin_dma(&mut self, r: PhysRange) -> Result<(), Error> {
-        self.pins.unpin(r).map_err(|e| match e {
-            PinError::Invalid => Error::Invalid,
-            PinError::NoMem => Error::NoMem,
-        })
+        // Validate and prepare (the pin side is the only one: a pinned page is the host's
+        // and stays so).
+        self.pins.prepare_unpin(r).map_err(pin_error)?;
+        // Commit.
+        self.pins.commit_unpin(r);
+        Ok(())
     }
 
-    /// Pages currently donated to Warden.
-    pub fn donated_pages(&self) -> u64 {
-        self.donated.iter().map(|r| r.size / PAGE).sum()
-    }
-
-    /// Whether the host owns every page of `r` right now (mapped as host RAM, identity).
-    pub fn host_owns(&self, mem: &impl TableMemory, r: PhysRange) -> bool {
-        let mut a = r.base.get();
-        while a < r.end() {
-            match self.s2.translate(mem, Ipa(a)) {
-                Some((pa, attrs, _)) if pa.get() == a && attrs == HOST_RAM => {}
-                _ => return false,
-            }
-            a += PAGE;
-        }
-        true
-    }
-
-    fn check_range(&self, pa: u64, pages: u64) -> Result<PhysRange, Error> {
-        if pages == 0 || pages > MAX_PAGES_PER_CALL || !pa.is_multiple_of(PAGE) {
-            return Err(Error::Invalid);
-        }
-        let size = pages * PAGE;
-        pa.checked_add(size).ok_or(Error::Invalid)?;
-        Ok(PhysRange::new(pa, size))
-    }
-
-    /// MEM_DONATE: `pages` pages from `pa` leave the host stage-2 and become Warden's.
-    /// DENIED unless the host owns every page; BUSY if one is DMA-pinned (mapped in a
-    /// domain or pending a batched invalidation). On any error nothing has changed.
+    /// MEM_DONATE: `pages` pages from `pa` leave the host stage-2 and become Warden's
+    /// ([`PageState::HostOwned`] → [`PageState::HypOwned`]). DENIED unless the host owns
+    /// every page; BUSY if one is DMA-pinned (mapped in a domain or pending a batched
+    /// invalidation); NOMEM if the tables or the ledger cannot grow. On any of these
+    /// errors nothing has changed. BUSY also when an SMMU did not confirm the
+    /// invalidation: then the pages have left the host but go to nobody (withheld).
     pub fn host_donate_hyp<T: S2Tlb>(
         &mut self,
         mem: &mut impl TableMemory,
@@ -275,35 +293,34 @@ impl HostMem {
         pa: u64,
         pages: u64,
     ) -> Result<(), Error> {
-        let r = self.check_range(pa, pages)?;
-        if !self.ram.iter().any(|b| b.contains_range(&r))
-            || self.carveouts.iter().any(|c| c.overlaps(&r))
-            || self.donated.iter().any(|d| d.overlaps(&r))
-            || !self.host_owns(mem, r)
-        {
-            return Err(Error::Denied);
+        // Validate.
+        if pages > MAX_PAGES_PER_CALL {
+            return Err(Error::Invalid);
         }
+        let r = page_range(pa, pages.saturating_mul(PAGE))?;
+        // Check both sides: the host's (stage-2 state, ledger), then the pins.
+        self.check_host_owned(mem, r)?;
         if self.pins.any_pinned(r) {
             return Err(Error::Busy);
         }
-        if self.donated.try_reserve(1).is_err() {
-            return Err(Error::NoMem);
-        }
-        match self.s2.unmap(mem, tlb, Ipa(r.base.get()), r.size) {
-            Ok(()) => {}
-            Err(S2Error::OutOfMemory { done }) => {
-                // Put back what was unmapped: the tables for it still exist, so this
-                // needs no memory.
-                let _ = self
-                    .s2
-                    .map(mem, tlb, Ipa(r.base.get()), r.base, done, HOST_RAM);
-                tlb.complete();
-                return Err(Error::NoMem);
-            }
-            Err(_) => return Err(Error::Invalid),
-        }
+        // Prepare: room for the donated run (merging needs none, a new run one entry),
+        // and every table the unmap will split blocks into.
+        self.donated.try_reserve(1).map_err(|_| Error::NoMem)?;
+        let need = page_state::tables_to_unmap(&self.s2, mem, r).map_err(|_| Error::Invalid)?;
+        let geom = self.s2.geometry();
+        let mut tables = PreparedTables::new(mem, geom, need).map_err(|_| Error::NoMem)?;
+        // Commit: nothing below can run out of memory.
+        let unmapped = self.s2.unmap(&mut tables, tlb, Ipa(r.base.get()), r.size);
+        drop(tables);
         // Ownership changes only once the host's and devices' translations are gone.
         tlb.complete();
+        if let Err(e) = unmapped {
+            // Not reachable: the tables were counted and allocated above. Whatever was
+            // unmapped stays so, and goes to nobody.
+            debug_assert!(false, "MEM_DONATE {r:?}: prepared unmap failed: {e:?}");
+            log::error!("MEM_DONATE {r:?}: prepared unmap failed ({e}); pages withheld");
+            return Err(Error::Busy);
+        }
         if tlb.failed() {
             // A device may still reach the pages: they leave the host (unmapped) but go
             // to nobody; the host gets BUSY and the pages stay out of use for good.
@@ -335,7 +352,10 @@ impl HostMem {
             (None, Some(a)) => {
                 self.donated[a] = PhysRange::new(r.base.get(), r.size + self.donated[a].size)
             }
-            (None, None) => self.donated.push(r),
+            (None, None) => {
+                debug_assert!(self.donated.len() < self.donated.capacity());
+                self.donated.push(r)
+            }
         }
     }
 
@@ -361,28 +381,31 @@ impl HostMem {
     }
 
     /// MEM_RECLAIM: gives the donated pages `give` back to the host (Warden no longer
-    /// uses them: the page pool handed them out for this). Returns the run's address and
-    /// page count. INVALID if `give` is not page-aligned or not inside one donated range;
-    /// on INVALID or NOMEM nothing has changed. BUSY: running out of table memory half
-    /// way, the rollback's invalidation was not confirmed, so a device may still reach
-    /// part of `give`: the pages stay donated but must never be used again (withheld).
+    /// uses them: the page pool handed them out for this), [`PageState::HypOwned`] →
+    /// [`PageState::HostOwned`]. Returns the run's address and page count. INVALID if
+    /// `give` is not page-aligned or not inside one donated range; NOMEM if the tables or
+    /// the ledger cannot grow; on either nothing has changed.
     pub fn hyp_donate_host_range<T: S2Tlb>(
         &mut self,
         mem: &mut impl TableMemory,
         tlb: &mut T,
         give: PhysRange,
     ) -> Result<(PhysAddr, u64), Error> {
+        // Validate.
         let n = give.size / PAGE;
-        if n == 0
-            || n > MAX_PAGES_PER_CALL
-            || !give.base.get().is_multiple_of(PAGE)
-            || !give.size.is_multiple_of(PAGE)
-        {
+        if n > MAX_PAGES_PER_CALL {
             return Err(Error::Invalid);
         }
+        let give = page_range(give.base.get(), give.size)?;
+        // Check both sides: Warden's ledger (one donated run holds it all), then the
+        // stage-2 (every page Warden's, unmapped for the host).
         let Some(idx) = self.donated.iter().position(|d| d.contains_range(&give)) else {
             return Err(Error::Invalid);
         };
+        if !page_state::range_is(&self.s2, mem, give, PageState::HypOwned) {
+            return Err(Error::Invalid);
+        }
+        // Prepare: room for splitting the donated run, and every table the map needs.
         let first = self.donated[idx];
         let (left, right) = (
             PhysRange::new(first.base.get(), give.base.get() - first.base.get()),
@@ -391,31 +414,28 @@ impl HostMem {
         if left.size != 0 && right.size != 0 && self.donated.try_reserve(1).is_err() {
             return Err(Error::NoMem);
         }
-        match self.s2.map(
-            mem,
+        let need =
+            page_state::tables_to_map(&self.s2, mem, give, HOST_RAM).map_err(|_| Error::Invalid)?;
+        let geom = self.s2.geometry();
+        let mut tables = PreparedTables::new(mem, geom, need).map_err(|_| Error::NoMem)?;
+        // Commit: nothing below can run out of memory.
+        let mapped = self.s2.map(
+            &mut tables,
             tlb,
             Ipa(give.base.get()),
             give.base,
             give.size,
             HOST_RAM,
-        ) {
-            Ok(()) => {}
-            Err(S2Error::OutOfMemory { done }) => {
-                let _ = self.s2.unmap(mem, tlb, Ipa(give.base.get()), done);
-                tlb.complete();
-                if tlb.failed() {
-                    // The host and its devices could use the first `done` bytes, and
-                    // their removal is unconfirmed: the run goes to nobody.
-                    log::error!(
-                        "MEM_RECLAIM {give:?}: an SMMU did not confirm the rollback's invalidation; pages withheld"
-                    );
-                    return Err(Error::Busy);
-                }
-                return Err(Error::NoMem);
-            }
-            Err(_) => return Err(Error::Invalid),
-        }
+        );
+        drop(tables);
         tlb.complete();
+        if let Err(e) = mapped {
+            // Not reachable: the tables were counted and allocated above. Part of the run
+            // may be the host's now: it stays donated but is never used again (withheld).
+            debug_assert!(false, "MEM_RECLAIM {give:?}: prepared map failed: {e:?}");
+            log::error!("MEM_RECLAIM {give:?}: prepared map failed ({e}); pages withheld");
+            return Err(Error::Busy);
+        }
         match (left.size != 0, right.size != 0) {
             (false, false) => {
                 self.donated.remove(idx);
@@ -424,6 +444,7 @@ impl HostMem {
             (false, true) => self.donated[idx] = right,
             (true, true) => {
                 self.donated[idx] = left;
+                debug_assert!(self.donated.len() < self.donated.capacity());
                 self.donated.insert(idx + 1, right);
             }
         }
@@ -885,8 +906,13 @@ mod tests {
         assert_eq!(r, Ok(()));
     }
 
+    /// Was `reclaim_whose_rollback_is_unconfirmed_is_withheld`: a reclaim that ran out of
+    /// tables halfway mapped part of the run, then rolled it back, and withheld the run
+    /// when the SMMU did not confirm the rollback. The tables are now allocated before
+    /// anything changes: the same reclaim maps nothing, invalidates nothing, and the run
+    /// stays Warden's as it was (NOMEM), whatever the SMMU does.
     #[test]
-    fn reclaim_whose_rollback_is_unconfirmed_is_withheld() {
+    fn reclaim_short_of_tables_changes_nothing() {
         setup!(model, w, hm, smmu, ModelConfig::default(), false);
         // Donated: the last page of one 2 MiB block (which splits it: a level-3 table
         // stays) and the whole next block (no table left): one run of 513 pages.
@@ -897,9 +923,8 @@ mod tests {
             });
             assert_eq!(r, Ok(()));
         }
-        // Giving back [edge, edge + 2 pages): the first page maps into the existing
-        // table (the host and its devices can use it at once), the second needs a new
-        // table and there is none. The rollback of the first page is not confirmed.
+        // Giving back [edge, edge + 2 pages): the first page would map into the existing
+        // table, the second needs a new table and there is none.
         w.tables.budget = Some(0);
         model.set_stalled(true);
         let give = PhysRange::new(edge, 2 * PAGE);
@@ -908,12 +933,26 @@ mod tests {
         });
         model.set_stalled(false);
         w.tables.budget = None;
-        assert_eq!(counts.smmu_errors, 1, "the rollback's CMD_SYNC failed");
-        // A device may still reach the first page: the run must not go back to Warden
-        // as "nothing changed" (NOMEM); BUSY says it is withheld.
-        assert_eq!(r, Err(Error::Busy));
-        assert!(!hm.host_owns(&w.tables, give), "not the host's either");
-        assert_eq!(hm.donated_pages(), 513, "still counted as donated");
+        assert_eq!(r, Err(Error::NoMem));
+        assert_eq!(
+            counts,
+            InvalidationCounts::default(),
+            "nothing to invalidate"
+        );
+        assert!(
+            page_state::range_is(&hm.s2, &w.tables, give, PageState::HypOwned),
+            "not even the first page was mapped"
+        );
+        assert!(model.dma(SID, edge, true).is_err());
+        assert_eq!(hm.donated_pages(), 513, "still donated");
+        // With a table to spare it goes through.
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, give)
+        });
+        assert_eq!(r, Ok((PhysAddr(edge), 2)));
+        assert!(hm.host_owns(&w.tables, give));
+        assert_eq!(model.dma(SID, edge + PAGE, true), Ok(PhysAddr(edge + PAGE)));
+        assert_eq!(hm.donated_pages(), 511);
     }
 
     /// A memory-order model of the table walkers: a descriptor write (the table code
