@@ -1,20 +1,46 @@
-//! Ownership of RAM between the host and Warden, kept in the host stage-2: a page the host
-//! owns is identity-mapped there; a page Warden owns (its carve-out, pages the host
-//! donated) is not. Transitions follow one template, named initiator_verb_target:
-//! validate, check both sides' state, apply, invalidate, and only then let the page
-//! change hands (I2: ownership changes only after the invalidation has completed).
+//! Ownership of RAM between the host and Warden. Each page's state is explicit
+//! ([`PageState`], encoded in the host stage-2 as [`page_state`]
+//! describes): a page the host owns is identity-mapped with [`HOST_RAM`] (SW bits
+//! `0b0000`); a page Warden owns (its carve-out, pages the host donated) is unmapped.
+//! [`HostMem`] adds Warden's side of the ledger: which ranges are RAM, Warden's own
+//! memory, the donated runs, and the DMA pin counts (a pin is not a state: a pinned page
+//! is host-owned with a non-zero count, and cannot change owner).
 //!
-//! | transition          | before            | after              | hypercall   |
-//! |---------------------|-------------------|--------------------|-------------|
-//! | `host_donate_hyp`   | host, mapped      | Warden, unmapped   | MEM_DONATE  |
-//! | `hyp_donate_host`   | Warden (donated)  | host, mapped       | MEM_RECLAIM |
-//! | `host_pin_dma`      | host, pin count n | host, n + 1        | MAP         |
-//! | `host_unpin_dma`    | host, n + 1       | host, n            | UNMAP, FLUSH|
+//! | transition          | host stage-2 before → after | Warden's side            | hypercall   |
+//! |---------------------|-----------------------------|--------------------------|-------------|
+//! | `host_donate_hyp`   | `HostOwned` → `HypOwned`    | unpinned → donated run   | MEM_DONATE  |
+//! | `hyp_donate_host`   | `HypOwned` → `HostOwned`    | donated run → removed    | MEM_RECLAIM |
+//! | `host_pin_dma`      | `HostOwned` (unchanged)     | pin count n → n + 1      | MAP         |
+//! | `host_unpin_dma`    | `HostOwned` (unchanged)     | pin count n + 1 → n      | UNMAP, FLUSH|
 //!
-//! A page with a non-zero DMA pin count (mapped in a DMA domain, or unmapped with its
-//! invalidation still pending) cannot be donated: `host_donate_hyp` returns BUSY. The pin
-//! counts live here, under the same lock as the host stage-2, so that "is it the host's
-//! and unpinned" and "take it" happen atomically.
+//! # One template
+//!
+//! Every transition, named initiator_verb_target, runs the same steps:
+//!
+//! 1. **validate** the arguments (alignment, size, overflow): INVALID;
+//! 2. **lock** in the documented order (below);
+//! 3. **check both sides**: the host stage-2 state of every page of the range, with the
+//!    one visitor [`page_state::range_is`], and Warden's ledger (RAM, carve-outs, donated
+//!    runs, then pins): DENIED, BUSY, INVALID;
+//! 4. **prepare** everything that can fail: list capacity (`try_reserve`, the pin set's
+//!    prepare half) and every table the stage-2 change will allocate
+//!    ([`page_state::tables_to_map`] / [`page_state::tables_to_unmap`], allocated up front
+//!    in a [`PreparedTables`]): NOMEM, nothing changed;
+//! 5. **commit**: change the stage-2 (drawing tables only from the prepared ones), wait
+//!    for the invalidation, then update the ledger. Nothing here runs out of memory.
+//!
+//! An invalidation that an SMMU does not confirm is hardware failure, not a lack of
+//! memory: the pages concerned leave the host but go to nobody (withheld, BUSY), and I2
+//! holds (ownership changes only after the invalidation has completed).
+//!
+//! # Locks
+//!
+//! A transition runs with the `host memory` lock held (the DMA core's order: `domain
+//! table` → `one domain slot` → `host memory` → `SMMUs` → `event ring`): [`HostMem`] is
+//! that lock's data, the host stage-2 together with the ledger and the pins, so that "is
+//! it the host's and unpinned" and "take it" are one atomic step. The [`S2Tlb`] a
+//! transition gets holds the `SMMUs` lock (taken after `host memory`); the table memory
+//! (the page pool) is a leaf.
 //!
 //! Invalidation of the host stage-2 goes through [`HostS2Tlb`]: CPU `TLBI IPAS2E1IS` +
 //! `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large ranges) with `DSB ISH`; when the SMMUs
@@ -169,7 +195,7 @@ impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
 }
 
 /// The host's RAM and who owns which part of it: the host stage-2 (the host side of
-/// every page's state, see [`page_state`](crate::page_state)) and Warden's ledger (the
+/// every page's state, see [`page_state`]) and Warden's ledger (the
 /// hyp side: what is RAM, Warden's own memory, donated runs, DMA pins). One lock guards
 /// all of it (the DMA core's `host memory` lock).
 pub struct HostMem {

@@ -390,3 +390,253 @@ unsafe impl<M: TableMemory + ?Sized> TableMemory for PreparedTables<'_, M> {
         self.mem.set_noncoherent_walker()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::s2mmu::{Granule, NoTlb};
+    use crate::testutil::Arena;
+    use proptest::prelude::*;
+    use std::vec;
+
+    const PAGE: u64 = 4096;
+    const MB: u64 = 1 << 20;
+    const GB: u64 = 1 << 30;
+    /// RAM: two 1 GiB blocks and then 2 MiB blocks, as a boot map makes them.
+    const RAM: PhysRange = PhysRange::new(GB, 2 * GB + 6 * MB);
+
+    fn tree(arena: &mut Arena) -> Stage2 {
+        let geom = S2Geometry::new(Granule::Size4K, 40, 40).unwrap();
+        // SAFETY: every later call passes this same arena.
+        let mut s2 = unsafe { Stage2::new(geom, arena) }.unwrap();
+        s2.map(
+            arena,
+            &mut NoTlb,
+            Ipa(RAM.base.get()),
+            RAM.base,
+            RAM.size,
+            HOST_RAM,
+        )
+        .unwrap();
+        s2
+    }
+
+    /// A page descriptor at level 3 for `pa` with `attrs`.
+    fn page(pa: u64, attrs: S2Attrs) -> Descriptor {
+        Descriptor::from_bits(pa | attrs.bits() | 0b11)
+    }
+
+    #[test]
+    fn every_sw_encoding_decodes_to_its_state_or_other() {
+        let pa = 0x4000_0000;
+        for sw in 0..16u8 {
+            let state = PageState::of(Ipa(pa), page(pa, HOST_RAM.with_sw(sw)), 3);
+            let want = PageState::ALL
+                .into_iter()
+                .find(|s| s.sw_bits() == Some(sw))
+                .unwrap_or(PageState::Other);
+            assert_eq!(state, want, "sw {sw:#06b}");
+        }
+        for s in PageState::ALL {
+            if let Some(attrs) = s.host_attrs() {
+                assert_eq!(attrs.sw(), s.sw_bits().unwrap());
+                assert_eq!(PageState::of(Ipa(pa), page(pa, attrs), 3), s, "round trip");
+            } else {
+                assert!(s.sw_bits().is_none());
+            }
+        }
+        assert_eq!(PageState::HostOwned.host_attrs(), Some(HOST_RAM));
+        // Not the host's RAM identity: never an owner.
+        let other = [
+            page(pa + PAGE, HOST_RAM),                          // not identity
+            page(pa, S2Attrs::DEVICE_RW),                       // device memory
+            page(pa, S2Attrs::NORMAL_RW),                       // other permissions
+            Descriptor::from_bits(0b10 << 2),                   // annotated invalid (a guest's)
+            Descriptor::from_bits(pa | HOST_RAM.bits() | 0b01), // a block at L3 is invalid
+        ];
+        for d in other {
+            assert_eq!(PageState::of(Ipa(pa), d, 3), PageState::Other, "{d:?}");
+        }
+        assert_eq!(
+            PageState::of(Ipa(pa), Descriptor::INVALID, 3),
+            PageState::HypOwned
+        );
+        // A block: identity means its output is the span's first address.
+        let block = Descriptor::from_bits(pa | HOST_RAM.bits() | 0b01);
+        assert_eq!(PageState::of(Ipa(pa), block, 2), PageState::HostOwned);
+        assert_eq!(PageState::of(Ipa(pa + 2 * MB), block, 2), PageState::Other);
+    }
+
+    #[test]
+    fn the_visitor_sees_each_page_in_its_state() {
+        let mut arena = Arena::new(4 << 20);
+        let mut s2 = tree(&mut arena);
+        let shared = GB + 2 * MB + 5 * PAGE;
+        let hole = 2 * GB + 7 * PAGE;
+        s2.map(
+            &mut arena,
+            &mut NoTlb,
+            Ipa(shared),
+            PhysAddr(shared),
+            2 * PAGE,
+            PageState::HostSharedWithHyp.host_attrs().unwrap(),
+        )
+        .unwrap();
+        s2.unmap(&mut arena, &mut NoTlb, Ipa(hole), 3 * PAGE)
+            .unwrap();
+        let r = PhysRange::new(GB, 2 * GB);
+        let mut seen = vec![];
+        let flow = visit_states(&s2, &arena, r, |part, state| {
+            seen.push((part, state));
+            ControlFlow::<()>::Continue(())
+        });
+        assert_eq!(flow, Ok(ControlFlow::Continue(())));
+        // The parts tile the range, in order.
+        let mut at = r.base.get();
+        for (part, _) in &seen {
+            assert_eq!(part.base.get(), at);
+            at = part.end();
+        }
+        assert_eq!(at, r.end());
+        let state_at = |pa: u64| {
+            seen.iter()
+                .find(|(p, _)| p.contains(pa))
+                .map(|&(_, s)| s)
+                .unwrap()
+        };
+        assert_eq!(state_at(GB), PageState::HostOwned);
+        assert_eq!(state_at(shared), PageState::HostSharedWithHyp);
+        assert_eq!(state_at(shared + PAGE), PageState::HostSharedWithHyp);
+        assert_eq!(state_at(shared + 2 * PAGE), PageState::HostOwned);
+        for i in 0..3 {
+            assert_eq!(state_at(hole + i * PAGE), PageState::HypOwned);
+        }
+        assert_eq!(state_at(hole + 3 * PAGE), PageState::HostOwned);
+        // The check: whole range, parts, empty, beyond the IPA space, outside RAM.
+        assert!(!range_is(&s2, &arena, r, PageState::HostOwned));
+        assert!(range_is(
+            &s2,
+            &arena,
+            PhysRange::new(hole, 3 * PAGE),
+            PageState::HypOwned
+        ));
+        assert!(!range_is(
+            &s2,
+            &arena,
+            PhysRange::new(hole, 4 * PAGE),
+            PageState::HypOwned
+        ));
+        assert!(range_is(
+            &s2,
+            &arena,
+            PhysRange::new(GB, 2 * MB + 5 * PAGE),
+            PageState::HostOwned
+        ));
+        assert!(range_is(
+            &s2,
+            &arena,
+            PhysRange::new(hole, 0),
+            PageState::Other
+        ));
+        assert!(!range_is(
+            &s2,
+            &arena,
+            PhysRange::new(1 << 40, PAGE),
+            PageState::HypOwned
+        ));
+        assert!(range_is(
+            &s2,
+            &arena,
+            PhysRange::new(0, GB),
+            PageState::HypOwned
+        ));
+    }
+
+    /// A table memory that counts allocations.
+    struct Counting<'a> {
+        inner: &'a mut Arena,
+        allocs: usize,
+    }
+
+    // SAFETY: forwards to the arena.
+    unsafe impl TableMemory for Counting<'_> {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            self.allocs += 1;
+            self.inner.alloc_zeroed(size, align)
+        }
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            // SAFETY: forwarded under the caller's contract.
+            unsafe { self.inner.free(pa, size) }
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            self.inner.table_ptr(pa)
+        }
+    }
+
+    #[test]
+    fn prepared_tables_go_back_unused_and_nomem_leaves_nothing() {
+        let mut arena = Arena::new(1 << 20);
+        let s2 = tree(&mut arena);
+        let live = arena.live_count();
+        {
+            let mut p = PreparedTables::new(&mut arena, s2.geometry(), 3).unwrap();
+            assert_eq!(p.left(), 3);
+            assert!(p.alloc_zeroed(4096, 4096).is_some());
+            assert!(p.alloc_zeroed(8192, 8192).is_none(), "only granule tables");
+            assert_eq!(p.left(), 2);
+        }
+        assert_eq!(arena.live_count(), live + 1, "the one handed out stays");
+        arena.budget = Some(2);
+        assert!(PreparedTables::new(&mut arena, s2.geometry(), 3).is_err());
+        assert_eq!(arena.live_count(), live + 1, "nothing kept on NOMEM");
+        arena.budget = None;
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// The counts are exact: a change allocates exactly what was counted, so the
+        /// prepared tables are all used and never fall short.
+        #[test]
+        fn table_counts_match_what_map_and_unmap_allocate(
+            ops in proptest::collection::vec(
+                (0u64..(RAM.size / PAGE), prop_oneof![1u64..8, 1u64..600, 1u64..300_000], 0u8..3),
+                1..24,
+            )
+        ) {
+            let mut arena = Arena::new(8 << 20);
+            let mut s2 = tree(&mut arena);
+            for (start, pages, kind) in ops {
+                let base = RAM.base.get() + start * PAGE;
+                let size = pages.min(RAM.end().saturating_sub(base) / PAGE).max(1) * PAGE;
+                let r = PhysRange::new(base, size);
+                let attrs = if kind == 1 { HOST_RAM.with_sw(1) } else { HOST_RAM };
+                let need = if kind == 2 {
+                    tables_to_unmap(&s2, &arena, r).unwrap()
+                } else {
+                    tables_to_map(&s2, &arena, r, attrs).unwrap()
+                };
+                let mut counting = Counting { inner: &mut arena, allocs: 0 };
+                if kind == 2 {
+                    s2.unmap(&mut counting, &mut NoTlb, Ipa(base), size).unwrap();
+                } else {
+                    s2.map(&mut counting, &mut NoTlb, Ipa(base), r.base, size, attrs).unwrap();
+                }
+                prop_assert_eq!(counting.allocs, need, "kind {} {:?}", kind, r);
+                // And through prepared tables, the same change again (idempotent: needs
+                // nothing now) succeeds with none.
+                let need = if kind == 2 {
+                    tables_to_unmap(&s2, &arena, r).unwrap()
+                } else {
+                    tables_to_map(&s2, &arena, r, attrs).unwrap()
+                };
+                prop_assert_eq!(need, 0);
+                let mut none = PreparedTables::new(&mut arena, s2.geometry(), 0).unwrap();
+                if kind == 2 {
+                    prop_assert!(s2.unmap(&mut none, &mut NoTlb, Ipa(base), size).is_ok());
+                } else {
+                    prop_assert!(s2.map(&mut none, &mut NoTlb, Ipa(base), r.base, size, attrs).is_ok());
+                }
+            }
+        }
+    }
+}
