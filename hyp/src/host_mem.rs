@@ -1151,4 +1151,301 @@ mod tests {
             assert!(o.unpublished.is_empty(), "btm {btm}: published at the end");
         }
     }
+
+    /// One transition, as the reference model and the tests below drive it.
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Donate,
+        Reclaim,
+        Pin,
+        Unpin,
+    }
+
+    /// Who has a page of the window, in the reference model.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Who {
+        Host,
+        Donated,
+        Carve,
+    }
+
+    /// The window the models cover: 4096 pages from the start of RAM, the carve-out
+    /// (pages 512..1536) and 2 MiB blocks included.
+    const WINDOW: PhysRange = PhysRange::new(0x4000_0000, 4096 * PAGE);
+    /// Pages in [`WINDOW`].
+    const WINDOW_PAGES: usize = 4096;
+
+    /// Where a generated call goes: reclaims and unpins mostly into what was donated or
+    /// pinned before (`done`), the rest anywhere in the window.
+    fn target(op: Op, s: usize, n: usize, done: &[(Op, usize, usize)]) -> (usize, usize) {
+        let wanted = match op {
+            Op::Reclaim => Op::Donate,
+            Op::Unpin => Op::Pin,
+            _ => return (s, n.min(WINDOW_PAGES - s)),
+        };
+        let earlier: Vec<_> = done
+            .iter()
+            .filter(|d| core::mem::discriminant(&d.0) == core::mem::discriminant(&wanted))
+            .collect();
+        if earlier.is_empty() || s % 5 == 0 {
+            return (s, n.min(WINDOW_PAGES - s));
+        }
+        let &(_, a, m) = earlier[s % earlier.len()];
+        let off = if s % 3 == 0 { 0 } else { n % m };
+        let len = if s % 2 == 0 {
+            m - off
+        } else {
+            1 + n % (m - off)
+        };
+        (a + off, len)
+    }
+
+    /// A per-page reference of ownership and pin counts.
+    struct Reference {
+        who: Vec<Who>,
+        pins: Vec<u64>,
+    }
+
+    impl Reference {
+        fn new() -> Self {
+            let who = (0..WINDOW.size / PAGE)
+                .map(|i| {
+                    if CARVE.contains(WINDOW.base.get() + i * PAGE) {
+                        Who::Carve
+                    } else {
+                        Who::Host
+                    }
+                })
+                .collect();
+            Self {
+                who,
+                pins: vec![0; (WINDOW.size / PAGE) as usize],
+            }
+        }
+
+        /// What `op` on pages `[s, s + n)` must return, applying it; `None`: not a call
+        /// to make (unpinning pages that are not all pinned).
+        fn apply(&mut self, op: Op, s: usize, n: usize) -> Option<Result<(), Error>> {
+            let pages = s..s + n;
+            let all = |f: &dyn Fn(usize) -> bool| pages.clone().all(f);
+            let r = match op {
+                Op::Donate => {
+                    if !all(&|i| self.who[i] == Who::Host) {
+                        Err(Error::Denied)
+                    } else if !all(&|i| self.pins[i] == 0) {
+                        Err(Error::Busy)
+                    } else {
+                        pages.for_each(|i| self.who[i] = Who::Donated);
+                        Ok(())
+                    }
+                }
+                Op::Reclaim => {
+                    if all(&|i| self.who[i] == Who::Donated) {
+                        pages.for_each(|i| self.who[i] = Who::Host);
+                        Ok(())
+                    } else {
+                        Err(Error::Invalid)
+                    }
+                }
+                Op::Pin => {
+                    if all(&|i| self.who[i] == Who::Host) {
+                        pages.for_each(|i| self.pins[i] += 1);
+                        Ok(())
+                    } else {
+                        Err(Error::Denied)
+                    }
+                }
+                Op::Unpin => {
+                    if !all(&|i| self.pins[i] > 0) {
+                        return None;
+                    }
+                    pages.for_each(|i| self.pins[i] -= 1);
+                    Ok(())
+                }
+            };
+            Some(r)
+        }
+
+        /// The state the host stage-2 must show for page `i`.
+        fn state(&self, i: usize) -> PageState {
+            match self.who[i] {
+                Who::Host => PageState::HostOwned,
+                Who::Donated | Who::Carve => PageState::HypOwned,
+            }
+        }
+    }
+
+    /// Runs `op` on `r` through `hm`'s transitions.
+    fn run<T: S2Tlb>(
+        hm: &mut HostMem,
+        mem: &mut impl TableMemory,
+        tlb: &mut T,
+        op: Op,
+        r: PhysRange,
+    ) -> Result<(), Error> {
+        match op {
+            Op::Donate => hm.host_donate_hyp(mem, tlb, r.base.get(), r.size / PAGE),
+            Op::Reclaim => hm.hyp_donate_host_range(mem, tlb, r).map(|got| {
+                assert_eq!(got, (r.base, r.size / PAGE));
+            }),
+            Op::Pin => hm.host_pin_dma(mem, r),
+            Op::Unpin => hm.host_unpin_dma(r),
+        }
+    }
+
+    /// Every page's state in the window, from the host stage-2 (the SW bits of its leaf,
+    /// or an invalid entry).
+    fn states(hm: &HostMem, mem: &impl TableMemory) -> Vec<PageState> {
+        let mut out = Vec::new();
+        let flow = page_state::visit_states(&hm.s2, mem, WINDOW, |part, state| {
+            for _ in 0..part.size / PAGE {
+                out.push(state);
+            }
+            core::ops::ControlFlow::<()>::Continue(())
+        });
+        assert_eq!(flow, Ok(core::ops::ControlFlow::Continue(())));
+        out
+    }
+
+    fn check_against(
+        hm: &HostMem,
+        mem: &impl TableMemory,
+        reference: &Reference,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let got = states(hm, mem);
+        for (i, state) in got.iter().enumerate() {
+            prop_assert_eq!(*state, reference.state(i), "page {}", i);
+            let pa = WINDOW.base.get() + i as u64 * PAGE;
+            prop_assert_eq!(hm.pins().count(pa), reference.pins[i], "pins of page {}", i);
+        }
+        let donated = reference.who.iter().filter(|&&w| w == Who::Donated).count();
+        prop_assert_eq!(hm.donated_pages(), donated as u64);
+        Ok(())
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<(Op, usize, usize)>> {
+        let op = prop_oneof![
+            Just(Op::Donate),
+            Just(Op::Reclaim),
+            Just(Op::Pin),
+            Just(Op::Unpin)
+        ];
+        let len = prop_oneof![1usize..8, 1usize..700];
+        proptest::collection::vec((op, 0usize..WINDOW_PAGES, len), 1..40)
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// After any sequence of transitions the SW-bit state of every page equals the
+        /// reference, and so do the pin counts, the results and what a device can reach.
+        #[test]
+        fn page_states_follow_a_reference_model(ops in ops(), btm in any::<bool>()) {
+            setup!(model, w, hm, smmu, ModelConfig { btm, ..ModelConfig::default() }, btm);
+            let mut reference = Reference::new();
+            let mut done = Vec::new();
+            for (op, s, n) in ops {
+                let (s, n) = target(op, s, n, &done);
+                let r = PhysRange::new(WINDOW.base.get() + s as u64 * PAGE, n as u64 * PAGE);
+                let Some(want) = reference.apply(op, s, n) else { continue };
+                if want.is_ok() {
+                    done.push((op, s, n));
+                }
+                let (got, _, _) = w.op(&mut smmu, |mem, mut tlb| run(&mut hm, mem, &mut tlb, op, r));
+                prop_assert_eq!(got, want, "{:?} {:?}", op, r);
+                check_against(&hm, &w.tables, &reference)?;
+                for pa in [r.base.get(), r.end() - PAGE] {
+                    let host = reference.state(((pa - WINDOW.base.get()) / PAGE) as usize)
+                        == PageState::HostOwned;
+                    prop_assert_eq!(model.dma(SID, pa, true).is_ok(), host, "DMA to {:#x}", pa);
+                }
+            }
+        }
+    }
+
+    /// Table memory whose own bookkeeping (the arena's live map) is exempt from the
+    /// failing heap: only the code under test is refused.
+    struct ExemptArena(Arena);
+
+    // SAFETY: forwards to the arena.
+    unsafe impl TableMemory for ExemptArena {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            crate::testalloc::exempt(|| self.0.alloc_zeroed(size, align))
+        }
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            // SAFETY: forwarded under the caller's contract.
+            crate::testalloc::exempt(|| unsafe { self.0.free(pa, size) })
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            self.0.table_ptr(pa)
+        }
+    }
+
+    /// Everything a transition may change: page states, donated runs, pins, tables.
+    type Snapshot = (Vec<PageState>, Vec<PhysRange>, Vec<(PhysRange, u64)>, usize);
+
+    fn snapshot(hm: &HostMem, mem: &ExemptArena) -> Snapshot {
+        (
+            states(hm, mem),
+            hm.donated().to_vec(),
+            hm.pins().iter().collect(),
+            mem.0.live_count(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+        /// Out of memory at every allocation point, table memory and heap in turn: each
+        /// refused call is NOMEM and leaves everything as it was; with one allocation more
+        /// the call does what the reference says.
+        #[test]
+        fn out_of_memory_anywhere_changes_nothing(ops in ops()) {
+            let mut mem = ExemptArena(Arena::new(8 << 20));
+            let geom = S2Geometry::new(Granule::Size4K, 40, 40).unwrap();
+            // SAFETY: every later call passes this same arena.
+            let mut s2 = unsafe { Stage2::new(geom, &mut mem) }.unwrap();
+            crate::layout::subtract(RAM, &[CARVE], |r| {
+                s2.map(&mut mem, &mut NoTlb, Ipa(r.base.get()), r.base, r.size, HOST_RAM)
+                    .unwrap();
+            });
+            let mut hm = HostMem::new(s2, vec![RAM], vec![CARVE]);
+            let mut reference = Reference::new();
+            let mut done = Vec::new();
+            for (k, (op, s, n)) in ops.into_iter().enumerate() {
+                let (s, n) = target(op, s, n, &done);
+                let r = PhysRange::new(WINDOW.base.get() + s as u64 * PAGE, n as u64 * PAGE);
+                let Some(want) = reference.apply(op, s, n) else { continue };
+                if want.is_ok() {
+                    done.push((op, s, n));
+                }
+                let before = snapshot(&hm, &mem);
+                let heap = k % 2 == 1;
+                let mut allowed = 0u64;
+                let got = loop {
+                    let got = if heap {
+                        crate::testalloc::with_allocations(allowed, || {
+                            run(&mut hm, &mut mem, &mut NoTlb, op, r)
+                        })
+                        .0
+                    } else {
+                        mem.0.budget = Some(allowed as usize);
+                        let got = run(&mut hm, &mut mem, &mut NoTlb, op, r);
+                        mem.0.budget = None;
+                        got
+                    };
+                    if got != Err(Error::NoMem) {
+                        break got;
+                    }
+                    prop_assert_eq!(&snapshot(&hm, &mem), &before, "{:?} {:?}: NOMEM changed things", op, r);
+                    allowed += 1;
+                    prop_assert!(allowed < 16, "{:?} {:?}: never enough memory", op, r);
+                };
+                prop_assert_eq!(got, want, "{:?} {:?}", op, r);
+                check_against(&hm, &mem, &reference)?;
+            }
+        }
+    }
 }
