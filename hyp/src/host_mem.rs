@@ -1153,7 +1153,7 @@ mod tests {
     }
 
     /// One transition, as the reference model and the tests below drive it.
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Op {
         Donate,
         Reclaim,
@@ -1183,16 +1183,13 @@ mod tests {
             Op::Unpin => Op::Pin,
             _ => return (s, n.min(WINDOW_PAGES - s)),
         };
-        let earlier: Vec<_> = done
-            .iter()
-            .filter(|d| core::mem::discriminant(&d.0) == core::mem::discriminant(&wanted))
-            .collect();
-        if earlier.is_empty() || s % 5 == 0 {
+        let earlier: Vec<_> = done.iter().filter(|d| d.0 == wanted).collect();
+        if earlier.is_empty() || s.is_multiple_of(5) {
             return (s, n.min(WINDOW_PAGES - s));
         }
         let &(_, a, m) = earlier[s % earlier.len()];
-        let off = if s % 3 == 0 { 0 } else { n % m };
-        let len = if s % 2 == 0 {
+        let off = if s.is_multiple_of(3) { 0 } else { n % m };
+        let len = if s.is_multiple_of(2) {
             m - off
         } else {
             1 + n % (m - off)
