@@ -226,8 +226,9 @@ pub fn tables_to_unmap<M: TableMemory + ?Sized>(
     })
 }
 
-/// Sums `need(entry base, descriptor, level, from, to)` over the entries that are not
-/// tables and intersect `r` (`[from, to)` is the intersection).
+/// Sums `need(entry base, descriptor, level, from, to)` over the entries that intersect
+/// `r` (`[from, to)` is the intersection), after checking `r` as the table code will
+/// (granule-aligned, inside the IPA and PA spaces).
 fn count<M: TableMemory + ?Sized>(
     s2: &Stage2,
     mem: &M,
@@ -235,11 +236,20 @@ fn count<M: TableMemory + ?Sized>(
     mut need: impl FnMut(u64, Descriptor, u8, u64, u64) -> usize,
 ) -> Result<usize, S2Error> {
     let geom = s2.geometry();
+    // The checks `Stage2::map` / `unmap` make, so that the change that follows cannot
+    // fail on them either.
+    let granule = geom.granule().size();
+    if !r.base.get().is_multiple_of(granule) || !r.size.is_multiple_of(granule) {
+        return Err(S2Error::Misaligned);
+    }
     let end = r
         .base
         .get()
         .checked_add(r.size)
         .ok_or(S2Error::OutOfRange)?;
+    if end > 1u64 << geom.pa_bits() {
+        return Err(S2Error::OutOfRange);
+    }
     let mut total = 0usize;
     let _: ControlFlow<()> = s2.walk(mem, Ipa(r.base.get()), r.size, |ipa, desc, level| {
         let base = ipa.get();
@@ -590,6 +600,18 @@ mod tests {
         assert!(PreparedTables::new(&mut arena, s2.geometry(), 3).is_err());
         assert_eq!(arena.live_count(), live + 1, "nothing kept on NOMEM");
         arena.budget = None;
+        // The counts check what the change will check.
+        let odd = PhysRange::new(GB + 512, PAGE);
+        assert_eq!(tables_to_unmap(&s2, &arena, odd), Err(S2Error::Misaligned));
+        assert_eq!(
+            tables_to_map(&s2, &arena, odd, HOST_RAM),
+            Err(S2Error::Misaligned)
+        );
+        let beyond = PhysRange::new((1 << 40) - PAGE, 2 * PAGE);
+        assert_eq!(
+            tables_to_unmap(&s2, &arena, beyond),
+            Err(S2Error::OutOfRange)
+        );
     }
 
     proptest! {
