@@ -1,7 +1,7 @@
 //! Ownership of RAM between the host and Warden. Each page's state is explicit
-//! ([`PageState`], encoded in the host stage-2 as [`page_state`]
-//! describes): a page the host owns is identity-mapped with [`HOST_RAM`] (SW bits
-//! `0b0000`); a page Warden owns (its carve-out, pages the host donated) is unmapped.
+//! ([`PageState`], kept in the host stage-2 as [`page_state`] describes): a page the
+//! host owns is identity-mapped with [`HOST_RAM`] (SW bits `0b0000`); a page Warden owns
+//! (its carve-out, pages the host donated) is unmapped.
 //! [`HostMem`] adds Warden's side of the ledger: which ranges are RAM, Warden's own
 //! memory, the donated runs, and the DMA pin counts (a pin is not a state: a pinned page
 //! is host-owned with a non-zero count, and cannot change owner).
@@ -21,7 +21,8 @@
 //! 2. **lock** in the documented order (below);
 //! 3. **check both sides**: the host stage-2 state of every page of the range, with the
 //!    one visitor [`page_state::range_is`], and Warden's ledger (RAM, carve-outs, donated
-//!    runs, then pins): DENIED, BUSY, INVALID;
+//!    runs, then pins): DENIED, BUSY, INVALID (`host_unpin_dma` checks only the pins:
+//!    a pinned page cannot have changed owner);
 //! 4. **prepare** everything that can fail: list capacity (`try_reserve`, the pin set's
 //!    prepare half) and every table the stage-2 change will allocate
 //!    ([`page_state::tables_to_map`] / [`page_state::tables_to_unmap`], allocated up front
