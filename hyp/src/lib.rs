@@ -28,6 +28,7 @@ pub mod host_mem;
 pub mod hpfar;
 pub mod layout;
 pub mod masters;
+pub mod page_state;
 pub mod pins;
 pub mod pl011;
 pub mod psci;
