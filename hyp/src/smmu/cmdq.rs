@@ -521,7 +521,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// Reads `CMDQ_CONS` (after dealing with a pending command error).
     fn refresh_cons(&mut self, mem: &mut M) -> Result<(), SmmuError> {
         let active = self.io.read32(GERROR) ^ self.io.read32(GERRORN);
-        if active & GERROR_CMDQ_ERR != 0 {
+        if GERROR::CMDQ_ERR.is_set(active) {
             self.recover_cmd_error(mem);
         }
         let cons = self.io.read32(CMDQ_CONS);
@@ -539,7 +539,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// into a `CMD_SYNC`, and acknowledges `GERROR.CMDQ_ERR`.
     fn recover_cmd_error(&mut self, mem: &mut M) {
         let cons = self.io.read32(CMDQ_CONS);
-        let code = (cons >> CMDQ_CONS_ERR.0) & CMDQ_CONS_ERR.1;
+        let code = CMDQ_CONS::ERR.read(cons);
         let idx = (cons & ((1 << self.cmdq.log2) - 1)) as usize;
         let mut cmd = Command([0; 2]);
         self.cmdq.q.read(mem, idx * 16, &mut cmd.0);
@@ -569,11 +569,9 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         }
         // Acknowledge only CMDQ_ERR: make GERRORN's bit equal GERROR's.
         let gerrorn = self.io.read32(GERRORN);
-        let gerror = self.io.read32(GERROR);
-        self.io.write32(
-            GERRORN,
-            (gerrorn & !GERROR_CMDQ_ERR) | (gerror & GERROR_CMDQ_ERR),
-        );
+        let gerror = self.io.get(GERROR);
+        let ack = GERROR::CMDQ_ERR.val(gerror.read(GERROR::CMDQ_ERR));
+        self.io.write32(GERRORN, ack.modify(gerrorn));
     }
 
     /// Command errors recorded since the last call (at most [`MAX_KEPT_ERRORS`]; the

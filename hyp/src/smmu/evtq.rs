@@ -239,15 +239,16 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// interrupt or periodically.
     pub fn poll_events(&mut self, mem: &mut M, mut f: impl FnMut(Event)) -> EventPoll {
         let mut out = EventPoll::default();
-        let active =
-            (self.io.read32(GERROR) ^ self.io.read32(GERRORN)) & GERROR_ALL & !GERROR_CMDQ_ERR;
+        let active = (self.io.read32(GERROR) ^ self.io.read32(GERRORN))
+            & GERROR_ALL
+            & !GERROR::CMDQ_ERR::SET.value;
         if active != 0 {
             out.gerror = active;
             self.stats.gerrors += 1;
-            if active & GERROR_EVTQ_ABT_ERR != 0 {
+            if GERROR::EVENTQ_ABT_ERR.is_set(active) {
                 out.overflow = true;
             }
-            if active & GERROR_SFM_ERR != 0 {
+            if GERROR::SFM_ERR.is_set(active) {
                 log::error!("SMMU service failure mode (GERROR {active:#x})");
             }
             let gerrorn = self.io.read32(GERRORN);
@@ -258,9 +259,9 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         // At most two laps: the SMMU keeps writing while we read.
         'outer: for _ in 0..2 {
             let prod = self.io.read32(EVENTQ_PROD);
-            if (prod ^ self.evtq.cons) & EVENTQ_PROD_OVFLG != 0 {
+            if EVENTQ_PROD::OVFLG.is_set(prod) != EVENTQ_CONS::OVACKFLG.is_set(self.evtq.cons) {
                 out.overflow = true;
-                self.evtq.cons ^= EVENTQ_CONS_OVACKFLG;
+                self.evtq.cons ^= EVENTQ_CONS::OVACKFLG::SET.value;
             }
             let target = prod & idx_mask;
             let mut cons = self.evtq.cons & idx_mask;
