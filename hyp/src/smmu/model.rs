@@ -28,8 +28,7 @@
 //! - Events into the real event queue; translation-type faults only if `STE.S2R`. A full
 //!   or disabled queue raises `GERROR.EVTQ_ABT_ERR` (as QEMU).
 
-use super::cmdq::op;
-use super::evtq::{CLASS_IN, CLASS_TT, Event, EventType};
+use super::evtq::EventType;
 use super::regs::Reg;
 use super::{Command, SmmuIo};
 use crate::addr::PhysAddr;
@@ -122,6 +121,67 @@ mod spec {
     pub const EVENTQ_PROD_OVFLG: u32 = 1 << 31;
     pub const CERROR_ILL: u32 = 1;
     pub const CERROR_ABT: u32 = 2;
+
+    /// Command opcodes (word 0 bits 7:0).
+    pub mod op {
+        pub const PREFETCH_CONFIG: u8 = 0x01;
+        pub const PREFETCH_ADDR: u8 = 0x02;
+        pub const CFGI_STE: u8 = 0x03;
+        pub const CFGI_STE_RANGE: u8 = 0x04;
+        pub const CFGI_CD: u8 = 0x05;
+        pub const CFGI_CD_ALL: u8 = 0x06;
+        pub const TLBI_NH_ALL: u8 = 0x10;
+        pub const TLBI_NH_ASID: u8 = 0x11;
+        pub const TLBI_NH_VA: u8 = 0x12;
+        pub const TLBI_NH_VAA: u8 = 0x13;
+        pub const TLBI_EL2_ALL: u8 = 0x20;
+        pub const TLBI_EL2_ASID: u8 = 0x21;
+        pub const TLBI_EL2_VA: u8 = 0x22;
+        pub const TLBI_EL2_VAA: u8 = 0x23;
+        pub const TLBI_S12_VMALL: u8 = 0x28;
+        pub const TLBI_S2_IPA: u8 = 0x2a;
+        pub const TLBI_NSNH_ALL: u8 = 0x30;
+        pub const ATC_INV: u8 = 0x40;
+        pub const PRI_RESP: u8 = 0x41;
+        pub const RESUME: u8 = 0x44;
+        pub const STALL_TERM: u8 = 0x45;
+        pub const CMD_SYNC: u8 = 0x46;
+    }
+
+    // Command fields.
+    /// `TLBI_*` word 1: address bits 51:12.
+    pub const TLBI_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// `CMD_SYNC` word 1: MSIAddr bits 51:2.
+    pub const SYNC_MSIADDR_MASK: u64 = 0x000f_ffff_ffff_fffc;
+    /// `CMD_SYNC.CS = SIG_IRQ`.
+    pub const SYNC_CS_IRQ: u64 = 1;
+
+    // Event records.
+    /// `CLASS`: fault on a stage-1 table walk access.
+    pub const CLASS_TT: u8 = 1;
+    /// `CLASS`: fault on the input address.
+    pub const CLASS_IN: u8 = 2;
+
+    /// Output address bits of an `IDR5.OAS` / `STE.S2PS` encoding.
+    pub fn output_bits(ps: u8) -> u32 {
+        [32, 36, 40, 42, 44, 48, 52][usize::from(ps.min(6))]
+    }
+
+    /// A fault record: type and StreamID in word 0 (7:0, 63:32), RnW (35), S2 (39) and
+    /// CLASS (41:40) in word 1, the input address in word 2, IPA bits 51:3 in word 3.
+    pub fn fault_record(
+        kind: u8,
+        sid: u32,
+        input: u64,
+        ipa: u64,
+        read: bool,
+        stage2: bool,
+        class: u8,
+    ) -> [u64; 4] {
+        let w0 = u64::from(kind) | (u64::from(sid) << 32);
+        let w1 = (u64::from(read) << 35) | (u64::from(stage2) << 39) | (u64::from(class & 3) << 40);
+        [w0, w1, input, ipa & 0x000f_ffff_ffff_fff8]
+    }
 }
 
 /// The model's ID register contents.
@@ -629,7 +689,7 @@ impl SmmuModel {
     }
 
     fn exec(&self, st: &mut State, cmd: Command) -> Result<(), u32> {
-        let opcode = cmd.opcode();
+        let opcode = cmd.0[0] as u8;
         let [w0, w1] = cmd.0;
         if opcode == op::CMD_SYNC {
             st.since_sync = 0;
@@ -694,7 +754,7 @@ impl SmmuModel {
             }
             op::TLBI_S2_IPA => {
                 let vmid = (w0 >> 32) as u16;
-                let addr = w1 & super::cmdq::TLBI_ADDR_MASK;
+                let addr = w1 & TLBI_ADDR_MASK;
                 let tg = (w1 >> 10) & 3;
                 let ttl = ((w1 >> 8) & 3) as u32;
                 let num = (w0 >> 12) & 0x1f;
@@ -729,8 +789,8 @@ impl SmmuModel {
                 if cs == 3 {
                     return ill(st);
                 }
-                let msi_addr = w1 & super::cmdq::SYNC_MSIADDR_MASK;
-                if cs == super::cmdq::SYNC_CS_IRQ
+                let msi_addr = w1 & SYNC_MSIADDR_MASK;
+                if cs == SYNC_CS_IRQ
                     && self.cfg.msi
                     && msi_addr != 0
                     && !self.ram.dev_write_u32(msi_addr, (w0 >> 32) as u32)
@@ -841,7 +901,7 @@ impl SmmuModel {
             _ => return None,
         };
         let ps = (((w2 >> 48) & 7) as u8).min(self.cfg.oas);
-        let pa_bits = super::features::oas_bits(ps);
+        let pa_bits = spec::output_bits(ps);
         let ipa_bits = 64u32.checked_sub(t0sz)?;
         if !(16..=39).contains(&t0sz) || ipa_bits > pa_bits || sl0 == 3 {
             return None;
@@ -974,7 +1034,7 @@ impl SmmuModel {
         });
         result.map_err(|(fault, kind, class)| {
             if c.record {
-                let raw = Event::encode_fault(kind, sid, iova, iova, !write, true, class);
+                let raw = fault_record(kind.0, sid, iova, iova, !write, true, class);
                 self.record(&mut st, raw);
             }
             fault
@@ -1000,7 +1060,7 @@ impl SmmuModel {
             }
             Err((fault, kind, addr)) => {
                 if record && (kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0) {
-                    let raw = Event::encode_fault(kind, sid, addr, 0, !write, false, 0);
+                    let raw = fault_record(kind.0, sid, addr, 0, !write, false, 0);
                     self.record(st, raw);
                 }
                 Err(fault)
@@ -1028,8 +1088,8 @@ impl SmmuModel {
             return Ok(PhysAddr(addr));
         }
         let forbidden = |st: &mut State| {
-            let raw = Event::encode_fault(
-                EventType::F_TRANSL_FORBIDDEN,
+            let raw = fault_record(
+                EventType::F_TRANSL_FORBIDDEN.0,
                 sid,
                 addr,
                 0,
