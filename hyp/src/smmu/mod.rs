@@ -6,8 +6,10 @@
 //!
 //! # Pieces
 //!
-//! - [`regs`]: the register map, no logic.
-//! - [`SmmuIo`]: the MMIO seam (volatile accesses at EL2, `model::SmmuModel` in tests).
+//! - [`regs`]: the register map, no logic: the frame layout (`tock-registers`, offsets
+//!   checked at compile time), the fields, and the [`regs::Reg`] handles.
+//! - [`SmmuIo`]: the MMIO seam, by register handle only (volatile accesses at EL2,
+//!   `model::SmmuModel` in tests).
 //! - Memory for the stream table and queues comes from an [`TableMemory`]
 //!   (the same seam the stage-2 tables use), passed to every call like
 //!   [`Stage2`](crate::s2mmu::Stage2)'s; when the SMMU does not snoop (`IDR0.COHACC = 0` or no

@@ -27,6 +27,10 @@
 //!   [`crate::s2mmu`]'s) with concatenated start tables, blocks, AF and permissions.
 //! - Events into the real event queue; translation-type faults only if `STE.S2R`. A full
 //!   or disabled queue raises `GERROR.EVTQ_ABT_ERR` (as QEMU).
+//! - Its own encoding: register offsets and fields, command opcodes and fields, and event
+//!   records come from the private `spec` module (literals from IHI 0070), never from the
+//!   driver's declarations ([`super::regs`], [`super::cmdq`], [`super::evtq`]), so the
+//!   driver and the model check each other.
 
 use super::evtq::EventType;
 use super::regs::Reg;
