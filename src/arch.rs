@@ -1,6 +1,12 @@
 //! The thin architecture layer: system registers, barriers, cache and TLB maintenance,
 //! and the SMC conduit to firmware. Everything above it is plain Rust in `hyp`.
+//!
+//! Named system registers and barriers go through `aarch64-cpu`; the macros below are for
+//! registers it does not name (written by their `s3_…` encodings) and for the few reads
+//! whose ordering against memory matters.
 
+use aarch64_cpu::asm::barrier;
+use aarch64_cpu::registers::{MPIDR_EL1, PAR_EL1, Readable, Writeable};
 use core::arch::asm;
 
 /// Reads a system register by name or `s3_…` encoding.
@@ -34,22 +40,19 @@ pub(crate) use write_sysreg;
 /// Instruction synchronisation barrier.
 #[inline(always)]
 pub fn isb() {
-    // SAFETY: a barrier has no memory-safety effect.
-    unsafe { asm!("isb", options(nostack, preserves_flags)) };
+    barrier::isb(barrier::SY);
 }
 
 /// Full-system data synchronisation barrier.
 #[inline(always)]
 pub fn dsb_sy() {
-    // SAFETY: a barrier has no memory-safety effect.
-    unsafe { asm!("dsb sy", options(nostack, preserves_flags)) };
+    barrier::dsb(barrier::SY);
 }
 
 /// Inner-shareable store barrier: table writes become visible to walkers.
 #[inline(always)]
 pub fn dsb_ishst() {
-    // SAFETY: a barrier has no memory-safety effect.
-    unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
+    barrier::dsb(barrier::ISHST);
 }
 
 /// Smallest data cache line size in bytes (CTR_EL0.DminLine).
@@ -169,13 +172,13 @@ pub fn tlbi_vmalls12_local() {
 /// Translates `va` through the host's stage 1 with `AT S1E1R` and returns the result
 /// (PAR_EL1), leaving the host's own PAR_EL1 as it was.
 pub fn at_s1e1r(va: u64) -> u64 {
-    let saved = read_sysreg!("par_el1");
+    let saved = PAR_EL1.get();
     // SAFETY: address translation only writes PAR_EL1 (restored below); it cannot fault
     // at EL2 for an EL1 regime translation (failures are reported in PAR_EL1.F).
     unsafe { asm!("at s1e1r, {}", in(reg) va, options(nostack, preserves_flags)) };
     isb();
-    let par = read_sysreg!("par_el1");
-    write_sysreg!("par_el1", saved);
+    let par = PAR_EL1.get();
+    PAR_EL1.set(saved);
     par
 }
 
@@ -206,12 +209,11 @@ pub fn smc(args: &SmcArgs) -> SmcArgs {
 /// Parks this CPU forever (low power wait).
 pub fn park() -> ! {
     loop {
-        // SAFETY: waiting for an event has no memory effect.
-        unsafe { asm!("wfe", options(nomem, nostack, preserves_flags)) };
+        aarch64_cpu::asm::wfe();
     }
 }
 
 /// This CPU's MPIDR_EL1 affinity.
 pub fn mpidr() -> u64 {
-    read_sysreg!("mpidr_el1") & hyp::psci::MPIDR_AFF_MASK
+    MPIDR_EL1.get() & hyp::psci::MPIDR_AFF_MASK
 }

@@ -3,6 +3,13 @@
 //! before it runs the host.
 
 use crate::arch::{self, read_sysreg, write_sysreg};
+use aarch64_cpu::registers::{
+    CNTFRQ_EL0, CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, HAFGRTR_EL2, HCR_EL2, HDFGRTR_EL2, HDFGWTR_EL2,
+    HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, ICC_SRE_EL2, ICH_HCR_EL2, ID_AA64DFR0_EL1,
+    ID_AA64ISAR1_EL1, ID_AA64MMFR0_EL1, ID_AA64MMFR1_EL1, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1,
+    MDCR_EL2, MIDR_EL1, MPIDR_EL1, Readable, SCTLR_EL1, SCTLR_EL2, TPIDR_EL2, VMPIDR_EL2, VTCR_EL2,
+    VTTBR_EL2, Writeable,
+};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hyp::el2_setup::{El2Config, IdRegs};
@@ -99,23 +106,23 @@ pub fn slot_of(mpidr: u64) -> Option<usize> {
 
 /// The calling CPU's slot (kept in TPIDR_EL2).
 pub fn this_slot() -> usize {
-    read_sysreg!("tpidr_el2") as usize
+    TPIDR_EL2.get() as usize
 }
 
 /// Reads the ID registers that decide this CPU's EL2 setup.
 pub fn read_id_regs() -> IdRegs {
-    let pfr0 = read_sysreg!("id_aa64pfr0_el1");
-    let pfr1 = read_sysreg!("id_aa64pfr1_el1");
-    let dfr0 = read_sysreg!("id_aa64dfr0_el1");
+    let pfr0 = ID_AA64PFR0_EL1.get();
+    let pfr1 = ID_AA64PFR1_EL1.get();
+    let dfr0 = ID_AA64DFR0_EL1.get();
     let mut id = IdRegs {
         pfr0,
         pfr1,
         pfr2: read_sysreg!("s3_0_c0_c4_2"),
-        mmfr0: read_sysreg!("id_aa64mmfr0_el1"),
-        mmfr1: read_sysreg!("id_aa64mmfr1_el1"),
+        mmfr0: ID_AA64MMFR0_EL1.get(),
+        mmfr1: ID_AA64MMFR1_EL1.get(),
         mmfr3: read_sysreg!("s3_0_c0_c7_3"),
         dfr0,
-        isar1: read_sysreg!("id_aa64isar1_el1"),
+        isar1: ID_AA64ISAR1_EL1.get(),
         isar2: read_sysreg!("s3_0_c0_c6_2"),
         ..Default::default()
     };
@@ -148,19 +155,16 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     let id = read_id_regs();
     let cfg = El2Config::for_host(&id);
 
-    write_sysreg!("vtcr_el2", vtcr);
-    write_sysreg!("vttbr_el2", vttbr);
+    VTCR_EL2.set(vtcr);
+    VTTBR_EL2.set(vttbr);
     arch::isb();
-    write_sysreg!("hcr_el2", cfg.hcr);
+    HCR_EL2.set(cfg.hcr);
     if let Some(v) = cfg.hcrx {
         write_sysreg!("s3_4_c1_c2_2", v); // HCRX_EL2
     }
-    write_sysreg!(
-        "cnthctl_el2",
-        cfg.cnthctl | hyp::el2_setup::event_stream_bits(read_sysreg!("cntfrq_el0"))
-    );
-    write_sysreg!("cntvoff_el2", 0);
-    write_sysreg!("mdcr_el2", cfg.mdcr);
+    CNTHCTL_EL2.set(cfg.cnthctl | hyp::el2_setup::event_stream_bits(CNTFRQ_EL0.get()));
+    CNTVOFF_EL2.set(0);
+    MDCR_EL2.set(cfg.mdcr);
     // The host's profiling, trace and branch-record units must not see EL2.
     if let Some(v) = cfg.pmscr {
         write_sysreg!("s3_4_c9_c9_0", v); // PMSCR_EL2
@@ -171,7 +175,7 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     if let Some(v) = cfg.brbcr {
         write_sysreg!("s2_4_c9_c0_0", v); // BRBCR_EL2
     }
-    write_sysreg!("cptr_el2", cfg.cptr);
+    CPTR_EL2.set(cfg.cptr);
     write_sysreg!("hstr_el2", 0);
     arch::isb();
     if let Some(v) = cfg.zcr {
@@ -184,17 +188,16 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
         write_sysreg!("s3_4_c1_c2_5", 0); // SMPRIMAP_EL2
     }
     if cfg.sctlr_extra != 0 {
-        let s = read_sysreg!("sctlr_el2");
-        write_sysreg!("sctlr_el2", s | cfg.sctlr_extra);
+        SCTLR_EL2.set(SCTLR_EL2.get() | cfg.sctlr_extra);
     }
     if let Some(f) = cfg.fgt {
-        write_sysreg!("s3_4_c1_c1_4", f.hfgrtr); // HFGRTR_EL2
-        write_sysreg!("s3_4_c1_c1_5", f.hfgwtr); // HFGWTR_EL2
-        write_sysreg!("s3_4_c1_c1_6", f.hfgitr); // HFGITR_EL2
-        write_sysreg!("s3_4_c3_c1_4", f.hdfgrtr); // HDFGRTR_EL2
-        write_sysreg!("s3_4_c3_c1_5", f.hdfgwtr); // HDFGWTR_EL2
+        HFGRTR_EL2.set(f.hfgrtr);
+        HFGWTR_EL2.set(f.hfgwtr);
+        HFGITR_EL2.set(f.hfgitr);
+        HDFGRTR_EL2.set(f.hdfgrtr);
+        HDFGWTR_EL2.set(f.hdfgwtr);
         if f.hafgrtr {
-            write_sysreg!("s3_4_c3_c1_6", 0); // HAFGRTR_EL2
+            HAFGRTR_EL2.set(0);
         }
         if f.fgt2 {
             write_sysreg!("s3_4_c3_c1_0", 0); // HDFGRTR2_EL2
@@ -205,11 +208,11 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
         }
     }
     if cfg.gicv3 {
-        let sre = read_sysreg!("s3_4_c12_c9_5"); // ICC_SRE_EL2
-        write_sysreg!("s3_4_c12_c9_5", sre | 0b1001); // SRE | Enable
+        // SRE | Enable: the system-register interface, and EL1 may use it.
+        ICC_SRE_EL2.set(ICC_SRE_EL2.get() | 0b1001);
         arch::isb();
-        if read_sysreg!("s3_4_c12_c9_5") & 1 != 0 {
-            write_sysreg!("s3_4_c12_c11_0", 0); // ICH_HCR_EL2
+        if ICC_SRE_EL2.get() & 1 != 0 {
+            ICH_HCR_EL2.set(0);
         }
     }
     if let Some((mpam2, has_hcr)) = cfg.mpam2 {
@@ -221,9 +224,9 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     if cfg.clear_lorc {
         write_sysreg!("s3_0_c10_c4_3", 0); // LORC_EL1
     }
-    write_sysreg!("vpidr_el2", read_sysreg!("midr_el1"));
-    write_sysreg!("vmpidr_el2", read_sysreg!("mpidr_el1"));
-    write_sysreg!("sctlr_el1", SCTLR_EL1_MMU_OFF);
+    write_sysreg!("vpidr_el2", MIDR_EL1.get());
+    VMPIDR_EL2.set(MPIDR_EL1.get());
+    SCTLR_EL1.set(SCTLR_EL1_MMU_OFF);
     arch::isb();
     // Nothing cached from before (firmware, an earlier life of this CPU) may survive.
     arch::tlbi_vmalls12_local();

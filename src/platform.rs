@@ -6,6 +6,8 @@ use hyp::addr::{Ipa, PhysAddr};
 use hyp::dma::{CacheMaint, Clock, VmidTlb};
 use hyp::host_mem::CpuTlb;
 use hyp::s2mmu::Granule;
+use hyp::smmu::regs::Reg;
+use tock_registers::RegisterLongName;
 
 /// An SMMUv3 register frame mapped Device at EL2 (identity).
 pub struct El2SmmuIo {
@@ -36,28 +38,28 @@ fn after_load() {
 }
 
 impl hyp::smmu::SmmuIo for El2SmmuIo {
-    fn read32(&self, off: usize) -> u32 {
-        // SAFETY: `base` is a mapped SMMU frame (see `new`); offsets come from the
-        // register map and stay inside it.
-        let v = unsafe { ((self.base + off) as *const u32).read_volatile() };
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        // SAFETY: `base` is a mapped SMMU frame (see `new`); `reg` is a declared register
+        // of that frame (handles exist only for `SmmuFrame`'s fields), 4-aligned.
+        let v = unsafe { ((self.base + reg.offset()) as *const u32).read_volatile() };
         after_load();
         v
     }
-    fn write32(&self, off: usize, v: u32) {
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32) {
         before_store();
         // SAFETY: as in `read32`.
-        unsafe { ((self.base + off) as *mut u32).write_volatile(v) }
+        unsafe { ((self.base + reg.offset()) as *mut u32).write_volatile(v) }
     }
-    fn read64(&self, off: usize) -> u64 {
-        // SAFETY: as in `read32`.
-        let v = unsafe { ((self.base + off) as *const u64).read_volatile() };
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64 {
+        // SAFETY: as in `read32`; 64-bit registers are 8-aligned.
+        let v = unsafe { ((self.base + reg.offset()) as *const u64).read_volatile() };
         after_load();
         v
     }
-    fn write64(&self, off: usize, v: u64) {
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64) {
         before_store();
-        // SAFETY: as in `read32`.
-        unsafe { ((self.base + off) as *mut u64).write_volatile(v) }
+        // SAFETY: as in `read64`.
+        unsafe { ((self.base + reg.offset()) as *mut u64).write_volatile(v) }
     }
     fn wait_for_event(&self) {
         // Woken by the SMMU's SEV on CMD_SYNC completion, or by the generic timer's event

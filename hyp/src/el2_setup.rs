@@ -13,6 +13,8 @@
 //! entry code (`src/head.S`) writes it, masks interrupts and sets PSTATE before anything
 //! else on every CPU.
 
+use aarch64_cpu::registers::{CNTHCTL_EL2, MDCR_EL2};
+
 /// Snapshot of the ID registers (and a few feature probes) that decide the EL2 setup.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IdRegs {
@@ -157,32 +159,44 @@ impl IdRegs {
     }
 }
 
-/// HCR_EL2 bits Warden uses.
+/// HCR_EL2 bits Warden uses (values of `aarch64-cpu`'s typed fields).
 pub mod hcr {
+    use aarch64_cpu::registers::HCR_EL2;
+
     /// EL2 host (VHE). Never set: Warden runs nVHE, and `src/head.S` writes HCR_EL2 with
     /// E2H = 0 (just [`RW`]) before anything else at entry.
-    pub const E2H: u64 = 1 << 34;
+    pub const E2H: u64 = HCR_EL2::E2H::EnableOsAtEl2.value;
     /// Stage-2 translation enabled.
-    pub const VM: u64 = 1 << 0;
+    pub const VM: u64 = HCR_EL2::VM::Enable.value;
     /// SMC from EL1 traps to EL2.
-    pub const TSC: u64 = 1 << 19;
+    pub const TSC: u64 = HCR_EL2::TSC::EnableTrapEl1SmcToEl2.value;
     /// EL1 is AArch64.
-    pub const RW: u64 = 1 << 31;
+    pub const RW: u64 = HCR_EL2::RW::EL1IsAarch64.value;
     /// Pointer-authentication key registers not trapped.
-    pub const APK: u64 = 1 << 40;
+    pub const APK: u64 = HCR_EL2::APK::DisableTrapPointerAuthKeyRegsToEl2.value;
     /// Pointer-authentication instructions not trapped.
-    pub const API: u64 = 1 << 41;
+    pub const API: u64 = HCR_EL2::API::DisableTrapPointerAuthInstToEl2.value;
     /// Allocation-tag access allowed at EL1/EL0.
-    pub const ATA: u64 = 1 << 56;
+    pub const ATA: u64 = HCR_EL2::ATA::SET.value;
 }
 
 /// MDCR_EL2 bits Warden sets besides HPMN and the buffer-ownership fields.
 pub mod mdcr {
+    use aarch64_cpu::registers::MDCR_EL2;
+
     /// Event counting prohibited at EL2 (FEAT_PMUv3p1).
-    pub const HPMD: u64 = 1 << 17;
+    pub const HPMD: u64 = MDCR_EL2::HPMD::SET.value;
     /// PMCCNTR_EL0 does not count at EL2 (FEAT_PMUv3p5).
-    pub const HCCD: u64 = 1 << 23;
+    pub const HCCD: u64 = MDCR_EL2::HCCD::SET.value;
+    /// E2PB = 0b11: the profiling buffer is owned by EL1.
+    pub const E2PB_EL1: u64 = MDCR_EL2::E2PB::OwnedByEL1.value;
+    /// E2TB = 0b11: the trace buffer is owned by EL1, not trapped.
+    pub const E2TB_EL1: u64 = MDCR_EL2::E2TB::EL1OwnerNotTrapped.value;
 }
+
+/// CNTHCTL_EL2 (nVHE layout): EL1 access to the physical counter and timer.
+const CNTHCTL_EL1_PHYSICAL: u64 =
+    CNTHCTL_EL2::EL1PCTEN::SET.value | CNTHCTL_EL2::EL1PCEN::SET.value;
 
 /// BRBCR_EL2 bits.
 pub mod brbcr {
@@ -296,7 +310,11 @@ impl El2Config {
             v
         });
 
-        let mut mdcr = if id.pmuv3() { id.pmcr_n & 0x1f } else { 0 };
+        let mut mdcr = if id.pmuv3() {
+            MDCR_EL2::HPMN.val(id.pmcr_n & 0x1f).value
+        } else {
+            0
+        };
         // The host's PMU counters do not count at EL2: HPMD (PMUv3p1) stops the event
         // counters, HCCD (PMUv3p5) the cycle counter.
         if id.pmu_version() >= 4 {
@@ -306,10 +324,10 @@ impl El2Config {
             mdcr |= mdcr::HCCD;
         }
         if id.spe_for_el1 {
-            mdcr |= 3 << 12; // E2PB: EL1 owns the profiling buffer
+            mdcr |= mdcr::E2PB_EL1; // EL1 owns the profiling buffer
         }
         if id.trbe_for_el1 {
-            mdcr |= 3 << 24; // E2TB: EL1 owns the trace buffer
+            mdcr |= mdcr::E2TB_EL1; // EL1 owns the trace buffer
         }
 
         let mut cptr = CPTR_EL2_BASE;
@@ -341,7 +359,7 @@ impl El2Config {
         Self {
             hcr,
             hcrx,
-            cnthctl: 3, // EL1PCTEN | EL1PCEN
+            cnthctl: CNTHCTL_EL1_PHYSICAL,
             mdcr,
             // E2SPE = 0 (EL2 not profiled), E0HSPE = 0 (a VHE control), PA/CX/TS = 0.
             pmscr: id.spe().then_some(0),

@@ -104,13 +104,13 @@ pub const fn ipa_source(esr: u64, erratum: bool) -> IpaSource {
     IpaSource::Translate
 }
 
-/// The IPA of the faulting access from `HPFAR_EL2` (FIPA is IPA[51:12] in bits 43:4) and
+/// The IPA of the faulting access from `HPFAR_EL2` (FIPA is IPA\[51:12\] in bits 43:4) and
 /// the page offset in `FAR_EL2`.
 pub const fn ipa_from_hpfar(hpfar: u64, far: u64) -> u64 {
     (((hpfar >> 4) & ((1 << 40) - 1)) << 12) | (far & 0xfff)
 }
 
-/// The IPA from a successful `AT S1E1R` (PAR_EL1 with F = 0: PA[51:12] in bits 51:12)
+/// The IPA from a successful `AT S1E1R` (PAR_EL1 with F = 0: PA\[51:12\] in bits 51:12)
 /// and the page offset in `FAR_EL2`; `None` if the translation failed (F = 1): the
 /// host's stage 1 changed under the access, which the host then simply retries.
 pub const fn ipa_from_par(par: u64, far: u64) -> Option<u64> {

@@ -29,6 +29,7 @@ pub mod hpfar;
 pub mod inval;
 pub mod layout;
 pub mod masters;
+pub mod page_state;
 pub mod pins;
 pub mod pl011;
 pub mod psci;

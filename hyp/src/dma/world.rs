@@ -10,6 +10,7 @@ use crate::s2mmu::NoTlb;
 use crate::s2mmu::{S2Geometry, Stage2};
 use crate::smmu::ProbeConfig;
 use crate::smmu::model::{DmaFault, ModelConfig, SmmuModel};
+use crate::smmu::regs::Reg;
 use crate::testutil::Ram;
 use alloc::vec;
 use host_abi::{func, prot};
@@ -17,6 +18,7 @@ use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use tock_registers::RegisterLongName;
 
 /// First byte of the RAM.
 pub const RAM_BASE: u64 = 0x4000_0000;
@@ -46,17 +48,17 @@ pub struct ModelIo(pub Rc<SmmuModel>);
 // The model's own allocations (its logs, its TLB) are exempt from the test allocator's
 // failures: they are hardware, not Warden.
 impl SmmuIo for ModelIo {
-    fn read32(&self, off: usize) -> u32 {
-        exempt(|| self.0.read32(off))
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        exempt(|| self.0.read32(reg))
     }
-    fn write32(&self, off: usize, v: u32) {
-        exempt(|| self.0.write32(off, v))
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32) {
+        exempt(|| self.0.write32(reg, v))
     }
-    fn read64(&self, off: usize) -> u64 {
-        exempt(|| self.0.read64(off))
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64 {
+        exempt(|| self.0.read64(reg))
     }
-    fn write64(&self, off: usize, v: u64) {
-        exempt(|| self.0.write64(off, v))
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64) {
+        exempt(|| self.0.write64(reg, v))
     }
     fn now_ns(&self) -> u64 {
         self.0.now_ns()

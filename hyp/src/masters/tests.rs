@@ -737,7 +737,7 @@ fn smmu_not_driven_is_put_in_abort() {
     assert_eq!(model.dma(0x10, 0x4000_0000, true), Err(DmaFault::Abort));
     assert_eq!(model.reg(crate::smmu::regs::CR0), 0);
     assert_ne!(
-        model.reg(crate::smmu::regs::GBPA) & crate::smmu::regs::GBPA_ABORT,
+        model.reg(crate::smmu::regs::GBPA) & crate::smmu::regs::GBPA::ABORT::SET.value,
         0
     );
 }

@@ -28,6 +28,7 @@ use super::regs::*;
 use super::{Deadline, Region, Smmu, SmmuError, SmmuIo};
 use crate::addr::{Ipa, PhysAddr};
 use crate::s2mmu::{Granule, TableMemory};
+use bitfield_struct::bitfield;
 use core::fmt;
 
 /// Command opcodes (`word0[7:0]`).
@@ -82,33 +83,141 @@ pub mod op {
     pub const CMD_SYNC: u8 = 0x46;
 }
 
-// Field positions.
-const SID_SHIFT: u32 = 32;
-const CFGI_RANGE_ALL: u64 = 31;
-const TLBI_NUM_SHIFT: u32 = 12;
-const TLBI_SCALE_SHIFT: u32 = 20;
-const TLBI_VMID_SHIFT: u32 = 32;
-const TLBI_LEAF: u64 = 1 << 0;
-const TLBI_TTL_SHIFT: u32 = 8;
-const TLBI_TG_SHIFT: u32 = 10;
+/// Word 0 of every command: the opcode.
+#[bitfield(u64)]
+pub struct CmdWord0 {
+    /// Opcode ([`op`]).
+    pub opcode: u8,
+    #[bits(56)]
+    __: u64,
+}
+
+/// `CMD_CFGI_STE` / `CMD_CFGI_STE_RANGE`, word 0.
+#[bitfield(u64)]
+pub struct CfgiWord0 {
+    /// Opcode.
+    pub opcode: u8,
+    #[bits(24)]
+    __: u32,
+    /// StreamID (bits 63:32).
+    pub sid: u32,
+}
+
+/// `CMD_CFGI_STE`, word 1.
+#[bitfield(u64)]
+pub struct CfgiSteWord1 {
+    /// Leaf: 1 = the STE only, 0 = also the level-1 descriptor that locates it.
+    pub leaf: bool,
+    #[bits(63)]
+    __: u64,
+}
+
+/// `CMD_CFGI_STE_RANGE`, word 1.
+#[bitfield(u64)]
+pub struct CfgiRangeWord1 {
+    /// Range: `2^(Range + 1)` StreamIDs; 31 = all (`CMD_CFGI_ALL`).
+    #[bits(5)]
+    pub range: u8,
+    #[bits(59)]
+    __: u64,
+}
+
+/// `CMD_TLBI_S2_IPA` / `CMD_TLBI_S12_VMALL`, word 0.
+#[bitfield(u64)]
+pub struct TlbiWord0 {
+    /// Opcode.
+    pub opcode: u8,
+    #[bits(4)]
+    __: u8,
+    /// NUM (bits 16:12): number of multiples minus one (range invalidation).
+    #[bits(5)]
+    pub num: u8,
+    #[bits(3)]
+    __: u8,
+    /// SCALE (bits 24:20): log2 of the multiple (range invalidation).
+    #[bits(5)]
+    pub scale: u8,
+    #[bits(7)]
+    __: u8,
+    /// VMID (bits 47:32).
+    pub vmid: u16,
+    #[bits(16)]
+    __: u16,
+}
+
+/// `CMD_TLBI_S2_IPA`, word 1.
+#[bitfield(u64)]
+pub struct TlbiWord1 {
+    /// Leaf: last-level entries only.
+    pub leaf: bool,
+    #[bits(7)]
+    __: u8,
+    /// TTL (bits 9:8): level of the leaf entries, 0 = any.
+    #[bits(2)]
+    pub ttl: u8,
+    /// TG (bits 11:10): granule of the range, 0 = not a range.
+    #[bits(2)]
+    pub tg: u8,
+    /// Address bits 51:12, shifted right by 12.
+    #[bits(40)]
+    pub address: u64,
+    #[bits(12)]
+    __: u16,
+}
+
+/// `CMD_SYNC`, word 0.
+#[bitfield(u64)]
+pub struct SyncWord0 {
+    /// Opcode.
+    pub opcode: u8,
+    #[bits(4)]
+    __: u8,
+    /// CS (bits 13:12): completion signal (`SYNC_CS_*`).
+    #[bits(2)]
+    pub cs: u8,
+    #[bits(8)]
+    __: u8,
+    /// MSH (bits 23:22): shareability of the MSI write.
+    #[bits(2)]
+    pub msh: u8,
+    /// MSIAttr (bits 27:24): memory type of the MSI write.
+    #[bits(4)]
+    pub msiattr: u8,
+    #[bits(4)]
+    __: u8,
+    /// MSIData (bits 63:32).
+    pub msidata: u32,
+}
+
+/// `CMD_SYNC`, word 1.
+#[bitfield(u64)]
+pub struct SyncWord1 {
+    #[bits(2)]
+    __: u8,
+    /// MSIAddr bits 51:2, shifted right by 2.
+    #[bits(50)]
+    pub msiaddr: u64,
+    #[bits(12)]
+    __: u16,
+}
+
+/// `CFGI_STE_RANGE.Range` meaning every StreamID.
+const CFGI_RANGE_ALL: u8 = 31;
 /// `TLBI_*.Address` bits 51:12 (word 1).
-pub const TLBI_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-const SYNC_CS_SHIFT: u32 = 12;
+pub const TLBI_ADDR_MASK: u64 = ((1 << TlbiWord1::ADDRESS_BITS) - 1) << TlbiWord1::ADDRESS_OFFSET;
 /// `CMD_SYNC.CS`: no signal, completion seen through `CMDQ_CONS`.
 pub const SYNC_CS_NONE: u64 = 0;
 /// `CMD_SYNC.CS`: signal an interrupt, or write `MSIData` to `MSIAddr` when set.
 pub const SYNC_CS_IRQ: u64 = 1;
 /// `CMD_SYNC.CS`: send an event (SEV).
 pub const SYNC_CS_SEV: u64 = 2;
-const SYNC_MSH_SHIFT: u32 = 22;
-const SYNC_MSIATTR_SHIFT: u32 = 24;
-const SYNC_MSIDATA_SHIFT: u32 = 32;
 /// `CMD_SYNC.MSIAddr` bits 51:2 (word 1).
-pub const SYNC_MSIADDR_MASK: u64 = 0x000f_ffff_ffff_fffc;
+pub const SYNC_MSIADDR_MASK: u64 =
+    ((1 << SyncWord1::MSIADDR_BITS) - 1) << SyncWord1::MSIADDR_OFFSET;
 /// Inner shareable.
-const MSH_ISH: u64 = 0b11;
+const MSH_ISH: u8 = 0b11;
 /// Inner and outer write-back cacheable.
-const MSIATTR_OIWB: u64 = 0xf;
+const MSIATTR_OIWB: u8 = 0xf;
 
 /// Range fields of `TLBI_S2_IPA` (with `IDR3.RIL`): `(NUM + 1) << SCALE` pages of the
 /// granule `TG` from the address, `TTL` the level hint (0 = any).
@@ -132,34 +241,55 @@ impl Command {
     /// `CMD_CFGI_STE` with Leaf = 1: the cached STE only (a cached level-1 descriptor
     /// that located it may stay).
     pub const fn cfgi_ste(sid: u32) -> Self {
-        Self([op::CFGI_STE as u64 | ((sid as u64) << SID_SHIFT), 1])
+        Self::cfgi_ste_leaf(sid, true)
     }
 
     /// `CMD_CFGI_STE` with Leaf = 0: the cached STE and the cached level-1 descriptor that
     /// locates it (needed after a level-1 descriptor changed: a new level-2 table).
     pub const fn cfgi_ste_l1(sid: u32) -> Self {
-        Self([op::CFGI_STE as u64 | ((sid as u64) << SID_SHIFT), 0])
+        Self::cfgi_ste_leaf(sid, false)
+    }
+
+    const fn cfgi_ste_leaf(sid: u32, leaf: bool) -> Self {
+        Self([
+            CfgiWord0::new()
+                .with_opcode(op::CFGI_STE)
+                .with_sid(sid)
+                .into_bits(),
+            CfgiSteWord1::new().with_leaf(leaf).into_bits(),
+        ])
     }
 
     /// `CMD_CFGI_ALL` (`CFGI_STE_RANGE` with range 31).
     pub const fn cfgi_all() -> Self {
-        Self([op::CFGI_STE_RANGE as u64, CFGI_RANGE_ALL])
+        Self([
+            CfgiWord0::new().with_opcode(op::CFGI_STE_RANGE).into_bits(),
+            CfgiRangeWord1::new().with_range(CFGI_RANGE_ALL).into_bits(),
+        ])
+    }
+
+    /// A command with only an opcode.
+    const fn bare(opcode: u8) -> Self {
+        Self([CmdWord0::new().with_opcode(opcode).into_bits(), 0])
     }
 
     /// `CMD_TLBI_NSNH_ALL`.
     pub const fn tlbi_nsnh_all() -> Self {
-        Self([op::TLBI_NSNH_ALL as u64, 0])
+        Self::bare(op::TLBI_NSNH_ALL)
     }
 
     /// `CMD_TLBI_EL2_ALL`.
     pub const fn tlbi_el2_all() -> Self {
-        Self([op::TLBI_EL2_ALL as u64, 0])
+        Self::bare(op::TLBI_EL2_ALL)
     }
 
     /// `CMD_TLBI_S12_VMALL`: every entry of `vmid`.
     pub const fn tlbi_s12_vmall(vmid: u16) -> Self {
         Self([
-            op::TLBI_S12_VMALL as u64 | ((vmid as u64) << TLBI_VMID_SHIFT),
+            TlbiWord0::new()
+                .with_opcode(op::TLBI_S12_VMALL)
+                .with_vmid(vmid)
+                .into_bits(),
             0,
         ])
     }
@@ -167,46 +297,61 @@ impl Command {
     /// `CMD_TLBI_S2_IPA`: entries of `vmid` translating `ipa` (or the range), leaf
     /// entries only when `leaf`.
     pub const fn tlbi_s2_ipa(vmid: u16, ipa: u64, leaf: bool, range: Option<TlbiRange>) -> Self {
-        let mut w0 = op::TLBI_S2_IPA as u64 | ((vmid as u64) << TLBI_VMID_SHIFT);
-        let mut w1 = ipa & TLBI_ADDR_MASK;
-        if leaf {
-            w1 |= TLBI_LEAF;
-        }
+        let mut w0 = TlbiWord0::new()
+            .with_opcode(op::TLBI_S2_IPA)
+            .with_vmid(vmid);
+        let mut w1 = TlbiWord1::new()
+            .with_leaf(leaf)
+            .with_address((ipa & TLBI_ADDR_MASK) >> TlbiWord1::ADDRESS_OFFSET);
         if let Some(r) = range {
-            w0 |= ((r.num as u64 & 0x1f) << TLBI_NUM_SHIFT)
-                | ((r.scale as u64 & 0x1f) << TLBI_SCALE_SHIFT);
-            w1 |= ((r.ttl as u64 & 3) << TLBI_TTL_SHIFT) | ((r.tg as u64 & 3) << TLBI_TG_SHIFT);
+            w0 = w0.with_num(r.num & 0x1f).with_scale(r.scale & 0x1f);
+            w1 = w1.with_ttl(r.ttl & 3).with_tg(r.tg & 3);
         }
-        Self([w0, w1])
+        Self([w0.into_bits(), w1.into_bits()])
+    }
+
+    /// `CMD_SYNC` with completion signal `cs` and no MSI.
+    const fn sync_cs(cs: u64) -> Self {
+        Self([
+            SyncWord0::new()
+                .with_opcode(op::CMD_SYNC)
+                .with_cs(cs as u8)
+                .into_bits(),
+            0,
+        ])
     }
 
     /// `CMD_SYNC` without signal (completion seen as `CMDQ_CONS` passing it).
     pub const fn sync() -> Self {
-        Self([op::CMD_SYNC as u64 | (SYNC_CS_NONE << SYNC_CS_SHIFT), 0])
+        Self::sync_cs(SYNC_CS_NONE)
     }
 
     /// `CMD_SYNC` that signals completion with a send-event (`CS = SIG_SEV`), so a CPU
     /// waiting in `WFE` wakes up (completion still seen as `CMDQ_CONS` passing it).
     pub const fn sync_sev() -> Self {
-        Self([op::CMD_SYNC as u64 | (SYNC_CS_SEV << SYNC_CS_SHIFT), 0])
+        Self::sync_cs(SYNC_CS_SEV)
     }
 
     /// `CMD_SYNC` that writes `data` (32 bits) to `addr` on completion (inner-shareable,
     /// write-back: for a coherent SMMU).
     pub const fn sync_msi(addr: PhysAddr, data: u32) -> Self {
         Self([
-            op::CMD_SYNC as u64
-                | (SYNC_CS_IRQ << SYNC_CS_SHIFT)
-                | (MSH_ISH << SYNC_MSH_SHIFT)
-                | (MSIATTR_OIWB << SYNC_MSIATTR_SHIFT)
-                | ((data as u64) << SYNC_MSIDATA_SHIFT),
-            addr.0 & SYNC_MSIADDR_MASK,
+            SyncWord0::new()
+                .with_opcode(op::CMD_SYNC)
+                .with_cs(SYNC_CS_IRQ as u8)
+                .with_msh(MSH_ISH)
+                .with_msiattr(MSIATTR_OIWB)
+                .with_msidata(data)
+                .into_bits(),
+            SyncWord1::new()
+                .with_msiaddr((addr.0 & SYNC_MSIADDR_MASK) >> SyncWord1::MSIADDR_OFFSET)
+                .into_bits(),
         ])
     }
 
     /// The opcode.
     pub const fn opcode(&self) -> u8 {
-        self.0[0] as u8
+        CmdWord0::from_bits(self.0[0]).opcode()
     }
 
     /// The command's name (`CMD_` prefix dropped), or `"?"`.
@@ -521,7 +666,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// Reads `CMDQ_CONS` (after dealing with a pending command error).
     fn refresh_cons(&mut self, mem: &mut M) -> Result<(), SmmuError> {
         let active = self.io.read32(GERROR) ^ self.io.read32(GERRORN);
-        if active & GERROR_CMDQ_ERR != 0 {
+        if GERROR::CMDQ_ERR.is_set(active) {
             self.recover_cmd_error(mem);
         }
         let cons = self.io.read32(CMDQ_CONS);
@@ -539,7 +684,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// into a `CMD_SYNC`, and acknowledges `GERROR.CMDQ_ERR`.
     fn recover_cmd_error(&mut self, mem: &mut M) {
         let cons = self.io.read32(CMDQ_CONS);
-        let code = (cons >> CMDQ_CONS_ERR.0) & CMDQ_CONS_ERR.1;
+        let code = CMDQ_CONS::ERR.read(cons);
         let idx = (cons & ((1 << self.cmdq.log2) - 1)) as usize;
         let mut cmd = Command([0; 2]);
         self.cmdq.q.read(mem, idx * 16, &mut cmd.0);
@@ -569,11 +714,9 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         }
         // Acknowledge only CMDQ_ERR: make GERRORN's bit equal GERROR's.
         let gerrorn = self.io.read32(GERRORN);
-        let gerror = self.io.read32(GERROR);
-        self.io.write32(
-            GERRORN,
-            (gerrorn & !GERROR_CMDQ_ERR) | (gerror & GERROR_CMDQ_ERR),
-        );
+        let gerror = self.io.get(GERROR);
+        let ack = GERROR::CMDQ_ERR.val(gerror.read(GERROR::CMDQ_ERR));
+        self.io.write32(GERRORN, ack.modify(gerrorn));
     }
 
     /// Command errors recorded since the last call (at most [`MAX_KEPT_ERRORS`]; the

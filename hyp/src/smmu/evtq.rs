@@ -18,6 +18,7 @@
 use super::regs::*;
 use super::{Smmu, SmmuIo};
 use crate::s2mmu::TableMemory;
+use bitfield_struct::bitfield;
 use core::fmt;
 
 /// An event type (`word0[7:0]`).
@@ -97,13 +98,54 @@ impl EventType {
     }
 }
 
-/// Bits of word 1.
-const EVT1_RNW: u64 = 1 << 35;
-const EVT1_S2: u64 = 1 << 39;
-const EVT1_CLASS_SHIFT: u32 = 40;
-const EVT0_SSV: u64 = 1 << 11;
+/// Event record word 0.
+#[bitfield(u64)]
+pub struct EvtWord0 {
+    /// Type (bits 7:0).
+    pub kind: u8,
+    #[bits(3)]
+    __: u8,
+    /// SSV (bit 11): SubstreamID valid.
+    pub ssv: bool,
+    /// SubstreamID (bits 31:12).
+    #[bits(20)]
+    pub substreamid: u32,
+    /// StreamID (bits 63:32).
+    pub streamid: u32,
+}
+
+/// Event record word 1 (the fields of translation-type faults).
+#[bitfield(u64)]
+pub struct EvtWord1 {
+    #[bits(35)]
+    __: u64,
+    /// RnW (bit 35): 1 read, 0 write.
+    pub rnw: bool,
+    #[bits(3)]
+    __: u8,
+    /// S2 (bit 39): fault at stage 2.
+    pub s2: bool,
+    /// CLASS (bits 41:40): `CLASS_CD`, `CLASS_TT`, `CLASS_IN`.
+    #[bits(2)]
+    pub class: u8,
+    #[bits(22)]
+    __: u32,
+}
+
+/// Event record word 3.
+#[bitfield(u64)]
+pub struct EvtWord3 {
+    #[bits(3)]
+    __: u8,
+    /// IPA bits 51:3, shifted right by 3.
+    #[bits(49)]
+    pub ipa: u64,
+    #[bits(12)]
+    __: u16,
+}
+
 /// IPA bits 51:3 of word 3.
-const EVT3_IPA_MASK: u64 = 0x000f_ffff_ffff_fff8;
+const EVT3_IPA_MASK: u64 = ((1 << EvtWord3::IPA_BITS) - 1) << EvtWord3::IPA_OFFSET;
 
 /// `CLASS`: fault while fetching a context descriptor.
 pub const CLASS_CD: u8 = 0;
@@ -138,24 +180,26 @@ pub struct Event {
 impl Event {
     /// Decodes a record.
     pub const fn decode(raw: [u64; 4]) -> Self {
+        let w0 = EvtWord0::from_bits(raw[0]);
+        let w1 = EvtWord1::from_bits(raw[1]);
         Self {
-            kind: EventType(raw[0] as u8),
-            sid: (raw[0] >> 32) as u32,
-            ssid: if raw[0] & EVT0_SSV != 0 {
-                Some(((raw[0] >> 12) & 0xf_ffff) as u32)
+            kind: EventType(w0.kind()),
+            sid: w0.streamid(),
+            ssid: if w0.ssv() {
+                Some(w0.substreamid())
             } else {
                 None
             },
             input_addr: raw[2],
             ipa: raw[3] & EVT3_IPA_MASK,
-            read: raw[1] & EVT1_RNW != 0,
-            stage2: raw[1] & EVT1_S2 != 0,
-            class: ((raw[1] >> EVT1_CLASS_SHIFT) & 3) as u8,
+            read: w1.rnw(),
+            stage2: w1.s2(),
+            class: w1.class(),
             raw,
         }
     }
 
-    /// Encodes a translation-type fault record (what an SMMU writes; for models).
+    /// Encodes a translation-type fault record (what an SMMU writes).
     pub const fn encode_fault(
         kind: EventType,
         sid: u32,
@@ -165,19 +209,12 @@ impl Event {
         stage2: bool,
         class: u8,
     ) -> [u64; 4] {
-        let mut w1 = (class as u64 & 3) << EVT1_CLASS_SHIFT;
-        if read {
-            w1 |= EVT1_RNW;
-        }
-        if stage2 {
-            w1 |= EVT1_S2;
-        }
-        [
-            kind.0 as u64 | ((sid as u64) << 32),
-            w1,
-            iova,
-            ipa & EVT3_IPA_MASK,
-        ]
+        let w0 = EvtWord0::new().with_kind(kind.0).with_streamid(sid);
+        let w1 = EvtWord1::new()
+            .with_rnw(read)
+            .with_s2(stage2)
+            .with_class(class & 3);
+        [w0.into_bits(), w1.into_bits(), iova, ipa & EVT3_IPA_MASK]
     }
 }
 
@@ -239,15 +276,16 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
     /// interrupt or periodically.
     pub fn poll_events(&mut self, mem: &mut M, mut f: impl FnMut(Event)) -> EventPoll {
         let mut out = EventPoll::default();
-        let active =
-            (self.io.read32(GERROR) ^ self.io.read32(GERRORN)) & GERROR_ALL & !GERROR_CMDQ_ERR;
+        let active = (self.io.read32(GERROR) ^ self.io.read32(GERRORN))
+            & GERROR_ALL
+            & !GERROR::CMDQ_ERR::SET.value;
         if active != 0 {
             out.gerror = active;
             self.stats.gerrors += 1;
-            if active & GERROR_EVTQ_ABT_ERR != 0 {
+            if GERROR::EVENTQ_ABT_ERR.is_set(active) {
                 out.overflow = true;
             }
-            if active & GERROR_SFM_ERR != 0 {
+            if GERROR::SFM_ERR.is_set(active) {
                 log::error!("SMMU service failure mode (GERROR {active:#x})");
             }
             let gerrorn = self.io.read32(GERRORN);
@@ -258,9 +296,9 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         // At most two laps: the SMMU keeps writing while we read.
         'outer: for _ in 0..2 {
             let prod = self.io.read32(EVENTQ_PROD);
-            if (prod ^ self.evtq.cons) & EVENTQ_PROD_OVFLG != 0 {
+            if EVENTQ_PROD::OVFLG.is_set(prod) != EVENTQ_CONS::OVACKFLG.is_set(self.evtq.cons) {
                 out.overflow = true;
-                self.evtq.cons ^= EVENTQ_CONS_OVACKFLG;
+                self.evtq.cons ^= EVENTQ_CONS::OVACKFLG::SET.value;
             }
             let target = prod & idx_mask;
             let mut cons = self.evtq.cons & idx_mask;
@@ -343,7 +381,7 @@ mod tests {
             w.to_string(),
             "SMMU event F_PERMISSION sid 0x3 iova 0x2000 ipa 0x2000 write stage-2"
         );
-        let b = Event::decode([0x04 | (7 << 32) | EVT0_SSV | (5 << 12), 0, 0, 0]);
+        let b = Event::decode([0x04 | (7 << 32) | (1 << 11) | (5 << 12), 0, 0, 0]);
         assert_eq!(b.to_string(), "SMMU event C_BAD_STE sid 0x7 ssid 0x5");
         assert_eq!(Event::decode([0x77, 0, 0, 0]).kind.name(), "UNKNOWN");
     }

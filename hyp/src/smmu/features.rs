@@ -3,11 +3,7 @@
 use super::regs::*;
 use crate::s2mmu::Granule;
 use core::fmt;
-
-/// Extracts `(reg >> shift) & mask`.
-const fn field(reg: u32, (shift, mask): (u32, u32)) -> u32 {
-    (reg >> shift) & mask
-}
+use tock_registers::LocalRegisterCopy;
 
 /// Most commands an MMU-700 may be given between two `CMD_SYNC`s (erratum 2812531, as
 /// Linux works around it).
@@ -93,35 +89,40 @@ pub const fn oas_bits(oas: u8) -> u32 {
 
 impl Features {
     /// Decodes the ID registers.
-    pub const fn decode(idr0: u32, idr1: u32, idr3: u32, idr5: u32, aidr: u32) -> Self {
-        let oas = field(idr5, IDR5_OAS) as u8;
+    pub fn decode(idr0: u32, idr1: u32, idr3: u32, idr5: u32, aidr: u32) -> Self {
+        let idr0 = LocalRegisterCopy::<u32, IDR0::Register>::new(idr0);
+        let idr1 = LocalRegisterCopy::<u32, IDR1::Register>::new(idr1);
+        let idr3 = LocalRegisterCopy::<u32, IDR3::Register>::new(idr3);
+        let idr5 = LocalRegisterCopy::<u32, IDR5::Register>::new(idr5);
+        let aidr = LocalRegisterCopy::<u32, AIDR::Register>::new(aidr);
+        let oas = idr5.read(IDR5::OAS) as u8;
         Self {
-            s1p: idr0 & IDR0_S1P != 0,
-            s2p: idr0 & IDR0_S2P != 0,
-            ttf_aarch64: field(idr0, IDR0_TTF) & IDR0_TTF_AARCH64 != 0,
-            cohacc: idr0 & IDR0_COHACC != 0,
-            btm: idr0 & IDR0_BTM != 0,
-            httu: field(idr0, IDR0_HTTU) as u8,
-            hyp: idr0 & IDR0_HYP != 0,
-            ats: idr0 & IDR0_ATS != 0,
-            msi: idr0 & IDR0_MSI != 0,
-            sev: idr0 & IDR0_SEV != 0,
-            vmid16: idr0 & IDR0_VMID16 != 0,
-            asid16: idr0 & IDR0_ASID16 != 0,
-            two_level_st: field(idr0, IDR0_ST_LEVEL) == IDR0_ST_LEVEL_2LVL,
-            sidsize: field(idr1, IDR1_SIDSIZE),
-            cmdqs: field(idr1, IDR1_CMDQS),
-            eventqs: field(idr1, IDR1_EVENTQS),
-            ril: idr3 & IDR3_RIL != 0,
-            bbml: field(idr3, IDR3_BBML) as u8,
+            s1p: idr0.is_set(IDR0::S1P),
+            s2p: idr0.is_set(IDR0::S2P),
+            ttf_aarch64: idr0.any_matching_bits_set(IDR0::TTF::AArch64),
+            cohacc: idr0.is_set(IDR0::COHACC),
+            btm: idr0.is_set(IDR0::BTM),
+            httu: idr0.read(IDR0::HTTU) as u8,
+            hyp: idr0.is_set(IDR0::HYP),
+            ats: idr0.is_set(IDR0::ATS),
+            msi: idr0.is_set(IDR0::MSI),
+            sev: idr0.is_set(IDR0::SEV),
+            vmid16: idr0.is_set(IDR0::VMID16),
+            asid16: idr0.is_set(IDR0::ASID16),
+            two_level_st: idr0.matches_all(IDR0::ST_LEVEL::TwoLevel),
+            sidsize: idr1.read(IDR1::SIDSIZE),
+            cmdqs: idr1.read(IDR1::CMDQS),
+            eventqs: idr1.read(IDR1::EVENTQS),
+            ril: idr3.is_set(IDR3::RIL),
+            bbml: idr3.read(IDR3::BBML) as u8,
             oas,
             oas_bits: oas_bits(oas),
-            gran4k: idr5 & IDR5_GRAN4K != 0,
-            gran16k: idr5 & IDR5_GRAN16K != 0,
-            gran64k: idr5 & IDR5_GRAN64K != 0,
-            minor: (aidr & 0xf) as u8,
-            stall_model: field(idr0, IDR0_STALL_MODEL) as u8,
-            ttendian: field(idr0, IDR0_TTENDIAN) as u8,
+            gran4k: idr5.is_set(IDR5::GRAN4K),
+            gran16k: idr5.is_set(IDR5::GRAN16K),
+            gran64k: idr5.is_set(IDR5::GRAN64K),
+            minor: aidr.read(AIDR::ARCHMINORREV) as u8,
+            stall_model: idr0.read(IDR0::STALL_MODEL) as u8,
+            ttendian: idr0.read(IDR0::TTENDIAN) as u8,
             iidr: 0,
             sync_every: 0,
         }
@@ -133,18 +134,19 @@ impl Features {
     /// `CMD_SYNC` at least every [`MMU700_SYNC_EVERY`] commands. (Linux's other
     /// MMU-600/700 quirks, errata 1209401 and 2268618, concern nested translation, which
     /// Warden does not use.)
-    pub const fn with_iidr(mut self, iidr: u32) -> Self {
+    pub fn with_iidr(mut self, iidr: u32) -> Self {
         self.iidr = iidr;
-        if field(iidr, IIDR_IMPLEMENTER) != IIDR_IMPLEMENTER_ARM {
+        let id = LocalRegisterCopy::<u32, IIDR::Register>::new(iidr);
+        if !id.matches_all(IIDR::IMPLEMENTER::Arm) {
             return self;
         }
-        match field(iidr, IIDR_PRODUCTID) {
-            IIDR_PRODUCTID_MMU_600
-                if field(iidr, IIDR_VARIANT) == 0 && field(iidr, IIDR_REVISION) <= 2 =>
+        match id.read_as_enum(IIDR::PRODUCTID) {
+            Some(IIDR::PRODUCTID::Value::Mmu600)
+                if id.read(IIDR::VARIANT) == 0 && id.read(IIDR::REVISION) <= 2 =>
             {
                 self.sev = false;
             }
-            IIDR_PRODUCTID_MMU_700 => {
+            Some(IIDR::PRODUCTID::Value::Mmu700) => {
                 self.btm = false;
                 self.sync_every = MMU700_SYNC_EVERY;
             }
@@ -154,14 +156,14 @@ impl Features {
     }
 
     /// Arm's product name when `IIDR` names one (`"MMU-600"`, `"MMU-700"`).
-    pub const fn arm_product(&self) -> Option<&'static str> {
-        if field(self.iidr, IIDR_IMPLEMENTER) != IIDR_IMPLEMENTER_ARM {
+    pub fn arm_product(&self) -> Option<&'static str> {
+        let id = LocalRegisterCopy::<u32, IIDR::Register>::new(self.iidr);
+        if !id.matches_all(IIDR::IMPLEMENTER::Arm) {
             return None;
         }
-        match field(self.iidr, IIDR_PRODUCTID) {
-            IIDR_PRODUCTID_MMU_600 => Some("MMU-600"),
-            IIDR_PRODUCTID_MMU_700 => Some("MMU-700"),
-            _ => None,
+        match id.read_as_enum(IIDR::PRODUCTID)? {
+            IIDR::PRODUCTID::Value::Mmu600 => Some("MMU-600"),
+            IIDR::PRODUCTID::Value::Mmu700 => Some("MMU-700"),
         }
     }
 
@@ -224,11 +226,12 @@ impl fmt::Display for Features {
             }
         }
         if let Some(name) = self.arm_product() {
+            let id = LocalRegisterCopy::<u32, IIDR::Register>::new(self.iidr);
             write!(
                 f,
                 ", Arm {name} r{}p{}",
-                field(self.iidr, IIDR_VARIANT),
-                field(self.iidr, IIDR_REVISION)
+                id.read(IIDR::VARIANT),
+                id.read(IIDR::REVISION)
             )?;
         }
         Ok(())
@@ -260,7 +263,7 @@ mod tests {
 
     #[test]
     fn decodes_stall_model_endianness_and_errata() {
-        let idr0 = 0b1001 | IDR0_BTM | IDR0_SEV | (0b10 << 24) | (0b11 << 21);
+        let idr0 = 0b1001 | (IDR0::BTM::SET + IDR0::SEV::SET).value | (0b10 << 24) | (0b11 << 21);
         let f = Features::decode(idr0, 0, 0, 0, 0);
         assert_eq!((f.stall_model, f.ttendian), (0b10, 0b11));
         assert!(f.btm && f.sev && f.sync_every == 0);

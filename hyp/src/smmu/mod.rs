@@ -6,8 +6,10 @@
 //!
 //! # Pieces
 //!
-//! - [`regs`]: the register map, no logic.
-//! - [`SmmuIo`]: the MMIO seam (volatile accesses at EL2, `model::SmmuModel` in tests).
+//! - [`regs`]: the register map, no logic: the frame layout (`tock-registers`, offsets
+//!   checked at compile time), the fields, and the [`regs::Reg`] handles.
+//! - [`SmmuIo`]: the MMIO seam, by register handle only (volatile accesses at EL2,
+//!   `model::SmmuModel` in tests).
 //! - Memory for the stream table and queues comes from an [`TableMemory`]
 //!   (the same seam the stage-2 tables use), passed to every call like
 //!   [`Stage2`](crate::s2mmu::Stage2)'s; when the SMMU does not snoop (`IDR0.COHACC = 0` or no
@@ -70,9 +72,11 @@ use core::fmt;
 use core::marker::PhantomData;
 use evtq::EvtQueue;
 use regs::*;
-use ste::{L2_SIZE, L2_SPAN, SPLIT, STE_SIZE, StreamTable};
+use ste::{L2_SIZE, SPLIT, STE_SIZE, StreamTable};
+use tock_registers::{LocalRegisterCopy, RegisterLongName, fields::FieldValue};
 
-/// Register access to one SMMU's frame: offsets from [`regs`].
+/// Register access to one SMMU's frame, by the handles of [`regs`] (which only name
+/// declared registers: an implementation never sees an offset outside the frame).
 ///
 /// # Ordering contract (what the EL2 implementation must provide)
 ///
@@ -86,14 +90,14 @@ use ste::{L2_SIZE, L2_SPAN, SPLIT, STE_SIZE, StreamTable};
 ///
 /// Accesses are single-copy atomic, to Device-nGnRE memory.
 pub trait SmmuIo {
-    /// Reads the 32-bit register at `off`.
-    fn read32(&self, off: usize) -> u32;
-    /// Writes the 32-bit register at `off`.
-    fn write32(&self, off: usize, v: u32);
-    /// Reads the 64-bit register at `off`.
-    fn read64(&self, off: usize) -> u64;
-    /// Writes the 64-bit register at `off`.
-    fn write64(&self, off: usize, v: u64);
+    /// Reads the 32-bit register `reg`.
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32;
+    /// Writes the 32-bit register `reg`.
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32);
+    /// Reads the 64-bit register `reg`.
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64;
+    /// Writes the 64-bit register `reg`.
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64);
     /// Waits for an event while polling for a `CMD_SYNC` sent with `CS = SIG_SEV`: `WFE`
     /// at EL2 (the SMMU's SEV, or the generic timer's event stream, wakes it). The
     /// default only hints a spin.
@@ -103,20 +107,33 @@ pub trait SmmuIo {
     /// Monotonic time in nanoseconds (at EL2: `CNTPCT_EL0` scaled by `CNTFRQ_EL0`). Every
     /// wait for the SMMU gives up [`POLL_TIMEOUT_NS`] after it started, by this clock.
     fn now_ns(&self) -> u64;
+
+    /// Reads the 32-bit register `reg` as its fields.
+    fn get<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> LocalRegisterCopy<u32, R> {
+        LocalRegisterCopy::new(self.read32(reg))
+    }
+    /// Writes `v` (every field it does not name is 0) to the 32-bit register `reg`.
+    fn set<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: FieldValue<u32, R>) {
+        self.write32(reg, v.value);
+    }
+    /// Writes `v` (every field it does not name is 0) to the 64-bit register `reg`.
+    fn set64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: FieldValue<u64, R>) {
+        self.write64(reg, v.value);
+    }
 }
 
 impl<T: SmmuIo + ?Sized> SmmuIo for &T {
-    fn read32(&self, off: usize) -> u32 {
-        (**self).read32(off)
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        (**self).read32(reg)
     }
-    fn write32(&self, off: usize, v: u32) {
-        (**self).write32(off, v)
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32) {
+        (**self).write32(reg, v)
     }
-    fn read64(&self, off: usize) -> u64 {
-        (**self).read64(off)
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64 {
+        (**self).read64(reg)
     }
-    fn write64(&self, off: usize, v: u64) {
-        (**self).write64(off, v)
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64) {
+        (**self).write64(reg, v)
     }
     fn wait_for_event(&self) {
         (**self).wait_for_event()
@@ -346,10 +363,10 @@ impl Deadline {
     }
 }
 
-/// Polls `io.read32(off) & mask == want`, for at most [`POLL_TIMEOUT_NS`].
-fn wait_reg<I: SmmuIo>(
+/// Polls `io.read32(reg) & mask == want`, for at most [`POLL_TIMEOUT_NS`].
+fn wait_reg<I: SmmuIo, R: RegisterLongName>(
     io: &I,
-    off: usize,
+    reg: Reg<u32, R>,
     mask: u32,
     want: u32,
     what: &'static str,
@@ -357,7 +374,7 @@ fn wait_reg<I: SmmuIo>(
     let deadline = Deadline::start(io);
     loop {
         let expired = deadline.passed(io);
-        if io.read32(off) & mask == want {
+        if io.read32(reg) & mask == want {
             return Ok(());
         }
         if expired {
@@ -369,13 +386,17 @@ fn wait_reg<I: SmmuIo>(
 
 /// Sets `GBPA.ABORT` with the `UPDATE` handshake.
 fn gbpa_abort<I: SmmuIo>(io: &I) -> Result<(), SmmuError> {
-    wait_reg(io, GBPA, GBPA_UPDATE, 0, "GBPA update")?;
-    let gbpa = io.read32(GBPA);
-    if gbpa & GBPA_ABORT == 0 {
-        io.write32(GBPA, gbpa | GBPA_ABORT | GBPA_UPDATE);
-        wait_reg(io, GBPA, GBPA_UPDATE, 0, "GBPA update")?;
+    let update = GBPA::UPDATE::SET.mask();
+    wait_reg(io, GBPA, update, 0, "GBPA update")?;
+    let gbpa = io.get(GBPA);
+    if !gbpa.is_set(GBPA::ABORT) {
+        io.write32(
+            GBPA,
+            (GBPA::ABORT::SET + GBPA::UPDATE::SET).modify(gbpa.get()),
+        );
+        wait_reg(io, GBPA, update, 0, "GBPA update")?;
     }
-    if io.read32(GBPA) & GBPA_ABORT == 0 {
+    if !io.get(GBPA).is_set(GBPA::ABORT) {
         return Err(SmmuError::Unsupported("GBPA.ABORT does not stick"));
     }
     Ok(())
@@ -398,6 +419,14 @@ fn write_cr0<I: SmmuIo>(io: &I, v: u32) -> Result<(), SmmuError> {
 pub fn force_abort<I: SmmuIo>(io: &I) -> Result<(), SmmuError> {
     gbpa_abort(io)?;
     write_cr0(io, 0)
+}
+
+/// `CMDQ_BASE` / `EVENTQ_BASE` for a queue of `2^log2` entries at `q`, with the
+/// allocation hint.
+fn queue_base(q: Region, log2: u32) -> FieldValue<u64, QUEUE_BASE::Register> {
+    QUEUE_BASE::ALLOC_HINT::SET
+        + QUEUE_BASE::ADDR.val(q.pa.0 >> QUEUE_BASE::ADDR.shift)
+        + QUEUE_BASE::LOG2SIZE.val(u64::from(log2))
 }
 
 /// Bits needed to number `n` things (`ceil(log2(n))`).
@@ -434,7 +463,10 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         )
         .with_iidr(io.read32(IIDR));
         Self::check_drivable(&features)?;
-        if io.read32(IDR1) & (IDR1_QUEUES_PRESET | IDR1_TABLES_PRESET) != 0 {
+        if io
+            .get(IDR1)
+            .any_matching_bits_set(IDR1::QUEUES_PRESET::SET + IDR1::TABLES_PRESET::SET)
+        {
             return Err(SmmuError::Unsupported("preset queue or table bases"));
         }
         // Coherent only if the SMMU can snoop (COHACC) and the integration does
@@ -479,31 +511,31 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         if !f.ttf_aarch64 {
             return Err(SmmuError::Unsupported("no AArch64 translation tables"));
         }
-        match u32::from(f.ttendian) {
-            IDR0_TTENDIAN_MIXED | IDR0_TTENDIAN_LE => {}
-            IDR0_TTENDIAN_BE => {
+        match IDR0::TTENDIAN.read_as_enum(u32::from(f.ttendian) << IDR0::TTENDIAN.shift) {
+            Some(IDR0::TTENDIAN::Value::Mixed | IDR0::TTENDIAN::Value::Little) => {}
+            Some(IDR0::TTENDIAN::Value::Big) => {
                 return Err(SmmuError::Unsupported(
                     "IDR0.TTENDIAN: big-endian table walks only (Warden's tables are little-endian)",
                 ));
             }
             _ => return Err(SmmuError::Unsupported("IDR0.TTENDIAN: reserved value")),
         }
-        match u32::from(f.stall_model) {
-            IDR0_STALL_MODEL_FORCE => Err(SmmuError::Unsupported(
+        match IDR0::STALL_MODEL.read_as_enum(u32::from(f.stall_model) << IDR0::STALL_MODEL.shift) {
+            Some(IDR0::STALL_MODEL::Value::Forced) => Err(SmmuError::Unsupported(
                 "IDR0.STALL_MODEL: stall forced (STEs need S2S = 1; Warden does not resume \
                  stalled transactions)",
             )),
-            0b11 => Err(SmmuError::Unsupported("IDR0.STALL_MODEL: reserved value")),
-            _ => Ok(()),
+            None => Err(SmmuError::Unsupported("IDR0.STALL_MODEL: reserved value")),
+            Some(_) => Ok(()),
         }
     }
 
     /// `CR0` with everything on: queues, translation, and `ATSCHK` with `IDR0.ATS` (so
     /// that ATS-translated transactions are checked against their STE, whose `EATS = 0`
     /// refuses them, instead of skipping the stream table).
-    const fn cr0_enabled(f: &Features) -> u32 {
-        let on = CR0_CMDQEN | CR0_EVENTQEN | CR0_SMMUEN;
-        if f.ats { on | CR0_ATSCHK } else { on }
+    fn cr0_enabled(f: &Features) -> u32 {
+        let on = CR0::CMDQEN::SET + CR0::EVENTQEN::SET + CR0::SMMUEN::SET;
+        if f.ats { on + CR0::ATSCHK::SET } else { on }.value
     }
 
     /// Steps 4-7 of the probe. `regions` collects every allocation, for the caller to
@@ -547,7 +579,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             };
             let table = tri!(alloc(mem, STE_SIZE << log2));
             ste::fill_abort(mem, table, 1 << log2, coherent);
-            let base_cfg = (STRTAB_FMT_LINEAR << STRTAB_BASE_CFG_FMT.0) | log2;
+            let base_cfg = STRTAB_BASE_CFG::FMT::Linear + STRTAB_BASE_CFG::LOG2SIZE.val(log2);
             (StreamTable::Linear { table, log2 }, (table.pa, base_cfg))
         } else {
             let log2 = sid_bits.min(L1_MAX_BITS + SPLIT);
@@ -572,12 +604,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
                     if l2[span as usize].is_none() {
                         let table = tri!(alloc(mem, L2_SIZE));
                         ste::fill_abort(mem, table, 1 << SPLIT, coherent);
-                        l1.write(
-                            mem,
-                            span as usize * 8,
-                            &[(table.pa.0 & L1STD_L2PTR_MASK) | L2_SPAN],
-                            true,
-                        );
+                        l1.write(mem, span as usize * 8, &[ste::l1_descriptor(table)], true);
                         l2[span as usize] = Some(table);
                     }
                     span += 1;
@@ -586,16 +613,16 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             if !coherent {
                 mem.clean(l1.pa, l1.size);
             }
-            let base_cfg = (STRTAB_FMT_2LVL << STRTAB_BASE_CFG_FMT.0)
-                | (SPLIT << STRTAB_BASE_CFG_SPLIT.0)
-                | log2;
+            let base_cfg = STRTAB_BASE_CFG::FMT::TwoLevel
+                + STRTAB_BASE_CFG::SPLIT.val(SPLIT)
+                + STRTAB_BASE_CFG::LOG2SIZE.val(log2);
             (StreamTable::TwoLevel { l1, log2, l2 }, (l1.pa, base_cfg))
         };
-        io.write64(
+        io.set64(
             STRTAB_BASE,
-            STRTAB_BASE_RA | (strtab_cfg.0.0 & STRTAB_BASE_ADDR_MASK),
+            STRTAB_BASE::RA::SET + STRTAB_BASE::ADDR.val(strtab_cfg.0.0 >> STRTAB_BASE::ADDR.shift),
         );
-        io.write32(STRTAB_BASE_CFG, strtab_cfg.1);
+        io.set(STRTAB_BASE_CFG, strtab_cfg.1);
 
         // 5. Queues.
         let cmdq_log2 = features
@@ -611,16 +638,10 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         if !coherent {
             mem.clean(eq.pa, eq.size);
         }
-        io.write64(
-            CMDQ_BASE,
-            Q_BASE_ALLOC_HINT | (cq.pa.0 & Q_BASE_ADDR_MASK) | u64::from(cmdq_log2),
-        );
+        io.set64(CMDQ_BASE, queue_base(cq, cmdq_log2));
         io.write32(CMDQ_PROD, 0);
         io.write32(CMDQ_CONS, 0);
-        io.write64(
-            EVENTQ_BASE,
-            Q_BASE_ALLOC_HINT | (eq.pa.0 & Q_BASE_ADDR_MASK) | u64::from(evtq_log2),
-        );
+        io.set64(EVENTQ_BASE, queue_base(eq, evtq_log2));
         io.write32(EVENTQ_PROD, 0);
         io.write32(EVENTQ_CONS, 0);
         let msi = if features.msi && coherent {
@@ -630,21 +651,23 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         };
 
         // 6. Attributes of the SMMU's own accesses; private TLB maintenance for now.
-        let (cache, sh) = if coherent {
-            (CR1_CACHE_WB, CR1_SH_ISH)
+        let cr1 = if coherent {
+            CR1::QUEUE_IC::WriteBack
+                + CR1::QUEUE_OC::WriteBack
+                + CR1::QUEUE_SH::Inner
+                + CR1::TABLE_IC::WriteBack
+                + CR1::TABLE_OC::WriteBack
+                + CR1::TABLE_SH::Inner
         } else {
-            (CR1_CACHE_NC, CR1_SH_OSH)
+            CR1::QUEUE_IC::NonCacheable
+                + CR1::QUEUE_OC::NonCacheable
+                + CR1::QUEUE_SH::Outer
+                + CR1::TABLE_IC::NonCacheable
+                + CR1::TABLE_OC::NonCacheable
+                + CR1::TABLE_SH::Outer
         };
-        io.write32(
-            CR1,
-            (cache << CR1_QUEUE_IC.0)
-                | (cache << CR1_QUEUE_OC.0)
-                | (sh << CR1_QUEUE_SH.0)
-                | (cache << CR1_TABLE_IC.0)
-                | (cache << CR1_TABLE_OC.0)
-                | (sh << CR1_TABLE_SH.0),
-        );
-        let cr2 = CR2_PTM | CR2_RECINVSID;
+        io.set(CR1, cr1);
+        let cr2 = (CR2::PTM::SET + CR2::RECINVSID::SET).value;
         io.write32(CR2, cr2);
 
         let mut smmu = Self {
@@ -676,14 +699,17 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
                 }
             };
         }
-        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN));
+        tri_smmu!(write_cr0(&smmu.io, CR0::CMDQEN::SET.value));
         smmu.push(mem, Command::cfgi_all());
         smmu.push(mem, Command::tlbi_nsnh_all());
         if features.hyp {
             smmu.push(mem, Command::tlbi_el2_all());
         }
         tri_smmu!(smmu.sync(mem));
-        tri_smmu!(write_cr0(&smmu.io, CR0_CMDQEN | CR0_EVENTQEN));
+        tri_smmu!(write_cr0(
+            &smmu.io,
+            (CR0::CMDQEN::SET + CR0::EVENTQEN::SET).value
+        ));
         tri_smmu!(write_cr0(&smmu.io, Self::cr0_enabled(&features)));
         Ok(smmu)
     }
@@ -710,8 +736,8 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
 
     /// Whether the SMMU takes part in the CPUs' broadcast TLB maintenance (`CR2.PTM`
     /// clear); then a CPU `TLBI … IS` + `DSB` also invalidates the SMMU's entries.
-    pub const fn btm_active(&self) -> bool {
-        self.cr2 & CR2_PTM == 0
+    pub fn btm_active(&self) -> bool {
+        !CR2::PTM.is_set(self.cr2)
     }
 
     /// The register seam.
@@ -731,15 +757,15 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             ));
         }
         let cr2 = if ptm {
-            self.cr2 | CR2_PTM
+            CR2::PTM::SET.modify(self.cr2)
         } else {
-            self.cr2 & !CR2_PTM
+            CR2::PTM::CLEAR.modify(self.cr2)
         };
         if cr2 == self.cr2 {
             return Ok(());
         }
         let on = Self::cr0_enabled(&self.features);
-        write_cr0(&self.io, on & !CR0_SMMUEN)?;
+        write_cr0(&self.io, CR0::SMMUEN::CLEAR.modify(on))?;
         self.io.write32(CR2, cr2);
         self.cr2 = cr2;
         self.push(mem, Command::tlbi_nsnh_all());

@@ -27,10 +27,13 @@
 //!   [`crate::s2mmu`]'s) with concatenated start tables, blocks, AF and permissions.
 //! - Events into the real event queue; translation-type faults only if `STE.S2R`. A full
 //!   or disabled queue raises `GERROR.EVTQ_ABT_ERR` (as QEMU).
+//! - Its own encoding: register offsets and fields, command opcodes and fields, and event
+//!   records come from the private `spec` module (literals from IHI 0070), never from the
+//!   driver's declarations ([`super::regs`], [`super::cmdq`], [`super::evtq`]), so the
+//!   driver and the model check each other.
 
-use super::cmdq::op;
-use super::evtq::{CLASS_IN, CLASS_TT, Event, EventType};
-use super::regs::*;
+use super::evtq::EventType;
+use super::regs::Reg;
 use super::{Command, SmmuIo};
 use crate::addr::PhysAddr;
 use crate::testutil::Ram;
@@ -38,6 +41,152 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::vec::Vec;
+use tock_registers::RegisterLongName;
+
+use spec::*;
+
+/// The model's own encoding of the registers, commands and event records it implements,
+/// written from the SMMUv3 specification (Arm IHI 0070) as literal offsets and bit
+/// positions. It deliberately does not use the driver's declarations
+/// ([`super::regs`], [`super::cmdq`], [`super::ste`], [`super::evtq`]): a wrong offset or
+/// field on either side makes the driver's tests fail.
+mod spec {
+    #![allow(missing_docs)]
+    // Register offsets (page 1 at 0x10000).
+    pub const IDR0: usize = 0x00;
+    pub const IDR1: usize = 0x04;
+    pub const IDR3: usize = 0x0c;
+    pub const IDR5: usize = 0x14;
+    pub const IIDR: usize = 0x18;
+    pub const CR0: usize = 0x20;
+    pub const CR0ACK: usize = 0x24;
+    pub const CR1: usize = 0x28;
+    pub const CR2: usize = 0x2c;
+    pub const GBPA: usize = 0x44;
+    pub const IRQ_CTRL: usize = 0x50;
+    pub const IRQ_CTRLACK: usize = 0x54;
+    pub const GERROR: usize = 0x60;
+    pub const GERRORN: usize = 0x64;
+    pub const STRTAB_BASE: usize = 0x80;
+    pub const STRTAB_BASE_CFG: usize = 0x88;
+    pub const CMDQ_BASE: usize = 0x90;
+    pub const CMDQ_PROD: usize = 0x98;
+    pub const CMDQ_CONS: usize = 0x9c;
+    pub const EVENTQ_BASE: usize = 0xa0;
+    pub const EVENTQ_PROD: usize = 0x1_00a8;
+    pub const EVENTQ_CONS: usize = 0x1_00ac;
+
+    // IDR0 / IDR1 / IDR3 / IDR5.
+    pub const IDR0_S2P: u32 = 1;
+    pub const IDR0_S1P: u32 = 1 << 1;
+    pub const IDR0_TTF: (u32, u32) = (2, 3);
+    pub const IDR0_TTF_AARCH64: u32 = 2;
+    pub const IDR0_COHACC: u32 = 1 << 4;
+    pub const IDR0_BTM: u32 = 1 << 5;
+    pub const IDR0_HYP: u32 = 1 << 9;
+    pub const IDR0_ATS: u32 = 1 << 10;
+    pub const IDR0_ASID16: u32 = 1 << 12;
+    pub const IDR0_MSI: u32 = 1 << 13;
+    pub const IDR0_SEV: u32 = 1 << 14;
+    pub const IDR0_VMID16: u32 = 1 << 18;
+    pub const IDR0_TTENDIAN: (u32, u32) = (21, 3);
+    pub const IDR0_STALL_MODEL: (u32, u32) = (24, 3);
+    pub const IDR0_ST_LEVEL: (u32, u32) = (27, 3);
+    pub const IDR0_ST_LEVEL_2LVL: u32 = 1;
+    pub const IDR1_EVENTQS: (u32, u32) = (16, 0x1f);
+    pub const IDR1_CMDQS: (u32, u32) = (21, 0x1f);
+    pub const IDR3_RIL: u32 = 1 << 10;
+    pub const IDR5_GRAN4K: u32 = 1 << 4;
+    pub const IDR5_GRAN16K: u32 = 1 << 5;
+    pub const IDR5_GRAN64K: u32 = 1 << 6;
+
+    // Control and status.
+    pub const CR0_SMMUEN: u32 = 1;
+    pub const CR0_EVENTQEN: u32 = 1 << 2;
+    pub const CR0_CMDQEN: u32 = 1 << 3;
+    pub const CR0_ATSCHK: u32 = 1 << 4;
+    pub const CR2_E2H: u32 = 1;
+    pub const CR2_RECINVSID: u32 = 1 << 1;
+    pub const CR2_PTM: u32 = 1 << 2;
+    pub const GBPA_ABORT: u32 = 1 << 20;
+    pub const GBPA_UPDATE: u32 = 1 << 31;
+    pub const GERROR_CMDQ_ERR: u32 = 1;
+    pub const GERROR_EVTQ_ABT_ERR: u32 = 1 << 2;
+    pub const GERROR_MSI_CMDQ_ABT_ERR: u32 = 1 << 4;
+
+    // Tables and queues.
+    pub const STRTAB_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_ffc0;
+    pub const STRTAB_BASE_CFG_SPLIT: (u32, u32) = (6, 0x1f);
+    pub const STRTAB_BASE_CFG_FMT: (u32, u32) = (16, 3);
+    pub const STRTAB_FMT_LINEAR: u32 = 0;
+    pub const L1STD_L2PTR_MASK: u64 = 0x000f_ffff_ffff_ffc0;
+    pub const Q_BASE_ADDR_MASK: u64 = 0x000f_ffff_ffff_ffe0;
+    pub const CMDQ_CONS_ERR: (u32, u32) = (24, 0x7f);
+    pub const EVENTQ_PROD_OVFLG: u32 = 1 << 31;
+    pub const CERROR_ILL: u32 = 1;
+    pub const CERROR_ABT: u32 = 2;
+
+    /// Command opcodes (word 0 bits 7:0).
+    pub mod op {
+        pub const PREFETCH_CONFIG: u8 = 0x01;
+        pub const PREFETCH_ADDR: u8 = 0x02;
+        pub const CFGI_STE: u8 = 0x03;
+        pub const CFGI_STE_RANGE: u8 = 0x04;
+        pub const CFGI_CD: u8 = 0x05;
+        pub const CFGI_CD_ALL: u8 = 0x06;
+        pub const TLBI_NH_ALL: u8 = 0x10;
+        pub const TLBI_NH_ASID: u8 = 0x11;
+        pub const TLBI_NH_VA: u8 = 0x12;
+        pub const TLBI_NH_VAA: u8 = 0x13;
+        pub const TLBI_EL2_ALL: u8 = 0x20;
+        pub const TLBI_EL2_ASID: u8 = 0x21;
+        pub const TLBI_EL2_VA: u8 = 0x22;
+        pub const TLBI_EL2_VAA: u8 = 0x23;
+        pub const TLBI_S12_VMALL: u8 = 0x28;
+        pub const TLBI_S2_IPA: u8 = 0x2a;
+        pub const TLBI_NSNH_ALL: u8 = 0x30;
+        pub const ATC_INV: u8 = 0x40;
+        pub const PRI_RESP: u8 = 0x41;
+        pub const RESUME: u8 = 0x44;
+        pub const STALL_TERM: u8 = 0x45;
+        pub const CMD_SYNC: u8 = 0x46;
+    }
+
+    // Command fields.
+    /// `TLBI_*` word 1: address bits 51:12.
+    pub const TLBI_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+    /// `CMD_SYNC` word 1: MSIAddr bits 51:2.
+    pub const SYNC_MSIADDR_MASK: u64 = 0x000f_ffff_ffff_fffc;
+    /// `CMD_SYNC.CS = SIG_IRQ`.
+    pub const SYNC_CS_IRQ: u64 = 1;
+
+    // Event records.
+    /// `CLASS`: fault on a stage-1 table walk access.
+    pub const CLASS_TT: u8 = 1;
+    /// `CLASS`: fault on the input address.
+    pub const CLASS_IN: u8 = 2;
+
+    /// Output address bits of an `IDR5.OAS` / `STE.S2PS` encoding.
+    pub fn output_bits(ps: u8) -> u32 {
+        [32, 36, 40, 42, 44, 48, 52][usize::from(ps.min(6))]
+    }
+
+    /// A fault record: type and StreamID in word 0 (7:0, 63:32), RnW (35), S2 (39) and
+    /// CLASS (41:40) in word 1, the input address in word 2, IPA bits 51:3 in word 3.
+    pub fn fault_record(
+        kind: u8,
+        sid: u32,
+        input: u64,
+        ipa: u64,
+        read: bool,
+        stage2: bool,
+        class: u8,
+    ) -> [u64; 4] {
+        let w0 = u64::from(kind) | (u64::from(sid) << 32);
+        let w1 = (u64::from(read) << 35) | (u64::from(stage2) << 39) | (u64::from(class & 3) << 40);
+        [w0, w1, input, ipa & 0x000f_ffff_ffff_fff8]
+    }
+}
 
 /// The model's ID register contents.
 #[derive(Clone, Copy, Debug)]
@@ -456,9 +605,39 @@ impl SmmuModel {
         v
     }
 
+    /// The offset of the register `name` (as IHI 0070 names it) in the model's own map,
+    /// for registers the model implements.
+    pub fn spec_offset(name: &str) -> Option<usize> {
+        Some(match name {
+            "IDR0" => IDR0,
+            "IDR1" => IDR1,
+            "IDR3" => IDR3,
+            "IDR5" => IDR5,
+            "IIDR" => IIDR,
+            "CR0" => CR0,
+            "CR0ACK" => CR0ACK,
+            "CR1" => CR1,
+            "CR2" => CR2,
+            "GBPA" => GBPA,
+            "IRQ_CTRL" => IRQ_CTRL,
+            "IRQ_CTRLACK" => IRQ_CTRLACK,
+            "GERROR" => GERROR,
+            "GERRORN" => GERRORN,
+            "STRTAB_BASE" => STRTAB_BASE,
+            "STRTAB_BASE_CFG" => STRTAB_BASE_CFG,
+            "CMDQ_BASE" => CMDQ_BASE,
+            "CMDQ_PROD" => CMDQ_PROD,
+            "CMDQ_CONS" => CMDQ_CONS,
+            "EVENTQ_BASE" => EVENTQ_BASE,
+            "EVENTQ_PROD" => EVENTQ_PROD,
+            "EVENTQ_CONS" => EVENTQ_CONS,
+            _ => return None,
+        })
+    }
+
     /// Current value of a register (as `read32`).
-    pub fn reg(&self, off: usize) -> u32 {
-        self.read32(off)
+    pub fn reg<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        self.read32(reg)
     }
 
     /// A broadcast `TLBI IPAS2E1IS` by the CPU (with its `DSB`): invalidates the SMMU's
@@ -514,7 +693,7 @@ impl SmmuModel {
     }
 
     fn exec(&self, st: &mut State, cmd: Command) -> Result<(), u32> {
-        let opcode = cmd.opcode();
+        let opcode = cmd.0[0] as u8;
         let [w0, w1] = cmd.0;
         if opcode == op::CMD_SYNC {
             st.since_sync = 0;
@@ -579,7 +758,7 @@ impl SmmuModel {
             }
             op::TLBI_S2_IPA => {
                 let vmid = (w0 >> 32) as u16;
-                let addr = w1 & super::cmdq::TLBI_ADDR_MASK;
+                let addr = w1 & TLBI_ADDR_MASK;
                 let tg = (w1 >> 10) & 3;
                 let ttl = ((w1 >> 8) & 3) as u32;
                 let num = (w0 >> 12) & 0x1f;
@@ -614,8 +793,8 @@ impl SmmuModel {
                 if cs == 3 {
                     return ill(st);
                 }
-                let msi_addr = w1 & super::cmdq::SYNC_MSIADDR_MASK;
-                if cs == super::cmdq::SYNC_CS_IRQ
+                let msi_addr = w1 & SYNC_MSIADDR_MASK;
+                if cs == SYNC_CS_IRQ
                     && self.cfg.msi
                     && msi_addr != 0
                     && !self.ram.dev_write_u32(msi_addr, (w0 >> 32) as u32)
@@ -726,7 +905,7 @@ impl SmmuModel {
             _ => return None,
         };
         let ps = (((w2 >> 48) & 7) as u8).min(self.cfg.oas);
-        let pa_bits = super::features::oas_bits(ps);
+        let pa_bits = spec::output_bits(ps);
         let ipa_bits = 64u32.checked_sub(t0sz)?;
         if !(16..=39).contains(&t0sz) || ipa_bits > pa_bits || sl0 == 3 {
             return None;
@@ -859,7 +1038,7 @@ impl SmmuModel {
         });
         result.map_err(|(fault, kind, class)| {
             if c.record {
-                let raw = Event::encode_fault(kind, sid, iova, iova, !write, true, class);
+                let raw = fault_record(kind.0, sid, iova, iova, !write, true, class);
                 self.record(&mut st, raw);
             }
             fault
@@ -885,7 +1064,7 @@ impl SmmuModel {
             }
             Err((fault, kind, addr)) => {
                 if record && (kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0) {
-                    let raw = Event::encode_fault(kind, sid, addr, 0, !write, false, 0);
+                    let raw = fault_record(kind.0, sid, addr, 0, !write, false, 0);
                     self.record(st, raw);
                 }
                 Err(fault)
@@ -913,8 +1092,8 @@ impl SmmuModel {
             return Ok(PhysAddr(addr));
         }
         let forbidden = |st: &mut State| {
-            let raw = Event::encode_fault(
-                EventType::F_TRANSL_FORBIDDEN,
+            let raw = fault_record(
+                EventType::F_TRANSL_FORBIDDEN.0,
                 sid,
                 addr,
                 0,
@@ -966,8 +1145,9 @@ impl SmmuModel {
     }
 }
 
-impl SmmuIo for SmmuModel {
-    fn read32(&self, off: usize) -> u32 {
+// Register accesses by raw offset, decoded with the model's own map ([`spec`]).
+impl SmmuModel {
+    fn read_off32(&self, off: usize) -> u32 {
         let st = self.st.borrow();
         match off {
             IDR0 => self.cfg.idr0(),
@@ -993,7 +1173,7 @@ impl SmmuIo for SmmuModel {
         }
     }
 
-    fn write32(&self, off: usize, v: u32) {
+    fn write_off32(&self, off: usize, v: u32) {
         let mut st = self.st.borrow_mut();
         st.writes.push((off, u64::from(v)));
         let mut consume = false;
@@ -1031,23 +1211,23 @@ impl SmmuIo for SmmuModel {
         }
     }
 
-    fn read64(&self, off: usize) -> u64 {
+    fn read_off64(&self, off: usize) -> u64 {
         let st = self.st.borrow();
         match off {
             STRTAB_BASE => st.strtab_base,
             CMDQ_BASE => st.cmdq_base,
             EVENTQ_BASE => st.evtq_base,
-            _ => u64::from(self.read32(off)) | (u64::from(self.read32(off + 4)) << 32),
+            _ => u64::from(self.read_off32(off)) | (u64::from(self.read_off32(off + 4)) << 32),
         }
     }
 
-    fn now_ns(&self) -> u64 {
+    fn tick_ns(&self) -> u64 {
         let t = self.clock.get() + self.clock_step.get();
         self.clock.set(t);
         t
     }
 
-    fn write64(&self, off: usize, v: u64) {
+    fn write_off64(&self, off: usize, v: u64) {
         let mut st = self.st.borrow_mut();
         st.writes.push((off, v));
         match off {
@@ -1057,5 +1237,23 @@ impl SmmuIo for SmmuModel {
             STRTAB_BASE | CMDQ_BASE | EVENTQ_BASE => st.guard_violations += 1,
             _ => {}
         }
+    }
+}
+
+impl SmmuIo for SmmuModel {
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        self.read_off32(reg.offset())
+    }
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32) {
+        self.write_off32(reg.offset(), v)
+    }
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64 {
+        self.read_off64(reg.offset())
+    }
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64) {
+        self.write_off64(reg.offset(), v)
+    }
+    fn now_ns(&self) -> u64 {
+        self.tick_ns()
     }
 }

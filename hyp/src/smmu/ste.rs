@@ -42,16 +42,124 @@ use super::cmdq::Command;
 use super::{Region, Smmu, SmmuError, SmmuIo};
 use crate::addr::PhysAddr;
 use crate::s2mmu::{Granule, S2Geometry, Stage2, TableMemory};
+use bitfield_struct::bitfield;
 
 /// Bytes of one STE.
 pub const STE_SIZE: usize = 64;
 /// StreamID bits resolved by a level-2 stream table (`STRTAB_BASE_CFG.SPLIT`).
 pub const SPLIT: u32 = 8;
 
+/// STE word 0.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SteWord0 {
+    /// V: valid.
+    pub v: bool,
+    /// Config (bits 3:1): `CONFIG_*`.
+    #[bits(3)]
+    pub config: u8,
+    #[bits(60)]
+    __: u64,
+}
+
+/// STE word 1 (the fields Warden sets).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SteWord1 {
+    #[bits(28)]
+    __: u32,
+    /// EATS (bits 29:28): ATS for the stream; Warden leaves it 0b00 (no ATS).
+    #[bits(2)]
+    pub eats: u8,
+    #[bits(14)]
+    __: u16,
+    /// SHCFG (bits 45:44).
+    #[bits(2)]
+    pub shcfg: u8,
+    #[bits(18)]
+    __: u32,
+}
+
+/// STE word 2: the stage-2 configuration.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SteWord2 {
+    /// S2VMID (bits 15:0).
+    pub s2vmid: u16,
+    #[bits(16)]
+    __: u16,
+    /// S2T0SZ (bits 37:32).
+    #[bits(6)]
+    pub s2t0sz: u8,
+    /// S2SL0 (bits 39:38).
+    #[bits(2)]
+    pub s2sl0: u8,
+    /// S2IR0 (bits 41:40): walk inner cacheability (`WALK_WBWA`, `WALK_NC`).
+    #[bits(2)]
+    pub s2ir0: u8,
+    /// S2OR0 (bits 43:42): walk outer cacheability.
+    #[bits(2)]
+    pub s2or0: u8,
+    /// S2SH0 (bits 45:44): walk shareability (`WALK_ISH`, `WALK_OSH`).
+    #[bits(2)]
+    pub s2sh0: u8,
+    /// S2TG (bits 47:46).
+    #[bits(2)]
+    pub s2tg: u8,
+    /// S2PS (bits 50:48).
+    #[bits(3)]
+    pub s2ps: u8,
+    /// S2AA64 (bit 51).
+    pub s2aa64: bool,
+    /// S2ENDI (bit 52): big-endian tables.
+    pub s2endi: bool,
+    /// S2AFFD (bit 53): access flag faults disabled.
+    pub s2affd: bool,
+    /// S2PTW (bit 54): protected table walk.
+    pub s2ptw: bool,
+    /// S2HD (bit 55): hardware dirty state.
+    pub s2hd: bool,
+    /// S2HA (bit 56): hardware access flag.
+    pub s2ha: bool,
+    /// S2S (bit 57): stall on fault.
+    pub s2s: bool,
+    /// S2R (bit 58): record faults.
+    pub s2r: bool,
+    #[bits(5)]
+    __: u8,
+}
+
+/// STE word 3.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SteWord3 {
+    #[bits(4)]
+    __: u8,
+    /// S2TTB (bits 51:4), the address shifted right by 4.
+    #[bits(48)]
+    pub s2ttb: u64,
+    #[bits(12)]
+    __: u16,
+}
+
+/// Level-1 stream table descriptor (64 bits).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct L1Std {
+    /// log2(number of STEs in the level-2 table) + 1; 0 = no level-2 table.
+    #[bits(5)]
+    pub span: u8,
+    #[bits(1)]
+    __: u8,
+    /// Level-2 table address bits 51:6, shifted right by 6.
+    #[bits(46)]
+    pub l2ptr: u64,
+    #[bits(12)]
+    __: u16,
+}
+
 /// Word 0: valid.
-pub const STE0_V: u64 = 1 << 0;
-/// Word 0: Config (bits 3:1).
-pub const STE0_CONFIG_SHIFT: u32 = 1;
+pub const STE0_V: u64 = SteWord0::new().with_v(true).into_bits();
 /// Config: abort every transaction (no event).
 pub const CONFIG_ABORT: u64 = 0b000;
 /// Config: bypass (Warden never uses it).
@@ -62,46 +170,14 @@ pub const CONFIG_S1: u64 = 0b101;
 pub const CONFIG_S2: u64 = 0b110;
 /// Config: stage 1 and stage 2.
 pub const CONFIG_NESTED: u64 = 0b111;
-/// Word 1: EATS (bits 29:28): ATS for the stream; Warden leaves it 0b00 (no ATS).
-pub const STE1_EATS_SHIFT: u32 = 28;
-/// Word 1: SHCFG (bits 45:44).
-pub const STE1_SHCFG_SHIFT: u32 = 44;
 /// SHCFG: use the incoming shareability.
 pub const SHCFG_INCOMING: u64 = 0b01;
-/// Word 2: S2VMID (bits 15:0).
-pub const STE2_S2VMID_SHIFT: u32 = 0;
-/// Word 2: S2T0SZ (bits 37:32).
-pub const STE2_S2T0SZ_SHIFT: u32 = 32;
-/// Word 2: S2SL0 (bits 39:38).
-pub const STE2_S2SL0_SHIFT: u32 = 38;
-/// Word 2: S2IR0 (bits 41:40).
-pub const STE2_S2IR0_SHIFT: u32 = 40;
-/// Word 2: S2OR0 (bits 43:42).
-pub const STE2_S2OR0_SHIFT: u32 = 42;
-/// Word 2: S2SH0 (bits 45:44).
-pub const STE2_S2SH0_SHIFT: u32 = 44;
-/// Word 2: S2TG (bits 47:46).
-pub const STE2_S2TG_SHIFT: u32 = 46;
-/// Word 2: S2PS (bits 50:48).
-pub const STE2_S2PS_SHIFT: u32 = 48;
 /// Word 2: S2AA64.
-pub const STE2_S2AA64: u64 = 1 << 51;
-/// Word 2: S2ENDI (big-endian tables).
-pub const STE2_S2ENDI: u64 = 1 << 52;
-/// Word 2: S2AFFD (access flag faults disabled).
-pub const STE2_S2AFFD: u64 = 1 << 53;
-/// Word 2: S2PTW (protected table walk).
-pub const STE2_S2PTW: u64 = 1 << 54;
-/// Word 2: S2HD (hardware dirty state).
-pub const STE2_S2HD: u64 = 1 << 55;
-/// Word 2: S2HA (hardware access flag).
-pub const STE2_S2HA: u64 = 1 << 56;
-/// Word 2: S2S (stall on fault).
-pub const STE2_S2S: u64 = 1 << 57;
+pub const STE2_S2AA64: u64 = SteWord2::new().with_s2aa64(true).into_bits();
 /// Word 2: S2R (record faults).
-pub const STE2_S2R: u64 = 1 << 58;
+pub const STE2_S2R: u64 = SteWord2::new().with_s2r(true).into_bits();
 /// Word 3: S2TTB (bits 51:4).
-pub const STE3_S2TTB_MASK: u64 = 0x000f_ffff_ffff_fff0;
+pub const STE3_S2TTB_MASK: u64 = ((1u64 << SteWord3::S2TTB_BITS) - 1) << SteWord3::S2TTB_OFFSET;
 /// Walk cacheability: normal write-back read/write-allocate.
 pub const WALK_WBWA: u64 = 0b01;
 /// Walk shareability: inner shareable.
@@ -110,6 +186,14 @@ pub const WALK_ISH: u64 = 0b11;
 pub const WALK_NC: u64 = 0b00;
 /// Walk shareability: outer shareable.
 pub const WALK_OSH: u64 = 0b10;
+
+/// The level-1 descriptor pointing at a full level-2 table `table`.
+pub(super) const fn l1_descriptor(table: Region) -> u64 {
+    L1Std::new()
+        .with_span(L2_SPAN as u8)
+        .with_l2ptr((table.pa.0 >> L1Std::L2PTR_OFFSET) & ((1 << L1Std::L2PTR_BITS) - 1))
+        .into_bits()
+}
 
 /// A stage-2-only translation for a stream: the STE fields that describe the table.
 /// The raw fields are those of [`S2Geometry`] (`t0sz() sl0() tg() ps()`).
@@ -168,7 +252,10 @@ pub struct Ste(pub [u64; 8]);
 impl Ste {
     /// Valid, Config = abort: every transaction of the stream is terminated, no event.
     pub const ABORT: Self = Self([
-        STE0_V | (CONFIG_ABORT << STE0_CONFIG_SHIFT),
+        SteWord0::new()
+            .with_v(true)
+            .with_config(CONFIG_ABORT as u8)
+            .into_bits(),
         0,
         0,
         0,
@@ -180,46 +267,54 @@ impl Ste {
 
     /// Valid, stage-2 translation only, as the module docs describe.
     pub const fn stage2(cfg: &S2Config) -> Self {
-        let w0 = STE0_V | (CONFIG_S2 << STE0_CONFIG_SHIFT);
-        let w1 = SHCFG_INCOMING << STE1_SHCFG_SHIFT;
-        let mut w2 = ((cfg.vmid as u64) << STE2_S2VMID_SHIFT)
-            | ((cfg.t0sz & 0x3f) << STE2_S2T0SZ_SHIFT)
-            | ((cfg.sl0 & 0b11) << STE2_S2SL0_SHIFT)
-            | (WALK_WBWA << STE2_S2IR0_SHIFT)
-            | (WALK_WBWA << STE2_S2OR0_SHIFT)
-            | (WALK_ISH << STE2_S2SH0_SHIFT)
-            | ((cfg.tg & 0b11) << STE2_S2TG_SHIFT)
-            | ((cfg.ps & 0b111) << STE2_S2PS_SHIFT)
-            | STE2_S2AA64;
-        if cfg.s2r {
-            w2 |= STE2_S2R;
-        }
-        let w3 = cfg.s2ttb.0 & STE3_S2TTB_MASK;
-        Self([w0, w1, w2, w3, 0, 0, 0, 0])
+        let w0 = SteWord0::new().with_v(true).with_config(CONFIG_S2 as u8);
+        let w1 = SteWord1::new().with_shcfg(SHCFG_INCOMING as u8);
+        let w2 = SteWord2::new()
+            .with_s2vmid(cfg.vmid)
+            .with_s2t0sz((cfg.t0sz & 0x3f) as u8)
+            .with_s2sl0((cfg.sl0 & 0b11) as u8)
+            .with_s2ir0(WALK_WBWA as u8)
+            .with_s2or0(WALK_WBWA as u8)
+            .with_s2sh0(WALK_ISH as u8)
+            .with_s2tg((cfg.tg & 0b11) as u8)
+            .with_s2ps((cfg.ps & 0b111) as u8)
+            .with_s2aa64(true)
+            .with_s2r(cfg.s2r);
+        let w3 =
+            SteWord3::new().with_s2ttb((cfg.s2ttb.0 & STE3_S2TTB_MASK) >> SteWord3::S2TTB_OFFSET);
+        Self([
+            w0.into_bits(),
+            w1.into_bits(),
+            w2.into_bits(),
+            w3.into_bits(),
+            0,
+            0,
+            0,
+            0,
+        ])
     }
 
     /// The same entry with its stage-2 table walks non-cacheable and outer shareable: for
     /// an SMMU that does not snoop the caches (as `CR1` then sets for its own structures,
     /// and as Linux's non-coherent walks do). Walks then read what was cleaned to PoC.
     pub const fn with_noncoherent_walk(self) -> Self {
-        let mask =
-            (0b11 << STE2_S2IR0_SHIFT) | (0b11 << STE2_S2OR0_SHIFT) | (0b11 << STE2_S2SH0_SHIFT);
         let mut ste = self;
-        ste.0[2] = (ste.0[2] & !mask)
-            | (WALK_NC << STE2_S2IR0_SHIFT)
-            | (WALK_NC << STE2_S2OR0_SHIFT)
-            | (WALK_OSH << STE2_S2SH0_SHIFT);
+        ste.0[2] = SteWord2::from_bits(ste.0[2])
+            .with_s2ir0(WALK_NC as u8)
+            .with_s2or0(WALK_NC as u8)
+            .with_s2sh0(WALK_OSH as u8)
+            .into_bits();
         ste
     }
 
     /// Whether V is set.
     pub const fn is_valid(&self) -> bool {
-        self.0[0] & STE0_V != 0
+        SteWord0::from_bits(self.0[0]).v()
     }
 
     /// The Config field.
     pub const fn config(&self) -> u64 {
-        (self.0[0] >> STE0_CONFIG_SHIFT) & 0b111
+        SteWord0::from_bits(self.0[0]).config() as u64
     }
 }
 
@@ -351,12 +446,7 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
         }
         let table = Region::alloc(mem, L2_SIZE)?;
         fill_abort(mem, table, 1 << SPLIT, coherent);
-        l1.write(
-            mem,
-            idx * 8,
-            &[(table.pa.0 & super::regs::L1STD_L2PTR_MASK) | L2_SPAN],
-            coherent,
-        );
+        l1.write(mem, idx * 8, &[l1_descriptor(table)], coherent);
         *slot = Some(table);
         self.push(mem, Command::cfgi_ste_l1(sid));
         self.sync(mem)
@@ -380,7 +470,8 @@ impl<I: SmmuIo, M: TableMemory + ?Sized> Smmu<I, M> {
             return self.sync(mem);
         }
         if old.is_valid() {
-            region.write(mem, off, &[old.0[0] & !STE0_V], coherent);
+            let invalid = SteWord0::from_bits(old.0[0]).with_v(false);
+            region.write(mem, off, &[invalid.into_bits()], coherent);
             self.push(mem, Command::cfgi_ste(sid));
             self.sync(mem)?;
         }

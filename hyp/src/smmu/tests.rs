@@ -90,53 +90,181 @@ fn events(smmu: &mut TestSmmu<'_>, mem: &mut Arena) -> (Vec<Event>, EventPoll) {
 #[test]
 fn register_offsets_match_the_spec() {
     let spec: &[(usize, usize)] = &[
-        (regs::IDR0, 0x0),
-        (regs::IDR1, 0x4),
-        (regs::IDR2, 0x8),
-        (regs::IDR3, 0xC),
-        (regs::IDR4, 0x10),
-        (regs::IDR5, 0x14),
-        (regs::IIDR, 0x18),
-        (regs::AIDR, 0x1C),
-        (regs::CR0, 0x20),
-        (regs::CR0ACK, 0x24),
-        (regs::CR1, 0x28),
-        (regs::CR2, 0x2C),
-        (regs::STATUSR, 0x40),
-        (regs::GBPA, 0x44),
-        (regs::AGBPA, 0x48),
-        (regs::IRQ_CTRL, 0x50),
-        (regs::IRQ_CTRLACK, 0x54),
-        (regs::GERROR, 0x60),
-        (regs::GERRORN, 0x64),
-        (regs::GERROR_IRQ_CFG0, 0x68),
-        (regs::STRTAB_BASE, 0x80),
-        (regs::STRTAB_BASE_CFG, 0x88),
-        (regs::CMDQ_BASE, 0x90),
-        (regs::CMDQ_PROD, 0x98),
-        (regs::CMDQ_CONS, 0x9C),
-        (regs::EVENTQ_BASE, 0xA0),
-        (regs::EVENTQ_IRQ_CFG0, 0xB0),
-        (regs::PRIQ_BASE, 0xC0),
-        (regs::EVENTQ_PROD, 0x100A8),
-        (regs::EVENTQ_CONS, 0x100AC),
+        (regs::IDR0.offset(), 0x0),
+        (regs::IDR1.offset(), 0x4),
+        (regs::IDR2.offset(), 0x8),
+        (regs::IDR3.offset(), 0xC),
+        (regs::IDR4.offset(), 0x10),
+        (regs::IDR5.offset(), 0x14),
+        (regs::IIDR.offset(), 0x18),
+        (regs::AIDR.offset(), 0x1C),
+        (regs::CR0.offset(), 0x20),
+        (regs::CR0ACK.offset(), 0x24),
+        (regs::CR1.offset(), 0x28),
+        (regs::CR2.offset(), 0x2C),
+        (regs::STATUSR.offset(), 0x40),
+        (regs::GBPA.offset(), 0x44),
+        (regs::AGBPA.offset(), 0x48),
+        (regs::IRQ_CTRL.offset(), 0x50),
+        (regs::IRQ_CTRLACK.offset(), 0x54),
+        (regs::GERROR.offset(), 0x60),
+        (regs::GERRORN.offset(), 0x64),
+        (regs::GERROR_IRQ_CFG0.offset(), 0x68),
+        (regs::STRTAB_BASE.offset(), 0x80),
+        (regs::STRTAB_BASE_CFG.offset(), 0x88),
+        (regs::CMDQ_BASE.offset(), 0x90),
+        (regs::CMDQ_PROD.offset(), 0x98),
+        (regs::CMDQ_CONS.offset(), 0x9C),
+        (regs::EVENTQ_BASE.offset(), 0xA0),
+        (regs::EVENTQ_IRQ_CFG0.offset(), 0xB0),
+        (regs::PRIQ_BASE.offset(), 0xC0),
+        (regs::EVENTQ_PROD.offset(), 0x100A8),
+        (regs::EVENTQ_CONS.offset(), 0x100AC),
     ];
     for &(got, want) in spec {
         assert_eq!(got, want);
     }
     // 64-bit registers are 8-aligned; everything fits the 128 KiB frame.
     for off in [
-        regs::STRTAB_BASE,
-        regs::CMDQ_BASE,
-        regs::EVENTQ_BASE,
-        regs::GERROR_IRQ_CFG0,
+        regs::STRTAB_BASE.offset(),
+        regs::CMDQ_BASE.offset(),
+        regs::EVENTQ_BASE.offset(),
+        regs::GERROR_IRQ_CFG0.offset(),
     ] {
         assert_eq!(off % 8, 0);
     }
     assert!(spec.iter().all(|&(o, _)| o + 4 <= regs::FRAME_SIZE));
-    assert_eq!(regs::GBPA_ABORT, 1 << 20);
-    assert_eq!(regs::GBPA_UPDATE, 1 << 31);
-    assert_eq!(regs::CR2_PTM | regs::CR2_RECINVSID | regs::CR2_E2H, 0b111);
+    assert_eq!(regs::GBPA::ABORT::SET.value, 1 << 20);
+    assert_eq!(regs::GBPA::UPDATE::SET.value, 1 << 31);
+    assert_eq!(
+        regs::CR2::PTM::SET.value | regs::CR2::RECINVSID::SET.value | regs::CR2::E2H::SET.value,
+        0b111
+    );
+}
+
+/// The register table of IHI 0070 (§6.2, name → offset from the frame base), checked
+/// three ways that share no declaration: the driver's frame layout (`offset_of!` on the
+/// tock-registers struct), the driver's register handles, and the model's own map (which
+/// decodes raw offsets from its own literals).
+#[test]
+fn register_table_matches_frame_layout_handles_and_model() {
+    use core::mem::offset_of;
+    use regs::SmmuFrame;
+    const TABLE: &[(&str, usize)] = &[
+        ("IDR0", 0x0000),
+        ("IDR1", 0x0004),
+        ("IDR2", 0x0008),
+        ("IDR3", 0x000C),
+        ("IDR4", 0x0010),
+        ("IDR5", 0x0014),
+        ("IIDR", 0x0018),
+        ("AIDR", 0x001C),
+        ("CR0", 0x0020),
+        ("CR0ACK", 0x0024),
+        ("CR1", 0x0028),
+        ("CR2", 0x002C),
+        ("STATUSR", 0x0040),
+        ("GBPA", 0x0044),
+        ("AGBPA", 0x0048),
+        ("IRQ_CTRL", 0x0050),
+        ("IRQ_CTRLACK", 0x0054),
+        ("GERROR", 0x0060),
+        ("GERRORN", 0x0064),
+        ("GERROR_IRQ_CFG0", 0x0068),
+        ("STRTAB_BASE", 0x0080),
+        ("STRTAB_BASE_CFG", 0x0088),
+        ("CMDQ_BASE", 0x0090),
+        ("CMDQ_PROD", 0x0098),
+        ("CMDQ_CONS", 0x009C),
+        ("EVENTQ_BASE", 0x00A0),
+        ("EVENTQ_IRQ_CFG0", 0x00B0),
+        ("PRIQ_BASE", 0x00C0),
+        ("EVENTQ_PROD", 0x100A8),
+        ("EVENTQ_CONS", 0x100AC),
+    ];
+    let layout = |name: &str| -> usize {
+        match name {
+            "IDR0" => offset_of!(SmmuFrame, page0.idr0),
+            "IDR1" => offset_of!(SmmuFrame, page0.idr1),
+            "IDR2" => offset_of!(SmmuFrame, page0.idr2),
+            "IDR3" => offset_of!(SmmuFrame, page0.idr3),
+            "IDR4" => offset_of!(SmmuFrame, page0.idr4),
+            "IDR5" => offset_of!(SmmuFrame, page0.idr5),
+            "IIDR" => offset_of!(SmmuFrame, page0.iidr),
+            "AIDR" => offset_of!(SmmuFrame, page0.aidr),
+            "CR0" => offset_of!(SmmuFrame, page0.cr0),
+            "CR0ACK" => offset_of!(SmmuFrame, page0.cr0ack),
+            "CR1" => offset_of!(SmmuFrame, page0.cr1),
+            "CR2" => offset_of!(SmmuFrame, page0.cr2),
+            "STATUSR" => offset_of!(SmmuFrame, page0.statusr),
+            "GBPA" => offset_of!(SmmuFrame, page0.gbpa),
+            "AGBPA" => offset_of!(SmmuFrame, page0.agbpa),
+            "IRQ_CTRL" => offset_of!(SmmuFrame, page0.irq_ctrl),
+            "IRQ_CTRLACK" => offset_of!(SmmuFrame, page0.irq_ctrlack),
+            "GERROR" => offset_of!(SmmuFrame, page0.gerror),
+            "GERRORN" => offset_of!(SmmuFrame, page0.gerrorn),
+            "GERROR_IRQ_CFG0" => offset_of!(SmmuFrame, page0.gerror_irq_cfg0),
+            "STRTAB_BASE" => offset_of!(SmmuFrame, page0.strtab_base),
+            "STRTAB_BASE_CFG" => offset_of!(SmmuFrame, page0.strtab_base_cfg),
+            "CMDQ_BASE" => offset_of!(SmmuFrame, page0.cmdq_base),
+            "CMDQ_PROD" => offset_of!(SmmuFrame, page0.cmdq_prod),
+            "CMDQ_CONS" => offset_of!(SmmuFrame, page0.cmdq_cons),
+            "EVENTQ_BASE" => offset_of!(SmmuFrame, page0.eventq_base),
+            "EVENTQ_IRQ_CFG0" => offset_of!(SmmuFrame, page0.eventq_irq_cfg0),
+            "PRIQ_BASE" => offset_of!(SmmuFrame, page0.priq_base),
+            "EVENTQ_PROD" => offset_of!(SmmuFrame, page1.eventq_prod),
+            "EVENTQ_CONS" => offset_of!(SmmuFrame, page1.eventq_cons),
+            _ => unreachable!("{name}"),
+        }
+    };
+    let handle = |name: &str| -> usize {
+        match name {
+            "IDR0" => regs::IDR0.offset(),
+            "IDR1" => regs::IDR1.offset(),
+            "IDR2" => regs::IDR2.offset(),
+            "IDR3" => regs::IDR3.offset(),
+            "IDR4" => regs::IDR4.offset(),
+            "IDR5" => regs::IDR5.offset(),
+            "IIDR" => regs::IIDR.offset(),
+            "AIDR" => regs::AIDR.offset(),
+            "CR0" => regs::CR0.offset(),
+            "CR0ACK" => regs::CR0ACK.offset(),
+            "CR1" => regs::CR1.offset(),
+            "CR2" => regs::CR2.offset(),
+            "STATUSR" => regs::STATUSR.offset(),
+            "GBPA" => regs::GBPA.offset(),
+            "AGBPA" => regs::AGBPA.offset(),
+            "IRQ_CTRL" => regs::IRQ_CTRL.offset(),
+            "IRQ_CTRLACK" => regs::IRQ_CTRLACK.offset(),
+            "GERROR" => regs::GERROR.offset(),
+            "GERRORN" => regs::GERRORN.offset(),
+            "GERROR_IRQ_CFG0" => regs::GERROR_IRQ_CFG0.offset(),
+            "STRTAB_BASE" => regs::STRTAB_BASE.offset(),
+            "STRTAB_BASE_CFG" => regs::STRTAB_BASE_CFG.offset(),
+            "CMDQ_BASE" => regs::CMDQ_BASE.offset(),
+            "CMDQ_PROD" => regs::CMDQ_PROD.offset(),
+            "CMDQ_CONS" => regs::CMDQ_CONS.offset(),
+            "EVENTQ_BASE" => regs::EVENTQ_BASE.offset(),
+            "EVENTQ_IRQ_CFG0" => regs::EVENTQ_IRQ_CFG0.offset(),
+            "PRIQ_BASE" => regs::PRIQ_BASE.offset(),
+            "EVENTQ_PROD" => regs::EVENTQ_PROD.offset(),
+            "EVENTQ_CONS" => regs::EVENTQ_CONS.offset(),
+            _ => unreachable!("{name}"),
+        }
+    };
+    let mut modelled = 0;
+    for &(name, off) in TABLE {
+        assert_eq!(layout(name), off, "{name}: frame layout");
+        assert_eq!(handle(name), off, "{name}: register handle");
+        if let Some(m) = SmmuModel::spec_offset(name) {
+            assert_eq!(m, off, "{name}: the model's map");
+            modelled += 1;
+        }
+    }
+    // The model implements every register the driver touches.
+    assert_eq!(modelled, 22);
+    assert_eq!(core::mem::size_of::<SmmuFrame>(), 0x20000);
+    assert_eq!(offset_of!(SmmuFrame, page1), 0x10000);
 }
 
 // ----------------------------------------------------------------------------------------
@@ -153,24 +281,34 @@ fn probe_aborts_before_enabling_and_never_bypasses() {
     let writes = model.writes();
     let abort_at = writes
         .iter()
-        .position(|&(o, v)| o == regs::GBPA && v as u32 & regs::GBPA_ABORT != 0)
+        .position(|&(o, v)| {
+            o == regs::GBPA.offset() && v as u32 & regs::GBPA::ABORT::SET.value != 0
+        })
         .expect("GBPA.ABORT written");
-    let cr0_at = writes.iter().position(|&(o, _)| o == regs::CR0).unwrap();
+    let cr0_at = writes
+        .iter()
+        .position(|&(o, _)| o == regs::CR0.offset())
+        .unwrap();
     let enable_at = writes
         .iter()
-        .position(|&(o, v)| o == regs::CR0 && v as u32 & regs::CR0_SMMUEN != 0)
+        .position(|&(o, v)| o == regs::CR0.offset() && v as u32 & regs::CR0::SMMUEN::SET.value != 0)
         .unwrap();
     assert!(
         abort_at < cr0_at && abort_at < enable_at,
         "GBPA.ABORT first"
     );
-    assert_eq!(writes[cr0_at], (regs::CR0, 0), "then disabled");
-    assert_ne!(model.reg(regs::GBPA) & regs::GBPA_ABORT, 0);
+    assert_eq!(writes[cr0_at], (regs::CR0.offset(), 0), "then disabled");
+    assert_ne!(model.reg(regs::GBPA) & regs::GBPA::ABORT::SET.value, 0);
     assert_eq!(
         model.reg(regs::CR0ACK),
-        regs::CR0_SMMUEN | regs::CR0_CMDQEN | regs::CR0_EVENTQEN
+        regs::CR0::SMMUEN::SET.value
+            | regs::CR0::CMDQEN::SET.value
+            | regs::CR0::EVENTQEN::SET.value
     );
-    assert_eq!(model.reg(regs::CR2), regs::CR2_PTM | regs::CR2_RECINVSID);
+    assert_eq!(
+        model.reg(regs::CR2),
+        regs::CR2::PTM::SET.value | regs::CR2::RECINVSID::SET.value
+    );
     // Coherent: write-back inner-shareable queues and tables.
     assert_eq!(model.reg(regs::CR1), 0b11_01_01_11_01_01);
     assert_eq!(model.reg(regs::IRQ_CTRL), 0);
@@ -273,7 +411,8 @@ fn two_level_allocates_only_described_spans() {
     // L1 + level-2 tables for spans 0, 3 and 4 (the empty range and the SID beyond
     // SIDSIZE get none) + two queues.
     assert_eq!(mem.live_count(), 1 + 3 + 2);
-    let l1 = model.read64(regs::STRTAB_BASE) & regs::STRTAB_BASE_ADDR_MASK;
+    let l1 = model.read64(regs::STRTAB_BASE)
+        & (regs::STRTAB_BASE::ADDR.mask << regs::STRTAB_BASE::ADDR.shift);
     let ram = mem.ram();
     for span in 0..256u64 {
         let desc = ram.read_u64(l1 + span * 8);
@@ -317,7 +456,7 @@ fn smmu_without_stage2_or_aarch64_is_rejected_and_left_aborting() {
         );
         assert!(matches!(r, Err(SmmuError::Unsupported(_))));
         assert_eq!(model.reg(regs::CR0ACK), 0);
-        assert_ne!(model.reg(regs::GBPA) & regs::GBPA_ABORT, 0);
+        assert_ne!(model.reg(regs::GBPA) & regs::GBPA::ABORT::SET.value, 0);
         assert_eq!(model.dma(SID, 0x1000, false), Err(DmaFault::Abort));
         assert_eq!(mem.live_count(), 0);
     }
@@ -477,8 +616,9 @@ fn ste_change_needs_cfgi_and_the_driver_issues_it() {
     // Rewrite S2TTB behind the SMMU's back (no CFGI): the cached config still walks `a`
     // (0x2000 is not in the TLB yet).
     let ste_pa = {
-        let l1 = model.read64(regs::STRTAB_BASE) & regs::STRTAB_BASE_ADDR_MASK;
-        (mem.ram().read_u64(l1) & regs::L1STD_L2PTR_MASK) + u64::from(SID) * 64
+        let l1 = model.read64(regs::STRTAB_BASE)
+            & (regs::STRTAB_BASE::ADDR.mask << regs::STRTAB_BASE::ADDR.shift);
+        (ste::L1Std::from_bits(mem.ram().read_u64(l1)).l2ptr() << 6) + u64::from(SID) * 64
     };
     let ste_b = Ste::stage2(&S2Config::for_stage2(&b, VMID));
     mem.ram().write_u64(ste_pa + 24, ste_b.0[3]);
@@ -727,7 +867,10 @@ fn btm_makes_cpu_tlbis_reach_the_smmu_only_when_ptm_is_clear() {
         smmu.set_ptm(&mut mem, false),
         Err(SmmuError::Unsupported(_))
     ));
-    assert_eq!(model.reg(regs::CR2) & regs::CR2_PTM, regs::CR2_PTM);
+    assert_eq!(
+        model.reg(regs::CR2) & regs::CR2::PTM::SET.value,
+        regs::CR2::PTM::SET.value
+    );
 }
 
 #[test]
@@ -739,7 +882,7 @@ fn set_ptm_keeps_translating_after_the_switch() {
     let (mut smmu, mut s2) = attached(&model, &mut mem);
     map(&mut s2, &mut mem, 0x7000, OUT, PAGE);
     smmu.set_ptm(&mut mem, false).unwrap();
-    assert_eq!(model.reg(regs::CR2), regs::CR2_RECINVSID);
+    assert_eq!(model.reg(regs::CR2), regs::CR2::RECINVSID::SET.value);
     assert_eq!(model.dma(SID, 0x7000, false), Ok(PhysAddr(OUT)));
     smmu.set_ptm(&mut mem, true).unwrap();
     assert!(!smmu.btm_active());
@@ -915,7 +1058,7 @@ fn event_queue_wraps_and_overflow_is_reported() {
     assert_ne!(model.reg(regs::GERROR), model.reg(regs::GERRORN));
     let (ev, poll) = events(&mut smmu, &mut mem);
     assert!(poll.overflow);
-    assert_eq!(poll.gerror, regs::GERROR_EVTQ_ABT_ERR);
+    assert_eq!(poll.gerror, regs::GERROR::EVENTQ_ABT_ERR::SET.value);
     assert_eq!(
         ev.iter().map(|e| e.input_addr).collect::<Vec<_>>(),
         [0x100_1000, 0x100_2000]
@@ -1009,17 +1152,17 @@ struct WaitCounting<'a> {
 }
 
 impl SmmuIo for WaitCounting<'_> {
-    fn read32(&self, off: usize) -> u32 {
-        self.model.read32(off)
+    fn read32<R: RegisterLongName>(&self, reg: regs::Reg<u32, R>) -> u32 {
+        self.model.read32(reg)
     }
-    fn write32(&self, off: usize, v: u32) {
-        self.model.write32(off, v)
+    fn write32<R: RegisterLongName>(&self, reg: regs::Reg<u32, R>, v: u32) {
+        self.model.write32(reg, v)
     }
-    fn read64(&self, off: usize) -> u64 {
-        self.model.read64(off)
+    fn read64<R: RegisterLongName>(&self, reg: regs::Reg<u64, R>) -> u64 {
+        self.model.read64(reg)
     }
-    fn write64(&self, off: usize, v: u64) {
-        self.model.write64(off, v)
+    fn write64<R: RegisterLongName>(&self, reg: regs::Reg<u64, R>, v: u64) {
+        self.model.write64(reg, v)
     }
     fn wait_for_event(&self) {
         self.waits.set(self.waits.get() + 1);
@@ -1156,10 +1299,10 @@ fn ats_translated_traffic_is_checked_against_the_ste() {
     });
     let (mut smmu, _s2) = attached(&model, &mut mem);
     let warden_page = ARENA_BASE;
-    assert_ne!(model.reg(regs::CR0) & regs::CR0_ATSCHK, 0);
+    assert_ne!(model.reg(regs::CR0) & regs::CR0::ATSCHK::SET.value, 0);
     let ste = smmu.read_ste(&mem, SID).unwrap();
     assert_eq!(
-        (ste.0[1] >> ste::STE1_EATS_SHIFT) & 3,
+        ste::SteWord1::from_bits(ste.0[1]).eats(),
         0,
         "EATS = 0: no ATS"
     );
@@ -1180,7 +1323,7 @@ fn ats_translated_traffic_is_checked_against_the_ste() {
     );
     // Switching PTM re-enables translation: ATSCHK stays.
     smmu.set_ptm(&mut mem, false).unwrap();
-    assert_ne!(model.reg(regs::CR0ACK) & regs::CR0_ATSCHK, 0);
+    assert_ne!(model.reg(regs::CR0ACK) & regs::CR0::ATSCHK::SET.value, 0);
     assert_eq!(
         model.dma_translated(SID, warden_page, false),
         Err(DmaFault::TranslForbidden)
@@ -1189,7 +1332,7 @@ fn ats_translated_traffic_is_checked_against_the_ste() {
     // Without IDR0.ATS, ATSCHK is not set (the bit is RES0).
     let (mut mem, model) = setup(ModelConfig::default());
     probe(&model, &mut mem);
-    assert_eq!(model.reg(regs::CR0) & regs::CR0_ATSCHK, 0);
+    assert_eq!(model.reg(regs::CR0) & regs::CR0::ATSCHK::SET.value, 0);
 }
 
 /// Stall-forced SMMUs (an STE with `S2S = 0` is ILLEGAL there, and `S2S = 1` needs
@@ -1222,7 +1365,7 @@ fn stall_forced_and_big_endian_smmus_are_refused_and_left_aborting() {
             }
             other => panic!("STALL_MODEL {stall_model:#b} TTENDIAN {ttendian:#b}: {other:?}"),
         }
-        assert_ne!(model.reg(regs::GBPA) & regs::GBPA_ABORT, 0);
+        assert_ne!(model.reg(regs::GBPA) & regs::GBPA::ABORT::SET.value, 0);
         assert_eq!(model.reg(regs::CR0), 0);
         assert_eq!(model.dma(SID, 0x1000, true), Err(DmaFault::Abort));
         assert_eq!(model.bypassed(), before);

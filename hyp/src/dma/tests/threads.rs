@@ -17,6 +17,7 @@ use std::boxed::Box;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier, Mutex as StdMutex};
+use tock_registers::RegisterLongName;
 
 const RAM: u64 = 0x4000_0000;
 const POOL: u64 = 8 << 20;
@@ -28,46 +29,61 @@ const SID: u32 = 3;
 #[derive(Default)]
 struct FakeIo(StdMutex<HashMap<usize, u32>>);
 
-impl SmmuIo for FakeIo {
-    fn read32(&self, off: usize) -> u32 {
+impl FakeIo {
+    fn read_off(&self, off: usize) -> u32 {
         let regs = self.0.lock().unwrap();
-        let r = |o| regs.get(&o).copied().unwrap_or(0);
+        let r = |o: usize| regs.get(&o).copied().unwrap_or(0);
         match off {
-            IDR0 => {
-                (IDR0_TTF_AARCH64 << IDR0_TTF.0)
-                    | IDR0_S2P
-                    | IDR0_COHACC
-                    | IDR0_VMID16
-                    | (0b10 << IDR0_TTENDIAN.0)
+            o if o == IDR0.offset() => {
+                (IDR0::TTF::AArch64
+                    + IDR0::S2P::SET
+                    + IDR0::COHACC::SET
+                    + IDR0::VMID16::SET
+                    + IDR0::TTENDIAN::Little)
+                    .value
             }
-            IDR1 => 8 | (8 << IDR1_EVENTQS.0) | (8 << IDR1_CMDQS.0),
-            IDR3 => IDR3_RIL,
-            IDR5 => 5 | IDR5_GRAN4K | IDR5_GRAN16K | IDR5_GRAN64K,
-            CR0ACK => r(CR0),
-            IRQ_CTRLACK => r(IRQ_CTRL),
+            o if o == IDR1.offset() => {
+                (IDR1::SIDSIZE.val(8) + IDR1::EVENTQS.val(8) + IDR1::CMDQS.val(8)).value
+            }
+            o if o == IDR3.offset() => IDR3::RIL::SET.value,
+            o if o == IDR5.offset() => {
+                (IDR5::OAS.val(5) + IDR5::GRAN4K::SET + IDR5::GRAN16K::SET + IDR5::GRAN64K::SET)
+                    .value
+            }
+            o if o == CR0ACK.offset() => r(CR0.offset()),
+            o if o == IRQ_CTRLACK.offset() => r(IRQ_CTRL.offset()),
             other => r(other),
         }
     }
-    fn write32(&self, off: usize, v: u32) {
+    fn write_off(&self, off: usize, v: u32) {
         let mut regs = self.0.lock().unwrap();
         match off {
-            GBPA => {
-                regs.insert(GBPA, v & !GBPA_UPDATE);
+            o if o == GBPA.offset() => {
+                regs.insert(o, GBPA::UPDATE::CLEAR.modify(v));
             }
-            CMDQ_PROD => {
-                regs.insert(CMDQ_PROD, v);
-                regs.insert(CMDQ_CONS, v);
+            o if o == CMDQ_PROD.offset() => {
+                regs.insert(o, v);
+                regs.insert(CMDQ_CONS.offset(), v);
             }
             _ => {
                 regs.insert(off, v);
             }
         }
     }
-    fn read64(&self, off: usize) -> u64 {
-        u64::from(self.read32(off))
+}
+
+impl SmmuIo for FakeIo {
+    fn read32<R: RegisterLongName>(&self, reg: Reg<u32, R>) -> u32 {
+        self.read_off(reg.offset())
     }
-    fn write64(&self, off: usize, v: u64) {
-        self.write32(off, v as u32);
+    fn write32<R: RegisterLongName>(&self, reg: Reg<u32, R>, v: u32) {
+        self.write_off(reg.offset(), v)
+    }
+    fn read64<R: RegisterLongName>(&self, reg: Reg<u64, R>) -> u64 {
+        u64::from(self.read_off(reg.offset()))
+    }
+    fn write64<R: RegisterLongName>(&self, reg: Reg<u64, R>, v: u64) {
+        self.write_off(reg.offset(), v as u32);
     }
     fn now_ns(&self) -> u64 {
         static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
