@@ -6,6 +6,7 @@ extern crate alloc;
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 use crate::addr::{PhysAddr, PhysRange};
 
@@ -66,6 +67,16 @@ pub enum GicVersion {
     V3,
 }
 
+/// `GICv2`, `GICv3`.
+impl fmt::Display for GicVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V2 => "GICv2",
+            Self::V3 => "GICv3",
+        })
+    }
+}
+
 /// The interrupt controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gic {
@@ -101,6 +112,17 @@ pub enum PsciVersion {
     V1_0,
 }
 
+/// The version number as the binding writes it: `0.1`, `0.2`, `1.0`.
+impl fmt::Display for PsciVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V0_1 => "0.1",
+            Self::V0_2 => "0.2",
+            Self::V1_0 => "1.0",
+        })
+    }
+}
+
 /// The PSCI conduit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PsciMethod {
@@ -108,6 +130,16 @@ pub enum PsciMethod {
     Smc,
     /// `HVC #0`.
     Hvc,
+}
+
+/// The instruction: `SMC`, `HVC`.
+impl fmt::Display for PsciMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Smc => "SMC",
+            Self::Hvc => "HVC",
+        })
+    }
 }
 
 /// The PSCI firmware interface.
@@ -125,6 +157,13 @@ pub struct Psci {
     pub cpu_suspend: Option<u32>,
     /// `migrate` function ID, if present.
     pub migrate: Option<u32>,
+}
+
+/// `PSCI 1.0 over SMC`.
+impl fmt::Display for Psci {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PSCI {} over {}", self.version, self.method)
+    }
 }
 
 /// How a secondary CPU is started.

@@ -633,3 +633,15 @@ fn a_second_gicv3_is_refused() {
         Err(DtbError::BadProperty("a second arm,gic-v3"))
     );
 }
+
+#[test]
+fn banner_words() {
+    let p = Platform::parse(GICV3).unwrap();
+    assert_eq!(p.psci.unwrap().to_string(), "PSCI 1.0 over SMC");
+    assert_eq!(p.gic.unwrap().version.to_string(), "GICv3");
+    let p = Platform::parse(GICV2).unwrap();
+    assert_eq!(p.gic.unwrap().version.to_string(), "GICv2");
+    assert_eq!(PsciVersion::V0_1.to_string(), "0.1");
+    assert_eq!(PsciVersion::V0_2.to_string(), "0.2");
+    assert_eq!(PsciMethod::Hvc.to_string(), "HVC");
+}
