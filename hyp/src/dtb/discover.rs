@@ -9,8 +9,15 @@ use alloc::vec::Vec;
 
 use super::bus::{Frame, translate_up};
 use super::fdt::{FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, Fdt, RawNode, RawProp, be32, be64};
-use super::platform::*;
-use super::props::*;
+use super::platform::{
+    Console, ConsoleKind, Cpu, DeviceStream, EnableMethod, Gic, GicVersion, IommuMapEntry, Module,
+    PciHost, PciWindow, Platform, Psci, PsciMethod, PsciVersion, Reservation, ReservationSource,
+    Smmu,
+};
+use super::props::{
+    component_matches, owned, prop_str, prop_u32, push, range, read_cells, status_ok, strlist_has,
+    tuples,
+};
 use super::{DtbError, MAX_DEPTH, Res};
 use crate::addr::{PhysAddr, PhysRange};
 

@@ -5,9 +5,11 @@
 
 use core::fmt;
 
-use super::fdt::*;
+use super::fdt::{
+    FDT_BEGIN_NODE, FDT_END, FDT_END_NODE, FDT_MAGIC, FDT_PROP, Fdt, HEADER_SIZE, RawNode, align4,
+};
 use super::platform::Platform;
-use super::props::*;
+use super::props::{prop_str, prop_u32, read_cells, strlist_has};
 use super::{DtbError, MAX_DEPTH, Res};
 use crate::addr::PhysRange;
 
