@@ -1,6 +1,7 @@
 //! Warden's own calls in the vendor-specific hypervisor service range (OEN 6). The SMCCC
-//! vendor discovery calls are answered here; every ABI v1 call goes to the `hyp` core,
-//! which decodes, checks and serves it.
+//! vendor discovery calls are answered here; every ABI v1 call goes with `x0..x6` to the
+//! `hyp` core's hypercall front-end ([`hyp::dma::Hyp::dispatch`]), which decodes, checks
+//! and serves it, and its `x0..x3` go back to the trap frame.
 
 use crate::trap::TrapFrame;
 use host_abi::{Error, smccc};

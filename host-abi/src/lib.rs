@@ -230,6 +230,10 @@ abi_consts! {
     }
 }
 
+/// Bytes per page: the unit of memory ownership, pins and MEM_DONATE / MEM_RECLAIM (always
+/// 4 KiB, whatever granule a domain uses). The same value as [`mem::PAGE_SIZE`].
+pub const PAGE: u64 = mem::PAGE_SIZE;
+
 abi_consts! {
     /// Standard SMCCC discovery calls Warden answers itself.
     pub mod smccc ("WARDEN_SMCCC_", Hex) {

@@ -220,6 +220,7 @@ fn well_known_domains_and_stats_groups() {
     }
     assert_eq!(stats::PAGES, 2);
     assert_eq!(mem::PAGE_SIZE, 4096);
+    assert_eq!(PAGE, mem::PAGE_SIZE);
     assert_eq!(mem::MAX_PAGES * mem::PAGE_SIZE, 1 << 30);
 }
 

@@ -60,6 +60,14 @@ addr_type!(
     Iova
 );
 
+impl Iova {
+    /// The same address as the input of the domain's stage-2 table: a host-managed
+    /// domain's IOVA space is its stage-2 IPA space.
+    pub const fn ipa(self) -> Ipa {
+        Ipa(self.0)
+    }
+}
+
 /// A half-open physical range `[base, base + size)`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct PhysRange {

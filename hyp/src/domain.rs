@@ -24,12 +24,82 @@
 //! walk-cache entry could shadow the new table. Their tables are freed when the domain
 //! is.
 
-use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::addr::{Iova, Ipa, PhysAddr, PhysRange};
 use crate::s2mmu::{Granule, S2Tlb, Stage2, TableMemory};
 use crate::vmid_alloc::Vmid;
 use alloc::vec::Vec;
+use core::fmt;
 use core::ops::ControlFlow;
-use host_abi::{Error, domain_flags};
+use host_abi::{Error, domain, domain_flags, prot};
+
+/// A domain, numbered as the ABI numbers them: [`HOST`](Self::HOST) (the host identity
+/// domain), [`BLOCKED`](Self::BLOCKED), and host-managed domains from
+/// [`FIRST_MANAGED`](Self::FIRST_MANAGED) up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct DomainId(pub u64);
+
+impl DomainId {
+    /// The host identity domain (the shared host stage-2).
+    pub const HOST: Self = Self(domain::HOST);
+    /// The blocking domain (every DMA aborts).
+    pub const BLOCKED: Self = Self(domain::BLOCKED);
+    /// The first host-managed domain.
+    pub const FIRST_MANAGED: Self = Self(domain::FIRST_MANAGED);
+
+    /// The raw number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for DomainId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A DMA endpoint: one StreamID of one SMMU (the SMMU's index in Warden's list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// Index of the SMMU.
+    pub smmu: u32,
+    /// StreamID on that SMMU.
+    pub sid: u32,
+}
+
+/// What a device may do through a mapping. At least one of the two is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prot {
+    /// The device may read.
+    pub read: bool,
+    /// The device may write.
+    pub write: bool,
+}
+
+impl Prot {
+    /// Read and write.
+    pub const RW: Self = Self {
+        read: true,
+        write: true,
+    };
+
+    /// Decodes MAP's prot bits: unknown bits, or neither read nor write, are INVALID.
+    pub const fn decode(bits: u64) -> Result<Self, Error> {
+        if bits & !prot::ALL != 0 || bits & prot::ALL == 0 {
+            return Err(Error::Invalid);
+        }
+        Ok(Self {
+            read: bits & prot::READ != 0,
+            write: bits & prot::WRITE != 0,
+        })
+    }
+
+    /// Whether the mapping would allow nothing.
+    pub const fn is_none(self) -> bool {
+        !self.read && !self.write
+    }
+}
 
 /// What DOMAIN_ALLOC's flags ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +175,7 @@ fn overlaps(ranges: &[InvRange], start: u64, end: u64) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {
     /// First IOVA.
-    pub iova: u64,
+    pub iova: Iova,
     /// The physical pages.
     pub pa: PhysRange,
 }
@@ -116,7 +186,7 @@ pub struct Leaves {
     /// Mapped pieces in IOVA order; IOVA- and PA-contiguous leaves merged.
     pub leaves: Vec<Leaf>,
     /// The walk covered `[iova, end)`: the range may be processed up to here.
-    pub end: u64,
+    pub end: Iova,
     /// Bytes mapped in `[iova, end)`.
     pub mapped: u64,
 }
@@ -127,13 +197,14 @@ pub struct Leaves {
 pub fn collect_leaves<M: TableMemory + ?Sized>(
     s2: &Stage2,
     mem: &M,
-    iova: u64,
-    end: u64,
+    iova: Iova,
+    end: Iova,
     budget: u64,
 ) -> Result<Leaves, Error> {
+    let (iova, end) = (iova.get(), end.get());
     let geom = s2.geometry();
     let mut out = Leaves {
-        end,
+        end: Iova(end),
         ..Leaves::default()
     };
     let mut nomem = false;
@@ -145,13 +216,13 @@ pub fn collect_leaves<M: TableMemory + ?Sized>(
         let s = at.get().max(iova);
         let e = (at.get() + span).min(end);
         if out.mapped != 0 && out.mapped + (e - s) > budget {
-            out.end = s;
+            out.end = Iova(s);
             return ControlFlow::Break(());
         }
         let pa = desc.address().get() + (s - at.get());
         out.mapped += e - s;
         if let Some(last) = out.leaves.last_mut()
-            && last.iova + last.pa.size == s
+            && last.iova.get() + last.pa.size == s
             && last.pa.end() == pa
         {
             last.pa.size += e - s;
@@ -162,7 +233,7 @@ pub fn collect_leaves<M: TableMemory + ?Sized>(
             return ControlFlow::Break(());
         }
         out.leaves.push(Leaf {
-            iova: s,
+            iova: Iova(s),
             pa: PhysRange::new(pa, e - s),
         });
         ControlFlow::Continue(())
@@ -170,7 +241,7 @@ pub fn collect_leaves<M: TableMemory + ?Sized>(
     if nomem {
         return Err(Error::NoMem);
     }
-    let _ = walked.map_err(|_| Error::Invalid)?;
+    let _ = walked?;
     Ok(out)
 }
 
@@ -178,9 +249,10 @@ pub fn collect_leaves<M: TableMemory + ?Sized>(
 pub fn count_leaves<M: TableMemory + ?Sized>(
     s2: &Stage2,
     mem: &M,
-    iova: u64,
-    end: u64,
+    iova: Iova,
+    end: Iova,
 ) -> [u64; 3] {
+    let (iova, end) = (iova.get(), end.get());
     let mut n = [0u64; 3];
     let _ = s2.walk(mem, Ipa(iova), end - iova, |_, desc, level| {
         if desc.is_leaf(level) && (1..=3).contains(&level) {
@@ -192,7 +264,8 @@ pub fn count_leaves<M: TableMemory + ?Sized>(
 }
 
 /// Whether anything is mapped in `[iova, end)`.
-pub fn any_mapped<M: TableMemory + ?Sized>(s2: &Stage2, mem: &M, iova: u64, end: u64) -> bool {
+pub fn any_mapped<M: TableMemory + ?Sized>(s2: &Stage2, mem: &M, iova: Iova, end: Iova) -> bool {
+    let (iova, end) = (iova.get(), end.get());
     matches!(
         s2.walk(mem, Ipa(iova), end - iova, |_, desc, level| {
             if desc.is_leaf(level) {
@@ -239,7 +312,8 @@ impl Pending {
 
     /// Whether a queued unmap touched `[start, end)` (its TLB or walk-cache entries may
     /// still be live).
-    pub fn touches(&self, start: u64, end: u64) -> bool {
+    pub fn touches(&self, start: Iova, end: Iova) -> bool {
+        let (start, end) = (start.get(), end.get());
         self.all || overlaps(&self.ranges, start, end) || overlaps(&self.spans, start, end)
     }
 
@@ -277,7 +351,7 @@ impl Pending {
         let mut pages = 0;
         for l in pins {
             self.pins.push(l.pa);
-            pages += l.pa.size / crate::pins::PAGE;
+            pages += l.pa.size / crate::PAGE;
         }
         self.pages += pages;
         self.entries += 1;
@@ -295,7 +369,7 @@ impl Pending {
 #[derive(Debug)]
 pub struct Domain {
     /// Its ID (DOMAIN_ALLOC's result).
-    pub id: u64,
+    pub id: DomainId,
     /// What it was created with.
     pub flags: DomainFlags,
     /// Its VMID, from the shared allocator.
@@ -338,9 +412,9 @@ pub struct Gather<V> {
 
 impl<V: Invalidate> Gather<V> {
     /// A gatherer for an operation on `[start, end)`.
-    pub fn new(inv: V, start: u64, end: u64) -> Self {
+    pub fn new(inv: V, start: Iova, end: Iova) -> Self {
         Self {
-            clip: (start, end),
+            clip: (start.get(), end.get()),
             ranges: Vec::new(),
             spans: Vec::new(),
             all: false,
@@ -479,6 +553,35 @@ mod tests {
         for bad in [4, 1 << 16, 13 << 8, 21 << 8, u64::MAX] {
             assert_eq!(DomainFlags::decode(bad), Err(Error::Invalid), "{bad:#x}");
         }
+    }
+
+    #[test]
+    fn prot() {
+        assert_eq!(
+            Prot::decode(prot::READ),
+            Ok(Prot {
+                read: true,
+                write: false
+            })
+        );
+        assert_eq!(
+            Prot::decode(prot::WRITE),
+            Ok(Prot {
+                read: false,
+                write: true
+            })
+        );
+        assert_eq!(Prot::decode(prot::ALL), Ok(Prot::RW));
+        for bad in [0, 4, prot::ALL | 8, u64::MAX] {
+            assert_eq!(Prot::decode(bad), Err(Error::Invalid), "{bad:#x}");
+        }
+        assert!(
+            Prot {
+                read: false,
+                write: false
+            }
+            .is_none()
+        );
     }
 
     #[test]

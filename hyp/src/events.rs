@@ -15,6 +15,17 @@ use host_abi::event;
 /// Default number of events kept for EVENT_POLL.
 pub const DEFAULT_RING: usize = 64;
 
+/// One event taken from the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolledEvent {
+    /// Index of the SMMU that reported it.
+    pub smmu: u32,
+    /// The event.
+    pub event: Event,
+    /// Events were lost before this one.
+    pub lost: bool,
+}
+
 /// Recent fault events: (SMMU index, event).
 #[derive(Debug)]
 pub struct EventRing {
@@ -66,9 +77,14 @@ impl EventRing {
     /// The oldest event as EVENT_POLL returns it: x1 endpoint, x2 input address, x3 type
     /// and flags (`FLAG_LOST` if events were lost since the last poll).
     pub fn pop(&mut self) -> Option<[u64; 3]> {
-        let (smmu, e) = self.ring.pop_front()?;
+        self.pop_event().map(|p| encode(p.smmu, &p.event, p.lost))
+    }
+
+    /// The oldest event, and whether events were lost since the last poll.
+    pub fn pop_event(&mut self) -> Option<PolledEvent> {
+        let (smmu, event) = self.ring.pop_front()?;
         let lost = core::mem::take(&mut self.lost) != 0;
-        Some(encode(smmu, &e, lost))
+        Some(PolledEvent { smmu, event, lost })
     }
 
     /// Drains every SMMU's event queue into the ring and the log.

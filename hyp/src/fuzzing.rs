@@ -34,9 +34,10 @@
 //! unmapped and flushed: no pin; and once every domain is freed: no VMID, no queued page
 //! and no domain table is left.
 
+use crate::PAGE;
 use crate::addr::{Ipa, PhysRange};
 use crate::dma::world::{HOST_BASE, HOST_SIZE, HOST_VMID, Opts, POOL_SIZE, RAM_BASE, SIDS, World};
-use crate::dma::{Config, PAGE};
+use crate::dma::{Config, DomainId};
 use crate::smmu::model::{DmaFault, ModelConfig};
 use crate::vmid_alloc::VmidAllocator;
 use host_abi::{Error, domain, domain_flags, endpoint, features, func, prot};
@@ -558,7 +559,7 @@ fn step(inp: &mut Input, w: &World, s: &mut Shadow) -> Result<String, Finding> {
         12 => {
             let id = pick_dom(inp, s);
             let r = call(w, func::FLUSH, [id, 0, 0, 0, 0, 0])?;
-            if r.is_ok() && !w.hyp.pending_pins(id).is_empty() {
+            if r.is_ok() && !w.hyp.pending_pins(DomainId(id)).is_empty() {
                 fail!("FLUSH {id} left queued pins");
             }
             format!("FLUSH {id} -> {r:x?}")
@@ -736,7 +737,7 @@ fn alloc_done(w: &World, s: &mut Shadow, flags: u64, r: Result<[u64; 3], Error>)
     if s.doms.len() >= usize::from(s.setup.cfg.max_domains) {
         fail!("DOMAIN_ALLOC beyond max_domains");
     }
-    let Some(vmid) = w.hyp.domain_vmid(id) else {
+    let Some(vmid) = w.hyp.domain_vmid(DomainId(id)) else {
         fail!("domain {id} has no VMID")
     };
     let vmid = vmid.raw();
@@ -887,7 +888,7 @@ fn expected_pins(w: &World, s: &Shadow) -> Vec<(u64, u64, u64)> {
         for m in d.live.values() {
             add(m.pa, m.len);
         }
-        for r in w.hyp.pending_pins(d.id) {
+        for r in w.hyp.pending_pins(DomainId(d.id)) {
             add(r.base.get(), r.size);
         }
     }
@@ -935,14 +936,14 @@ fn check(w: &World, s: &mut Shadow) -> Check {
     }
     // Queues hold only what this domain unmapped.
     for d in &s.doms {
-        if !d.batched && !w.hyp.pending_pins(d.id).is_empty() {
+        if !d.batched && !w.hyp.pending_pins(DomainId(d.id)).is_empty() {
             fail!("strict domain {} queues pins", d.id);
         }
     }
     // I4.
     let mut vmids = BTreeSet::new();
     for d in &s.doms {
-        let Some(v) = w.hyp.domain_vmid(d.id) else {
+        let Some(v) = w.hyp.domain_vmid(DomainId(d.id)) else {
             fail!("live domain {} has no VMID", d.id)
         };
         if v.raw() == HOST_VMID || !vmids.insert(v.raw()) {
@@ -1005,7 +1006,7 @@ fn sweep_domain(w: &World, d: &Dom, smmu: usize, sid: u32) -> Check {
         probes.extend([iova, iova + m.len - PAGE]);
     }
     let pending = if d.batched {
-        w.hyp.pending_pins(d.id)
+        w.hyp.pending_pins(DomainId(d.id))
     } else {
         Vec::new()
     };

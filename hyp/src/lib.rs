@@ -8,6 +8,9 @@
 
 extern crate alloc;
 
+/// Bytes per page (ownership, pins, donation): the ABI's [`host_abi::PAGE`].
+pub use host_abi::PAGE;
+
 pub mod addr;
 pub mod bootargs;
 pub mod dma;
@@ -25,6 +28,7 @@ pub mod host_mem;
 pub mod hpfar;
 pub mod layout;
 pub mod masters;
+pub mod page_state;
 pub mod pins;
 pub mod pl011;
 pub mod psci;

@@ -6,6 +6,15 @@
 //! sorted list of disjoint runs of pages with the same count, so that mapping a large
 //! contiguous buffer costs one entry, not one per page.
 //!
+//! A pin is not an ownership state: a pinned page stays
+//! [`PageState::HostOwned`](crate::page_state::PageState::HostOwned) in the host stage-2
+//! (the host keeps full access); the count says that its owner cannot change.
+//!
+//! Both changes come in two halves for transitions that prepare everything before they
+//! change anything: prepare ([`PinSet::prepare_pin`], [`PinSet::prepare_unpin`]: checks and
+//! reserves, may fail, changes nothing) and commit ([`PinSet::commit_pin`],
+//! [`PinSet::commit_unpin`]: cannot fail). [`PinSet::pin`] and [`PinSet::unpin`] run both.
+//!
 //! Memory (I6: nothing here can fail by panicking): [`PinSet::pin`] reserves everything
 //! it needs up front (and keeps a little spare capacity) and fails with
 //! [`PinError::NoMem`] without changing anything. [`PinSet::unpin`] may split a run at
@@ -108,6 +117,16 @@ impl PinSet {
 
     /// Adds one pin to every page of `r` (page-aligned). On error nothing changed.
     pub fn pin(&mut self, r: PhysRange) -> Result<(), PinError> {
+        self.prepare_pin(r)?;
+        self.commit_pin(r);
+        Ok(())
+    }
+
+    /// The fallible half of [`pin`](Self::pin): checks `r` and reserves every entry
+    /// pinning it can need. After `Ok`, [`commit_pin`](Self::commit_pin) of the same range
+    /// (with no other change of the set in between) allocates nothing and cannot fail.
+    /// On error nothing changed.
+    pub fn prepare_pin(&mut self, r: PhysRange) -> Result<(), PinError> {
         let (start, end) = pfns(r).ok_or(PinError::Invalid)?;
         // Worst case: two boundary splits and one new run per gap between the runs that
         // overlap (at most overlapping + 1 gaps).
@@ -117,6 +136,16 @@ impl PinSet {
         if self.runs.capacity() - self.runs.len() < needed {
             self.runs.try_reserve(needed).map_err(|_| PinError::NoMem)?;
         }
+        Ok(())
+    }
+
+    /// The commit half of [`pin`](Self::pin), after [`prepare_pin`](Self::prepare_pin)
+    /// of `r` succeeded: adds one pin to every page of `r`.
+    pub fn commit_pin(&mut self, r: PhysRange) {
+        let Some((start, end)) = pfns(r) else {
+            debug_assert!(false, "commit_pin of a bad range {r:?}");
+            return;
+        };
         self.split_at(start);
         self.split_at(end);
         // Walk the runs inside [start, end), filling the gaps with count-1 runs.
@@ -147,13 +176,22 @@ impl PinSet {
             }
         }
         self.merge_around(start, end);
-        Ok(())
     }
 
     /// Removes one pin from every page of `r`. Pages without a pin are left alone (a
     /// caller bug: reported in debug builds). NOMEM if splitting a run needs an entry that
     /// cannot be allocated: then nothing changed (the pins stay).
     pub fn unpin(&mut self, r: PhysRange) -> Result<(), PinError> {
+        self.prepare_unpin(r)?;
+        self.commit_unpin(r);
+        Ok(())
+    }
+
+    /// The fallible half of [`unpin`](Self::unpin): checks `r` and reserves the entries
+    /// splitting runs at its ends needs. After `Ok`, [`commit_unpin`](Self::commit_unpin)
+    /// of the same range (with no other change in between) cannot fail. On error nothing
+    /// changed.
+    pub fn prepare_unpin(&mut self, r: PhysRange) -> Result<(), PinError> {
         let Some((start, end)) = pfns(r) else {
             debug_assert!(false, "unpin of a bad range {r:?}");
             return Err(PinError::Invalid);
@@ -170,6 +208,17 @@ impl PinSet {
                 .try_reserve(splits + SPARE)
                 .map_err(|_| PinError::NoMem)?;
         }
+        Ok(())
+    }
+
+    /// The commit half of [`unpin`](Self::unpin), after
+    /// [`prepare_unpin`](Self::prepare_unpin) of `r` succeeded: removes one pin from
+    /// every page of `r`.
+    pub fn commit_unpin(&mut self, r: PhysRange) {
+        let Some((start, end)) = pfns(r) else {
+            debug_assert!(false, "commit_unpin of a bad range {r:?}");
+            return;
+        };
         self.split_at(start);
         self.split_at(end);
         let first = self.runs.partition_point(|run| run.end <= start);
@@ -189,7 +238,6 @@ impl PinSet {
         self.pages -= freed;
         self.runs.retain(|run| run.count != 0);
         self.merge_around(start, end);
-        Ok(())
     }
 
     /// Splits the run containing page `pfn` (if any) so that a run starts at `pfn`.

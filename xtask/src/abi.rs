@@ -14,8 +14,9 @@ use std::process::ExitCode;
 
 use host_abi::table::{Const, GROUPS, Group, Style};
 
-use crate::bail;
-use crate::util::{self, Result, say, show};
+use anyhow::{Result, bail};
+
+use crate::util::{self, say, show};
 
 /// The header, relative to the workspace root.
 pub const HEADER: &str = "host-abi/include/warden_abi.h";

@@ -7,15 +7,15 @@
 //! the variant's own log lines appear; the disk sector the guest wrote is on the disk
 //! file; and QEMU powered off by itself with status 0 before the timeout.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context, Result};
+
 use crate::image;
-use crate::md5;
 use crate::qemu::{self, Boot, Machine, RAM_BASE};
-use crate::util::{
-    self, Context, Result, hex_numbers, name_and_rest, show, truncate, write_atomic,
-};
+use crate::util::{self, hex_numbers, name_and_rest, show, truncate, write_atomic};
 
 /// The checks of the test `/init`, in the order it runs them.
 pub const TESTS: [&str; 10] = [
@@ -138,6 +138,16 @@ pub const DISK_SIZE: usize = 4 << 20;
 /// The disk's first bytes (the guest checks them before the md5).
 pub const DISK_MAGIC: &[u8; 16] = b"WARDEN-TEST-DISK";
 
+/// The MD5 digest of `data` as 32 lower-case hex digits, as busybox `md5sum` prints it in
+/// the guest (a check of the disk's contents, not a secure hash).
+pub fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state << 13;
     *state ^= *state >> 7;
@@ -156,7 +166,7 @@ pub fn make_disk(seed: u64) -> Disk {
     }
     bytes.truncate(DISK_SIZE);
     let blocks = (DISK_SIZE / 4096 - 1) as u64; // the last block is for the write test
-    let md5 = md5::hex_digest(&bytes[..blocks as usize * 4096]);
+    let md5 = md5_hex(&bytes[..blocks as usize * 4096]);
     let nonce = format!("{:016x}", xorshift(&mut state));
     Disk {
         bytes,
@@ -404,10 +414,15 @@ pub fn run_variant(
     let suffix = if opts.direct { "-direct" } else { "" };
     let log = dir.join(format!("{}{suffix}.log", v.name));
     let disk_path = dir.join(format!("{}{suffix}.disk", v.name));
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-        ^ util::fnv1a(v.name.as_bytes(), util::FNV_START);
+    let seed = {
+        let mut h = DefaultHasher::new();
+        v.name.hash(&mut h);
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+            .hash(&mut h);
+        h.finish()
+    };
     let disk = make_disk(seed);
     write_atomic(&disk_path, &disk.bytes)?;
 
@@ -692,6 +707,38 @@ WTEST DONE
     }
 
     #[test]
+    fn md5_rfc1321_vectors() {
+        assert_eq!(md5_hex(b""), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(md5_hex(b"abc"), "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(
+            md5_hex(
+                b"12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+            ),
+            "57edf4a22be3c955ac49da2e2107b67a"
+        );
+    }
+
+    #[test]
+    fn md5_matches_md5sum_on_a_large_input() {
+        // Cross-check against the host's md5sum when it is there (coreutils).
+        let data: Vec<u8> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let Ok(mut child) = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            return;
+        };
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&data).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let want = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(md5_hex(&data), want.split_whitespace().next().unwrap());
+    }
+
+    #[test]
     fn disks_differ_by_seed_and_carry_their_md5() {
         let (a, b) = (make_disk(1), make_disk(2));
         assert_eq!(a.bytes.len(), DISK_SIZE);
@@ -699,7 +746,7 @@ WTEST DONE
         assert_ne!(a.md5, b.md5);
         assert_ne!(a.nonce, b.nonce);
         assert_eq!(a.blocks, 1023);
-        assert_eq!(a.md5, md5::hex_digest(&a.bytes[..1023 * 4096]));
+        assert_eq!(a.md5, md5_hex(&a.bytes[..1023 * 4096]));
         let args = test_bootargs(4, &a);
         assert!(args.contains(&format!("warden_test.md5={}", a.md5)));
         assert!(args.contains("warden_test.cpus=4"));

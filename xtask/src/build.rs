@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bail;
+use anyhow::{Context, Result, bail};
+
 use crate::image;
-use crate::util::{self, Context, Result, say, show, write_atomic};
+use crate::util::{self, say, show, write_atomic};
 
 /// The bare-metal target the image (and the `hyp` crate in it) is built for: general
 /// registers only, so that no EL2 code touches the host's FP/SIMD/SVE state (the build

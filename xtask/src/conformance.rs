@@ -13,10 +13,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Result;
+
 use crate::boottest::{Variant, banner_problem};
 use crate::qemu::{self, Machine};
 use crate::testimage::{self, TestImage, parse_summary};
-use crate::util::{self, Result, name_and_rest};
+use crate::util::{self, name_and_rest};
 
 /// The suite's check names, in run order: the image's own list.
 mod names {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::bail;
+use anyhow::{Context, Result, bail};
+
 use crate::image;
-use crate::util::{self, Context, Result, output, run, say, show};
+use crate::util::{self, output, run, say, show};
 
 /// The QEMU major version Warden needs (an SMMUv3 with stage 2, `guest-loader`).
 pub const QEMU_MIN_MAJOR: u32 = 10;
@@ -85,7 +86,7 @@ pub fn ensure_rust_target() -> Result<()> {
         Ok(list) => list,
         Err(e) => {
             say(format!(
-                "cannot ask rustup for installed targets ({e}); assuming {} are there",
+                "cannot ask rustup for installed targets ({e:#}); assuming {} are there",
                 targets.join(" and ")
             ));
             return Ok(());

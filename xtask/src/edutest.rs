@@ -14,13 +14,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bail;
+use anyhow::{Context, Result, bail};
+
 #[cfg(test)]
 use crate::boottest::WARDEN_ARGS;
 use crate::boottest::{Variant, banner_problem};
 use crate::qemu::{self, Machine};
 use crate::testimage::{self, TestImage, parse_summary};
-use crate::util::{self, Context, Result, hex_numbers, name_and_rest, say, show};
+use crate::util::{self, hex_numbers, name_and_rest, say, show};
 
 /// The boot-test variants the edu image runs on.
 pub const VARIANT_NAMES: [&str; 3] = ["max-gicv3", "a57-gicv2", "n1-5g"];

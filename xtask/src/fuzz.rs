@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::bail;
-use crate::util::{self, Context, Result, describe, output, say, show};
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, describe, output, say, show};
 
 /// The fuzz target.
 pub const TARGET: &str = "dispatch";

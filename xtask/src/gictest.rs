@@ -14,10 +14,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Result;
+
 use crate::boottest::{Variant, banner_problem};
 use crate::qemu::{self, Machine};
 use crate::testimage::{self, TestImage, parse_summary};
-use crate::util::{self, Result, name_and_rest};
+use crate::util::{self, name_and_rest};
 
 /// The boot-test variants the image runs on (the GICv3 ones with an ITS).
 pub const VARIANT_NAMES: [&str; 2] = ["max-gicv3", "n1-5g"];

@@ -10,12 +10,10 @@
 //!  56     magic        "ARM\x64"
 //! ```
 
+use anyhow::{Context, Result, anyhow, bail};
 use object::elf::{EM_AARCH64, FileHeader64, PT_LOAD};
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::{Endianness, FileKind};
-
-use crate::bail;
-use crate::util::{Context, Result};
 
 /// Offset of the magic number in an arm64 Image header.
 pub const MAGIC_OFFSET: usize = 56;
@@ -72,7 +70,7 @@ pub fn elf_to_flat(data: &[u8]) -> Result<Flat> {
         }
         let bytes = ph
             .data(endian, data)
-            .map_err(|()| format!("PT_LOAD at {vaddr:#x}: file bytes lie outside the file"))?;
+            .map_err(|()| anyhow!("PT_LOAD at {vaddr:#x}: file bytes lie outside the file"))?;
         let end = vaddr
             .checked_add(memsz)
             .with_context(|| format!("PT_LOAD at {vaddr:#x}: size overflows"))?;
@@ -280,32 +278,22 @@ pub(crate) mod tests {
     #[test]
     fn rejects_overlap_and_non_elf() {
         let elf = make_elf(0, &[(0, vec![1; 8], 0x100), (0x80, vec![2; 8], 8)]);
-        assert!(elf_to_flat(&elf).unwrap_err().0.contains("overlap"));
+        assert!(format!("{:#}", elf_to_flat(&elf).unwrap_err()).contains("overlap"));
         assert!(elf_to_flat(b"MZ not an elf at all, really not").is_err());
         let mut other = make_elf(0, &[(0, vec![1; 8], 8)]);
         other[18] = 62; // EM_X86_64
-        assert!(elf_to_flat(&other).unwrap_err().0.contains("aarch64"));
+        assert!(format!("{:#}", elf_to_flat(&other).unwrap_err()).contains("aarch64"));
     }
 
     #[test]
     fn header_checks() {
         let h = header(0, 0x2000);
         assert!(check_header(&h, 0x2000).is_ok());
-        assert!(
-            check_header(&h, 0x2001)
-                .unwrap_err()
-                .0
-                .contains("image_size")
-        );
-        assert!(
-            check_header(&header(0, 0), 0x40)
-                .unwrap_err()
-                .0
-                .contains("is 0")
-        );
+        assert!(format!("{:#}", check_header(&h, 0x2001).unwrap_err()).contains("image_size"));
+        assert!(format!("{:#}", check_header(&header(0, 0), 0x40).unwrap_err()).contains("is 0"));
         let mut bad = h.clone();
         bad[56] = b'X';
-        assert!(check_header(&bad, 0x40).unwrap_err().0.contains("magic"));
+        assert!(format!("{:#}", check_header(&bad, 0x40).unwrap_err()).contains("magic"));
         assert!(parse_header(&h[..32]).is_err());
     }
 

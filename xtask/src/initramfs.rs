@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
-use crate::cpio;
+use anyhow::{Context, Result};
+
 use crate::deps::{self, Payload};
 use crate::kmod;
-use crate::util::{Context, Result, say, show, write_atomic};
+use crate::newc;
+use crate::util::{say, show, write_atomic};
 
 /// The drivers the host needs beyond what the kernel has built in.
 pub const WANTED_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
@@ -45,28 +47,28 @@ pub fn build_fp_regs() -> Result<Vec<u8>> {
 }
 
 /// Builds the archive in memory.
-pub fn build(busybox: &[u8], modules: &[kmod::Module], fp_regs: &[u8]) -> Vec<u8> {
-    let mut w = cpio::Writer::new();
+pub fn build(busybox: &[u8], modules: &[kmod::Module], fp_regs: &[u8]) -> Result<Vec<u8>> {
+    let mut w = newc::Writer::new();
     for dir in [
         "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "root",
     ] {
-        w.dir(dir, 0o755);
+        w.dir(dir, 0o755)?;
     }
-    w.dir("tmp", 0o1777);
+    w.dir("tmp", 0o1777)?;
     // The kernel opens /dev/console for init before anything is mounted.
-    w.char_dev("dev/console", 0o600, 5, 1);
-    w.char_dev("dev/null", 0o666, 1, 3);
-    w.file("bin/busybox", 0o755, busybox);
+    w.char_dev("dev/console", 0o600, 5, 1)?;
+    w.char_dev("dev/null", 0o666, 1, 3)?;
+    w.file("bin/busybox", 0o755, busybox)?;
     // The rest of the applet links come from `busybox --install -s` in /init.
-    w.symlink("bin/sh", "busybox");
-    w.file("bin/fp-regs", 0o755, fp_regs);
+    w.symlink("bin/sh", "busybox")?;
+    w.file("bin/fp-regs", 0o755, fp_regs)?;
     let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
-    w.file("init", 0o755, init_script(&names).as_bytes());
-    w.file("etc/inittab", 0o644, INITTAB.as_bytes());
-    w.file("etc/profile", 0o644, PROFILE.as_bytes());
-    w.dir("lib/modules", 0o755);
+    w.file("init", 0o755, init_script(&names).as_bytes())?;
+    w.file("etc/inittab", 0o644, INITTAB.as_bytes())?;
+    w.file("etc/profile", 0o644, PROFILE.as_bytes())?;
+    w.dir("lib/modules", 0o755)?;
     for m in modules {
-        w.file(&format!("lib/modules/{}.ko", m.name), 0o644, &m.data);
+        w.file(&format!("lib/modules/{}.ko", m.name), 0o644, &m.data)?;
     }
     w.finish()
 }
@@ -84,7 +86,7 @@ pub fn ensure(payload: &Payload) -> Result<PathBuf> {
     let modules = kmod::resolve(&payload.moddir, WANTED_MODULES, &deps::ensure_tool)
         .context("cannot collect the kernel modules for the initramfs")?;
     let fp_regs = build_fp_regs().context("cannot build the fp-regs test program")?;
-    let archive = build(&busybox, &modules, &fp_regs);
+    let archive = build(&busybox, &modules, &fp_regs).context("cannot build the initramfs")?;
     let out = path();
     if std::fs::read(&out).is_ok_and(|old| old == archive) {
         return Ok(out);
@@ -138,7 +140,7 @@ mod tests {
             name: "virtio".into(),
             data: vec![7; 10],
         };
-        let a = build(b"BB", &[m], b"FP");
+        let a = build(b"BB", &[m], b"FP").unwrap();
         let find = |s: &str| a.windows(s.len()).any(|w| w == s.as_bytes());
         for name in [
             "init\0",

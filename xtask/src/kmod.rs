@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Command;
 
+use anyhow::{Context, Result, bail};
+
 use object::elf::FileHeader64;
 use object::read::elf::{FileHeader, SectionHeader};
 use object::{Endianness, FileKind};
-
-use crate::bail;
-use crate::util::{Context, Result};
 
 /// The module name of a module file: its base name without `.ko[.xz|.zst|.gz]`, with
 /// `-` spelled `_` (as the kernel does).
@@ -323,8 +322,8 @@ mod tests {
             Ok(Some(vec![if n == "a" { "b" } else { "a" }.to_string()]))
         })
         .unwrap_err();
-        assert!(err.0.contains("circular"), "{err}");
-        assert!(load_order(&["x"], |_| Err("no module x".into())).is_err());
+        assert!(format!("{err:#}").contains("circular"), "{err:#}");
+        assert!(load_order(&["x"], |_| Err(anyhow::anyhow!("no module x"))).is_err());
     }
 
     /// A relocatable ELF with a `.modinfo` section holding `modinfo`.

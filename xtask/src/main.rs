@@ -6,7 +6,6 @@ mod abi;
 mod boottest;
 mod build;
 mod conformance;
-mod cpio;
 mod deps;
 mod edutest;
 mod fuzz;
@@ -15,17 +14,19 @@ mod image;
 mod initramfs;
 mod insn;
 mod kmod;
-mod md5;
+mod newc;
 mod qemu;
 mod suite;
 mod testimage;
 mod util;
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use util::{Context, Result, say, show};
-// `bail!` is exported at the crate root.
+use anyhow::{Context, Result, anyhow, bail};
+use lexopt::ValueExt;
+use util::{say, show};
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -90,50 +91,56 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// A tiny command line reader: `--flag`, `--opt VALUE`, `--opt=VALUE`, `-- rest`.
-struct Args {
-    args: std::vec::IntoIter<String>,
-    pending: Option<String>,
-}
+/// The options of one command, tokenised by `lexopt`: `--flag`, `--opt VALUE`,
+/// `--opt=VALUE`, `-- rest`. The match on the names stays in each `parse_*`.
+struct Args(lexopt::Parser);
 
 impl Args {
     fn new(args: Vec<String>) -> Self {
-        Self {
-            args: args.into_iter(),
-            pending: None,
-        }
+        Self(lexopt::Parser::from_args(args))
     }
 
-    /// The next option name (a value given as `--opt=value` is kept for [`Self::value`]).
+    /// The next option's name (`--name`, `-n`), `--` for the end of the options, or a
+    /// word that is no option as it is (for the caller to reject); `None` at the end. A
+    /// value given as `--opt=value` is kept for [`Self::value`] and is an error if the
+    /// caller does not take it.
     fn next_opt(&mut self) -> Result<Option<String>> {
-        if let Some(v) = self.pending.take() {
-            bail!("unexpected value '{v}'");
+        let mut raw = self.0.raw_args()?;
+        if raw.peek() == Some(OsStr::new("--")) {
+            raw.next();
+            return Ok(Some("--".into()));
         }
-        let Some(arg) = self.args.next() else {
-            return Ok(None);
-        };
-        if let Some((name, value)) = arg.split_once('=').filter(|_| arg.starts_with("--")) {
-            self.pending = Some(value.to_string());
-            return Ok(Some(name.to_string()));
-        }
-        Ok(Some(arg))
+        Ok(match self.0.next()? {
+            None => None,
+            Some(lexopt::Arg::Long(name)) => Some(format!("--{name}")),
+            Some(lexopt::Arg::Short(c)) => Some(format!("-{c}")),
+            Some(lexopt::Arg::Value(word)) => Some(word.string()?),
+        })
     }
 
     fn value(&mut self, opt: &str) -> Result<String> {
-        self.pending
-            .take()
-            .or_else(|| self.args.next())
-            .with_context(|| format!("{opt} needs a value"))
+        let Ok(v) = self.0.value() else {
+            bail!("{opt} needs a value");
+        };
+        Ok(v.string()?)
     }
 
     fn number(&mut self, opt: &str) -> Result<u64> {
         let v = self.value(opt)?;
         v.parse()
-            .map_err(|_| format!("{opt}: '{v}' is not a number").into())
+            .map_err(|_| anyhow!("{opt}: '{v}' is not a number"))
     }
 
-    fn rest(&mut self) -> Vec<String> {
-        self.args.by_ref().collect()
+    /// Everything not read yet, as it was given (after `--`: arguments for QEMU or
+    /// libFuzzer; for `elf2bin`/`check-no-fp`/`abi-header`: their operands).
+    fn rest(&mut self) -> Result<Vec<String>> {
+        self.0
+            .raw_args()?
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| anyhow!("not UTF-8: {}", a.display()))
+            })
+            .collect()
     }
 }
 
@@ -195,7 +202,7 @@ fn parse_run(mut args: Args) -> Result<RunOptions> {
             "--debug" => o.debug = true,
             "--direct" => o.direct = true,
             "--image" => o.image = Some(args.value(&opt)?.into()),
-            "--" => o.extra = args.rest(),
+            "--" => o.extra = args.rest()?,
             other => bail!("run: unknown option '{other}'\n\n{USAGE}"),
         }
     }
@@ -252,7 +259,7 @@ fn parse_fuzz(mut args: Args) -> Result<fuzz::Options> {
                     .context("--max-len: at least 2 bytes")?
             }
             "--sanitizer" => o.sanitizer = args.value(&opt)?,
-            "--" => o.extra = args.rest(),
+            "--" => o.extra = args.rest()?,
             other => bail!("fuzz: unknown option '{other}'\n\n{USAGE}"),
         }
     }
@@ -361,9 +368,9 @@ fn main_inner() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "deps" => cmd_deps(),
-        "abi-header" => abi::cmd(&args.rest()),
+        "abi-header" => abi::cmd(&args.rest()?),
         "elf2bin" => {
-            let rest = args.rest();
+            let rest = args.rest()?;
             let [elf, out] = rest.as_slice() else {
                 bail!("usage: cargo xtask elf2bin ELF OUT");
             };
@@ -371,7 +378,7 @@ fn main_inner() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "check-no-fp" => {
-            let rest = args.rest();
+            let rest = args.rest()?;
             let [elf] = rest.as_slice() else {
                 bail!("usage: cargo xtask check-no-fp ELF");
             };
@@ -390,7 +397,7 @@ fn main() -> ExitCode {
     match main_inner() {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("xtask: error: {e}");
+            eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -467,6 +474,23 @@ mod tests {
         assert!(parse_run(args(&["--frobnicate"])).is_err());
         assert!(parse_run(args(&["--smp"])).is_err());
         assert!(parse_run(args(&["--debug=yes"])).is_err());
+        assert!(parse_run(args(&["stray"])).is_err());
+        assert!(parse_run(args(&["-x"])).is_err());
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_is_for_qemu() {
+        let o = parse_run(args(&["--smp=2", "--", "--smp", "8", "--", "-S"])).unwrap();
+        assert_eq!(o.machine.smp, 2);
+        assert_eq!(o.extra, ["--smp", "8", "--", "-S"]);
+        let o = parse_run(args(&["--append", "--", "--"])).unwrap();
+        assert_eq!(
+            o.append.as_deref(),
+            Some("--"),
+            "a value may look like an option"
+        );
+        assert!(o.extra.is_empty());
+        assert!(parse_test(args(&["--"])).is_err());
     }
 
     #[test]

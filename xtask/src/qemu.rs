@@ -8,9 +8,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::bail;
+use anyhow::{Context, Result, anyhow, bail};
+
 use crate::image;
-use crate::util::{Context, Result, show};
+use crate::util::show;
 
 /// RAM base of QEMU's `virt` machine.
 pub const RAM_BASE: u64 = 0x4000_0000;
@@ -67,7 +68,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("cannot parse memory size '{s}' (use e.g. 2G or 1536M)"))?;
+        .map_err(|_| anyhow!("cannot parse memory size '{s}' (use e.g. 2G or 1536M)"))?;
     n.checked_mul(1 << shift)
         .with_context(|| format!("memory size '{s}' is too large"))
 }
@@ -459,17 +460,15 @@ mod tests {
             ..machine()
         };
         assert!(
-            check_layout(&small, &kernel, &initrd)
-                .unwrap_err()
-                .0
-                .contains("1 GiB")
+            format!("{:#}", check_layout(&small, &kernel, &initrd).unwrap_err()).contains("1 GiB")
         );
         std::fs::write(&kernel, crate::image::tests::header(0, 200 << 20)).unwrap();
         assert!(
-            check_layout(&machine(), &kernel, &initrd)
-                .unwrap_err()
-                .0
-                .contains("runs into")
+            format!(
+                "{:#}",
+                check_layout(&machine(), &kernel, &initrd).unwrap_err()
+            )
+            .contains("runs into")
         );
         std::fs::write(&kernel, b"not an image").unwrap();
         assert!(check_layout(&machine(), &kernel, &initrd).is_err());

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::bail;
+use anyhow::{Result, bail};
+
 use crate::boottest::{self, VARIANTS};
 use crate::testimage::{self, TestImage};
-use crate::util::{Result, describe};
+use crate::util::describe;
 use crate::{build, cargo, conformance, deps, edutest, gictest, initramfs};
 
 /// The steps, in the order they run. Boot steps are named `boot:<variant>`, the edu DMA
@@ -181,10 +182,10 @@ pub fn run(opts: &Options) -> Result<bool> {
         match ready {
             Ok(p) => payload = Some(p),
             Err(e) => {
-                println!("xtask: cannot set up the boot tests: {e}");
+                println!("xtask: cannot set up the boot tests: {e:#}");
                 results.push((
                     "setup".into(),
-                    Outcome::Fail(format!("{e}")),
+                    Outcome::Fail(format!("{e:#}")),
                     setup_start.elapsed(),
                 ))
             }
@@ -196,7 +197,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     if edus && !qemu_ok {
         match deps::ensure_qemu() {
             Ok(()) => qemu_ok = true,
-            Err(e) => println!("xtask: cannot set up the edu/conformance tests: {e}"),
+            Err(e) => println!("xtask: cannot set up the edu/conformance tests: {e:#}"),
         }
     }
     // The edu and conformance test images, built by the first step that boots each.
@@ -270,7 +271,7 @@ pub fn run(opts: &Options) -> Result<bool> {
                     image_ok = true;
                     Outcome::Pass
                 }
-                Err(e) => Outcome::Fail(e.to_string()),
+                Err(e) => Outcome::Fail(format!("{e:#}")),
             },
             edu if edu.starts_with("edu:") => {
                 test_image_step::<edutest::Edu>(edu, opts, qemu_ok, image_ok, &mut edu_image)
@@ -315,7 +316,7 @@ pub fn run(opts: &Options) -> Result<bool> {
                                     ))
                                     .display()
                             )),
-                            Err(e) => Outcome::Fail(e.to_string()),
+                            Err(e) => Outcome::Fail(format!("{e:#}")),
                         }
                     }
                 }

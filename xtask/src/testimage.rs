@@ -7,9 +7,11 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Result;
+
 use crate::boottest::{VARIANTS, Variant, WARDEN_ARGS, log_dir};
 use crate::qemu::{self, KERNEL_ADDR, Machine};
-use crate::util::{Result, show, truncate};
+use crate::util::{show, truncate};
 
 /// One kind of test image boot (`edu`, `conf`).
 pub trait TestImage {
@@ -161,10 +163,10 @@ pub fn run_step<T: TestImage>(
     image: &mut Option<std::result::Result<PathBuf, String>>,
 ) -> std::result::Result<(), String> {
     let image = image
-        .get_or_insert_with(|| T::build_image().map_err(|e| e.to_string()))
+        .get_or_insert_with(|| T::build_image().map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| format!("{}: {e}", T::WHAT))?;
-    let problems = run_variant::<T>(v, warden, image, timeout).map_err(|e| e.to_string())?;
+    let problems = run_variant::<T>(v, warden, image, timeout).map_err(|e| format!("{e:#}"))?;
     match problems.as_slice() {
         [] => Ok(()),
         [first, rest @ ..] => Err(format!(

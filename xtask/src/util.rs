@@ -1,73 +1,14 @@
-//! Small shared helpers: the error type, paths of the workspace, running commands.
+//! Small shared helpers: paths of the workspace, running commands, console text.
+//!
+//! Errors are `anyhow`'s: a message for the person at the terminal with its causes,
+//! printed as one line (`{:#}`: "what failed: why").
 
 use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// xtask's error: a message meant for the person at the terminal.
-#[derive(Debug)]
-pub struct Error(pub String);
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Error(e.to_string())
-    }
-}
-
-impl From<String> for Error {
-    fn from(s: String) -> Self {
-        Error(s)
-    }
-}
-
-impl From<&str> for Error {
-    fn from(s: &str) -> Self {
-        Error(s.to_string())
-    }
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Returns early with an [`Error`] built like `format!`.
-#[macro_export]
-macro_rules! bail {
-    ($($arg:tt)*) => {
-        return Err($crate::util::Error(format!($($arg)*)))
-    };
-}
-
-/// Adds a sentence of context in front of an error.
-pub trait Context<T> {
-    fn context(self, what: impl fmt::Display) -> Result<T>;
-    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
-}
-
-impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
-    fn context(self, what: impl fmt::Display) -> Result<T> {
-        self.map_err(|e| Error(format!("{what}: {e}")))
-    }
-    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.map_err(|e| Error(format!("{}: {e}", what())))
-    }
-}
-
-impl<T> Context<T> for Option<T> {
-    fn context(self, what: impl fmt::Display) -> Result<T> {
-        self.ok_or_else(|| Error(what.to_string()))
-    }
-    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
-        self.ok_or_else(|| Error(what().to_string()))
-    }
-}
+use anyhow::{Context, Result, bail};
 
 /// The workspace root (the parent of `xtask/`).
 pub fn root() -> PathBuf {
@@ -215,18 +156,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// FNV-1a, 64 bit: a stable fingerprint for "did the inputs change" stamps.
-pub fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
-    for &b in data {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// The FNV-1a offset basis.
-pub const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,11 +166,5 @@ mod tests {
         cmd.args(["-m", "2G", "-append", "a b", "it's"]);
         assert_eq!(describe(&cmd), r"qemu -m 2G -append 'a b' 'it'\''s'");
         assert_eq!(describe(&Command::new("/opt/rust/bin/cargo")), "cargo");
-    }
-
-    #[test]
-    fn fnv_known_values() {
-        assert_eq!(fnv1a(b"", FNV_START), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a(b"a", FNV_START), 0xaf63_dc4c_8601_ec8c);
     }
 }

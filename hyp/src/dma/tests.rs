@@ -4,8 +4,11 @@
 
 use super::world::*;
 use super::*;
+use crate::PAGE;
+use crate::addr::Iova;
 use crate::smmu::cmdq::op;
 use crate::smmu::model::{DmaFault, ModelConfig};
+use host_abi::{domain, features, func, prot, stats};
 use host_abi::{domain_flags, event};
 use std::println;
 
@@ -103,6 +106,94 @@ fn features_report_paths_sizes_and_limits() {
     assert_eq!(sizes, (4 << 10) | (2 << 20) | (64 << 10));
 }
 
+/// The typed core methods a second front-end (virtio-iommu) calls serve the same domains
+/// as the hypercalls: no register layout is needed below the front-end.
+#[test]
+fn typed_core_methods_serve_the_same_domains_as_the_hypercalls() {
+    each_config(|w, what| {
+        let h = &w.hyp;
+        let d = h.domain_alloc(DomainFlags::decode(0).unwrap()).unwrap();
+        assert!(d >= DomainId::FIRST_MANAGED, "{what}");
+        let ep = Endpoint { smmu: 0, sid: SID };
+        h.attach(d, ep).unwrap();
+        let ro = Prot {
+            read: true,
+            write: false,
+        };
+        let none = Prot {
+            read: false,
+            write: false,
+        };
+        let iova = Iova(0x10_0000);
+        assert_eq!(
+            h.map(d, iova, PhysRange::new(HP, PAGE), none),
+            Err(Error::Invalid),
+            "{what}: no access"
+        );
+        assert_eq!(h.map(d, iova, PhysRange::new(HP, PAGE), ro), Ok(PAGE));
+        assert_eq!(w.dma(0, SID, iova.get(), false), Ok(PhysAddr(HP)), "{what}");
+        assert_eq!(w.dma(0, SID, iova.get(), true), Err(DmaFault::Permission));
+        assert_eq!(h.iova_to_phys(d, iova), Ok(PhysAddr(HP)));
+        assert_eq!(
+            w.try_call(func::IOVA_TO_PHYS, &[d.get(), iova.get()]),
+            Ok([HP, 0, 0]),
+            "{what}: the hypercall sees the same mapping"
+        );
+        assert_eq!(w.pins(HP), 1);
+        assert_eq!(h.unmap(d, iova, PAGE), Ok(PAGE));
+        assert_eq!(w.dma(0, SID, iova.get(), false), Err(DmaFault::Translation));
+        assert_eq!(w.pins(HP), 0, "{what}: strict unmap released the pin");
+        assert_eq!(h.domain_free(d), Err(Error::Busy), "attached");
+        h.attach(DomainId::HOST, ep).unwrap();
+        assert_eq!(h.domain_free(d), Ok(()));
+        assert_eq!(h.flush(d), Err(Error::NoEnt));
+        let f = h.features();
+        let [bits, sizes, limits] = w.try_call(func::FEATURES, &[]).unwrap();
+        assert_eq!(bits & features::BTM != 0, f.btm);
+        assert_eq!(sizes, f.page_sizes);
+        assert_eq!(limits & features::LIMIT_DOMAINS_MASK, f.max_domains);
+        assert_eq!(h.stats().pages_pinned, w.stats(stats::PAGES)[0]);
+    });
+}
+
+/// Each layer's error reaches the ABI as the status code the calls have always returned.
+#[test]
+fn layer_errors_map_to_their_abi_codes() {
+    use crate::frames::NoMem;
+    use crate::pins::PinError;
+    use crate::s2mmu::S2Error;
+    use crate::smmu::SmmuError;
+    use crate::vmid_alloc::{Vmid, VmidError};
+    assert_eq!(Error::from(S2Error::OutOfMemory { done: 0 }), Error::NoMem);
+    for e in [
+        S2Error::InvalidIpaBits,
+        S2Error::InvalidPaBits,
+        S2Error::Misaligned,
+        S2Error::OutOfRange,
+    ] {
+        assert_eq!(Error::from(e), Error::Invalid, "{e}");
+    }
+    assert_eq!(Error::from(NoMem), Error::NoMem);
+    assert_eq!(Error::from(PinError::NoMem), Error::NoMem);
+    assert_eq!(Error::from(PinError::Invalid), Error::Invalid);
+    assert_eq!(Error::from(VmidError::Exhausted), Error::NoSpc);
+    assert_eq!(Error::from(VmidError::InUse(Vmid::new(3))), Error::Busy);
+    assert_eq!(Error::from(SmmuError::SidOutOfRange(7)), Error::NoEnt);
+    assert_eq!(Error::from(SmmuError::OutOfMemory), Error::NoMem);
+    assert_eq!(Error::from(SmmuError::BadConfig("x")), Error::Invalid);
+    assert_eq!(
+        Error::from(SmmuError::Unsupported("x")),
+        Error::NotSupported
+    );
+    for e in [
+        SmmuError::Timeout("x"),
+        SmmuError::BadQueueIndex(0),
+        SmmuError::CommandSkipped(0),
+    ] {
+        assert_eq!(Error::from(e), Error::Busy, "{e}");
+    }
+}
+
 #[test]
 fn unknown_calls_are_not_supported_and_change_nothing() {
     let w = world(false);
@@ -137,7 +228,10 @@ fn domain_alloc_and_free_errors() {
     assert!(d >= domain::FIRST_MANAGED);
     let e = w.alloc(BATCHED | NC | G64K).unwrap();
     assert_ne!(d, e);
-    assert_ne!(w.hyp.domain_vmid(d), w.hyp.domain_vmid(e));
+    assert_ne!(
+        w.hyp.domain_vmid(DomainId(d)),
+        w.hyp.domain_vmid(DomainId(e))
+    );
     assert_eq!(w.free(0), Err(Error::Invalid));
     assert_eq!(w.free(1), Err(Error::Invalid));
     assert_eq!(w.free(5000), Err(Error::NoEnt));
@@ -519,7 +613,10 @@ fn batched_unmap_is_stale_until_flush_then_faults_and_unpins() {
             Ok(PhysAddr(HP)),
             "{what}: the stale translation still hits (the host's choice)"
         );
-        assert_eq!(w.hyp.iova_to_phys(d, 0x10_0000), Err(Error::NoEnt));
+        assert_eq!(
+            w.hyp.iova_to_phys(DomainId(d), Iova(0x10_0000)),
+            Err(Error::NoEnt)
+        );
         w.flush(d).unwrap();
         assert_eq!(w.dma(0, SID, 0x10_0000, true), Err(DmaFault::Translation));
         assert_eq!(w.pins(HP), 0);
@@ -660,7 +757,7 @@ fn recycled_vmid_never_serves_a_stale_translation() {
             ..Opts::default()
         });
         let d = mapped(&w, 0, 1);
-        let vmid = w.hyp.domain_vmid(d).unwrap();
+        let vmid = w.hyp.domain_vmid(DomainId(d)).unwrap();
         assert_eq!(w.dma(0, SID, 0x10_0000, true), Ok(PhysAddr(HP)));
         w.attach(domain::HOST, 0, SID).unwrap();
         w.clear_counts();
@@ -675,7 +772,7 @@ fn recycled_vmid_never_serves_a_stale_translation() {
         let mut n = 0;
         loop {
             e = w.alloc(0).unwrap();
-            if w.hyp.domain_vmid(e) == Some(vmid) {
+            if w.hyp.domain_vmid(DomainId(e)) == Some(vmid) {
                 break;
             }
             w.free(e).unwrap();

@@ -4,11 +4,15 @@
 //! BTM), a settable clock, and the core on top.
 
 use super::*;
+use crate::PAGE;
+use crate::host_mem;
 use crate::s2mmu::NoTlb;
+use crate::s2mmu::{S2Geometry, Stage2};
 use crate::smmu::ProbeConfig;
 use crate::smmu::model::{DmaFault, ModelConfig, SmmuModel};
 use crate::testutil::Ram;
 use alloc::vec;
+use host_abi::{func, prot};
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};

@@ -58,7 +58,12 @@ fn snapshot(w: &World, d: u64, iovas: &[u64]) -> (Vec<u64>, [u64; 3], Vec<Option
     let pages = w.stats(stats::PAGES);
     let tr = iovas
         .iter()
-        .map(|&a| w.hyp.iova_to_phys(d, a).ok())
+        .map(|&a| {
+            w.hyp
+                .iova_to_phys(DomainId(d), Iova(a))
+                .ok()
+                .map(PhysAddr::get)
+        })
         .collect();
     (pins, pages, tr)
 }

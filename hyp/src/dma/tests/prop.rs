@@ -17,8 +17,10 @@
 
 use super::super::world::*;
 use super::super::*;
+use crate::PAGE;
 use crate::smmu::model::DmaFault;
 use host_abi::domain_flags;
+use host_abi::{domain, stats};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -257,7 +259,7 @@ fn check(w: &World, r: &Ref) -> Result<(), String> {
     let mut queued: BTreeMap<u64, u64> = BTreeMap::new();
     for d in &r.doms {
         let mut mine: BTreeMap<u64, u64> = BTreeMap::new();
-        for range in w.hyp.pending_pins(d.id) {
+        for range in w.hyp.pending_pins(DomainId(d.id)) {
             for x in 0..range.size / PAGE {
                 *mine.entry(range.base.get() + x * PAGE).or_default() += 1;
             }
@@ -338,7 +340,7 @@ fn check(w: &World, r: &Ref) -> Result<(), String> {
     for d in &r.doms {
         let v = w
             .hyp
-            .domain_vmid(d.id)
+            .domain_vmid(DomainId(d.id))
             .ok_or("live domain without VMID")?
             .raw();
         if v == HOST_VMID || !vmids.insert(v) {

@@ -5,10 +5,14 @@
 //! pin lost or doubled, no deadlock, every call answered.
 
 use super::super::*;
+use crate::PAGE;
+use crate::addr::PhysRange;
 use crate::s2mmu::NoTlb;
+use crate::s2mmu::{S2Geometry, Stage2};
 use crate::smmu::ProbeConfig;
 use crate::smmu::regs::*;
 use alloc::vec;
+use host_abi::{Error, domain, func, prot, stats};
 use std::boxed::Box;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;

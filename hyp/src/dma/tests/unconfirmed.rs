@@ -116,7 +116,7 @@ fn domain_free_with_an_unconfirmed_quarantine_keeps_pages_tables_and_vmid() {
         w.dma(0, SID, 0x10_0000 + PAGE, true),
         Ok(PhysAddr(HP + PAGE))
     );
-    let vmid = w.hyp.domain_vmid(d).unwrap();
+    let vmid = w.hyp.domain_vmid(DomainId(d)).unwrap();
     let tables: Vec<u64> = w.pool.live().iter().map(|&(a, _)| a).collect();
     w.attach(domain::BLOCKED, 0, SID).unwrap();
     w.models[0].set_stalled(true);
