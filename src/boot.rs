@@ -9,6 +9,7 @@ use crate::platform::El2Cpu;
 use crate::println;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
+use host_abi::PAGE;
 use hyp::addr::{ByteSize, GroupedHex, Ipa, PhysRange};
 use hyp::dma::{Hyp, HypInit};
 use hyp::dtb::{self, Platform};
@@ -311,7 +312,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), BootError> {
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------
-    let out_size = layout::align_up(dtb_len as u64 + 64 * 1024, 4096)
+    let out_size = layout::align_up(dtb_len as u64 + 64 * 1024, PAGE)
         .filter(|&s| s <= 2 * MB)
         .ok_or(BootError::Platform(
             "device tree too large for the host (over 2 MiB)",

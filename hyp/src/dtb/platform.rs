@@ -9,6 +9,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{PhysAddr, PhysRange};
+use host_abi::PAGE;
 
 /// Where a reserved range comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -328,7 +329,6 @@ impl Platform {
     /// where firmware's holding pen (the code the waiting CPUs run) lives (U-Boot's spin
     /// table, the boot-wrapper), and rewriting that code would release them just as well.
     pub fn spin_table_release_pages(&self, boot_mpidr: u64) -> Vec<PhysRange> {
-        const PAGE: u64 = 4096;
         let mut pages: Vec<PhysRange> = Vec::new();
         let mut add = |r: PhysRange| {
             let base = r.base.get() & !(PAGE - 1);
