@@ -30,6 +30,41 @@ use crate::viommu::regs::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Abort;
 
+/// One trapped access to the node's window (from the data abort's ISV syndrome).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Offset from the node's base.
+    pub off: u64,
+    /// Bytes: 1, 2, 4 or 8.
+    pub width: u8,
+    /// A write (of `value`), or a read.
+    pub write: bool,
+    /// The value written (ignored for reads).
+    pub value: u64,
+}
+
+impl Access {
+    /// A read of `width` bytes at `off`.
+    pub const fn read(off: u64, width: u8) -> Self {
+        Self {
+            off,
+            width,
+            write: false,
+            value: 0,
+        }
+    }
+
+    /// A write of `value` (`width` bytes) at `off`.
+    pub const fn write(off: u64, width: u8, value: u64) -> Self {
+        Self {
+            off,
+            width,
+            write: true,
+            value,
+        }
+    }
+}
+
 /// What the device must do after an access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -79,12 +114,8 @@ fn queue_max(q: usize) -> u32 {
 impl Regs {
     /// A device just out of system reset, configured by `cfg`.
     pub fn new(cfg: Config) -> Self {
-        let mut offered = F_VERSION_1
-            | F_INPUT_RANGE
-            | F_DOMAIN_RANGE
-            | F_MAP_UNMAP
-            | F_PROBE
-            | F_BYPASS_CONFIG;
+        let mut offered =
+            F_VERSION_1 | F_INPUT_RANGE | F_DOMAIN_RANGE | F_MAP_UNMAP | F_PROBE | F_BYPASS_CONFIG;
         if cfg.mmio_maps {
             offered |= F_MMIO;
         }
@@ -184,9 +215,14 @@ impl Regs {
         (q < self.vqs.len()).then_some(q)
     }
 
-    /// One access: `width` bytes (1, 2, 4 or 8) at `off` in the window, a write of
-    /// `value` or a read. Returns the value read (0 for writes) and what to do next.
-    pub fn access(&mut self, off: u64, width: u8, write: bool, value: u64) -> Result<(u64, Effect), Abort> {
+    /// One access. Returns the value read (0 for writes) and what to do next.
+    pub fn access(&mut self, a: Access) -> Result<(u64, Effect), Abort> {
+        let Access {
+            off,
+            width,
+            write,
+            value,
+        } = a;
         if off >= WINDOW || !matches!(width, 1 | 2 | 4) || !off.is_multiple_of(u64::from(width)) {
             return Err(Abort);
         }

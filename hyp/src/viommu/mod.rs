@@ -52,7 +52,7 @@ pub mod req;
 mod tests;
 
 pub use event::{Delivery, Fault, FaultReason, Irq};
-pub use mmio::Abort;
+pub use mmio::{Abort, Access};
 pub use req::{Backend, BackendError, Unattached};
 
 use crate::addr::Ipa;
@@ -204,20 +204,16 @@ impl Device {
         &self.stats
     }
 
-    /// One trapped access to the node's window: `width` bytes at `off`, a write of `value`
-    /// or a read. Returns the value read (0 for a write), or [`Abort`] for an access the
-    /// transport does not allow.
+    /// One trapped access to the node's window. Returns the value read (0 for a write),
+    /// or [`Abort`] for an access the transport does not allow.
     pub fn mmio<M: GuestMem, B: Backend, I: Irq>(
         &mut self,
-        off: u64,
-        width: u8,
-        write: bool,
-        value: u64,
+        a: Access,
         mem: &mut M,
         backend: &mut B,
         irq: &mut I,
     ) -> Result<u64, Abort> {
-        let (v, effect) = self.regs.access(off, width, write, value)?;
+        let (v, effect) = self.regs.access(a)?;
         match effect {
             Effect::None => {}
             Effect::Notify(q) if q as usize == REQUESTQ => self.kick(mem, backend, irq),
@@ -298,7 +294,12 @@ impl Device {
 
     /// Puts `fault` into the next event buffer the driver posted and raises the interrupt;
     /// drops it (and counts the drop) when there is no buffer or no live event queue.
-    pub fn report_fault<M: GuestMem, I: Irq>(&mut self, fault: &Fault, mem: &mut M, irq: &mut I) -> Delivery {
+    pub fn report_fault<M: GuestMem, I: Irq>(
+        &mut self,
+        fault: &Fault,
+        mem: &mut M,
+        irq: &mut I,
+    ) -> Delivery {
         match self.deliver(fault, mem) {
             Ok(Some(signal)) => {
                 self.stats.events += 1;
@@ -322,7 +323,11 @@ impl Device {
 
     /// Writes `fault` into the next event buffer: `Some(signal)` when delivered (`signal`:
     /// the driver wants the interrupt), `None` without a buffer.
-    fn deliver<M: GuestMem>(&mut self, fault: &Fault, mem: &mut M) -> Result<Option<bool>, Malformed> {
+    fn deliver<M: GuestMem>(
+        &mut self,
+        fault: &Fault,
+        mem: &mut M,
+    ) -> Result<Option<bool>, Malformed> {
         let live = self.regs.live();
         let vq = &mut self.regs.vqs[EVENTQ];
         if !live || !vq.ready {
@@ -361,8 +366,17 @@ fn serve_one<M: GuestMem, B: Backend>(
     {
         return Err(Malformed::Framing);
     }
+    // The reply buffer must be writable before the backend acts on the request.
     let mut out = [0u8; WRITE_MAX];
-    let len = match req::serve(c.readable(), c.in_total as usize, features, cfg, backend, &mut out) {
+    c.scatter(mem, &out[..c.in_total as usize])?;
+    let len = match req::serve(
+        c.readable(),
+        c.in_total as usize,
+        features,
+        cfg,
+        backend,
+        &mut out,
+    ) {
         Reply::NoWrite => 0,
         Reply::Written(n) => {
             c.scatter(mem, &out[..n])?;

@@ -162,7 +162,10 @@ impl Vq {
             && self.used.is_multiple_of(4)
             && self.desc.checked_add(n * DESC_SIZE).is_some()
             && self.avail.checked_add(AVAIL_RING + 2 * n + 2).is_some()
-            && self.used.checked_add(USED_RING + USED_ELEM * n + 2).is_some();
+            && self
+                .used
+                .checked_add(USED_RING + USED_ELEM * n + 2)
+                .is_some();
         if ok { Ok(()) } else { Err(Malformed::Layout) }
     }
 
@@ -195,7 +198,24 @@ impl Vq {
         }
         let mut b = [0u8; 16];
         mem.read(Ipa(self.desc + DESC_SIZE * u64::from(i)), &mut b)?;
-        let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = b;
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            l0,
+            l1,
+            l2,
+            l3,
+            f0,
+            f1,
+            n0,
+            n1,
+        ] = b;
         Ok(Desc {
             addr: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
             len: u32::from_le_bytes([l0, l1, l2, l3]),
@@ -256,7 +276,12 @@ impl Vq {
 
     /// Writes the used element for `head` (`len` bytes written) at the device's used index,
     /// without publishing it.
-    pub fn put_used<M: GuestMem>(&mut self, mem: &mut M, head: u16, len: u32) -> Result<(), Malformed> {
+    pub fn put_used<M: GuestMem>(
+        &mut self,
+        mem: &mut M,
+        head: u16,
+        len: u32,
+    ) -> Result<(), Malformed> {
         let slot = u64::from(self.used_idx) % u64::from(self.num.max(1));
         let mut b = [0u8; 8];
         b[..4].copy_from_slice(&u32::from(head).to_le_bytes());

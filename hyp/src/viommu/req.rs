@@ -21,7 +21,7 @@
 //! place, `From<BackendError> for Status`.
 
 use super::Config;
-use crate::addr::{Ipa, Iova};
+use crate::addr::{Iova, Ipa};
 use crate::viommu::regs::*;
 
 /// A domain ID of the driver's (not a Warden domain ID: the backend maps them).
@@ -239,12 +239,23 @@ pub enum Unattached {
 pub trait Backend {
     /// Attaches `endpoint` to `domain` (created on first attach; `bypass`: an identity
     /// domain), detaching it from its previous domain first.
-    fn attach(&mut self, domain: DomainId, endpoint: EndpointId, bypass: bool) -> Result<(), BackendError>;
+    fn attach(
+        &mut self,
+        domain: DomainId,
+        endpoint: EndpointId,
+        bypass: bool,
+    ) -> Result<(), BackendError>;
     /// Detaches `endpoint` from `domain` (a domain without endpoints ceases to exist and
     /// loses its mappings).
     fn detach(&mut self, domain: DomainId, endpoint: EndpointId) -> Result<(), BackendError>;
     /// Maps `virt` to `phys` with `flags`.
-    fn map(&mut self, domain: DomainId, virt: IovaRange, phys: Ipa, flags: MapFlags) -> Result<(), BackendError>;
+    fn map(
+        &mut self,
+        domain: DomainId,
+        virt: IovaRange,
+        phys: Ipa,
+        flags: MapFlags,
+    ) -> Result<(), BackendError>;
     /// Removes every mapping inside `virt`; the invalidation may wait for
     /// [`end_of_kick`](Self::end_of_kick) (the pages must stay pinned until then).
     fn unmap(&mut self, domain: DomainId, virt: IovaRange) -> Result<(), BackendError>;
@@ -425,7 +436,10 @@ pub fn serve<B: Backend>(
     backend: &mut B,
     out: &mut [u8; WRITE_MAX],
 ) -> Reply {
-    let Some(tail) = writable.checked_sub(TAIL_SIZE).filter(|_| writable <= WRITE_MAX) else {
+    let Some(tail) = writable
+        .checked_sub(TAIL_SIZE)
+        .filter(|_| writable <= WRITE_MAX)
+    else {
         return Reply::NoWrite;
     };
     let status = match decode(readable, features, cfg) {
