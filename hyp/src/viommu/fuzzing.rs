@@ -89,7 +89,7 @@ struct Mem {
 }
 
 impl GuestMem for Mem {
-    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault> {
+    fn read(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault> {
         self.check(ipa.0, buf.len())?;
         self.ram.read_bytes(ipa.0, buf);
         Ok(())

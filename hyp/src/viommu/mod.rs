@@ -61,10 +61,11 @@ use queue::{Malformed, Vq};
 use regs::{AVAIL_F_NO_INTERRUPT, FAULT_SIZE, HEAD_SIZE, INT_VRING, TAIL_SIZE};
 use req::{Reply, WRITE_MAX};
 
-/// Host memory the device may read and write, by IPA.
+/// Host memory the device may read and write, by IPA. Both directions take `&mut self`:
+/// an implementation may map host pages into Warden's address space on demand.
 pub trait GuestMem {
     /// Reads `buf.len()` bytes at `ipa`; fails if any of it is not the host's to give.
-    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault>;
+    fn read(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault>;
     /// Writes `data` at `ipa`; fails if any of it is not the host's to give.
     fn write(&mut self, ipa: Ipa, data: &[u8]) -> Result<(), MemFault>;
     /// Orders the writes before it before those after it, as the driver observes them
@@ -260,11 +261,16 @@ impl Device {
             Err(e) => bad = Some(e),
             Ok((flags, n)) => {
                 for _ in 0..n {
-                    if let Err(e) = serve_one(&mut vq, mem, backend, features, &cfg) {
-                        bad = Some(e);
-                        break;
+                    match serve_one(&mut vq, mem, backend, features, &cfg) {
+                        Ok(()) => served += 1,
+                        Err((e, reached_backend)) => {
+                            // A request the backend acted on still needs its end_of_kick
+                            // (an UNMAP's invalidation), even if its answer was lost.
+                            served += u32::from(reached_backend);
+                            bad = Some(e);
+                            break;
+                        }
                     }
-                    served += 1;
                 }
                 if served != 0 {
                     self.stats.requests += u64::from(served);
@@ -350,25 +356,28 @@ impl Device {
 }
 
 /// Reads, checks, serves and answers the next request of `vq` (the used element written,
-/// not published).
+/// not published). On error, also says whether the backend had acted on the request.
 fn serve_one<M: GuestMem, B: Backend>(
     vq: &mut Vq,
     mem: &mut M,
     backend: &mut B,
     features: u64,
     cfg: &Config,
-) -> Result<(), Malformed> {
-    let head = vq.next_head(mem)?;
-    let c = vq.chain(mem, head)?;
+) -> Result<(), (Malformed, bool)> {
+    let before = |e: Malformed| (e, false);
+    let head = vq.next_head(mem).map_err(before)?;
+    let c = vq.chain(mem, head).map_err(before)?;
     if c.out_total < HEAD_SIZE as u64
         || c.in_total < TAIL_SIZE as u64
         || c.in_total > WRITE_MAX as u64
     {
-        return Err(Malformed::Framing);
+        return Err(before(Malformed::Framing));
     }
     // The reply buffer must be writable before the backend acts on the request.
     let mut out = [0u8; WRITE_MAX];
-    c.scatter(mem, &out[..c.in_total as usize])?;
+    c.scatter(mem, &out[..c.in_total as usize])
+        .map_err(before)?;
+    let after = |e: Malformed| (e, true);
     let len = match req::serve(
         c.readable(),
         c.in_total as usize,
@@ -379,9 +388,9 @@ fn serve_one<M: GuestMem, B: Backend>(
     ) {
         Reply::NoWrite => 0,
         Reply::Written(n) => {
-            c.scatter(mem, &out[..n])?;
+            c.scatter(mem, &out[..n]).map_err(after)?;
             n as u32
         }
     };
-    vq.put_used(mem, head, len)
+    vq.put_used(mem, head, len).map_err(after)
 }

@@ -171,7 +171,7 @@ impl Vq {
 
     /// Reads the available ring's flags and index (once) and returns the flags and the
     /// number of new entries, at most `num`.
-    pub fn pending<M: GuestMem>(&self, mem: &M) -> Result<(u16, u16), Malformed> {
+    pub fn pending<M: GuestMem>(&self, mem: &mut M) -> Result<(u16, u16), Malformed> {
         let mut b = [0u8; 4];
         mem.read(Ipa(self.avail), &mut b)?;
         let flags = u16::from_le_bytes([b[0], b[1]]);
@@ -184,7 +184,7 @@ impl Vq {
     }
 
     /// Reads the next available entry (a head index) and advances past it.
-    pub fn next_head<M: GuestMem>(&mut self, mem: &M) -> Result<u16, Malformed> {
+    pub fn next_head<M: GuestMem>(&mut self, mem: &mut M) -> Result<u16, Malformed> {
         let slot = u64::from(self.last_avail) % u64::from(self.num.max(1));
         let mut b = [0u8; 2];
         mem.read(Ipa(self.avail + AVAIL_RING + 2 * slot), &mut b)?;
@@ -192,7 +192,7 @@ impl Vq {
         Ok(u16::from_le_bytes(b))
     }
 
-    fn desc<M: GuestMem>(&self, mem: &M, i: u16) -> Result<Desc, Malformed> {
+    fn desc<M: GuestMem>(&self, mem: &mut M, i: u16) -> Result<Desc, Malformed> {
         if u32::from(i) >= self.num {
             return Err(Malformed::Index);
         }
@@ -225,7 +225,7 @@ impl Vq {
     }
 
     /// Reads the chain starting at `head`: every descriptor once, at most `num` of them.
-    pub fn chain<M: GuestMem>(&self, mem: &M, head: u16) -> Result<Chain, Malformed> {
+    pub fn chain<M: GuestMem>(&self, mem: &mut M, head: u16) -> Result<Chain, Malformed> {
         let mut c = Chain {
             head,
             out: [0; READ_MAX],

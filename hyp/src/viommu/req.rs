@@ -11,7 +11,7 @@
 //! | ATTACH | reserved bytes not zero; unknown flag; `BYPASS` without `BYPASS_CONFIG` | `INVAL` |
 //! | ATTACH, DETACH, MAP, UNMAP | `domain` outside `domain_range` | `RANGE` |
 //! | MAP | unknown flag; `MMIO` without `F_MMIO` | `INVAL` |
-//! | MAP, UNMAP | `virt_end < virt_start` (MAP: `<=` is a one-byte map, allowed only with a one-byte granule) | `INVAL` |
+//! | MAP, UNMAP | `virt_end < virt_start` | `INVAL` |
 //! | MAP, UNMAP | outside `input_range` | `RANGE` |
 //! | MAP | `virt_start`, `phys_start` or `virt_end + 1` not granule-aligned; `phys` end wraps | `RANGE` |
 //! | PROBE | writable part not `probe_size` + tail | `INVAL` |

@@ -32,7 +32,7 @@ impl Mem {
 }
 
 impl GuestMem for Mem {
-    fn read(&self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault> {
+    fn read(&mut self, ipa: Ipa, buf: &mut [u8]) -> Result<(), MemFault> {
         self.ok(ipa, buf.len())?;
         self.ram.read_bytes(ipa.0, buf);
         Ok(())
@@ -1356,4 +1356,18 @@ fn malformed_event_buffer() {
         assert!(d.irq.0 > irqs);
         assert_eq!(d.used_idx(1), 0);
     }
+}
+
+#[test]
+fn acted_on_request_with_lost_answer_still_gets_end_of_kick() {
+    // The used ring is taken from the host between the driver's post and the kick: the
+    // UNMAP was done, so its invalidation must still happen.
+    let mut d = Driver::up(Config::default(), 8);
+    d.post_req(&unmap(1, 0, 0xfff), 4);
+    let used = d.q[0].used;
+    d.mem.deny.push((used + USED_RING, used + USED_RING + 8 * 8));
+    d.kick();
+    assert_eq!(d.be.ops(), vec![Call::Unmap(1, 0, 0xfff), Call::EndOfKick(0)]);
+    assert!(d.dev.needs_reset());
+    assert_eq!(d.dev.stats().last_malformed, Some(Malformed::Memory));
 }
