@@ -1365,9 +1365,14 @@ fn acted_on_request_with_lost_answer_still_gets_end_of_kick() {
     let mut d = Driver::up(Config::default(), 8);
     d.post_req(&unmap(1, 0, 0xfff), 4);
     let used = d.q[0].used;
-    d.mem.deny.push((used + USED_RING, used + USED_RING + 8 * 8));
+    d.mem
+        .deny
+        .push((used + USED_RING, used + USED_RING + 8 * 8));
     d.kick();
-    assert_eq!(d.be.ops(), vec![Call::Unmap(1, 0, 0xfff), Call::EndOfKick(0)]);
+    assert_eq!(
+        d.be.ops(),
+        vec![Call::Unmap(1, 0, 0xfff), Call::EndOfKick(0)]
+    );
     assert!(d.dev.needs_reset());
     assert_eq!(d.dev.stats().last_malformed, Some(Malformed::Memory));
 }
