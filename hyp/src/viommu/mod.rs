@@ -41,6 +41,14 @@
 //! bytes than the largest reply ([`req::WRITE_MAX`]) is malformed. Within that frame, bad
 //! contents get a status in the tail (see [`req`]).
 
+//!
+//! Wiring it (the next increment): a stage-2 data abort with ISV in the node's window
+//! becomes one [`Access`] (SAS → width, WnR → write, SRT → the value); an abort without
+//! ISV, or an [`Abort`], becomes an external abort for the host. [`GuestMem`] is the host
+//! stage-2 view with the host-ownership check; [`Backend`] maps the driver's domain IDs to
+//! Warden domains of the DMA core (ATTACH with bypass → domain 0), UNMAPs batched until
+//! `end_of_kick`; [`Irq`] sets the node's SPI pending at the distributor.
+
 pub mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
