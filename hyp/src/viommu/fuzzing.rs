@@ -679,15 +679,14 @@ impl World {
         if ends > 1 {
             fail!("step {step}: {ends} end_of_kick in one kick");
         }
-        if let (Some(b), Some(a), Some(v)) = (before, self.used_idx(rq), rq)
+        if let (Some(b), Some(a)) = (before, self.used_idx(rq))
             && a != b
+            && self.be.ends != [b]
         {
-            if self.be.ends != [b] {
-                fail!(
-                    "step {step}: used index {b} -> {a}, end_of_kick saw {:?}",
-                    self.be.ends
-                );
-            }
+            fail!(
+                "step {step}: used index {b} -> {a}, end_of_kick saw {:?}",
+                self.be.ends
+            );
         }
         // The host may scribble over the used index; the device's own count is what a
         // kick may advance by at most a queue's worth.
