@@ -1376,3 +1376,34 @@ fn acted_on_request_with_lost_answer_still_gets_end_of_kick() {
     assert!(d.dev.needs_reset());
     assert_eq!(d.dev.stats().last_malformed, Some(Malformed::Memory));
 }
+
+#[test]
+fn event_split_over_two_buffers_and_bigger_buffers() {
+    let mut d = Driver::up(Config::default(), 4);
+    let a = d.alloc(64, 8);
+    let b = d.alloc(64, 8);
+    d.mem.ram.write_bytes(a, &[0xaa; 64]);
+    d.mem.ram.write_bytes(b, &[0xbb; 64]);
+    d.post(1, &[(a, 10, true), (b, 40, true)]);
+    let f = fault(0x42, Some(0x1234_5000));
+    assert_eq!(
+        d.dev.report_fault(&f, &mut d.mem, &mut d.irq),
+        Delivery::Delivered
+    );
+    assert_eq!(
+        d.used_elem(1, 0),
+        (0, FAULT_SIZE as u32),
+        "used length: the report only"
+    );
+    let mut got = [0u8; FAULT_SIZE];
+    d.mem.ram.read_bytes(a, &mut got[..10]);
+    d.mem.ram.read_bytes(b, &mut got[10..]);
+    assert_eq!(got, f.encode());
+    let mut rest = [0u8; 26];
+    d.mem.ram.read_bytes(b + 14, &mut rest);
+    assert!(
+        rest.iter().all(|&x| x == 0xbb),
+        "nothing written past the report"
+    );
+    assert_eq!(d.rd(CONFIG_GENERATION), 0);
+}
