@@ -3,12 +3,14 @@
 
 use crate::arch::{self, read_sysreg, write_sysreg};
 use crate::cpu::{self, CPUS, MAX_CPUS, NR_CPUS, STACK_SIZE};
+use crate::error::BootError;
 use crate::mm::{self, SCTLR_EL2_MMU_ON};
 use crate::platform::El2Cpu;
 use crate::println;
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
-use hyp::addr::{Ipa, PhysRange};
+use host_abi::PAGE;
+use hyp::addr::{ByteSize, GroupedHex, Ipa, PhysRange};
 use hyp::dma::{Hyp, HypInit};
 use hyp::dtb::{self, Platform};
 use hyp::el2_s1::{MAIR_EL2, S1Attr};
@@ -84,12 +86,13 @@ fn unreachable_park() -> ! {
 }
 
 /// Maps RAM, the pool and the console, builds the host stage-2 and DTB, starts the host.
-fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
+fn boot(dtb_pa: u64, base: u64) -> Result<(), BootError> {
     // SAFETY: the early map covers the whole DTB (its header size) read-write.
     let dtb_len = unsafe { u32::from_be((dtb_pa as *const u32).add(1).read()) } as usize;
     // SAFETY: as above; the blob stays untouched while Warden reads it.
     let blob = unsafe { core::slice::from_raw_parts(dtb_pa as *const u8, dtb_len) };
-    let plat = Platform::parse(blob).map_err(|_| "the device tree is malformed")?;
+    let plat =
+        Platform::parse(blob).map_err(|e| BootError::Dtb("cannot read the device tree", e))?;
 
     if let Some(con) = &plat.console
         && con.kind == dtb::ConsoleKind::Pl011
@@ -105,26 +108,19 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let id = cpu::read_id_regs();
     println!("Warden v{} — EL2 hypervisor", env!("CARGO_PKG_VERSION"));
     println!(
-        "warden: load address {base:#x}, image {:?}",
+        "warden: load address {base:#x}, image {}",
         mm::image_range()
     );
     for w in parsed.warnings() {
         log::warn!("bootargs: {w}");
     }
+    println!("warden: options {opts}");
     println!(
-        "warden: CPU MIDR {:#x}: PA {} bits, VMID {} bits, stage-2 granules 4K:{} 16K:{} 64K:{}, SVE:{} SME:{} PAuth:{} MTE2:{} FGT:{} HCX:{}",
+        "warden: CPU MIDR {:#x}: PA {} bits, VMID {} bits, {}",
         read_sysreg!("midr_el1"),
         id.pa_bits(),
         id.vmid_bits(),
-        id.s2_granules()[0],
-        id.s2_granules()[1],
-        id.s2_granules()[2],
-        id.sve(),
-        id.sme(),
-        id.pauth(),
-        id.mte2(),
-        id.fgt(),
-        id.hcx()
+        CpuFeatures(&id)
     );
 
     match plat.psci.as_ref().map(|p| p.method) {
@@ -139,20 +135,15 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // ---- RAM, carve-out and pool ------------------------------------------------------
     let ram: Vec<PhysRange> = plat.ram.clone();
     if ram.is_empty() {
-        return Err("no /memory in the device tree");
+        return Err(BootError::Platform("no /memory in the device tree"));
     }
     for r in &ram {
-        println!(
-            "warden: RAM {:#x}..{:#x} ({} MiB)",
-            r.base.get(),
-            r.end(),
-            r.size / MB
-        );
+        println!("warden: RAM {r}");
     }
     let image = mm::image_range();
     let image_2m = PhysRange::new(
         image.base.get(),
-        layout::align_up(image.size, 2 * MB).ok_or("image size")?,
+        layout::align_up(image.size, 2 * MB).ok_or("Warden's image size overflows")?,
     );
     let kernel = plat
         .kernel
@@ -171,8 +162,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         .iter()
         .find(|t| t.overlaps(&image_2m))
     {
-        log::error!("Warden's image {image_2m:?} overlaps {clash:?}");
-        return Err("Warden's image overlaps the DTB, a module or a reservation");
+        log::error!("Warden's image {image_2m} overlaps {clash}");
+        return Err(BootError::Platform(
+            "Warden's image overlaps the DTB, a module or a reservation",
+        ));
     }
     // Spin-table CPUs would start at the host's release address, at EL2: they are not
     // the host's, and the pages holding their release addresses (and firmware's holding
@@ -196,21 +189,15 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // the host learns about some other way and would then use.
     for c in &carveouts {
         if let Some(out) = layout::outside_ram(&ram, *c) {
-            println!(
-                "warden: carve-out {:#x}..{:#x} is not inside /memory ({:#x}..{:#x} is not RAM)",
-                c.base.get(),
-                c.end(),
-                out.base.get(),
-                out.end()
-            );
-            return Err("Warden's carve-out (image or pool) lies outside the DTB's /memory");
+            println!("warden: carve-out {c} is not inside /memory ({out} is not RAM)");
+            return Err(BootError::Platform(
+                "Warden's carve-out (image or pool) lies outside the DTB's /memory",
+            ));
         }
     }
     for page in &release_pages {
         log::warn!(
-            "spin-table CPU(s) refused: {:#x}..{:#x} (release address, holding pen) kept from the host",
-            page.base.get(),
-            page.end()
+            "spin-table CPU(s) refused: {page} (release address, holding pen) kept from the host"
         );
     }
     let mut hidden_mmio = layout::keep_from_host(&ram, &mut carveouts, &release_pages);
@@ -223,35 +210,24 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
                 err = mm::map_hyp(piece, S1Attr::NormalRw);
             }
         });
-        err.map_err(|_| "cannot map RAM at EL2")?;
+        err.map_err(|e| BootError::Map("cannot map RAM at EL2", e))?;
     }
     // SAFETY: the pool lies in RAM (mapped above), overlaps nothing else, and is
     // Warden's from now on (it leaves the host stage-2 below).
     unsafe { mm::add_to_heap(pool) };
     for c in &carveouts {
-        println!(
-            "warden: carve-out {:#x}..{:#x} ({} MiB)",
-            c.base.get(),
-            c.end(),
-            c.size / MB
-        );
+        println!("warden: carve-out {c}");
     }
-    println!(
-        "warden: pool {:#x}..{:#x} ({} MiB)",
-        pool.base.get(),
-        pool.end(),
-        pool.size / MB
-    );
+    println!("warden: pool {pool}");
 
     // ---- Host modules -------------------------------------------------------------------
     println!(
-        "warden: host kernel {:#x}..{:#x}, bootargs \"{}\"",
-        kernel.range.base.get(),
-        kernel.range.end(),
+        "warden: host kernel {}, bootargs \"{}\"",
+        kernel.range,
         kernel.bootargs.as_deref().unwrap_or("")
     );
     if let Some(rd) = ramdisk {
-        println!("warden: host ramdisk {:#x}..{:#x}", rd.base.get(), rd.end());
+        println!("warden: host ramdisk {rd}");
     }
 
     // WFE-based waits (SMMU CMD_SYNC with SEV) are bounded by the timer's event stream.
@@ -270,7 +246,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let masters = decide_masters(blob, &plat, &probed)?;
     let host_mmio = masters
         .host_mmio()
-        .map_err(|_| "no memory for the host's MMIO list")?;
+        .map_err(|e| BootError::Dtb("no memory for the host's MMIO list", e))?;
     let s2 = build_host_stage2(
         &id,
         &plat,
@@ -284,12 +260,12 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     let vtcr = geom.vtcr_el2() | if id.vmid_bits() == 16 { 1 << 19 } else { 0 };
     let vttbr = s2.root().get() | ((HOST_VMID as u64) << 48);
     println!(
-        "warden: host stage-2: IPA {} bits, PA {} bits, 4K granule, start level {}, {} concatenated root table(s), root {:#x}, VTCR_EL2 {vtcr:#x}",
+        "warden: host stage-2: IPA {} bits, PA {} bits, 4K granule, start level {}, {} concatenated root table(s), root {}, VTCR_EL2 {vtcr:#x}",
         geom.ipa_bits(),
         geom.pa_bits(),
         geom.start_level(),
         geom.root_tables(),
-        s2.root().get()
+        GroupedHex(s2.root().get())
     );
     let btm =
         crate::iommu::attach_host(&mut probed, &plat, &s2, HOST_VMID, opts.btm, id.vmid_bits());
@@ -301,9 +277,10 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     };
     {
         let mut v = VMIDS.lock();
-        v.configure(vmid_bits).map_err(|_| "VMID allocator")?;
+        v.configure(vmid_bits)
+            .map_err(|e| BootError::Vmid("cannot configure the VMID allocator", e))?;
         v.reserve(hyp::vmid_alloc::Vmid::new(HOST_VMID))
-            .map_err(|_| "host VMID")?;
+            .map_err(|e| BootError::Vmid("cannot reserve the host VMID", e))?;
     }
     println!(
         "warden: VMIDs: {vmid_bits} bits shared by CPU and SMMU stage-2; host VMID {HOST_VMID}"
@@ -319,7 +296,7 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     // SAFETY: the host stage-2 and every SMMU were built with `S2Mem` (the one pool) and
     // from now on only the core touches them.
     let core = unsafe { Hyp::new(init, mm::S2Mem, El2Cpu, cfg) }
-        .map_err(|_| "cannot set up the DMA hypercall core")?;
+        .map_err(|e| BootError::Core("cannot set up the DMA hypercall core", e))?;
     println!(
         "warden: DMA domains: batch {} ranges, deadline {} ms, domain invalidation by {}",
         cfg.batch_threshold,
@@ -335,10 +312,11 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
     HOST_CPU.call_once(|| HostCpuState { vtcr, vttbr });
 
     // ---- Host DTB ----------------------------------------------------------------------
-    let out_size = layout::align_up(dtb_len as u64 + 64 * 1024, 4096).ok_or("dtb size")?;
-    if out_size > 2 * MB {
-        return Err("device tree too large for the host (over 2 MiB)");
-    }
+    let out_size = layout::align_up(dtb_len as u64 + 64 * 1024, PAGE)
+        .filter(|&s| s <= 2 * MB)
+        .ok_or(BootError::Platform(
+            "device tree too large for the host (over 2 MiB)",
+        ))?;
     let out = layout::find_free(&ram, &taken, 2 * MB, 2 * MB, Some(pool.end()))
         .ok_or("no free RAM for the host device tree")?;
     // SAFETY: `out` is free host RAM, mapped at EL2, overlapping nothing in use.
@@ -346,23 +324,27 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
         unsafe { core::slice::from_raw_parts_mut(out.base.get() as *mut u8, out_size as usize) };
     let hidden = masters
         .hidden_offsets()
-        .map_err(|_| "no memory for the host DTB edits")?;
+        .map_err(|e| BootError::Dtb("no memory for the host DTB edits", e))?;
     let mut edits = dtb::HostDtbEdits {
         disable_nodes: &hidden,
         ..dtb::HostDtbEdits::for_host(&plat, &carveouts)
     };
     edits.refuse_spin_table = Some(arch::mpidr());
-    let n = dtb::build_host_dtb(blob, out_buf, &edits).map_err(|_| "cannot build the host DTB")?;
+    let n = dtb::build_host_dtb(blob, out_buf, &edits)
+        .map_err(|e| BootError::Dtb("cannot build the host DTB", e))?;
     arch::clean_dcache_range(out.base.get(), n as u64);
-    println!("warden: host DTB at {:#x} ({n} bytes)", out.base.get());
+    println!(
+        "warden: host DTB {}",
+        PhysRange::new(out.base.get(), n as u64)
+    );
 
     // ---- CPUs --------------------------------------------------------------------------
     setup_cpu_slots(&plat)?;
     let (used, total) = mm::heap_usage();
     println!(
-        "warden: heap {} KiB used of {} KiB; starting the host",
-        used / 1024,
-        total / 1024
+        "warden: heap {} used of {}; starting the host",
+        ByteSize(used as u64),
+        ByteSize(total as u64)
     );
 
     let me = 0;
@@ -372,15 +354,17 @@ fn boot(dtb_pa: u64, base: u64) -> Result<(), &'static str> {
 }
 
 /// The kernel Image's footprint: its file, or `image_size` from its header if larger.
-fn kernel_footprint(file: PhysRange) -> Result<PhysRange, &'static str> {
+fn kernel_footprint(file: PhysRange) -> Result<PhysRange, BootError> {
     if file.size < 64 {
-        return Err("host kernel module too small for an arm64 Image");
+        return Err(BootError::Platform(
+            "host kernel module too small for an arm64 Image",
+        ));
     }
     let hdr = file.base.get() as *const u64;
     // SAFETY: RAM holding the module is mapped at EL2 (early map covers the DTB only, so
     // map the header page first).
     mm::map_hyp(PhysRange::new(file.base.get(), 64), S1Attr::NormalRw)
-        .map_err(|_| "cannot map the kernel header")?;
+        .map_err(|e| BootError::Map("cannot map the kernel header", e))?;
     // SAFETY: mapped just above; an aligned 64-byte header.
     let (text_offset, image_size, magic) = unsafe {
         (
@@ -390,10 +374,14 @@ fn kernel_footprint(file: PhysRange) -> Result<PhysRange, &'static str> {
         )
     };
     if magic != 0x644d_5241 {
-        return Err("host kernel module is not an arm64 Image (bad magic)");
+        return Err(BootError::Platform(
+            "host kernel module is not an arm64 Image (bad magic)",
+        ));
     }
     if !(file.base.get() - text_offset).is_multiple_of(2 * MB) {
-        return Err("host kernel module must sit text_offset after a 2 MiB boundary");
+        return Err(BootError::Platform(
+            "host kernel module must sit text_offset after a 2 MiB boundary",
+        ));
     }
     Ok(PhysRange::new(file.base.get(), file.size.max(image_size)))
 }
@@ -404,8 +392,9 @@ fn decide_masters(
     blob: &[u8],
     plat: &Platform,
     probed: &crate::iommu::Probed,
-) -> Result<Masters, &'static str> {
-    let nodes = dtb::device_nodes(blob).map_err(|_| "the device tree is malformed")?;
+) -> Result<Masters, BootError> {
+    let nodes = dtb::device_nodes(blob)
+        .map_err(|e| BootError::Dtb("cannot list the device tree's nodes", e))?;
     let live: Vec<u64> = probed
         .nodes
         .iter()
@@ -415,10 +404,10 @@ fn decide_masters(
     let pass: Vec<&str> =
         hyp::bootargs::passthrough_paths(plat.bootargs.as_deref().unwrap_or("")).collect();
     // The GIC nodes src/gic.rs traps (gic::init ran first): any other GICv3 or ITS is hidden.
-    let gic =
-        hyp::masters::emulated_gic(plat.gic.as_ref()).map_err(|_| "no memory for the decisions")?;
+    let gic = hyp::masters::emulated_gic(plat.gic.as_ref())
+        .map_err(|e| BootError::Dtb("no memory for the decisions", e))?;
     let m = hyp::masters::decide(nodes, &live, &gic, &pass)
-        .map_err(|_| "no memory for the decisions")?;
+        .map_err(|e| BootError::Dtb("no memory for the decisions", e))?;
     for v in &m.verdicts {
         if v.decision == Decision::Passthrough {
             log::warn!("UNPROTECTED: device {}", m.describe(v));
@@ -449,7 +438,7 @@ fn build_host_stage2(
     smmu_oas: Option<u32>,
     smmu_frames: &[PhysRange],
     host_mmio: &[PhysRange],
-) -> Result<Stage2, &'static str> {
+) -> Result<Stage2, BootError> {
     // One geometry both the CPU and every SMMU can walk: output size within the CPU's
     // PARange and every SMMU's OAS, input size covering all RAM and MMIO in the DTB.
     let pa_bits = id.pa_bits().min(48).min(smmu_oas.unwrap_or(48));
@@ -462,21 +451,23 @@ fn build_host_stage2(
     let ipa_bits = [32u32, 36, 40, 42, 44, 48]
         .into_iter()
         .find(|&b| b <= pa_bits && top <= 1u64 << b)
-        .ok_or("the platform's address map exceeds the CPU's or an SMMU's address size")?;
+        .ok_or(BootError::Platform(
+            "the platform's address map exceeds the CPU's or an SMMU's address size",
+        ))?;
     let pa_bits = [32u32, 36, 40, 42, 44, 48]
         .into_iter()
         .rev()
         .find(|&b| b <= pa_bits)
-        .ok_or("PA size")?;
-    let geom =
-        S2Geometry::new(Granule::Size4K, ipa_bits, pa_bits).map_err(|_| "stage-2 geometry")?;
+        .ok_or(BootError::Platform("the CPU's PA size is below 32 bits"))?;
+    let geom = S2Geometry::new(Granule::Size4K, ipa_bits, pa_bits)
+        .map_err(|e| BootError::Stage2("no stage-2 geometry for the host", e))?;
     let mut mem = mm::S2Mem;
     // Nothing walks this table yet (VTTBR_EL2 and the STEs are set later).
     let mut tlb = hyp::s2mmu::NoTlb;
     // SAFETY: every use of the host stage-2 passes `mm::S2Mem`, whose tables come from the
     // heap and are freed only through it.
-    let mut s2 =
-        unsafe { Stage2::new(geom, &mut mem) }.map_err(|_| "no memory for the host stage-2")?;
+    let mut s2 = unsafe { Stage2::new(geom, &mut mem) }
+        .map_err(|e| BootError::Stage2("no memory for the host stage-2", e))?;
     let space = PhysRange::new(0, 1u64 << ipa_bits);
     let mut err = Ok(());
     // MMIO: only the pages of devices the host may reach (`host_mmio`, from
@@ -517,11 +508,11 @@ fn build_host_stage2(
             }
         });
     }
-    err.map_err(|_| "cannot build the host stage-2")?;
+    err.map_err(|e| BootError::Stage2("cannot build the host stage-2", e))?;
     Ok(s2)
 }
 
-fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
+fn setup_cpu_slots(plat: &Platform) -> Result<(), BootError> {
     let me = arch::mpidr();
     let mut mpidrs: Vec<u64> = alloc::vec![me];
     for c in plat
@@ -558,12 +549,68 @@ fn setup_cpu_slots(plat: &Platform) -> Result<(), &'static str> {
     }
     NR_CPUS.store(mpidrs.len(), Ordering::Release);
     println!(
-        "warden: {} CPU(s), boot CPU MPIDR {me:#x}, PSCI {:?}, GIC {:?}",
+        "warden: {} CPU(s), boot CPU MPIDR {me:#x}, {}, {}",
         mpidrs.len(),
-        plat.psci.as_ref().map(|p| p.method),
-        plat.gic.as_ref().map(|g| g.version)
+        OrElse(plat.psci.as_ref(), "no PSCI"),
+        OrElse(plat.gic.as_ref().map(|g| g.version).as_ref(), "no GIC")
     );
     Ok(())
+}
+
+/// An optional value in the banner: the value's `Display`, or the text when it is absent.
+struct OrElse<'a, T>(Option<&'a T>, &'static str);
+
+impl<T: core::fmt::Display> core::fmt::Display for OrElse<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str(self.1),
+        }
+    }
+}
+
+/// The CPU's stage-2 granules and the features that matter to Warden, as words:
+/// `stage-2 granules 4K 16K 64K, SVE SME PAuth FGT HCX, no MTE2`.
+struct CpuFeatures<'a>(&'a hyp::el2_setup::IdRegs);
+
+impl core::fmt::Display for CpuFeatures<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let id = self.0;
+        f.write_str("stage-2 granules")?;
+        let g = id.s2_granules();
+        for (has, name) in [(g[0], "4K"), (g[1], "16K"), (g[2], "64K")] {
+            if has {
+                write!(f, " {name}")?;
+            }
+        }
+        if !g.iter().any(|&has| has) {
+            f.write_str(" none")?;
+        }
+        let fgt = match id.fgt() {
+            0 => None,
+            1 => Some("FGT"),
+            _ => Some("FGT2"),
+        };
+        let features = [
+            (id.sve(), "SVE"),
+            (id.sme(), "SME"),
+            (id.pauth(), "PAuth"),
+            (id.mte2(), "MTE2"),
+            (fgt.is_some(), fgt.unwrap_or("FGT")),
+            (id.hcx(), "HCX"),
+        ];
+        let mut sep = ", ";
+        for (_, name) in features.iter().filter(|(has, _)| *has) {
+            write!(f, "{sep}{name}")?;
+            sep = " ";
+        }
+        let mut sep = ", no ";
+        for (_, name) in features.iter().filter(|(has, _)| !*has) {
+            write!(f, "{sep}{name}")?;
+            sep = " ";
+        }
+        Ok(())
+    }
 }
 
 fn enter_host_on_this_cpu(entry: u64, x0: u64, slot: usize) -> ! {

@@ -3,6 +3,7 @@
 //! accesses, which arrive from the stage-2 data-abort path.
 
 use crate::arch::{self, read_sysreg};
+use crate::error::BootError;
 use crate::mm::{self, S2Mem};
 use crate::trap::TrapFrame;
 use alloc::vec::Vec;
@@ -91,17 +92,16 @@ impl GicEnv for El2Gic {
 
 /// Takes over the GICv3 ITSs and redistributors of the DTB (nothing for GICv2) and
 /// returns the frames that must stay out of the host stage-2.
-pub fn init(plat: &Platform) -> Result<Vec<PhysRange>, &'static str> {
+pub fn init(plat: &Platform) -> Result<Vec<PhysRange>, BootError> {
     let emu = match plat.gic.as_ref().filter(|g| g.version == GicVersion::V3) {
         None => GicEmu::empty(),
         Some(g) => {
             for r in g.redists.iter().chain(&g.its) {
-                mm::map_hyp(*r, S1Attr::Device).map_err(|_| "cannot map the GIC at EL2")?;
+                mm::map_hyp(*r, S1Attr::Device)
+                    .map_err(|e| BootError::Map("cannot map the GIC at EL2", e))?;
             }
-            GicEmu::probe(&mut El2Gic, &g.redists, g.redist_stride, &g.its).map_err(|e| {
-                log::error!("GIC: {e:?}");
-                "cannot take over the GICv3 ITS"
-            })?
+            GicEmu::probe(&mut El2Gic, &g.redists, g.redist_stride, &g.its)
+                .map_err(|e| BootError::Gic("cannot take over the GICv3 ITS", e))?
         }
     };
     let trapped: Vec<PhysRange> = emu.trapped().collect();

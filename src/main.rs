@@ -25,6 +25,8 @@ mod console;
 #[cfg(target_os = "none")]
 mod cpu;
 #[cfg(target_os = "none")]
+mod error;
+#[cfg(target_os = "none")]
 mod gic;
 #[cfg(target_os = "none")]
 mod hypercall;

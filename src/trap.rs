@@ -227,10 +227,13 @@ pub fn init_firmware(plat: &hyp::dtb::Platform, allow: psci::SmcAllowList) {
             p.suspend_format = psci::SuspendFormat::from_features(f);
         }
         println!(
-            "warden: PSCI firmware version {}.{}, CPU_SUSPEND power_state format {:?}",
+            "warden: PSCI firmware version {}.{}, CPU_SUSPEND power_state format {}",
             version >> 16,
             version & 0xffff,
-            p.suspend_format
+            match p.suspend_format {
+                psci::SuspendFormat::Original => "original (PSCI 0.2)",
+                psci::SuspendFormat::Extended => "extended (PSCI 1.0)",
+            }
         );
     }
     if p.allow.is_empty() {

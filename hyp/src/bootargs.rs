@@ -90,6 +90,51 @@ impl Default for Options {
     }
 }
 
+/// The options as the command-line words that set them, in the order of the module
+/// documentation (`warden.log=info warden.btm=on …`); `warden.pool=` only when given.
+/// [`parse`] of the text gives the same options back.
+impl fmt::Display for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let log = match self.log {
+            LevelFilter::Off => "off",
+            LevelFilter::Error => "error",
+            LevelFilter::Warn => "warn",
+            LevelFilter::Info => "info",
+            LevelFilter::Debug => "debug",
+            LevelFilter::Trace => "trace",
+        };
+        write!(f, "warden.log={log}")?;
+        if let Some(size) = self.pool_size {
+            match size {
+                s if s.is_multiple_of(1 << 30) => write!(f, " warden.pool={}G", s >> 30)?,
+                s if s.is_multiple_of(1 << 20) => write!(f, " warden.pool={}M", s >> 20)?,
+                s if s.is_multiple_of(1 << 10) => write!(f, " warden.pool={}K", s >> 10)?,
+                s => write!(f, " warden.pool={s}")?,
+            }
+        }
+        write!(
+            f,
+            " warden.btm={} warden.batch={} warden.deadline_ms={} warden.domain_tlbi={} warden.smc_allow=",
+            if self.btm { "on" } else { "off" },
+            self.batch,
+            self.deadline_ms,
+            if self.domain_cpu_tlbi { "cpu" } else { "smmu" },
+        )?;
+        if self.smc_allow.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, &(a, b)) in self.smc_allow.ranges().iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if a == b {
+                write!(f, "{sep}{a:#x}")?;
+            } else {
+                write!(f, "{sep}{a:#x}-{b:#x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A problem with one word of the command line; the word was ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Warning<'a> {
@@ -677,6 +722,32 @@ mod tests {
     }
 
     #[test]
+    fn options_display_as_the_words_that_set_them() {
+        assert_eq!(
+            Options::default().to_string(),
+            "warden.log=info warden.btm=on warden.batch=256 warden.deadline_ms=10 \
+             warden.domain_tlbi=smmu warden.smc_allow=none"
+        );
+        let args = "warden.log=debug warden.pool=0x1001000 warden.btm=off warden.batch=7 \
+                    warden.deadline_ms=3 warden.domain_tlbi=cpu \
+                    warden.smc_allow=0x82000001,0xc2000000-0xc200ffff";
+        let o = parse(args).options;
+        assert_eq!(
+            o.to_string(),
+            "warden.log=debug warden.pool=16388K warden.btm=off warden.batch=7 \
+             warden.deadline_ms=3 warden.domain_tlbi=cpu \
+             warden.smc_allow=0x82000001,0xc2000000-0xc200ffff"
+        );
+        for (pool, word) in [(2 << 30, "2G"), (64 << 20, "64M")] {
+            let o = Options {
+                pool_size: Some(pool),
+                ..Options::default()
+            };
+            assert!(o.to_string().contains(&format!(" warden.pool={word} ")));
+        }
+    }
+
+    #[test]
     fn bad_value_keeps_earlier_good_value() {
         let p = parse("warden.pool=8M warden.pool=nope");
         assert_eq!(p.options.pool_size, Some(8 << 20));
@@ -768,6 +839,16 @@ mod tests {
             }
             prop_assert!((1..=MAX_BATCH).contains(&p.options.batch));
             prop_assert!((1..=MAX_DEADLINE_MS).contains(&p.options.deadline_ms));
+        }
+
+        #[test]
+        fn options_text_parses_back_to_the_same_options(words in proptest::collection::vec(
+            "warden\\.(log=(off|error|warn|info|debug|trace)|pool=[1-9][0-9]{0,2}M|btm=(on|off)|batch=[1-9][0-9]{0,3}|deadline_ms=[1-9][0-9]{0,3}|domain_tlbi=(smmu|cpu)|smc_allow=(none|[1-9][0-9]{0,4}(-[1-9][0-9]{5})?(,[1-9][0-9]{0,4})?))", 0..10)) {
+            let o = parse(&words.join(" ")).options;
+            let text = o.to_string();
+            let back = parse(&text);
+            prop_assert_eq!(back.total_warnings(), 0, "{}", text);
+            prop_assert_eq!(back.options, o, "{}", text);
         }
 
         #[test]

@@ -39,4 +39,5 @@ pub mod smmu;
 pub mod testalloc;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testutil;
+pub mod viommu;
 pub mod vmid_alloc;

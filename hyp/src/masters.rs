@@ -42,9 +42,7 @@ use core::fmt;
 
 use crate::addr::PhysRange;
 use crate::dtb::{DeviceNode, DtbError};
-
-/// The host stage-2 granule the page rounding uses.
-pub const PAGE: u64 = 4096;
+use host_abi::PAGE;
 
 /// What the host gets of a device node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,10 +10,10 @@
 //! `/reserved-memory`, `/aliases` and everything below them) or
 //! [`DeviceNode::under_pci`] (nodes below a PCI host bridge: their fate is the bridge's).
 
-use super::{
-    DtbError, FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, Fdt, Frame, MAX_DEPTH, Res, be32, owned,
-    prop_str, prop_u32, push, range, status_ok, translate_up, tuples,
-};
+use super::bus::{Frame, translate_up};
+use super::fdt::{FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, Fdt, be32};
+use super::props::{owned, prop_str, prop_u32, push, range, status_ok, tuples};
+use super::{DtbError, MAX_DEPTH, Res};
 use crate::addr::PhysRange;
 use alloc::string::String;
 use alloc::vec::Vec;
