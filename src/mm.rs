@@ -7,7 +7,8 @@ use buddy_system_allocator::LockedHeap;
 use core::alloc::Layout;
 use core::cell::UnsafeCell;
 use hyp::addr::{PhysAddr, PhysRange};
-use hyp::el2_s1::{IdMap, MAIR_EL2, S1Attr, TableAlloc};
+use hyp::el2_s1::{IdMap, MAIR_EL2, S1Attr};
+use hyp::s2mmu::{S2Tlb, TableMemory};
 use spin::Mutex;
 
 #[global_allocator]
@@ -37,21 +38,53 @@ pub struct HypTables {
     early_used: usize,
 }
 
-impl TableAlloc for HypTables {
-    fn alloc(&mut self) -> Option<PhysAddr> {
+impl HypTables {
+    /// Whether `pa` is one of the .bss pages.
+    fn is_early(pa: PhysAddr) -> bool {
+        let base = EARLY.0.get() as u64;
+        (base..base + (EARLY_TABLES as u64) * 4096).contains(&pa.get())
+    }
+}
+
+// SAFETY: every table is one 4 KiB page, zeroed and 4 KiB aligned: a .bss page (zeroed at
+// entry, handed out once and never reused) or a heap allocation owned by the map until it
+// is freed; all are identity-mapped at EL2 (and reached by physical address with the MMU
+// off), so `table_ptr` is the address itself.
+unsafe impl TableMemory for HypTables {
+    fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+        if size != 4096 || align > 4096 {
+            return None;
+        }
         if self.early_used < EARLY_TABLES {
             let base = EARLY.0.get() as u64;
             let pa = base + (self.early_used as u64) * 4096;
             self.early_used += 1;
-            // .bss was zeroed at entry and each page is handed out once.
             return Some(PhysAddr(pa));
         }
         alloc_zeroed_pages(4096, 4096)
     }
-    fn ptr(&self, pa: PhysAddr) -> *mut u64 {
+    unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+        if Self::is_early(pa) {
+            // A .bss page is never handed out again.
+            return;
+        }
+        // SAFETY: not a .bss page, so a heap allocation of `alloc_zeroed` (4 KiB, 4 KiB
+        // aligned), which the trait contract says is freed once.
+        unsafe { free_pages(pa, size, 4096) };
+    }
+    fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
         pa.get() as *mut u64
     }
-    fn publish(&mut self) {
+}
+
+/// The EL2 map's barrier seam: `DSB ISHST` publishes table writes to the walker. The map
+/// only fills invalid entries, so nothing is ever invalidated.
+struct Publish;
+
+impl S2Tlb for Publish {
+    fn invalidate_ipa_range(&mut self, _ipa: hyp::addr::Ipa, _size: u64, _leaf: bool) {}
+    fn invalidate_all(&mut self) {}
+    fn sync(&mut self) {
         arch::dsb_ishst();
     }
 }
@@ -102,9 +135,10 @@ pub fn tcr() -> u64 {
 /// the heap; `dtb` must be the address firmware passed.
 pub unsafe fn early_mmu(dtb: u64) -> Result<(IdMap, HypTables), ()> {
     let mut tables = HypTables { early_used: 0 };
-    let mut map = IdMap::new(&mut tables).map_err(|_| ())?;
+    // SAFETY: the map always uses these tables (kept with it in `HYP_MAP`).
+    let mut map = unsafe { IdMap::new(&mut tables) }.map_err(|_| ())?;
     let image = image_range();
-    map.map(&mut tables, image, S1Attr::NormalRwx)
+    map.map(&mut tables, &mut Publish, image, S1Attr::NormalRwx)
         .map_err(|_| ())?;
     if dtb == 0 || !dtb.is_multiple_of(8) {
         return Err(());
@@ -122,6 +156,7 @@ pub unsafe fn early_mmu(dtb: u64) -> Result<(IdMap, HypTables), ()> {
     }
     map.map(
         &mut tables,
+        &mut Publish,
         PhysRange::new(dtb, size as u64),
         S1Attr::NormalRw,
     )
@@ -171,7 +206,7 @@ pub fn map_hyp(range: PhysRange, attr: S1Attr) -> Result<(), hyp::el2_s1::S1Erro
     let Some((map, tables)) = g.as_mut() else {
         return Err(hyp::el2_s1::S1Error::BadRange);
     };
-    let r = map.map(tables, range, attr);
+    let r = map.map(tables, &mut Publish, range, attr);
     // New valid entries replace invalid ones: no TLB maintenance, only visibility.
     arch::dsb_ishst();
     arch::isb();

@@ -1,6 +1,5 @@
-//! Host-managed DMA domains: their flags, their stage-2 table and VMID, the queue of
-//! batched unmaps waiting for invalidation, and the TLB gatherer that turns a stage-2
-//! update into as few invalidations as possible.
+//! Host-managed DMA domains: their flags, their stage-2 table and VMID, and the queue of
+//! batched unmaps waiting for invalidation.
 //!
 //! This module knows nothing of locks, SMMUs or hypercalls: [`crate::dma`] owns domains
 //! and decides when to invalidate; the same pieces can serve another front-end (a
@@ -8,23 +7,18 @@
 //!
 //! # Invalidation of an unmap
 //!
-//! [`Gather`] is the [`S2Tlb`] handed to [`Stage2::unmap`]. It records every invalidation
-//! the table code asks for, *clipped to the range being unmapped*, merges them, and keeps
-//! the tables the unmap freed instead of freeing them (they are freed once the
-//! invalidation completed). Clipping is sound for an unmap: leaf entries are matched by
-//! any address they translate, and a table entry left empty by the unmap had its last
-//! valid leaves inside the range, so a walk-cache invalidation by an address inside the
-//! range hits it; a table entry whose whole span was unmapped lies inside the range
-//! anyway. So unmapping one page needs one page-sized invalidation even when the tables
-//! above it were freed. Batched domains keep the tables their unmaps empty
-//! ([`Gather::keep_tables`], like Linux's io-pgtable, which never frees them), so a later
-//! MAP next to a queued unmap reuses the same table and needs no flush; the unclipped
-//! spans of tables removed anyway (covered whole by an unmap) are kept
+//! An unmap records into a clipped [`Gather`] (see [`crate::inval`]): its invalidations
+//! clipped to the unmapped range and merged, and the tables it freed, kept until the
+//! invalidation completed. Batched domains keep the tables their unmaps empty
+//! ([`Gather::keep_empty_tables`], like Linux's io-pgtable, which never frees them), so a
+//! later MAP next to a queued unmap reuses the same table and needs no flush; the
+//! unclipped spans of tables removed anyway (covered whole by an unmap) are kept
 //! ([`Pending::spans`]): a MAP into them first completes the queue, or a stale
 //! walk-cache entry could shadow the new table. Their tables are freed when the domain
 //! is.
 
 use crate::addr::{Iova, Ipa, PhysAddr, PhysRange};
+use crate::inval::Gather;
 use crate::s2mmu::{Granule, S2Tlb, Stage2, TableMemory};
 use crate::vmid_alloc::Vmid;
 use alloc::vec::Vec;
@@ -134,37 +128,7 @@ impl DomainFlags {
     }
 }
 
-/// An IOVA range `[start, end)` to invalidate; `leaf`: leaf entries only (no table was
-/// freed in it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvRange {
-    /// First byte.
-    pub start: u64,
-    /// One past the last byte.
-    pub end: u64,
-    /// Only last-level entries changed.
-    pub leaf: bool,
-}
-
-/// Sorts `ranges` and merges overlapping or touching ones (in place, no allocation).
-pub fn merge_ranges(ranges: &mut Vec<InvRange>) {
-    ranges.sort_unstable_by_key(|r| r.start);
-    let mut w = 0;
-    for i in 0..ranges.len() {
-        let r = ranges[i];
-        if i > 0 && r.start <= ranges[w].end {
-            let m = &mut ranges[w];
-            m.end = m.end.max(r.end);
-            m.leaf &= r.leaf;
-        } else {
-            if i > 0 {
-                w += 1;
-            }
-            ranges[w] = r;
-        }
-    }
-    ranges.truncate(if ranges.is_empty() { 0 } else { w + 1 });
-}
+pub use crate::inval::{InvRange, merge_ranges};
 
 /// Whether `[start, end)` overlaps one of `ranges`.
 fn overlaps(ranges: &[InvRange], start: u64, end: u64) -> bool {
@@ -328,7 +292,7 @@ impl Pending {
     /// caller completes that unmap at once, which for a failed gather means releasing
     /// nothing (a later flush must never release what an unconfirmed invalidation
     /// covered).
-    pub fn push<V: Invalidate>(
+    pub fn push<V: S2Tlb>(
         &mut self,
         g: Gather<V>,
         pins: &[Leaf],
@@ -380,154 +344,9 @@ pub struct Domain {
     pub pending: Pending,
 }
 
-/// Issues invalidations for one domain and waits for them.
-pub trait Invalidate {
-    /// Invalidates `ranges` (or every entry of the domain when `all`) and waits for
-    /// completion. `false` if completion could not be confirmed (SMMU failure).
-    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool;
-    /// Makes descriptor writes visible to table walkers (`DSB ISHST`).
-    fn barrier(&mut self);
-}
-
-/// The [`S2Tlb`] of one stage-2 operation on a domain: gathers invalidations (clipped to
-/// the operation's range, see the module docs) and freed tables; issues everything only
-/// when the table code needs completion (break-before-make) or the caller says so.
-#[derive(Debug)]
-pub struct Gather<V> {
-    clip: (u64, u64),
-    /// Gathered invalidations, not yet issued.
-    pub ranges: Vec<InvRange>,
-    /// Unclipped spans of freed tables.
-    pub spans: Vec<InvRange>,
-    /// Invalidate the whole VMID (a list could not grow, or asked for).
-    pub all: bool,
-    /// Tables freed by the operation, to free once invalidated.
-    pub tables: Vec<(PhysAddr, usize)>,
-    /// Some invalidation could not be confirmed.
-    pub failed: bool,
-    /// Leave tables emptied by an unmap linked (batched domains).
-    pub keep_tables: bool,
-    inv: V,
-}
-
-impl<V: Invalidate> Gather<V> {
-    /// A gatherer for an operation on `[start, end)`.
-    pub fn new(inv: V, start: Iova, end: Iova) -> Self {
-        Self {
-            clip: (start.get(), end.get()),
-            ranges: Vec::new(),
-            spans: Vec::new(),
-            all: false,
-            tables: Vec::new(),
-            failed: false,
-            keep_tables: false,
-            inv,
-        }
-    }
-
-    /// Whether something waits to be issued.
-    pub fn has_work(&self) -> bool {
-        self.all || !self.ranges.is_empty()
-    }
-
-    /// Issues what was gathered and waits. `false` if anything failed so far.
-    pub fn issue(&mut self) -> bool {
-        if self.has_work() {
-            merge_ranges(&mut self.ranges);
-            if !self.inv.issue(&self.ranges, self.all) {
-                self.failed = true;
-            }
-            self.ranges.clear();
-            self.all = false;
-        }
-        !self.failed
-    }
-
-    /// Frees the gathered tables into `mem`. Call only after [`issue`](Self::issue)
-    /// returned `true`.
-    pub fn free_tables<M: TableMemory + ?Sized>(&mut self, mem: &mut M) {
-        for (pa, size) in self.tables.drain(..) {
-            // SAFETY: the table code handed this table over through `defer_free` after
-            // unlinking it; the invalidation covering it completed (the caller's
-            // contract), so no walker refers to it.
-            unsafe { mem.free(pa, size) };
-        }
-    }
-
-    /// The invalidator.
-    pub fn inv(&mut self) -> &mut V {
-        &mut self.inv
-    }
-}
-
-impl<V: Invalidate> S2Tlb for Gather<V> {
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
-        let (s, e) = (ipa.get(), ipa.get().saturating_add(size));
-        let (cs, ce) = (s.max(self.clip.0), e.min(self.clip.1));
-        let r = if cs < ce {
-            InvRange {
-                start: cs,
-                end: ce,
-                leaf: last_level_only,
-            }
-        } else {
-            InvRange {
-                start: s,
-                end: e,
-                leaf: last_level_only,
-            }
-        };
-        if self.ranges.try_reserve(1).is_err() {
-            self.all = true;
-        } else {
-            self.ranges.push(r);
-        }
-        if !last_level_only && (s < cs || e > ce) {
-            if self.spans.try_reserve(1).is_err() {
-                self.all = true;
-            } else {
-                self.spans.push(InvRange {
-                    start: s,
-                    end: e,
-                    leaf: false,
-                });
-            }
-        }
-    }
-
-    fn invalidate_all(&mut self) {
-        self.all = true;
-    }
-
-    fn sync(&mut self) {
-        self.inv.barrier();
-    }
-
-    fn complete(&mut self) {
-        self.issue();
-    }
-
-    fn failed(&self) -> bool {
-        self.failed
-    }
-
-    fn keep_empty_tables(&self) -> bool {
-        self.keep_tables
-    }
-
-    fn defer_free(&mut self, pa: PhysAddr, size: usize) -> bool {
-        if self.tables.try_reserve(1).is_err() {
-            return false;
-        }
-        self.tables.push((pa, size));
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
 
     #[test]
     fn flags() {
@@ -553,58 +372,5 @@ mod tests {
         for bad in [4, 1 << 16, 13 << 8, 21 << 8, u64::MAX] {
             assert_eq!(DomainFlags::decode(bad), Err(Error::Invalid), "{bad:#x}");
         }
-    }
-
-    #[test]
-    fn prot() {
-        assert_eq!(
-            Prot::decode(prot::READ),
-            Ok(Prot {
-                read: true,
-                write: false
-            })
-        );
-        assert_eq!(
-            Prot::decode(prot::WRITE),
-            Ok(Prot {
-                read: false,
-                write: true
-            })
-        );
-        assert_eq!(Prot::decode(prot::ALL), Ok(Prot::RW));
-        for bad in [0, 4, prot::ALL | 8, u64::MAX] {
-            assert_eq!(Prot::decode(bad), Err(Error::Invalid), "{bad:#x}");
-        }
-        assert!(
-            Prot {
-                read: false,
-                write: false
-            }
-            .is_none()
-        );
-    }
-
-    #[test]
-    fn merging() {
-        let r = |start, end, leaf| InvRange { start, end, leaf };
-        let mut v = vec![
-            r(0x5000, 0x6000, true),
-            r(0x1000, 0x2000, true),
-            r(0x2000, 0x3000, false),
-            r(0x8000, 0x9000, true),
-            r(0x5800, 0x5900, true),
-        ];
-        merge_ranges(&mut v);
-        assert_eq!(
-            v,
-            [
-                r(0x1000, 0x3000, false),
-                r(0x5000, 0x6000, true),
-                r(0x8000, 0x9000, true)
-            ]
-        );
-        let mut e: Vec<InvRange> = Vec::new();
-        merge_ranges(&mut e);
-        assert!(e.is_empty());
     }
 }

@@ -43,16 +43,17 @@
 //! transition gets holds the `SMMUs` lock (taken after `host memory`); the table memory
 //! (the page pool) is a leaf.
 //!
-//! Invalidation of the host stage-2 goes through [`HostS2Tlb`]: CPU `TLBI IPAS2E1IS` +
-//! `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large ranges) with `DSB ISH`; when the SMMUs
-//! take part in broadcast TLB maintenance (BTM, CR2.PTM = 0) that is all, otherwise the
-//! same ranges are invalidated with SMMU commands and one `CMD_SYNC` per SMMU completes
-//! them. Its `sync` is `DSB ISHST` ([`CpuTlb::publish`]): the table code calls it before
+//! Invalidation of the host stage-2 goes through [`HostS2Tlb`], the host's
+//! [`Fanout`]: CPU `TLBI IPAS2E1IS` + `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large
+//! ranges) with `DSB ISH`; when the SMMUs take part in broadcast TLB maintenance (BTM,
+//! CR2.PTM = 0) that is all, otherwise the same ranges are invalidated with SMMU commands
+//! and one `CMD_SYNC` per SMMU completes them. Its `sync` is `DSB ISHST` ([`CpuTlb::publish`]): the table code calls it before
 //! every invalidation, before linking a new table and at the end of every change, so a
 //! walker never sees a table descriptor before the table's contents, nor a TLBI before
 //! the descriptor write it is for.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
+use crate::inval::{CpuInval, Fanout};
 use crate::page_state::{self, PageState, PreparedTables};
 use crate::pins::{PinError, PinSet};
 use crate::s2mmu::{Granule, S2Tlb, Stage2, TableMemory};
@@ -60,8 +61,8 @@ use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
 use host_abi::Error;
 
-/// Bytes in a page (the ownership unit).
-pub const PAGE: u64 = 4096;
+/// Bytes in a page (the ownership unit): the crate's one `PAGE`.
+pub use crate::PAGE;
 /// Most pages one MEM_DONATE / MEM_RECLAIM moves (bounded work per call).
 pub const MAX_PAGES_PER_CALL: u64 = 1 << 18;
 /// Past this many pages one invalidation covers the whole VMID instead of a range.
@@ -81,39 +82,32 @@ pub trait CpuTlb {
     fn tlbi_vmall(&mut self);
 }
 
-/// What the host stage-2's invalidations did, for benchmarks and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InvalidationCounts {
-    /// CPU TLBI operations (ranges or whole-VMID).
-    pub cpu_tlbi: u64,
-    /// SMMU invalidation requests (ranges or whole-VMID), summed over SMMUs.
-    pub smmu_tlbi: u64,
-    /// SMMU `CMD_SYNC`s waited for.
-    pub smmu_syncs: u64,
-    /// SMMU errors during invalidation (timeouts, command errors).
-    pub smmu_errors: u64,
+pub use crate::inval::InvalidationCounts;
+
+/// The CPU side of the host stage-2's [`Fanout`]: [`CpuTlb`] for the host's VMID.
+pub struct HostCpu<'a, C: CpuTlb>(pub &'a mut C);
+
+impl<C: CpuTlb> CpuInval for HostCpu<'_, C> {
+    fn barrier(&mut self) {
+        self.0.publish();
+    }
+    fn range(&mut self, ipa: Ipa, size: u64, _granule: Granule, _leaf: bool) {
+        self.0.tlbi_ipa_range(ipa, size);
+    }
+    fn all(&mut self) {
+        self.0.tlbi_vmall();
+    }
 }
 
-/// Host stage-2 invalidation for the CPU and every SMMU that walks the same table.
-pub struct HostS2Tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> {
-    /// The CPU side.
-    pub cpu: &'a mut C,
-    /// Every SMMU whose host StreamIDs use the host stage-2.
-    pub smmus: &'a mut [Smmu<I, M>],
-    /// The SMMUs' DMA memory seam.
-    pub smmu_mem: &'a mut M,
-    /// Whether the SMMUs see the CPU's broadcast TLBIs (BTM in use).
-    pub btm: bool,
-    /// The host's VMID.
-    pub vmid: u16,
-    /// Counters.
-    pub counts: &'a mut InvalidationCounts,
-    pending: bool,
-    failed: bool,
-}
+/// Host stage-2 invalidation for the CPU and every SMMU that walks the same table: the
+/// [`Fanout`] with the CPUs translating through the table, 4 KiB commands that also
+/// invalidate walk caches, and the whole VMID past [`FULL_FLUSH_PAGES`] pages.
+pub struct HostS2Tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory>(Fanout<'a, HostCpu<'a, C>, I, M>);
 
 impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
-    /// Bundles the seams for one operation.
+    /// Bundles the seams for one operation: the CPU side, every SMMU whose host StreamIDs
+    /// use the host stage-2 and their DMA memory seam, whether the SMMUs see the CPU's
+    /// broadcast TLBIs (BTM in use), the host's VMID, and the counters.
     pub fn new(
         cpu: &'a mut C,
         smmus: &'a mut [Smmu<I, M>],
@@ -122,76 +116,33 @@ impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
         vmid: u16,
         counts: &'a mut InvalidationCounts,
     ) -> Self {
-        Self {
-            cpu,
+        let mut f = Fanout::new(
+            HostCpu(cpu),
+            true,
+            btm,
             smmus,
             smmu_mem,
-            btm,
             vmid,
+            Granule::Size4K,
             counts,
-            pending: false,
-            failed: false,
-        }
+        );
+        f.whole_above = FULL_FLUSH_PAGES;
+        Self(f)
     }
 }
 
 impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
     fn sync(&mut self) {
-        self.cpu.publish();
+        self.0.sync();
     }
-
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, _last_level_only: bool) {
-        let whole = size / PAGE > FULL_FLUSH_PAGES;
-        if whole {
-            self.cpu.tlbi_vmall();
-        } else {
-            self.cpu.tlbi_ipa_range(ipa, size);
-        }
-        self.counts.cpu_tlbi += 1;
-        if self.btm {
-            // The DSB that completed the broadcast TLBI completed it on the SMMUs too.
-            return;
-        }
-        for smmu in self.smmus.iter_mut() {
-            if whole {
-                smmu.tlbi_vmall(self.smmu_mem, self.vmid);
-            } else {
-                smmu.tlbi_s2_range(self.smmu_mem, self.vmid, ipa, size, Granule::Size4K);
-            }
-            self.counts.smmu_tlbi += 1;
-        }
-        self.pending = true;
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        self.0.invalidate_ipa_range(ipa, size, last_level_only);
     }
-
     fn invalidate_all(&mut self) {
-        self.cpu.tlbi_vmall();
-        self.counts.cpu_tlbi += 1;
-        if self.btm {
-            return;
-        }
-        for smmu in self.smmus.iter_mut() {
-            smmu.tlbi_vmall(self.smmu_mem, self.vmid);
-            self.counts.smmu_tlbi += 1;
-        }
-        self.pending = true;
+        self.0.invalidate_all();
     }
-
-    fn complete(&mut self) {
-        if !self.pending {
-            return;
-        }
-        self.pending = false;
-        for smmu in self.smmus.iter_mut() {
-            self.counts.smmu_syncs += 1;
-            if smmu.sync(self.smmu_mem).is_err() {
-                self.counts.smmu_errors += 1;
-                self.failed = true;
-            }
-        }
-    }
-
-    fn failed(&self) -> bool {
-        self.failed
+    fn complete(&mut self) -> bool {
+        self.0.complete()
     }
 }
 
@@ -340,7 +291,7 @@ impl HostMem {
         let unmapped = self.s2.unmap(&mut tables, tlb, Ipa(r.base.get()), r.size);
         drop(tables);
         // Ownership changes only once the host's and devices' translations are gone.
-        tlb.complete();
+        let confirmed = tlb.complete();
         if let Err(e) = unmapped {
             // Not reachable: the tables were counted and allocated above. Whatever was
             // unmapped stays so, and goes to nobody.
@@ -348,7 +299,7 @@ impl HostMem {
             log::error!("MEM_DONATE {r:?}: prepared unmap failed ({e}); pages withheld");
             return Err(Error::Busy);
         }
-        if tlb.failed() {
+        if !confirmed {
             // A device may still reach the pages: they leave the host (unmapped) but go
             // to nobody; the host gets BUSY and the pages stay out of use for good.
             log::error!(
@@ -572,8 +523,7 @@ mod tests {
         fn inv(&mut self, ipa: Ipa, size: u64, leaf: bool);
         fn all(&mut self);
         fn sync_(&mut self);
-        fn complete_(&mut self);
-        fn failed_(&self) -> bool;
+        fn complete_(&mut self) -> bool;
     }
     impl<T: S2Tlb> S2TlbDyn for T {
         fn inv(&mut self, ipa: Ipa, size: u64, leaf: bool) {
@@ -585,11 +535,8 @@ mod tests {
         fn sync_(&mut self) {
             self.sync()
         }
-        fn complete_(&mut self) {
+        fn complete_(&mut self) -> bool {
             self.complete()
-        }
-        fn failed_(&self) -> bool {
-            self.failed()
         }
     }
     impl S2Tlb for &mut dyn S2TlbDyn {
@@ -602,11 +549,8 @@ mod tests {
         fn sync(&mut self) {
             (**self).sync_()
         }
-        fn complete(&mut self) {
+        fn complete(&mut self) -> bool {
             (**self).complete_()
-        }
-        fn failed(&self) -> bool {
-            (**self).failed_()
         }
     }
 

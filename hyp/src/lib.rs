@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod gic;
 pub mod host_mem;
 pub mod hpfar;
+pub mod inval;
 pub mod layout;
 pub mod masters;
 pub mod page_state;

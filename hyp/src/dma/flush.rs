@@ -6,81 +6,120 @@
 
 use super::{CpuSeams, DomainId, Hyp, MAX_FLUSH_RANGES, PagePool, Slot};
 use crate::PAGE;
-use crate::addr::{Ipa, PhysRange};
-use crate::domain::{Domain, Gather, InvRange, Invalidate, Leaf};
+use crate::addr::{Iova, Ipa, PhysRange};
+use crate::domain::{Domain, InvRange, Leaf};
 use crate::host_mem::HostMem;
-use crate::s2mmu::Granule;
+use crate::inval::{CpuInval, Fanout, Gather, InvalidationCounts, Limits};
+use crate::s2mmu::{Granule, S2Tlb};
 use crate::smmu::{SmmuIo, TLBI_RANGE_MAX_PAGES};
 use core::sync::atomic::Ordering;
 use host_abi::Error;
 
-/// Domain invalidation for one operation: SMMU commands on the SMMUs the domain was ever
-/// attached to, or CPU TLBIs by VMID (BTM).
+/// Domain invalidation for one operation: the domain's [`Fanout`] (the CPUs never
+/// translate through a domain: SMMU commands on the SMMUs the domain was ever attached
+/// to, or CPU TLBIs by VMID with BTM), built when something is issued, so that the SMMU
+/// set is locked only then.
 pub(super) struct DomInv<'h, I: SmmuIo, M: PagePool, C: CpuSeams> {
     hyp: &'h Hyp<I, M, C>,
     slot: &'h Slot,
     vmid: u16,
     granule: Granule,
+    /// An invalidation issued through this value was not confirmed.
+    failed: bool,
 }
 
-impl<I: SmmuIo, M: PagePool, C: CpuSeams> Invalidate for DomInv<'_, I, M, C> {
-    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
-        let gsize = self.granule.size();
-        let all = all
-            || ranges.len() > MAX_FLUSH_RANGES
-            || ranges
-                .iter()
-                .any(|r| (r.end - r.start) / gsize > TLBI_RANGE_MAX_PAGES);
+/// The CPU side of a domain's [`Fanout`]: TLBIs under the domain's VMID.
+struct VmidCpu<C> {
+    cpu: C,
+    vmid: u16,
+}
+
+impl<C: CpuSeams> CpuInval for VmidCpu<C> {
+    fn barrier(&mut self) {
+        self.cpu.dsb_ishst();
+    }
+    fn range(&mut self, ipa: Ipa, size: u64, granule: Granule, leaf: bool) {
+        self.cpu
+            .tlbi_vmid_range(self.vmid, ipa, size, granule, leaf);
+    }
+    fn all(&mut self) {
+        self.cpu.tlbi_vmid_all(self.vmid);
+    }
+}
+
+impl<I: SmmuIo, M: PagePool, C: CpuSeams> DomInv<'_, I, M, C> {
+    /// Runs `f` on the domain's fan-out, then counts its CPU TLBIs.
+    fn with_fanout<R>(&mut self, f: impl FnOnce(&mut Fanout<'_, VmidCpu<C>, I, M>) -> R) -> R {
         let hyp = self.hyp;
-        if hyp.cpu_path() {
-            let mut cpu = hyp.cpu.clone();
-            if all {
-                cpu.tlbi_vmid_all(self.vmid);
-                hyp.stats.domain_cpu_tlbis.fetch_add(1, Ordering::Relaxed);
-            } else {
-                for r in ranges {
-                    cpu.tlbi_vmid_range(
-                        self.vmid,
-                        Ipa(r.start),
-                        r.end - r.start,
-                        self.granule,
-                        r.leaf,
-                    );
-                    hyp.stats.domain_cpu_tlbis.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            return true;
-        }
+        let cpu = VmidCpu {
+            cpu: hyp.cpu.clone(),
+            vmid: self.vmid,
+        };
         let mut mem = hyp.pool.clone();
-        let mut set = hyp.smmus.lock();
-        let mask = self.slot.smmu_mask.load(Ordering::Relaxed);
-        let mut ok = true;
-        for (i, smmu) in set.smmus.iter_mut().enumerate() {
-            if mask & (1 << i) == 0 {
-                continue;
-            }
-            if all {
-                smmu.tlbi_vmall(&mut mem, self.vmid);
-            } else {
-                for r in ranges {
-                    let (ipa, size) = (Ipa(r.start), r.end - r.start);
-                    if r.leaf {
-                        smmu.tlbi_s2_leaf_range(&mut mem, self.vmid, ipa, size, self.granule);
-                    } else {
-                        smmu.tlbi_s2_range(&mut mem, self.vmid, ipa, size, self.granule);
-                    }
-                }
-            }
-            if let Err(e) = smmu.sync(&mut mem) {
-                log::error!("smmu{i}: invalidation of VMID {} failed: {e}", self.vmid);
-                ok = false;
-            }
-        }
-        ok
+        let mut counts = InvalidationCounts::default();
+        let r = if hyp.cpu_path() {
+            let mut fan = Fanout::new(
+                cpu,
+                false,
+                true,
+                &mut [],
+                &mut mem,
+                self.vmid,
+                self.granule,
+                &mut counts,
+            );
+            f(&mut fan)
+        } else {
+            let mut set = hyp.smmus.lock();
+            let mut fan = Fanout::new(
+                cpu,
+                false,
+                false,
+                &mut set.smmus,
+                &mut mem,
+                self.vmid,
+                self.granule,
+                &mut counts,
+            );
+            fan.smmu_mask = self.slot.smmu_mask.load(Ordering::Relaxed);
+            fan.leaf_commands = true;
+            f(&mut fan)
+        };
+        hyp.stats
+            .domain_cpu_tlbis
+            .fetch_add(counts.cpu_tlbi, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<I: SmmuIo, M: PagePool, C: CpuSeams> S2Tlb for DomInv<'_, I, M, C> {
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        let r = InvRange {
+            start: ipa.get(),
+            end: ipa.get().saturating_add(size),
+            leaf: last_level_only,
+        };
+        // Issued and completed at once (earlier than the seam requires).
+        self.issue(&[r], false);
     }
 
-    fn barrier(&mut self) {
+    fn invalidate_all(&mut self) {
+        self.issue(&[], true);
+    }
+
+    fn complete(&mut self) -> bool {
+        !self.failed
+    }
+
+    fn sync(&mut self) {
         self.hyp.cpu.clone().dsb_ishst();
+    }
+
+    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
+        if !self.with_fanout(|fan| fan.issue(ranges, all)) {
+            self.failed = true;
+        }
+        !self.failed
     }
 }
 
@@ -110,13 +149,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
 
     /// Completes a strict unmap: one invalidation per range and one `CMD_SYNC` per SMMU,
     /// then (only then) tables freed, caches invalidated and pins released.
-    pub(super) fn complete_unmap<V: Invalidate>(
-        &self,
-        nc: bool,
-        g: &mut Gather<V>,
-        leaves: &[Leaf],
-    ) {
-        if !g.issue() {
+    pub(super) fn complete_unmap<V: S2Tlb>(&self, nc: bool, g: &mut Gather<V>, leaves: &[Leaf]) {
+        if !g.complete() {
             self.leak_tables(g);
             self.leak_pins(leaves.iter().map(|l| l.pa));
             return;
@@ -170,7 +204,29 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             slot,
             vmid: dom.vmid.raw(),
             granule: dom.s2.geometry().granule(),
+            failed: false,
         }
+    }
+
+    /// When a domain's gathered ranges become one whole-VMID invalidation.
+    fn dom_limits(dom: &Domain) -> Limits {
+        Limits {
+            max_ranges: MAX_FLUSH_RANGES,
+            max_range_granules: TLBI_RANGE_MAX_PAGES,
+            granule: dom.s2.geometry().granule(),
+        }
+    }
+
+    /// The gather of one operation on `[start, end)` of `dom`.
+    pub(super) fn dom_gather<'h>(
+        &'h self,
+        slot: &'h Slot,
+        dom: &Domain,
+        start: Iova,
+        end: Iova,
+    ) -> Gather<DomInv<'h, I, M, C>> {
+        let limits = Self::dom_limits(dom);
+        Gather::clipped(self.dom_inv(slot, dom), start.get(), end.get(), limits)
     }
 
     /// Completes every queued unmap of `dom`: invalidation + one `CMD_SYNC` per SMMU,
@@ -183,8 +239,9 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         slot.oldest_ns.store(u64::MAX, Ordering::Relaxed);
         slot.pending_pages.fetch_sub(p.pages, Ordering::Relaxed);
         let mut inv = self.dom_inv(slot, dom);
-        crate::domain::merge_ranges(&mut p.ranges);
-        if (!p.ranges.is_empty() || p.all) && !inv.issue(&p.ranges, p.all) {
+        if (!p.ranges.is_empty() || p.all)
+            && !crate::inval::issue(&mut inv, &mut p.ranges, p.all, &Self::dom_limits(dom))
+        {
             log::error!("domain {}: flush unconfirmed", dom.id);
             self.stats
                 .leaked_pages

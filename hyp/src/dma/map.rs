@@ -5,7 +5,7 @@
 use super::{CpuSeams, DomainId, Hyp, PagePool, Prot, Slot};
 use crate::PAGE;
 use crate::addr::{Iova, PhysAddr, PhysRange};
-use crate::domain::{Gather, any_mapped, collect_leaves, count_leaves};
+use crate::domain::{any_mapped, collect_leaves, count_leaves};
 use crate::s2mmu::{S2Attrs, S2Error};
 use crate::smmu::SmmuIo;
 use core::sync::atomic::Ordering;
@@ -76,8 +76,10 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             // What the CPU wrote must be in memory before the device can read it.
             cpu.clean_inval_poc(pa, chunk);
         }
-        let mut g = Gather::new(self.dom_inv(slot, dom), iova, chunk_end);
-        let r = dom.s2.map(&mut mem, &mut g, iova.ipa(), pa, chunk, attrs);
+        let mut g = self.dom_gather(slot, dom, iova, chunk_end);
+        let r = dom
+            .s2
+            .map_gathered(&mut mem, &mut g, iova.ipa(), pa, chunk, attrs);
         let done = match r {
             Ok(()) => chunk,
             Err(S2Error::OutOfMemory { done }) => done,
@@ -88,7 +90,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         };
         // Nothing valid was replaced (the range was unmapped), so there is normally
         // nothing to invalidate; if there is, it completes before tables are freed.
-        if g.issue() {
+        if g.complete() {
             g.free_tables(&mut mem);
         } else {
             self.leak_tables(&mut g);
@@ -143,13 +145,14 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         if found.mapped == 0 {
             return Err(Error::NoEnt);
         }
-        let mut gather = Gather::new(self.dom_inv(slot, dom), start, found.end);
-        gather.keep_tables = dom.flags.batched;
+        let mut gather = self
+            .dom_gather(slot, dom, start, found.end)
+            .keep_empty_tables(dom.flags.batched);
         let iova = start.get();
         let processed =
             match dom
                 .s2
-                .unmap(&mut mem, &mut gather, start.ipa(), found.end.get() - iova)
+                .unmap_gathered(&mut mem, &mut gather, start.ipa(), found.end.get() - iova)
             {
                 Ok(()) => found.end.get(),
                 Err(S2Error::OutOfMemory { done }) => iova + done,
@@ -168,7 +171,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         });
         if processed == iova {
             // Nothing unmapped (no memory to split a block): nothing to release.
-            if gather.issue() {
+            if gather.complete() {
                 gather.free_tables(&mut mem);
             } else {
                 self.leak_tables(&mut gather);
