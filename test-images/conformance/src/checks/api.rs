@@ -16,6 +16,10 @@ use crate::plan::{self, BOGUS_DOMAIN, Features, PAGE, X};
 
 type R = Result<String, String>;
 
+/// The batched-flush deadline (10 ms): a window longer than this proves nothing about
+/// the batched queue.
+const DEADLINE_US: u64 = 10_000;
+
 // ---------------------------------------------------------------------------------------
 // Discovery
 // ---------------------------------------------------------------------------------------
@@ -221,20 +225,41 @@ pub fn alloc_batched(env: &Env) -> R {
         "DOMAIN_ALLOC(BATCHED) = domain {} (a strict one alive: {})",
         d.id, strict.id
     ));
-    d.map_ok(X, HOST.page(0), PAGE, prot::ALL)?;
-    d.unmap_ok(X, PAGE)?;
-    match pages() {
-        Ok(p) if p[1] == p0[1] + 1 && p[0] == p0[0] + 1 => {
-            o.note("after UNMAP: 1 page pending invalidation, still pinned")
+    // The 10 ms deadline flush may empty the queue if this vCPU is descheduled between
+    // UNMAP and STATS (a loaded host): such a window proves nothing, so it is retried
+    // (after a FLUSH) and only a window shorter than the deadline is judged.
+    let mut judged = false;
+    for attempt in 0..5 {
+        d.map_ok(X, HOST.page(0), PAGE, prot::ALL)?;
+        let t0 = el1_rt::rt::counter();
+        d.unmap_ok(X, PAGE)?;
+        let p = pages();
+        let us = crate::env::us_since(t0);
+        if us > DEADLINE_US {
+            o.note(format!(
+                "attempt {attempt}: {us} µs between UNMAP and STATS, retried"
+            ));
+            o.want_ok(format!("FLUSH({})", d.id), smccc::flush(d.id));
+            continue;
         }
-        Ok(p) => o.fail(format!(
-            "after a batched UNMAP, STATS pinned/pending = {}/{}, expected {}/{}",
-            p[0],
-            p[1],
-            p0[0] + 1,
-            p0[1] + 1
-        )),
-        Err(e) => o.fail(e),
+        judged = true;
+        match p {
+            Ok(p) if p[1] == p0[1] + 1 && p[0] == p0[0] + 1 => {
+                o.note("after UNMAP: 1 page pending invalidation, still pinned")
+            }
+            Ok(p) => o.fail(format!(
+                "after a batched UNMAP, STATS pinned/pending = {}/{}, expected {}/{} ({us} µs later)",
+                p[0],
+                p[1],
+                p0[0] + 1,
+                p0[1] + 1
+            )),
+            Err(e) => o.fail(e),
+        }
+        break;
+    }
+    if !judged {
+        o.fail("five UNMAP-to-STATS windows all exceeded the 10 ms deadline: nothing judged");
     }
     o.want_ok(format!("FLUSH({})", d.id), smccc::flush(d.id));
     check_pins(&mut o, p0, "after FLUSH");
