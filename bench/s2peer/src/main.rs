@@ -88,7 +88,7 @@ unsafe impl TableMemory for HeapMem {
         let layout = Layout::from_size_align(size, align).ok()?;
         // SAFETY: `size` is nonzero (a table).
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!p.is_null()).then(|| PhysAddr(p as u64))
+        (!p.is_null()).then_some(PhysAddr(p as u64))
     }
 
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
@@ -229,7 +229,7 @@ fn samples(w: &Work) -> Vec<u64> {
     let step = (w.maps.len() / 16).max(1);
     let mut out = Vec::new();
     for &(ipa, _, size) in w.maps.iter().step_by(step) {
-        out.extend([ipa, ipa + (size / 2 & !(K4 - 1)), ipa + size - K4]);
+        out.extend([ipa, ipa + ((size / 2) & !(K4 - 1)), ipa + size - K4]);
     }
     out
 }
