@@ -257,7 +257,7 @@ mod tests {
             &["a".into(), "bb".into()],
             &[vec!["xyz".into(), "1".into()]],
         );
-        assert_eq!(t, "a     bb\n--------\nxyz    1\n");
+        assert_eq!(t, "a    bb\n-------\nxyz   1\n");
     }
 
     #[test]
