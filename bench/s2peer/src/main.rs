@@ -8,16 +8,20 @@
 //! check after it are not counted. Before the unmap phase (outside the region) the program
 //! translates sample addresses and prints them as `check IPA -> PA` (or `-> none`) lines,
 //! which xtask compares between the sides; after the unmap phase it checks that the
-//! samples are gone. Exit status 0 only if every check passed.
+//! samples are gone. It also prints `tables mapped BYTES` (translation-table bytes
+//! allocated, root included, after the maps) and `tables unmapped BYTES` (after the
+//! unmaps). Exit status 0 only if every check passed.
 
 use std::alloc::Layout;
 use std::hint::black_box;
 use std::process::ExitCode;
+use std::ptr::NonNull;
 
 use aarch64_paging::Mapping;
 use aarch64_paging::descriptor::{PhysicalAddress, Stage2Attributes};
-use aarch64_paging::idmap::IdTranslation;
-use aarch64_paging::paging::{Constraints, MemoryRegion, Stage2 as PeerRegime};
+use aarch64_paging::paging::{
+    Constraints, MemoryRegion, PageTable, Stage2 as PeerRegime, Translation,
+};
 use hyp::addr::{Ipa, PhysAddr};
 use hyp::s2mmu::{Granule, NoTlb, S2Attrs, S2Geometry, Stage2, TableMemory};
 
@@ -76,8 +80,10 @@ fn work(name: &str) -> Option<Work> {
 }
 
 /// Table memory for Warden's side: the global allocator, PA == host address (as
-/// aarch64-paging's `IdTranslation` does for the peer).
-struct HeapMem;
+/// the peer's [`CountingTranslation`]); `live` counts the bytes allocated.
+struct HeapMem {
+    live: u64,
+}
 
 // SAFETY: `alloc_zeroed` returns fresh zeroed allocations of `size` bytes aligned to
 // `align` from the global allocator, which no other allocation overlaps; `table_ptr`
@@ -88,7 +94,11 @@ unsafe impl TableMemory for HeapMem {
         let layout = Layout::from_size_align(size, align).ok()?;
         // SAFETY: `size` is nonzero (a table).
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!p.is_null()).then_some(PhysAddr(p as u64))
+        if p.is_null() {
+            return None;
+        }
+        self.live += size as u64;
+        Some(PhysAddr(p as u64))
     }
 
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
@@ -96,6 +106,7 @@ unsafe impl TableMemory for HeapMem {
         if let Ok(layout) = Layout::from_size_align(size, size) {
             // SAFETY: the caller passes an allocation of ours with its size.
             unsafe { std::alloc::dealloc(pa.0 as *mut u8, layout) };
+            self.live -= size as u64;
         }
     }
 
@@ -110,6 +121,8 @@ trait Side {
     fn unmap(&mut self, ipa: u64, size: u64) -> bool;
     /// The output address of `ipa`, if mapped.
     fn translate(&self, ipa: u64) -> Option<u64>;
+    /// Bytes of translation tables allocated now (root included).
+    fn table_bytes(&self) -> u64;
 }
 
 struct Warden {
@@ -140,9 +153,45 @@ impl Side for Warden {
             .translate(&self.mem, Ipa(ipa))
             .map(|(pa, _, _)| pa.0)
     }
+    fn table_bytes(&self) -> u64 {
+        self.mem.live
+    }
 }
 
-type PeerMap = Mapping<IdTranslation<Stage2Attributes>, PeerRegime>;
+/// The peer's table memory: like aarch64-paging's `IdTranslation` (global allocator,
+/// PA == host address), counting the bytes allocated.
+#[derive(Default)]
+struct CountingTranslation {
+    live: u64,
+}
+
+type PeerTable = PageTable<Stage2Attributes>;
+
+impl Translation<Stage2Attributes> for CountingTranslation {
+    fn allocate_table(&mut self) -> (NonNull<PeerTable>, PhysicalAddress) {
+        let layout = Layout::new::<PeerTable>();
+        // SAFETY: a page table has a nonzero size; zeroed memory is a valid (empty) table.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<PeerTable>();
+        let Some(table) = NonNull::new(p) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        self.live += layout.size() as u64;
+        (table, PhysicalAddress(p as usize))
+    }
+
+    unsafe fn deallocate_table(&mut self, page_table: NonNull<PeerTable>) {
+        let layout = Layout::new::<PeerTable>();
+        // SAFETY: the caller passes a table `allocate_table` allocated with this layout.
+        unsafe { std::alloc::dealloc(page_table.as_ptr().cast(), layout) };
+        self.live -= layout.size() as u64;
+    }
+
+    fn physical_to_virtual(&self, pa: PhysicalAddress) -> NonNull<PeerTable> {
+        NonNull::new(pa.0 as *mut PeerTable).unwrap_or(NonNull::dangling())
+    }
+}
+
+type PeerMap = Mapping<CountingTranslation, PeerRegime>;
 
 struct Peer {
     map: PeerMap,
@@ -198,6 +247,9 @@ impl Side for Peer {
         });
         out
     }
+    fn table_bytes(&self) -> u64 {
+        self.map.translation().live
+    }
 }
 
 /// The counted part: every call of the workload. Returns how many calls failed.
@@ -250,7 +302,7 @@ fn main() -> ExitCode {
                 eprintln!("s2peer: no 39-bit geometry");
                 return ExitCode::FAILURE;
             };
-            let mut mem = HeapMem;
+            let mut mem = HeapMem { live: 0 };
             // SAFETY: every call passes this `mem`, and nothing else touches its tables.
             let Ok(s2) = (unsafe { Stage2::new(geom, &mut mem) }) else {
                 eprintln!("s2peer: no memory for the root");
@@ -259,7 +311,7 @@ fn main() -> ExitCode {
             Box::new(Warden { s2, mem })
         }
         "peer" => Box::new(Peer {
-            map: PeerMap::new(IdTranslation::new(), 1, PeerRegime),
+            map: PeerMap::new(CountingTranslation::default(), 1, PeerRegime),
         }),
         other => {
             eprintln!("s2peer: unknown side '{other}'");
@@ -274,6 +326,7 @@ fn main() -> ExitCode {
         for s in [ipa, ipa + size / 2, ipa + size - K4] {
             print_check(s, side.translate(s));
         }
+        println!("tables mapped {}", side.table_bytes());
         ok &= side.unmap(ipa, size);
         bench_region(side.as_mut(), &w, true, true)
     } else {
@@ -281,8 +334,10 @@ fn main() -> ExitCode {
         for s in samples(&w) {
             print_check(s, side.translate(s));
         }
+        println!("tables mapped {}", side.table_bytes());
         f + bench_region(side.as_mut(), &w, false, true)
     };
+    println!("tables unmapped {}", side.table_bytes());
     for s in samples(&w) {
         if side.translate(s).is_some() {
             println!("error: {s:#x} still mapped after the unmaps");

@@ -191,18 +191,25 @@ pub fn qemu_args(machine: &Machine, boot: &Boot, smmu: bool) -> Vec<OsString> {
     a
 }
 
-/// Runs the section.
-pub fn run(quick: bool, rounds: usize, dir: &Path) -> Result<(Section, Vec<String>)> {
+/// What every boot of the section shares: kernel, initramfs, Warden, disk, machine.
+pub struct Env {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub warden: PathBuf,
+    pub disk: PathBuf,
+    pub machine: Machine,
+}
+
+/// Installs and builds what the boots need (QEMU, the Debian kernel and busybox, the
+/// bench initramfs, Warden's image, a sparse disk).
+pub fn prepare(dir: &Path) -> Result<Env> {
     let payload = deps::ensure_all()?;
     let initrd = ensure_initramfs(&payload, dir)?;
     let warden = crate::build::build_image(false)?;
     let disk = dir.join("blk.disk");
-    {
-        let f = std::fs::File::create(&disk)
-            .with_context(|| format!("cannot create {}", disk.display()))?;
-        f.set_len(DISK_BYTES)?;
-    }
-    let ops: u64 = if quick { 200 } else { 5000 };
+    let f = std::fs::File::create(&disk)
+        .with_context(|| format!("cannot create {}", disk.display()))?;
+    f.set_len(DISK_BYTES)?;
     let machine = Machine {
         cpu: "max".into(),
         smp: 2,
@@ -210,6 +217,52 @@ pub fn run(quick: bool, rounds: usize, dir: &Path) -> Result<(Section, Vec<Strin
         gic: 3,
     };
     qemu::check_layout(&machine, &payload.kernel, &initrd)?;
+    Ok(Env {
+        kernel: payload.kernel,
+        initrd,
+        warden,
+        disk,
+        machine,
+    })
+}
+
+/// Boots `c` once with `ops` operations per phase; returns the console output (also
+/// in `log`) and what `blkbench` reported. Fails unless `blkbench` finished.
+pub fn boot(env: &Env, c: &Config, ops: u64, seed: u64, log: &Path) -> Result<(String, Run)> {
+    let host_args = format!(
+        "{} warden_bench.ops={ops} warden_bench.seed={seed} {}",
+        boottest::HOST_ARGS,
+        c.args
+    );
+    let boot = Boot {
+        warden: c
+            .warden
+            .then(|| (env.warden.clone(), boottest::WARDEN_ARGS.to_string())),
+        kernel: env.kernel.clone(),
+        initrd: env.initrd.clone(),
+        host_args: host_args.trim_end().to_string(),
+        disk: Some(env.disk.clone()),
+        no_reboot: true,
+        extra: Vec::new(),
+    };
+    let mut cmd = std::process::Command::new("qemu-system-aarch64");
+    cmd.args(qemu_args(&env.machine, &boot, c.smmu));
+    let out = qemu::run_captured(cmd, log, TIMEOUT, |_| {})?;
+    let r = parse(&out.output);
+    if !r.ok {
+        bail!(
+            "{}: blkbench did not finish (see {})",
+            c.name,
+            util::show(log)
+        );
+    }
+    Ok((out.output, r))
+}
+
+/// Runs the section.
+pub fn run(quick: bool, rounds: usize, dir: &Path) -> Result<(Section, Vec<String>)> {
+    let env = prepare(dir)?;
+    let ops: u64 = if quick { 200 } else { 5000 };
     let mut reads = vec![Vec::new(); CONFIGS.len()];
     let mut writes = vec![Vec::new(); CONFIGS.len()];
     let mut domains = vec![String::new(); CONFIGS.len()];
@@ -221,35 +274,8 @@ pub fn run(quick: bool, rounds: usize, dir: &Path) -> Result<(Section, Vec<Strin
                 round + 1,
                 c.name
             ));
-            let host_args = format!(
-                "{} warden_bench.ops={ops} warden_bench.seed={} {}",
-                boottest::HOST_ARGS,
-                round + 1,
-                c.args
-            );
-            let boot = Boot {
-                warden: c
-                    .warden
-                    .then(|| (warden.clone(), boottest::WARDEN_ARGS.to_string())),
-                kernel: payload.kernel.clone(),
-                initrd: initrd.clone(),
-                host_args: host_args.trim_end().to_string(),
-                disk: Some(disk.clone()),
-                no_reboot: true,
-                extra: Vec::new(),
-            };
-            let mut cmd = std::process::Command::new("qemu-system-aarch64");
-            cmd.args(qemu_args(&machine, &boot, c.smmu));
             let log = dir.join(format!("blk-{i}-round{}.log", round + 1));
-            let out = qemu::run_captured(cmd, &log, TIMEOUT, |_| {})?;
-            let r = parse(&out.output);
-            if !r.ok {
-                bail!(
-                    "{}: blkbench did not finish (see {})",
-                    c.name,
-                    util::show(&log)
-                );
-            }
+            let (_, r) = boot(&env, c, ops, round as u64 + 1, &log)?;
             domains[i] = r.domain.unwrap_or_default();
             reads[i].extend(r.read);
             writes[i].extend(r.write);

@@ -46,6 +46,23 @@ pub fn check_lines(stdout: &str) -> Vec<&str> {
     stdout.lines().filter(|l| l.starts_with("check ")).collect()
 }
 
+/// The `tables mapped N` / `tables unmapped N` figures of an `s2peer` run.
+pub fn table_bytes(stdout: &str) -> (Option<u64>, Option<u64>) {
+    let get = |p: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(p))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    (get("tables mapped "), get("tables unmapped "))
+}
+
+/// Runs `s2peer SIDE WORK` natively (no counting) and returns its standard output.
+pub fn run_plain(side: &str, work: &str) -> Result<String> {
+    let bin = build().context("cannot build bench/s2peer")?;
+    util::output(Command::new(bin).args([side, work]))
+}
+
 /// One run: instructions counted, and `s2peer`'s standard output.
 fn run_one(bin: &Path, out_dir: &Path, side: &str, work: &str) -> Result<(u64, String)> {
     let out_file = out_dir.join(format!("callgrind.{side}.{work}.out"));
@@ -89,16 +106,25 @@ pub fn run(rounds: usize, out_dir: &Path) -> Result<(Section, Vec<String>)> {
     crate::deps::ensure_tool("valgrind")?;
     let bin = build().context("cannot build bench/s2peer")?;
     let mut counts = vec![(Vec::new(), Vec::new()); WORKLOADS.len()];
+    let mut tables = vec![((None, None), (None, None)); WORKLOADS.len()];
     let mut failures = Vec::new();
     for round in 0..rounds {
         say(format!("section 1: callgrind round {}/{rounds}", round + 1));
         for (i, (work, _)) in WORKLOADS.iter().enumerate() {
             let (w, w_out) = run_one(&bin, out_dir, "warden", work)?;
             let (p, p_out) = run_one(&bin, out_dir, "peer", work)?;
-            if round == 0 && check_lines(&w_out) != check_lines(&p_out) {
-                failures.push(format!(
-                    "section 1 {work}: the sides translate the sample addresses differently"
-                ));
+            if round == 0 {
+                if check_lines(&w_out) != check_lines(&p_out) {
+                    failures.push(format!(
+                        "section 1 {work}: the sides translate the sample addresses differently"
+                    ));
+                }
+                tables[i] = (table_bytes(&w_out), table_bytes(&p_out));
+                if tables[i].0.0 != tables[i].1.0 {
+                    failures.push(format!(
+                        "section 1 {work}: the sides hold different table bytes after the maps"
+                    ));
+                }
             }
             counts[i].0.push(w as f64);
             counts[i].1.push(p as f64);
@@ -113,13 +139,20 @@ pub fn run(rounds: usize, out_dir: &Path) -> Result<(Section, Vec<String>)> {
              uses). Median of {rounds} interleaved rounds (callgrind counts are \
              deterministic: the spread shows only when they are not). Both sides \
              translate the same sample addresses to the same output addresses before the \
-             unmaps and none after them. Goal (issue 9): Warden / peer <= {GOAL}. Note: \
+             unmaps and none after them, and hold the same table bytes after the maps. Goal (issue 9): Warden / peer <= {GOAL}. Note: \
              aarch64-paging does not free tables emptied by an unmap (it has a separate \
              `compact_subtables`); Warden does."
         ),
-        header: ["workload", "Warden insns", "peer insns", "Warden / peer"]
-            .map(String::from)
-            .to_vec(),
+        header: [
+            "workload",
+            "Warden insns",
+            "peer insns",
+            "Warden / peer",
+            "table KiB mapped (W / P)",
+            "table KiB after unmap (W / P)",
+        ]
+        .map(String::from)
+        .to_vec(),
         ..Default::default()
     };
     let mut bars = Vec::new();
@@ -129,11 +162,15 @@ pub fn run(rounds: usize, out_dir: &Path) -> Result<(Section, Vec<String>)> {
         let (Some(ws), Some(ps), Some(rs)) = (Stat::of(w), Stat::of(p), Stat::of(&ratios)) else {
             continue;
         };
+        let kib = |v: Option<u64>| v.map_or("?".to_string(), |b| (b / 1024).to_string());
+        let ((wm, wu), (pm, pu)) = tables[i];
         s.rows.push(vec![
             what.to_string(),
             ws.show(0),
             ps.show(0),
             format!("{}x", rs.show(2)),
+            format!("{} / {}", kib(wm), kib(pm)),
+            format!("{} / {}", kib(wu), kib(pu)),
         ]);
         bars.push((format!("{work}: {what}"), rs.median));
         if rs.median > GOAL {
@@ -161,6 +198,13 @@ mod tests {
         let text = "events: Ir\nfn=foo\n1 2\nsummary: 37458464\ntotals: 37458464\n";
         assert_eq!(parse_callgrind_total(text), Some(37_458_464));
         assert_eq!(parse_callgrind_total("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn table_figures() {
+        let out = "check 0x1 -> none\ntables mapped 8192\ntables unmapped 4096\n";
+        assert_eq!(table_bytes(out), (Some(8192), Some(4096)));
+        assert_eq!(table_bytes("x\n"), (None, None));
     }
 
     #[test]
