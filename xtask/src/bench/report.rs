@@ -155,7 +155,7 @@ pub fn svg(c: &Chart) -> String {
     const PLOT_W: f64 = 440.0;
     const BAR_H: f64 = 22.0;
     const GAP: f64 = 8.0;
-    const TOP: f64 = 40.0;
+    const TOP: f64 = 52.0;
     let max = c
         .bars
         .iter()
@@ -201,7 +201,9 @@ pub fn svg(c: &Chart) -> String {
         );
     }
     let bottom = TOP + c.bars.len() as f64 * (BAR_H + GAP);
-    for (v, label) in &c.marks {
+    for (i, (v, label)) in c.marks.iter().enumerate() {
+        // Alternate label heights so that close lines keep readable labels.
+        let label_y = TOP - 8.0 - 11.0 * (i % 2) as f64;
         let _ = writeln!(
             s,
             r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{bottom}" stroke="#c0392b" stroke-dasharray="4 3"/>"##,
@@ -212,7 +214,7 @@ pub fn svg(c: &Chart) -> String {
             s,
             r##"<text x="{:.1}" y="{}" fill="#c0392b" font-size="10">{}</text>"##,
             x(*v) + 2.0,
-            TOP - 8.0,
+            label_y,
             esc(label)
         );
     }
