@@ -228,6 +228,33 @@ pub fn svg(c: &Chart) -> String {
     s
 }
 
+/// A whole number with thousands separators: `37,491,562`.
+pub fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 { format!("-{out}") } else { out }
+}
+
+/// [`Stat::show`] for whole numbers, with thousands separators.
+pub fn show_grouped(s: &Stat) -> String {
+    if s.min == s.max {
+        grouped(s.median)
+    } else {
+        format!(
+            "{} ({}..{})",
+            grouped(s.median),
+            grouped(s.min),
+            grouped(s.max)
+        )
+    }
+}
+
 /// A figure for a chart label: 3 significant digits.
 fn short(v: f64) -> String {
     if v >= 100.0 {
@@ -251,6 +278,16 @@ mod tests {
         assert_eq!(Stat::of(&[]), None);
         assert_eq!(Stat::of(&[5.0, 5.0]).unwrap().show(1), "5.0");
         assert_eq!(s.show(0), "2 (1..3)");
+    }
+
+    #[test]
+    fn thousands() {
+        assert_eq!(grouped(37_491_562.0), "37,491,562");
+        assert_eq!(grouped(999.0), "999");
+        assert_eq!(grouped(1000.0), "1,000");
+        assert_eq!(grouped(0.0), "0");
+        let s = Stat::of(&[1000.0, 3000.0, 2000.0]).unwrap();
+        assert_eq!(show_grouped(&s), "2,000 (1,000..3,000)");
     }
 
     #[test]

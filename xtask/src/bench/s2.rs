@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::report::{Chart, Section, Stat};
+use super::report::{Chart, Section, Stat, show_grouped};
 use crate::util::{self, say};
 
 /// The workloads: `s2peer` name, what the table calls them, the chart's short label.
@@ -178,8 +178,8 @@ pub fn run(rounds: usize, out_dir: &Path) -> Result<(Section, Vec<String>)> {
         let ((wm, wu), (pm, pu)) = tables[i];
         s.rows.push(vec![
             what.to_string(),
-            ws.show(0),
-            ps.show(0),
+            show_grouped(&ws),
+            show_grouped(&ps),
             format!("{}x", rs.show(2)),
             format!("{} / {}", kib(wm), kib(pm)),
             format!("{} / {}", kib(wu), kib(pu)),
