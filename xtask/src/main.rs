@@ -1,8 +1,9 @@
-//! Warden's developer tasks: `cargo xtask build | run | test | fuzz | deps`.
+//! Warden's developer tasks: `cargo xtask build | run | test | bench | fuzz | deps`.
 //!
 //! See README.md for what each command does; `cargo xtask help` prints the options.
 
 mod abi;
+mod bench;
 mod boottest;
 mod build;
 mod conformance;
@@ -39,6 +40,10 @@ commands:
   test [options]       every test layer: fmt, clippy (host and aarch64), unit tests,
                        the image, QEMU Linux boot tests, the edu DMA test image and
                        the hypercall conformance suite under Warden; prints a summary
+  bench [--quick] [--only SECTION[,SECTION]]
+                       benchmarks against Warden's peers (sections: s2, core, blk,
+                       footprint); prints tables, writes target/bench/report.md and
+                       one SVG chart per section; fails only on deterministic checks
   fuzz [options] [-- LIBFUZZER ARGS]
                        the coverage-guided hypercall fuzzer (cargo-fuzz on nightly,
                        installed if missing) with the checked-in corpus; prints the
@@ -366,6 +371,21 @@ fn main_inner() -> Result<ExitCode> {
         "fuzz" => {
             fuzz::run(&parse_fuzz(args)?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        "bench" => {
+            let mut o = bench::Options::default();
+            while let Some(opt) = args.next_opt()? {
+                match opt.as_str() {
+                    "--quick" => o.quick = true,
+                    "--only" => o.add_only(&args.value(&opt)?)?,
+                    other => bail!("bench: unknown option '{other}'\n\n{USAGE}"),
+                }
+            }
+            Ok(if bench::run(&o)? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         "deps" => cmd_deps(),
         "abi-header" => abi::cmd(&args.rest()?),
