@@ -2,6 +2,7 @@
 //! StreamIDs at the host stage-2 (the same table the CPU uses, with the host VMID),
 //! broadcast TLB maintenance when every SMMU supports it, and the event log.
 
+use crate::error::BootError;
 use crate::mm::{self, S2Mem};
 use crate::platform::El2SmmuIo;
 use alloc::vec::Vec;
@@ -41,7 +42,7 @@ fn described_sids(plat: &Platform, phandle: Option<u32>) -> Vec<(u32, u32)> {
 /// abort first, every STE aborting) and prints its features; puts every other SMMU of the
 /// DTB (disabled, or failed to probe) in abort. Returns the smallest output address size
 /// among those it drives, which bounds the shared stage-2.
-pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
+pub fn probe_all(plat: &Platform) -> Result<Probed, BootError> {
     let mut io = Probed {
         smmus: Vec::new(),
         nodes: Vec::new(),
@@ -54,14 +55,15 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
         // node's set-up. The frame stays out of the host's reach either way.
         if io.frames.iter().any(|f| f.overlaps(&s.regs)) {
             log::error!(
-                "smmu{i} at {:?} overlaps an SMMU frame already handled: ignored (devices behind it are hidden)",
+                "smmu{i} at {} overlaps an SMMU frame already handled: ignored (devices behind it are hidden)",
                 s.regs
             );
             io.frames.push(s.regs);
             continue;
         }
         io.frames.push(s.regs);
-        mm::map_hyp(s.regs, S1Attr::Device).map_err(|_| "cannot map an SMMU at EL2")?;
+        mm::map_hyp(s.regs, S1Attr::Device)
+            .map_err(|e| BootError::Map("cannot map an SMMU at EL2", e))?;
         if !s.available {
             // Its reset state may be bypass: put it in abort; the devices behind it are
             // hidden from the host (hyp::masters).
@@ -93,7 +95,7 @@ pub fn probe_all(plat: &Platform) -> Result<Probed, &'static str> {
                 io.nodes.push(i);
             }
             Err(e) => {
-                log::error!("smmu{i} at {:?}: {e}", s.regs);
+                log::error!("smmu{i} at {}: {e}", s.regs);
                 abort_undriven(i, s.regs, "failed to probe");
             }
         }

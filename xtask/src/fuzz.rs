@@ -16,8 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{self, describe, output, say, show};
 
-/// The fuzz target.
+/// The default fuzz target (the hypercall dispatcher).
 pub const TARGET: &str = "dispatch";
+/// Every fuzz target of `hyp/fuzz` (`--target`).
+pub const TARGETS: [&str; 2] = ["dispatch", "viommu"];
 /// The toolchain cargo-fuzz needs (`-Z` flags, sanitizer coverage).
 const TOOLCHAIN: &str = "nightly";
 
@@ -35,6 +37,8 @@ pub struct Options {
     pub sanitizer: String,
     /// Extra libFuzzer arguments.
     pub extra: Vec<String>,
+    /// The fuzz target: one of [`TARGETS`].
+    pub target: String,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
             max_len: 256,
             sanitizer: "none".into(),
             extra: Vec::new(),
+            target: TARGET.into(),
         }
     }
 }
@@ -54,9 +59,9 @@ fn fuzz_dir() -> PathBuf {
     util::root().join("hyp/fuzz")
 }
 
-/// The checked-in corpus.
-pub fn corpus_dir() -> PathBuf {
-    fuzz_dir().join("corpus").join(TARGET)
+/// The checked-in corpus of `target`.
+pub fn corpus_dir(target: &str) -> PathBuf {
+    fuzz_dir().join("corpus").join(target)
 }
 
 /// `rustup run nightly <prog>`: the nightly toolchain, whatever `cargo xtask` runs on.
@@ -147,8 +152,9 @@ pub fn parse_status(line: &str, s: &mut Stats) {
 /// Runs the fuzzer for `o.time_secs`; fails on a finding.
 pub fn run(o: &Options) -> Result<()> {
     ensure_cargo_fuzz()?;
-    let work = util::target_dir().join("fuzz/corpus").join(TARGET);
-    let artifacts = util::target_dir().join("fuzz/artifacts").join(TARGET);
+    let target = o.target.as_str();
+    let work = util::target_dir().join("fuzz/corpus").join(target);
+    let artifacts = util::target_dir().join("fuzz/artifacts").join(target);
     std::fs::create_dir_all(&work).context("cannot create the working corpus")?;
     std::fs::create_dir_all(&artifacts).context("cannot create the artifact directory")?;
     let before: Vec<PathBuf> = list(&artifacts);
@@ -160,9 +166,9 @@ pub fn run(o: &Options) -> Result<()> {
         "--sanitizer",
         &o.sanitizer,
         "--no-trace-compares",
-        TARGET,
+        target,
     ]);
-    cmd.arg(&work).arg(corpus_dir());
+    cmd.arg(&work).arg(corpus_dir(target));
     cmd.arg("--");
     cmd.arg(format!("-max_total_time={}", o.time_secs));
     cmd.arg(format!("-max_len={}", o.max_len));
@@ -208,8 +214,13 @@ pub fn run(o: &Options) -> Result<()> {
         }
         bail!(
             "the fuzzer found {} failing input(s); replay one with \
-             WARDEN_FUZZ_TRACE=1 WARDEN_FUZZ_REPLAY=<file> cargo test -p hyp --lib fuzzing::tests::replay -- --nocapture",
-            found.len()
+             WARDEN_FUZZ_TRACE=1 WARDEN_FUZZ_REPLAY=<file> cargo test -p hyp --lib {}::tests::replay -- --nocapture",
+            found.len(),
+            if target == "viommu" {
+                "viommu::fuzzing"
+            } else {
+                "fuzzing"
+            }
         );
     }
     if !status.success() {
@@ -260,6 +271,12 @@ mod tests {
 
     #[test]
     fn checked_in_corpus_exists() {
-        assert!(list(&corpus_dir()).len() >= 3, "{}", corpus_dir().display());
+        for t in TARGETS {
+            assert!(
+                list(&corpus_dir(t)).len() >= 3,
+                "{}",
+                corpus_dir(t).display()
+            );
+        }
     }
 }

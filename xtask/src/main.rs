@@ -73,6 +73,8 @@ fuzz options:
   --jobs N             parallel fuzzing processes (libFuzzer -fork=N; default 1)
   --max-len BYTES      longest input (default 256)
   --sanitizer NAME     cargo-fuzz sanitizer: none (default, fastest) or address
+  --target NAME        fuzz target: dispatch (default, the hypercalls) or viommu (the
+                       virtio-iommu device model)
 
 test options:
   --only STEP[,STEP]   run only these steps (repeatable)
@@ -264,6 +266,13 @@ fn parse_fuzz(mut args: Args) -> Result<fuzz::Options> {
                     .context("--max-len: at least 2 bytes")?
             }
             "--sanitizer" => o.sanitizer = args.value(&opt)?,
+            "--target" => {
+                let t = args.value(&opt)?;
+                if !fuzz::TARGETS.contains(&t.as_str()) {
+                    bail!("--target: one of {}", fuzz::TARGETS.join(", "));
+                }
+                o.target = t;
+            }
             "--" => o.extra = args.rest()?,
             other => bail!("fuzz: unknown option '{other}'\n\n{USAGE}"),
         }
@@ -522,6 +531,12 @@ mod tests {
         assert!(parse_fuzz(args(&["--jobs", "0"])).is_err());
         assert!(parse_fuzz(args(&["--time"])).is_err());
         assert!(parse_fuzz(args(&["--forever"])).is_err());
+        assert_eq!(parse_fuzz(args(&[])).unwrap().target, "dispatch");
+        assert_eq!(
+            parse_fuzz(args(&["--target", "viommu"])).unwrap().target,
+            "viommu"
+        );
+        assert!(parse_fuzz(args(&["--target", "nothing"])).is_err());
     }
 
     #[test]

@@ -246,6 +246,8 @@ pub fn run(opts: &Options) -> Result<bool> {
                     "fp-regs",
                     "-p",
                     "gic-its",
+                    "-p",
+                    "blkbench",
                     "--target",
                     build::TEST_IMAGE_TARGET,
                     "--",
