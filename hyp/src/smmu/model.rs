@@ -866,11 +866,7 @@ impl SmmuModel {
         Ok((l1 & L1STD_L2PTR_MASK) + idx * 64)
     }
 
-    fn fetch_config(
-        &self,
-        st: &mut State,
-        sid: u32,
-    ) -> Result<StreamCfg, (DmaFault, u8, u64)> {
+    fn fetch_config(&self, st: &mut State, sid: u32) -> Result<StreamCfg, (DmaFault, u8, u64)> {
         let addr = self.locate_ste(st, sid)?;
         let ste = self
             .read_ste(addr)
@@ -1103,15 +1099,7 @@ impl SmmuModel {
             return Ok(PhysAddr(addr));
         }
         let forbidden = |st: &mut State| {
-            let raw = fault_record(
-                evt::F_TRANSL_FORBIDDEN,
-                sid,
-                addr,
-                0,
-                !write,
-                false,
-                0,
-            );
+            let raw = fault_record(evt::F_TRANSL_FORBIDDEN, sid, addr, 0, !write, false, 0);
             self.record(st, raw);
             Err(DmaFault::TranslForbidden)
         };
