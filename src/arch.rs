@@ -2,8 +2,10 @@
 //! and the SMC conduit to firmware. Everything above it is plain Rust in `hyp`.
 //!
 //! Named system registers and barriers go through `aarch64-cpu`; the macros below are for
-//! registers it does not name (written by their `s3_…` encodings) and for the few reads
-//! whose ordering against memory matters.
+//! registers it does not name (written by their `s3_…` encodings) and for the writes
+//! whose ordering against memory matters. `aarch64-cpu`'s accessors (and `read_sysreg!`)
+//! are `nomem` asm, which the compiler may move memory accesses across; `write_sysreg!`
+//! and the barriers here are not, so they also order the compiler's memory accesses.
 
 use aarch64_cpu::asm::barrier;
 use aarch64_cpu::registers::{MPIDR_EL1, PAR_EL1, Readable, Writeable};

@@ -155,6 +155,11 @@ pub fn init_el2_for_host(vtcr: u64, vttbr: u64) {
     let id = read_id_regs();
     let cfg = El2Config::for_host(&id);
 
+    // The host stage-2 tables are written before the registers that let EL1 walk them.
+    // `aarch64-cpu`'s register writes are `nomem` asm, which the compiler may move memory
+    // accesses across: this barrier (a memory clobber, and a DSB for the walker) keeps
+    // the table writes first.
+    arch::dsb_ishst();
     VTCR_EL2.set(vtcr);
     VTTBR_EL2.set(vttbr);
     arch::isb();

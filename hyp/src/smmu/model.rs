@@ -32,7 +32,6 @@
 //!   driver's declarations ([`super::regs`], [`super::cmdq`], [`super::evtq`]), so the
 //!   driver and the model check each other.
 
-use super::evtq::EventType;
 use super::regs::Reg;
 use super::{Command, SmmuIo};
 use crate::addr::PhysAddr;
@@ -161,6 +160,18 @@ mod spec {
     pub const SYNC_CS_IRQ: u64 = 1;
 
     // Event records.
+    /// Event types (word 0 bits 7:0) the model records.
+    pub mod evt {
+        pub const C_BAD_STREAMID: u8 = 0x02;
+        pub const F_STE_FETCH: u8 = 0x03;
+        pub const C_BAD_STE: u8 = 0x04;
+        pub const F_TRANSL_FORBIDDEN: u8 = 0x07;
+        pub const F_WALK_EABT: u8 = 0x0b;
+        pub const F_TRANSLATION: u8 = 0x10;
+        pub const F_ADDR_SIZE: u8 = 0x11;
+        pub const F_ACCESS: u8 = 0x12;
+        pub const F_PERMISSION: u8 = 0x13;
+    }
     /// `CLASS`: fault on a stage-1 table walk access.
     pub const CLASS_TT: u8 = 1;
     /// `CLASS`: fault on the input address.
@@ -822,11 +833,11 @@ impl SmmuModel {
 
     /// The address of the STE of `sid`, or the fault. A level-1 descriptor fetched on
     /// the way is cached until a `CFGI_STE` with Leaf = 0 or a `CFGI_STE_RANGE` covers it.
-    fn locate_ste(&self, st: &mut State, sid: u32) -> Result<u64, (DmaFault, EventType, u64)> {
+    fn locate_ste(&self, st: &mut State, sid: u32) -> Result<u64, (DmaFault, u8, u64)> {
         let log2 = (st.strtab_cfg & 0x3f).min(self.cfg.sidsize);
         let base = st.strtab_base & STRTAB_BASE_ADDR_MASK;
         if u64::from(sid) >= 1u64 << log2 {
-            return Err((DmaFault::BadStreamId, EventType::C_BAD_STREAMID, 0));
+            return Err((DmaFault::BadStreamId, evt::C_BAD_STREAMID, 0));
         }
         let fmt = (st.strtab_cfg >> STRTAB_BASE_CFG_FMT.0) & 3;
         if fmt == STRTAB_FMT_LINEAR {
@@ -840,7 +851,7 @@ impl SmmuModel {
             None => {
                 let d = self.ram.dev_read_u64(l1_addr).ok_or((
                     DmaFault::SteFetch,
-                    EventType::F_STE_FETCH,
+                    evt::F_STE_FETCH,
                     l1_addr,
                 ))?;
                 st.l1_cache.insert(l1_idx, d);
@@ -850,21 +861,17 @@ impl SmmuModel {
         let span = (l1 & 0x1f) as u32;
         let idx = u64::from(sid & ((1 << split) - 1));
         if span == 0 || span > split + 1 || idx >= 1 << (span - 1) {
-            return Err((DmaFault::BadStreamId, EventType::C_BAD_STREAMID, 0));
+            return Err((DmaFault::BadStreamId, evt::C_BAD_STREAMID, 0));
         }
         Ok((l1 & L1STD_L2PTR_MASK) + idx * 64)
     }
 
-    fn fetch_config(
-        &self,
-        st: &mut State,
-        sid: u32,
-    ) -> Result<StreamCfg, (DmaFault, EventType, u64)> {
+    fn fetch_config(&self, st: &mut State, sid: u32) -> Result<StreamCfg, (DmaFault, u8, u64)> {
         let addr = self.locate_ste(st, sid)?;
         let ste = self
             .read_ste(addr)
-            .ok_or((DmaFault::SteFetch, EventType::F_STE_FETCH, addr))?;
-        let bad = (DmaFault::BadSte, EventType::C_BAD_STE, 0);
+            .ok_or((DmaFault::SteFetch, evt::F_STE_FETCH, addr))?;
+        let bad = (DmaFault::BadSte, evt::C_BAD_STE, 0);
         if ste[0] & 1 == 0 {
             return Err(bad);
         }
@@ -944,10 +951,10 @@ impl SmmuModel {
     }
 
     /// Walks the stage-2 tables for `ipa`: the page's entry, or the fault and its class.
-    fn walk(&self, c: &S2Cfg, ipa: u64) -> Result<TlbEntry, (DmaFault, EventType, u8)> {
+    fn walk(&self, c: &S2Cfg, ipa: u64) -> Result<TlbEntry, (DmaFault, u8, u8)> {
         let fault = |f, t| Err((f, t, CLASS_IN));
         if ipa >> c.ipa_bits != 0 {
-            return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+            return fault(DmaFault::Translation, evt::F_TRANSLATION);
         }
         let stride = c.gshift - 3;
         let level_shift = |l: u32| c.gshift + stride * (3 - l);
@@ -963,16 +970,16 @@ impl SmmuModel {
             };
             let idx = (ipa >> ls) & ((1 << bits) - 1);
             let Some(desc) = self.ram.dev_read_u64(table + idx * 8) else {
-                return Err((DmaFault::WalkEabt, EventType::F_WALK_EABT, CLASS_TT));
+                return Err((DmaFault::WalkEabt, evt::F_WALK_EABT, CLASS_TT));
             };
             if desc & 1 == 0 {
-                return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+                return fault(DmaFault::Translation, evt::F_TRANSLATION);
             }
             let is_table = desc & 2 != 0 && level < 3;
             if is_table {
                 table = desc & oa_mask(c.gshift);
                 if table >> c.pa_bits != 0 {
-                    return fault(DmaFault::AddrSize, EventType::F_ADDR_SIZE);
+                    return fault(DmaFault::AddrSize, evt::F_ADDR_SIZE);
                 }
                 level += 1;
                 continue;
@@ -982,14 +989,14 @@ impl SmmuModel {
                 _ => level == 2,
             };
             if level < 3 && !block_ok || level == 3 && desc & 2 == 0 {
-                return fault(DmaFault::Translation, EventType::F_TRANSLATION);
+                return fault(DmaFault::Translation, evt::F_TRANSLATION);
             }
             let oa = desc & oa_mask(ls);
             if oa >> c.pa_bits != 0 {
-                return fault(DmaFault::AddrSize, EventType::F_ADDR_SIZE);
+                return fault(DmaFault::AddrSize, evt::F_ADDR_SIZE);
             }
             if desc & (1 << 10) == 0 && !c.affd {
-                return fault(DmaFault::Access, EventType::F_ACCESS);
+                return fault(DmaFault::Access, evt::F_ACCESS);
             }
             let page = ipa & !((1u64 << c.gshift) - 1);
             return Ok(TlbEntry {
@@ -1031,14 +1038,14 @@ impl SmmuModel {
         };
         let result = entry.and_then(|e| {
             if (write && !e.write) || (!write && !e.read) {
-                Err((DmaFault::Permission, EventType::F_PERMISSION, CLASS_IN))
+                Err((DmaFault::Permission, evt::F_PERMISSION, CLASS_IN))
             } else {
                 Ok(PhysAddr(e.pa + (iova - page)))
             }
         });
         result.map_err(|(fault, kind, class)| {
             if c.record {
-                let raw = fault_record(kind.0, sid, iova, iova, !write, true, class);
+                let raw = fault_record(kind, sid, iova, iova, !write, true, class);
                 self.record(&mut st, raw);
             }
             fault
@@ -1063,8 +1070,8 @@ impl SmmuModel {
                 Ok(c)
             }
             Err((fault, kind, addr)) => {
-                if record && (kind != EventType::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0) {
-                    let raw = fault_record(kind.0, sid, addr, 0, !write, false, 0);
+                if record && (kind != evt::C_BAD_STREAMID || st.cr2 & CR2_RECINVSID != 0) {
+                    let raw = fault_record(kind, sid, addr, 0, !write, false, 0);
                     self.record(st, raw);
                 }
                 Err(fault)
@@ -1092,15 +1099,7 @@ impl SmmuModel {
             return Ok(PhysAddr(addr));
         }
         let forbidden = |st: &mut State| {
-            let raw = fault_record(
-                EventType::F_TRANSL_FORBIDDEN.0,
-                sid,
-                addr,
-                0,
-                !write,
-                false,
-                0,
-            );
+            let raw = fault_record(evt::F_TRANSL_FORBIDDEN, sid, addr, 0, !write, false, 0);
             self.record(st, raw);
             Err(DmaFault::TranslForbidden)
         };
