@@ -101,49 +101,33 @@ impl<C: CpuTlb> CpuInval for HostCpu<'_, C> {
 
 /// Host stage-2 invalidation for the CPU and every SMMU that walks the same table: the
 /// [`Fanout`] with the CPUs translating through the table, 4 KiB commands that also
-/// invalidate walk caches, and the whole VMID past [`FULL_FLUSH_PAGES`] pages.
-pub struct HostS2Tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory>(Fanout<'a, HostCpu<'a, C>, I, M>);
+/// invalidate walk caches, and the whole VMID past [`FULL_FLUSH_PAGES`] pages (built by
+/// [`host_s2_tlb`]).
+pub type HostS2Tlb<'a, C, I, M> = Fanout<'a, HostCpu<'a, C>, I, M>;
 
-impl<'a, C: CpuTlb, I: SmmuIo, M: TableMemory> HostS2Tlb<'a, C, I, M> {
-    /// Bundles the seams for one operation: the CPU side, every SMMU whose host StreamIDs
-    /// use the host stage-2 and their DMA memory seam, whether the SMMUs see the CPU's
-    /// broadcast TLBIs (BTM in use), the host's VMID, and the counters.
-    pub fn new(
-        cpu: &'a mut C,
-        smmus: &'a mut [Smmu<I, M>],
-        smmu_mem: &'a mut M,
-        btm: bool,
-        vmid: u16,
-        counts: &'a mut InvalidationCounts,
-    ) -> Self {
-        let mut f = Fanout::new(
-            HostCpu(cpu),
-            true,
-            btm,
-            smmus,
-            smmu_mem,
-            vmid,
-            Granule::Size4K,
-            counts,
-        );
-        f.whole_above = FULL_FLUSH_PAGES;
-        Self(f)
-    }
-}
-
-impl<C: CpuTlb, I: SmmuIo, M: TableMemory> S2Tlb for HostS2Tlb<'_, C, I, M> {
-    fn sync(&mut self) {
-        self.0.sync();
-    }
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
-        self.0.invalidate_ipa_range(ipa, size, last_level_only);
-    }
-    fn invalidate_all(&mut self) {
-        self.0.invalidate_all();
-    }
-    fn complete(&mut self) -> bool {
-        self.0.complete()
-    }
+/// Bundles the seams of one host stage-2 change into its [`HostS2Tlb`]: the CPU side,
+/// every SMMU whose host StreamIDs use the host stage-2 and their DMA memory seam, whether
+/// the SMMUs see the CPU's broadcast TLBIs (BTM in use), the host's VMID, and the counters.
+pub fn host_s2_tlb<'a, C: CpuTlb, I: SmmuIo, M: TableMemory>(
+    cpu: &'a mut C,
+    smmus: &'a mut [Smmu<I, M>],
+    smmu_mem: &'a mut M,
+    btm: bool,
+    vmid: u16,
+    counts: &'a mut InvalidationCounts,
+) -> HostS2Tlb<'a, C, I, M> {
+    let mut f = Fanout::new(
+        HostCpu(cpu),
+        true,
+        btm,
+        smmus,
+        smmu_mem,
+        vmid,
+        Granule::Size4K,
+        counts,
+    );
+    f.whole_above = FULL_FLUSH_PAGES;
+    f
 }
 
 /// The host's RAM and who owns which part of it: the host stage-2 (the host side of
@@ -504,7 +488,7 @@ mod tests {
                 ops: 0,
             };
             let r = {
-                let mut tlb = HostS2Tlb::new(
+                let mut tlb = host_s2_tlb(
                     &mut cpu,
                     core::slice::from_mut(smmu),
                     &mut self.queues,
@@ -1069,7 +1053,7 @@ mod tests {
             // A page inside a 2 MiB block (a new table is linked, the block broken), then
             // the whole block (a table unlinked), then both back.
             let page = 0x4800_1000u64;
-            let mut tlb = HostS2Tlb::new(
+            let mut tlb = host_s2_tlb(
                 &mut cpu,
                 core::slice::from_mut(&mut smmu),
                 &mut w.queues,

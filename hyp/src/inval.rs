@@ -34,6 +34,8 @@ use crate::addr::{Ipa, PhysAddr};
 use crate::s2mmu::{Granule, S2Tlb, TableMemory};
 use crate::smmu::{Smmu, SmmuIo};
 use alloc::vec::Vec;
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// An IPA/IOVA range `[start, end)` to invalidate; `leaf`: leaf entries only (no table was
 /// freed in it).
@@ -472,6 +474,135 @@ impl<C: CpuInval, I: SmmuIo, M: TableMemory> S2Tlb for Fanout<'_, C, I, M> {
                     self.failed = true;
                 }
             }
+        }
+        !self.failed
+    }
+}
+
+/// A DMA domain's fan-out for one operation: a [`Fanout`] built each time something is
+/// issued, so that the SMMU set is locked only then (never across a table walk, nor across
+/// the pin release that follows). The CPUs never translate through a domain: with
+/// `smmus: None` (the CPU-TLBI path, BTM in use) it is CPU TLBIs by VMID only; otherwise
+/// SMMU commands (leaf forms where the walker allows) on the SMMUs in `smmu_mask` — read
+/// at issue time — and one `CMD_SYNC` per SMMU. CPU TLBIs are added to `cpu_tlbis`.
+pub struct DomainFanout<'h, C, S, I, M> {
+    cpu: C,
+    smmus: Option<&'h spin::Mutex<S>>,
+    smmu_mask: &'h AtomicU64,
+    mem: M,
+    vmid: u16,
+    granule: Granule,
+    cpu_tlbis: &'h AtomicU64,
+    /// An invalidation issued through this value was not confirmed.
+    failed: bool,
+    _io: PhantomData<I>,
+}
+
+impl<'h, C, S, I, M> DomainFanout<'h, C, S, I, M>
+where
+    C: CpuInval + Clone,
+    S: AsMut<[Smmu<I, M>]>,
+    I: SmmuIo,
+    M: TableMemory + Clone,
+{
+    /// The fan-out of a domain with `vmid` and `granule`: `cpu` issues its CPU TLBIs,
+    /// `smmus` (`None` on the CPU-TLBI path) the SMMU set and its lock, `smmu_mask` which
+    /// SMMUs the domain was ever attached to, `mem` the SMMUs' queue memory seam.
+    pub const fn new(
+        cpu: C,
+        smmus: Option<&'h spin::Mutex<S>>,
+        smmu_mask: &'h AtomicU64,
+        mem: M,
+        vmid: u16,
+        granule: Granule,
+        cpu_tlbis: &'h AtomicU64,
+    ) -> Self {
+        Self {
+            cpu,
+            smmus,
+            smmu_mask,
+            mem,
+            vmid,
+            granule,
+            cpu_tlbis,
+            failed: false,
+            _io: PhantomData,
+        }
+    }
+
+    /// Runs `f` on a [`Fanout`] over the domain's SMMUs (locked for the call), then counts
+    /// its CPU TLBIs.
+    fn with_fanout<R>(&mut self, f: impl FnOnce(&mut Fanout<'_, C, I, M>) -> R) -> R {
+        let mut counts = InvalidationCounts::default();
+        let mut mem = self.mem.clone();
+        let r = match self.smmus {
+            None => {
+                let mut fan = Fanout::new(
+                    self.cpu.clone(),
+                    false,
+                    true,
+                    &mut [],
+                    &mut mem,
+                    self.vmid,
+                    self.granule,
+                    &mut counts,
+                );
+                f(&mut fan)
+            }
+            Some(lock) => {
+                let mut set = lock.lock();
+                let mut fan = Fanout::new(
+                    self.cpu.clone(),
+                    false,
+                    false,
+                    set.as_mut(),
+                    &mut mem,
+                    self.vmid,
+                    self.granule,
+                    &mut counts,
+                );
+                fan.smmu_mask = self.smmu_mask.load(Ordering::Relaxed);
+                fan.leaf_commands = true;
+                f(&mut fan)
+            }
+        };
+        self.cpu_tlbis.fetch_add(counts.cpu_tlbi, Ordering::Relaxed);
+        r
+    }
+}
+
+impl<C, S, I, M> S2Tlb for DomainFanout<'_, C, S, I, M>
+where
+    C: CpuInval + Clone,
+    S: AsMut<[Smmu<I, M>]>,
+    I: SmmuIo,
+    M: TableMemory + Clone,
+{
+    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        let r = InvRange {
+            start: ipa.get(),
+            end: ipa.get().saturating_add(size),
+            leaf: last_level_only,
+        };
+        // Issued and completed at once (earlier than the seam requires).
+        self.issue(&[r], false);
+    }
+
+    fn invalidate_all(&mut self) {
+        self.issue(&[], true);
+    }
+
+    fn complete(&mut self) -> bool {
+        !self.failed
+    }
+
+    fn sync(&mut self) {
+        self.cpu.barrier();
+    }
+
+    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
+        if !self.with_fanout(|fan| fan.issue(ranges, all)) {
+            self.failed = true;
         }
         !self.failed
     }

@@ -4,32 +4,25 @@
 //! (threshold, deadline, pool pressure) and FLUSH. Pins and tables are released here,
 //! and only after the invalidation covering them completed.
 
-use super::{CpuSeams, DomainId, Hyp, MAX_FLUSH_RANGES, PagePool, Slot};
+use super::{CpuSeams, DomainId, Hyp, MAX_FLUSH_RANGES, PagePool, Slot, SmmuSet};
 use crate::PAGE;
 use crate::addr::{Iova, Ipa, PhysRange};
-use crate::domain::{Domain, InvRange, Leaf};
+use crate::domain::{Domain, Leaf};
 use crate::host_mem::HostMem;
-use crate::inval::{CpuInval, Fanout, Gather, InvalidationCounts, Limits};
+use crate::inval::{CpuInval, DomainFanout, Gather, Limits};
 use crate::s2mmu::{Granule, S2Tlb};
 use crate::smmu::{SmmuIo, TLBI_RANGE_MAX_PAGES};
 use core::sync::atomic::Ordering;
 use host_abi::Error;
 
-/// Domain invalidation for one operation: the domain's [`Fanout`] (the CPUs never
-/// translate through a domain: SMMU commands on the SMMUs the domain was ever attached
-/// to, or CPU TLBIs by VMID with BTM), built when something is issued, so that the SMMU
-/// set is locked only then.
-pub(super) struct DomInv<'h, I: SmmuIo, M: PagePool, C: CpuSeams> {
-    hyp: &'h Hyp<I, M, C>,
-    slot: &'h Slot,
-    vmid: u16,
-    granule: Granule,
-    /// An invalidation issued through this value was not confirmed.
-    failed: bool,
-}
+/// A domain's invalidation for one operation: its [`DomainFanout`] over the SMMU set,
+/// with [`VmidCpu`] as its CPU side.
+pub(super) type DomInv<'h, I, M, C> = DomainFanout<'h, VmidCpu<C>, SmmuSet<I, M>, I, M>;
 
-/// The CPU side of a domain's [`Fanout`]: TLBIs under the domain's VMID.
-struct VmidCpu<C> {
+/// The CPU side of a domain's fan-out: TLBIs under the domain's VMID (the CPU seam
+/// adapted to [`CpuInval`]).
+#[derive(Clone)]
+pub(super) struct VmidCpu<C> {
     cpu: C,
     vmid: u16,
 }
@@ -44,82 +37,6 @@ impl<C: CpuSeams> CpuInval for VmidCpu<C> {
     }
     fn all(&mut self) {
         self.cpu.tlbi_vmid_all(self.vmid);
-    }
-}
-
-impl<I: SmmuIo, M: PagePool, C: CpuSeams> DomInv<'_, I, M, C> {
-    /// Runs `f` on the domain's fan-out, then counts its CPU TLBIs.
-    fn with_fanout<R>(&mut self, f: impl FnOnce(&mut Fanout<'_, VmidCpu<C>, I, M>) -> R) -> R {
-        let hyp = self.hyp;
-        let cpu = VmidCpu {
-            cpu: hyp.cpu.clone(),
-            vmid: self.vmid,
-        };
-        let mut mem = hyp.pool.clone();
-        let mut counts = InvalidationCounts::default();
-        let r = if hyp.cpu_path() {
-            let mut fan = Fanout::new(
-                cpu,
-                false,
-                true,
-                &mut [],
-                &mut mem,
-                self.vmid,
-                self.granule,
-                &mut counts,
-            );
-            f(&mut fan)
-        } else {
-            let mut set = hyp.smmus.lock();
-            let mut fan = Fanout::new(
-                cpu,
-                false,
-                false,
-                &mut set.smmus,
-                &mut mem,
-                self.vmid,
-                self.granule,
-                &mut counts,
-            );
-            fan.smmu_mask = self.slot.smmu_mask.load(Ordering::Relaxed);
-            fan.leaf_commands = true;
-            f(&mut fan)
-        };
-        hyp.stats
-            .domain_cpu_tlbis
-            .fetch_add(counts.cpu_tlbi, Ordering::Relaxed);
-        r
-    }
-}
-
-impl<I: SmmuIo, M: PagePool, C: CpuSeams> S2Tlb for DomInv<'_, I, M, C> {
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
-        let r = InvRange {
-            start: ipa.get(),
-            end: ipa.get().saturating_add(size),
-            leaf: last_level_only,
-        };
-        // Issued and completed at once (earlier than the seam requires).
-        self.issue(&[r], false);
-    }
-
-    fn invalidate_all(&mut self) {
-        self.issue(&[], true);
-    }
-
-    fn complete(&mut self) -> bool {
-        !self.failed
-    }
-
-    fn sync(&mut self) {
-        self.hyp.cpu.clone().dsb_ishst();
-    }
-
-    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
-        if !self.with_fanout(|fan| fan.issue(ranges, all)) {
-            self.failed = true;
-        }
-        !self.failed
     }
 }
 
@@ -199,13 +116,19 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     }
 
     pub(super) fn dom_inv<'h>(&'h self, slot: &'h Slot, dom: &Domain) -> DomInv<'h, I, M, C> {
-        DomInv {
-            hyp: self,
-            slot,
-            vmid: dom.vmid.raw(),
-            granule: dom.s2.geometry().granule(),
-            failed: false,
-        }
+        let vmid = dom.vmid.raw();
+        DomainFanout::new(
+            VmidCpu {
+                cpu: self.cpu.clone(),
+                vmid,
+            },
+            (!self.cpu_path()).then_some(&self.smmus),
+            &slot.smmu_mask,
+            self.pool.clone(),
+            vmid,
+            dom.s2.geometry().granule(),
+            &self.stats.domain_cpu_tlbis,
+        )
     }
 
     /// When a domain's gathered ranges become one whole-VMID invalidation.

@@ -106,7 +106,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             pool: self.pool.clone(),
             reserve,
         };
-        let mut tlb = HostS2Tlb::new(&mut cpu, smmus, &mut qmem, self.btm, self.host_vmid, counts);
+        let mut tlb =
+            host_mem::host_s2_tlb(&mut cpu, smmus, &mut qmem, self.btm, self.host_vmid, counts);
         f(hm, &mut mem, &mut tlb)
     }
 

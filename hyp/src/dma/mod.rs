@@ -241,6 +241,13 @@ struct SmmuSet<I: SmmuIo, M: TableMemory> {
     owner: Vec<Vec<(u32, usize)>>,
 }
 
+/// The SMMUs of the set, for the invalidation fan-out ([`crate::inval::DomainFanout`]).
+impl<I: SmmuIo, M: TableMemory> AsMut<[Smmu<I, M>]> for SmmuSet<I, M> {
+    fn as_mut(&mut self) -> &mut [Smmu<I, M>] {
+        &mut self.smmus
+    }
+}
+
 /// One entry of the domain table.
 struct Slot {
     dom: Mutex<Option<Domain>>,
