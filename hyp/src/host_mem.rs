@@ -47,10 +47,11 @@
 //! [`Fanout`]: CPU `TLBI IPAS2E1IS` + `TLBI VMALLE1IS` (or `VMALLS12E1IS` for large
 //! ranges) with `DSB ISH`; when the SMMUs take part in broadcast TLB maintenance (BTM,
 //! CR2.PTM = 0) that is all, otherwise the same ranges are invalidated with SMMU commands
-//! and one `CMD_SYNC` per SMMU completes them. Its `sync` is `DSB ISHST` ([`CpuTlb::publish`]): the table code calls it before
-//! every invalidation, before linking a new table and at the end of every change, so a
-//! walker never sees a table descriptor before the table's contents, nor a TLBI before
-//! the descriptor write it is for.
+//! and one `CMD_SYNC` per SMMU completes them. Its `sync` is `DSB ISHST`
+//! ([`CpuTlb::publish`]): the table code calls it before every invalidation, before
+//! linking a new table and at the end of every change, so a walker never sees a table
+//! descriptor before the table's contents, nor a TLBI before the descriptor write it is
+//! for.
 
 use crate::addr::{Ipa, PhysAddr, PhysRange};
 use crate::inval::{CpuInval, Fanout};

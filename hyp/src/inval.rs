@@ -701,6 +701,108 @@ mod tests {
         assert!(!g.complete(), "the failure sticks");
     }
 
+    /// What the walker and the hardware seams did, in order: `outstanding` is set by an
+    /// invalidation and cleared by a confirmed completion; `bad_frees` counts tables
+    /// freed while an invalidation was outstanding (a walker could still hold them).
+    #[derive(Default)]
+    struct Order {
+        outstanding: bool,
+        completes: usize,
+        frees: usize,
+        bad_frees: usize,
+        fail: bool,
+    }
+
+    /// An eager-style hardware seam over a shared [`Order`].
+    struct OrderTlb(std::rc::Rc<core::cell::RefCell<Order>>);
+
+    impl S2Tlb for OrderTlb {
+        fn invalidate_ipa_range(&mut self, _ipa: Ipa, _size: u64, _leaf: bool) {
+            self.0.borrow_mut().outstanding = true;
+        }
+        fn invalidate_all(&mut self) {
+            self.0.borrow_mut().outstanding = true;
+        }
+        fn complete(&mut self) -> bool {
+            let mut o = self.0.borrow_mut();
+            o.completes += 1;
+            if !o.fail {
+                o.outstanding = false;
+            }
+            !o.fail
+        }
+    }
+
+    /// The arena, recording in the shared [`Order`] whether each free came after the
+    /// invalidations before it completed.
+    struct OrderMem(Arena, std::rc::Rc<core::cell::RefCell<Order>>);
+
+    // SAFETY: every call is passed on to the arena, whose contract holds.
+    unsafe impl TableMemory for OrderMem {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            self.0.alloc_zeroed(size, align)
+        }
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            let mut o = self.1.borrow_mut();
+            o.frees += 1;
+            if o.outstanding {
+                o.bad_frees += 1;
+            }
+            // SAFETY: the caller's contract is the arena's.
+            unsafe { self.0.free(pa, size) };
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            self.0.table_ptr(pa)
+        }
+        fn clean(&mut self, pa: PhysAddr, size: usize) {
+            self.0.clean(pa, size);
+        }
+    }
+
+    /// The stage-2 of [`one_page`] in an [`OrderMem`], and the shared record.
+    fn one_page_ordered(fail: bool) -> (OrderMem, Stage2, OrderTlb) {
+        let (a, s2) = one_page();
+        let o = std::rc::Rc::new(core::cell::RefCell::new(Order {
+            fail,
+            ..Order::default()
+        }));
+        (OrderMem(a, o.clone()), s2, OrderTlb(o))
+    }
+
+    #[test]
+    fn eager_gather_frees_a_table_only_after_its_invalidation_completed() {
+        let (mut mem, mut s2, mut tlb) = one_page_ordered(false);
+        let live = mem.0.live_count();
+        // The unmap empties the L3 and the L2 table: both leave the tree (eager gather).
+        s2.unmap(&mut mem, &mut tlb, Ipa(2 * MIB), 4096).unwrap();
+        let o = tlb.0.borrow();
+        assert_eq!(o.frees, 2, "both emptied tables freed");
+        assert_eq!(o.bad_frees, 0, "never before the invalidation completed");
+        assert!(o.completes >= 2, "one completion before each free");
+        assert_eq!(mem.0.live_count(), live - 2);
+        assert_eq!(s2.leaked_table_bytes(), 0);
+    }
+
+    #[test]
+    fn eager_gather_leaks_tables_when_the_invalidation_is_unconfirmed() {
+        let (mut mem, mut s2, mut tlb) = one_page_ordered(true);
+        let live = mem.0.live_count();
+        s2.unmap(&mut mem, &mut tlb, Ipa(2 * MIB), 4096).unwrap();
+        let o = tlb.0.borrow();
+        assert_eq!(o.frees, 0, "nothing a walker may hold is freed");
+        assert_eq!(mem.0.live_count(), live, "the tables stay allocated");
+        assert_eq!(
+            s2.leaked_table_bytes(),
+            2 * 4096,
+            "and are counted as leaked"
+        );
+        assert_eq!(
+            s2.translate(&mem, Ipa(2 * MIB)),
+            None,
+            "unmapped all the same"
+        );
+    }
+
     #[test]
     fn past_the_limits_one_whole_vmid_invalidation() {
         let mut rec = Rec::default();

@@ -14,6 +14,7 @@ use std::println;
 
 mod alloc;
 mod fuzz;
+mod inval_counts;
 mod prop;
 mod reclaim;
 mod threads;
