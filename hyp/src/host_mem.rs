@@ -1063,6 +1063,41 @@ mod tests {
         assert_eq!(hm.donated_pages(), 514);
     }
 
+    /// The same donation when the SMMU does not confirm the invalidation before b's
+    /// table is freed: the table is kept (never reused), so the split of c finds no
+    /// table: BUSY, and what was unmapped goes to nobody; c stays the host's.
+    #[test]
+    fn donation_whose_freed_table_is_unconfirmed_is_withheld() {
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
+        let a = 0x4800_0000u64;
+        let (b, c) = (a + 2 * MB, a + 4 * MB);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, b + PAGE, 1)
+        });
+        assert_eq!(r, Ok(()));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(b + PAGE, PAGE))
+        });
+        assert_eq!(r, Ok((PhysAddr(b + PAGE), 1)));
+        model.set_stalled(true);
+        let r = PhysRange::new(b - PAGE, 2 * MB + 2 * PAGE);
+        let (got, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, r.base.get(), r.size / PAGE)
+        });
+        model.set_stalled(false);
+        assert_eq!(got, Err(Error::Busy));
+        assert!(counts.smmu_errors >= 1);
+        assert!(page_state::range_is(
+            &hm.s2,
+            &w.tables,
+            PhysRange::new(b - PAGE, 2 * MB + PAGE),
+            PageState::HypOwned
+        ));
+        assert!(hm.host_owns(&w.tables, PhysRange::new(c, 2 * MB)));
+        assert_eq!(hm.donated_pages(), 0, "withheld, not donated");
+        assert_eq!(hm.s2.leaked_table_bytes(), PAGE, "b's table kept");
+    }
+
     /// A memory-order model of the table walkers: a descriptor write (the table code
     /// cleans every entry it writes in a live table, and a new table whole before
     /// linking it; fresh tables are written by their zeroing) is *unpublished* until the
