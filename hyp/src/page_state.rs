@@ -674,14 +674,13 @@ mod tests {
             let again = p.alloc_zeroed(4096, 4096).unwrap();
             assert_eq!(again, t);
             // SAFETY: `again` is a live page of the arena.
-            assert_eq!(
-                unsafe { p.table_ptr(again).add(7).read() },
-                0,
-                "zeroed again"
-            );
+            let word = unsafe { p.table_ptr(again).add(7).read() };
+            assert_eq!(word, 0, "zeroed again");
             let u = p.mem.alloc_zeroed(4096, 4096).unwrap();
-            // SAFETY: as above; no room left for it (one table held): freed to the arena.
+            // SAFETY: handed out above, never linked: taken back (room for one).
             unsafe { p.free(again, 4096) };
+            // SAFETY: allocated from the same arena above, never linked; no room left
+            // (one table held): freed to the arena.
             unsafe { p.free(u, 4096) };
             assert_eq!(p.left(), 1, "room for one only");
         }
