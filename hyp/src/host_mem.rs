@@ -25,10 +25,11 @@
 //!    a pinned page cannot have changed owner);
 //! 4. **prepare** everything that can fail: list capacity (`try_reserve`, the pin set's
 //!    prepare half) and every table the stage-2 change will allocate
-//!    ([`page_state::tables_to_map`] / [`page_state::tables_to_unmap`], allocated up front
-//!    in a [`PreparedTables`]): NOMEM, nothing changed;
-//! 5. **commit**: change the stage-2 (drawing tables only from the prepared ones), wait
-//!    for the invalidation, then update the ledger. Nothing here runs out of memory.
+//!    ([`page_state::tables_to_map`] / [`page_state::fresh_tables_to_unmap`], allocated
+//!    up front in a [`PreparedTables`]): NOMEM, nothing changed;
+//! 5. **commit**: change the stage-2 (drawing tables only from the prepared ones, and a
+//!    donation also from tables its unmap freed on the way), wait for the invalidation,
+//!    then update the ledger. Nothing here runs out of memory.
 //!
 //! An invalidation that an SMMU does not confirm is hardware failure, not a lack of
 //! memory: the pages concerned leave the host but go to nobody (withheld, BUSY), and I2
@@ -267,20 +268,28 @@ impl HostMem {
             return Err(Error::Busy);
         }
         // Prepare: room for the donated run (merging needs none, a new run one entry),
-        // and every table the unmap will split blocks into.
+        // and every table the unmap will split blocks into (less those a table it frees
+        // on the way, taken back, can be).
         self.donated.try_reserve(1).map_err(|_| Error::NoMem)?;
         let need = page_state::tables_to_unmap(&self.s2, mem, r).map_err(|_| Error::Invalid)?;
+        let fresh =
+            page_state::fresh_tables_to_unmap(&self.s2, mem, r).map_err(|_| Error::Invalid)?;
         let geom = self.s2.geometry();
-        let mut tables = PreparedTables::new(mem, geom, need).map_err(|_| Error::NoMem)?;
+        let mut tables =
+            PreparedTables::with_room(mem, geom, fresh, need).map_err(|_| Error::NoMem)?;
         // Commit: nothing below can run out of memory.
         let unmapped = self.s2.unmap(&mut tables, tlb, Ipa(r.base.get()), r.size);
         drop(tables);
         // Ownership changes only once the host's and devices' translations are gone.
         let confirmed = tlb.complete();
         if let Err(e) = unmapped {
-            // Not reachable: the tables were counted and allocated above. Whatever was
-            // unmapped stays so, and goes to nobody.
-            debug_assert!(false, "MEM_DONATE {r:?}: prepared unmap failed: {e:?}");
+            // Not reachable unless an SMMU did not confirm an invalidation (then a table
+            // the walk freed was kept, never reused): the tables were counted and
+            // allocated above. Whatever was unmapped stays so, and goes to nobody.
+            debug_assert!(
+                tlb.failed(),
+                "MEM_DONATE {r:?}: prepared unmap failed: {e:?}"
+            );
             log::error!("MEM_DONATE {r:?}: prepared unmap failed ({e}); pages withheld");
             return Err(Error::Busy);
         }
@@ -909,6 +918,113 @@ mod tests {
         assert!(hm.host_owns(&w.tables, give));
         assert_eq!(model.dma(SID, edge + PAGE, true), Ok(PhysAddr(edge + PAGE)));
         assert_eq!(hm.donated_pages(), 511);
+    }
+
+    /// Table memory that runs dry as a pool does: `left` allocations, and every table
+    /// freed can be handed out again.
+    struct Pool<'a> {
+        inner: &'a mut Arena,
+        left: usize,
+    }
+
+    // SAFETY: forwards to the arena.
+    unsafe impl TableMemory for Pool<'_> {
+        fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
+            self.left = self.left.checked_sub(1)?;
+            self.inner.alloc_zeroed(size, align)
+        }
+        unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+            self.left += 1;
+            // SAFETY: forwarded under the caller's contract.
+            unsafe { self.inner.free(pa, size) }
+        }
+        fn table_ptr(&self, pa: PhysAddr) -> *mut u64 {
+            self.inner.table_ptr(pa)
+        }
+    }
+
+    /// A donation that frees a table (covered whole) before it splits a later block
+    /// needs no more table memory than the splits hold at once: the freed table is
+    /// handed out again, as it was when the walk drew from the pool as it went. (With
+    /// the host reserve partly used up and the pool empty, one spare table must do.)
+    #[test]
+    fn donation_reuses_a_table_it_freed_on_the_way() {
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
+        // Three 2 MiB blocks a, b, c; b becomes a level-3 table of host pages (one page
+        // donated and given back), a and c stay blocks.
+        let a = 0x4800_0000u64;
+        let (b, c) = (a + 2 * MB, a + 4 * MB);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, b + PAGE, 1)
+        });
+        assert_eq!(r, Ok(()));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(b + PAGE, PAGE))
+        });
+        assert_eq!(r, Ok((PhysAddr(b + PAGE), 1)));
+        let live = w.tables.live_count();
+        // The last page of a, all of b, the first page of c: split a (one table), free
+        // b's table, split c (the same table again).
+        let r = PhysRange::new(b - PAGE, 2 * MB + 2 * PAGE);
+        let (got, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            let mut pool = Pool {
+                inner: mem,
+                left: 1,
+            };
+            hm.host_donate_hyp(&mut pool, &mut tlb, r.base.get(), r.size / PAGE)
+        });
+        assert_eq!(got, Ok(()));
+        assert!(page_state::range_is(
+            &hm.s2,
+            &w.tables,
+            r,
+            PageState::HypOwned
+        ));
+        assert!(hm.host_owns(&w.tables, PhysRange::new(a, 2 * MB - PAGE)));
+        assert!(hm.host_owns(&w.tables, PhysRange::new(c + PAGE, 2 * MB - PAGE)));
+        assert_eq!(model.dma(SID, b, true).map_err(|_| ()), Err(()));
+        assert_eq!(model.dma(SID, c + PAGE, true), Ok(PhysAddr(c + PAGE)));
+        assert_eq!(
+            w.tables.live_count(),
+            live + 1,
+            "b's table went, a's and c's came"
+        );
+        assert_eq!(hm.donated_pages(), 514);
+    }
+
+    /// The same donation when the SMMU does not confirm the invalidation before b's
+    /// table is freed: the table is kept (never reused), so the split of c finds no
+    /// table: BUSY, and what was unmapped goes to nobody; c stays the host's.
+    #[test]
+    fn donation_whose_freed_table_is_unconfirmed_is_withheld() {
+        setup!(model, w, hm, smmu, ModelConfig::default(), false);
+        let a = 0x4800_0000u64;
+        let (b, c) = (a + 2 * MB, a + 4 * MB);
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, b + PAGE, 1)
+        });
+        assert_eq!(r, Ok(()));
+        let (r, _, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.hyp_donate_host_range(mem, &mut tlb, PhysRange::new(b + PAGE, PAGE))
+        });
+        assert_eq!(r, Ok((PhysAddr(b + PAGE), 1)));
+        model.set_stalled(true);
+        let r = PhysRange::new(b - PAGE, 2 * MB + 2 * PAGE);
+        let (got, counts, _) = w.op(&mut smmu, |mem, mut tlb| {
+            hm.host_donate_hyp(mem, &mut tlb, r.base.get(), r.size / PAGE)
+        });
+        model.set_stalled(false);
+        assert_eq!(got, Err(Error::Busy));
+        assert!(counts.smmu_errors >= 1);
+        assert!(page_state::range_is(
+            &hm.s2,
+            &w.tables,
+            PhysRange::new(b - PAGE, 2 * MB + PAGE),
+            PageState::HypOwned
+        ));
+        assert!(hm.host_owns(&w.tables, PhysRange::new(c, 2 * MB)));
+        assert_eq!(hm.donated_pages(), 0, "withheld, not donated");
+        assert_eq!(hm.s2.leaked_table_bytes(), PAGE, "b's table kept");
     }
 
     /// A memory-order model of the table walkers: a descriptor write (the table code

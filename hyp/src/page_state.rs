@@ -46,7 +46,10 @@
 //! allocations exactly (they follow the table code's rules: largest leaf that fits, an
 //! entry that already maps as asked is kept), and [`PreparedTables`] allocates them up
 //! front and hands them out during the change: the change draws from nothing else, so it
-//! cannot run out halfway, and tables it did not use go back when it is dropped.
+//! cannot run out halfway, and tables it did not use go back when it is dropped. An
+//! unmap may free a table (one it covers whole) before it splits a later block: prepared
+//! with room ([`PreparedTables::with_room`]), the freed table is taken back and handed
+//! out again, so that [`fresh_tables_to_unmap`] is all a donation needs from the pool.
 
 use core::ops::ControlFlow;
 
@@ -226,6 +229,36 @@ pub fn tables_to_unmap<M: TableMemory + ?Sized>(
     })
 }
 
+/// Fresh tables to prepare for [`Stage2::unmap`] of `r` run through
+/// [`PreparedTables::with_room`]`(.., fresh, `[`tables_to_unmap`]`)`: the splits'
+/// allocations less those a table freed earlier in the same walk can serve. The walk
+/// goes in address order, and a table whose whole span lies inside `r` is freed (after
+/// its invalidation completed) when the walk reaches it, before any later split; the
+/// prepared tables take it back and hand it out again, as the pool did when the walk
+/// drew from it as it went. Tables emptied by the unmap are not counted (they may be
+/// freed too: never fewer tables than needed). Checks `r` as [`tables_to_unmap`] does.
+pub fn fresh_tables_to_unmap<M: TableMemory + ?Sized>(
+    s2: &Stage2,
+    mem: &M,
+    r: PhysRange,
+) -> Result<usize, S2Error> {
+    let geom = s2.geometry();
+    let (mut fresh, mut freed) = (0usize, 0usize);
+    count(s2, mem, r, |base, desc, level, from, to| {
+        let whole = from == base && to == base + geom.entry_size(level);
+        if desc.is_leaf(level) && !whole {
+            let n = unmap_need(&geom, level, from, to);
+            let reused = n.min(freed);
+            freed -= reused;
+            fresh = fresh.saturating_add(n - reused);
+        } else if desc.is_table(level) && whole {
+            freed = freed.saturating_add(1);
+        }
+        0
+    })?;
+    Ok(fresh)
+}
+
 /// Sums `need(entry base, descriptor, level, from, to)` over the entries that intersect
 /// `r` (`[from, to)` is the intersection), after checking `r` as the table code will
 /// (granule-aligned, inside the IPA and PA spaces).
@@ -336,9 +369,23 @@ impl<'a, M: TableMemory + ?Sized> PreparedTables<'a, M> {
     /// as the table code requires). NOMEM, with everything given back, if `mem` or the
     /// heap (for the list) runs out.
     pub fn new(mem: &'a mut M, geom: S2Geometry, n: usize) -> Result<Self, NoMem> {
+        Self::with_room(mem, geom, n, n)
+    }
+
+    /// [`new`](Self::new), with room to hold `room` tables (at least `n`): a granule
+    /// table the change frees while fewer are held goes back into the prepared ones
+    /// (zeroed again) instead of to `mem`, so that a later allocation of the same change
+    /// can have it (see [`fresh_tables_to_unmap`]). The room is reserved here: taking a
+    /// table back never allocates.
+    pub fn with_room(
+        mem: &'a mut M,
+        geom: S2Geometry,
+        n: usize,
+        room: usize,
+    ) -> Result<Self, NoMem> {
         let size = geom.granule().size() as usize;
         let mut tables = Vec::new();
-        tables.try_reserve_exact(n).map_err(|_| NoMem)?;
+        tables.try_reserve_exact(n.max(room)).map_err(|_| NoMem)?;
         let mut prepared = Self { mem, tables, size };
         for _ in 0..n {
             let pa = prepared.mem.alloc_zeroed(size, size).ok_or(NoMem)?;
@@ -373,8 +420,9 @@ impl<M: TableMemory + ?Sized> Drop for PreparedTables<'_, M> {
 }
 
 // SAFETY: every allocation handed out is a live allocation of `mem` of `size` bytes,
-// aligned to its size, never written since `alloc_zeroed` zeroed it, and handed out
-// once; everything else is `mem`'s own.
+// aligned to its size, all zero (never written since `alloc_zeroed` zeroed it, or zeroed
+// again when taken back in `free`), and held by nobody else (a table taken back was
+// given up by the caller, under `free`'s contract); everything else is `mem`'s own.
 unsafe impl<M: TableMemory + ?Sized> TableMemory for PreparedTables<'_, M> {
     fn alloc_zeroed(&mut self, size: usize, align: usize) -> Option<PhysAddr> {
         if size != self.size || align > size {
@@ -384,6 +432,20 @@ unsafe impl<M: TableMemory + ?Sized> TableMemory for PreparedTables<'_, M> {
     }
 
     unsafe fn free(&mut self, pa: PhysAddr, size: usize) {
+        if size == self.size && self.tables.len() < self.tables.capacity() {
+            // Taken back for a later allocation of this change: zeroed as a fresh one.
+            let p = self.mem.table_ptr(pa);
+            for i in 0..size / 8 {
+                // SAFETY: `pa` is a live `size`-byte allocation of `mem` that nothing
+                // refers to any more (the caller's contract), so `p` is valid for all
+                // of it.
+                unsafe { p.add(i).write_volatile(0) };
+            }
+            self.mem.clean(pa, size);
+            // Within the capacity reserved in `with_room`: no allocation.
+            self.tables.push(pa);
+            return;
+        }
         // SAFETY: forwarded under the caller's contract (every allocation is `mem`'s).
         unsafe { self.mem.free(pa, size) }
     }
@@ -600,6 +662,33 @@ mod tests {
         assert!(PreparedTables::new(&mut arena, s2.geometry(), 3).is_err());
         assert_eq!(arena.live_count(), live + 1, "nothing kept on NOMEM");
         arena.budget = None;
+        // With room, a table the change frees goes back into the prepared ones, zeroed.
+        {
+            let mut p = PreparedTables::with_room(&mut arena, s2.geometry(), 0, 1).unwrap();
+            let t = p.mem.alloc_zeroed(4096, 4096).unwrap();
+            // SAFETY: `t` is a live page of the arena that nothing else uses.
+            unsafe { p.table_ptr(t).add(7).write(0x7ff) };
+            // SAFETY: allocated from the same arena above, never linked.
+            unsafe { p.free(t, 4096) };
+            assert_eq!(p.left(), 1, "taken back");
+            let again = p.alloc_zeroed(4096, 4096).unwrap();
+            assert_eq!(again, t);
+            // SAFETY: `again` is a live page of the arena.
+            let word = unsafe { p.table_ptr(again).add(7).read() };
+            assert_eq!(word, 0, "zeroed again");
+            let u = p.mem.alloc_zeroed(4096, 4096).unwrap();
+            // SAFETY: handed out above, never linked: taken back (room for one).
+            unsafe { p.free(again, 4096) };
+            // SAFETY: allocated from the same arena above, never linked; no room left
+            // (one table held): freed to the arena.
+            unsafe { p.free(u, 4096) };
+            assert_eq!(p.left(), 1, "room for one only");
+        }
+        assert_eq!(
+            arena.live_count(),
+            live + 1,
+            "the taken-back table went back on drop"
+        );
         // The counts check what the change will check.
         let odd = PhysRange::new(GB + 512, PAGE);
         assert_eq!(tables_to_unmap(&s2, &arena, odd), Err(S2Error::Misaligned));
@@ -611,6 +700,14 @@ mod tests {
         assert_eq!(
             tables_to_unmap(&s2, &arena, beyond),
             Err(S2Error::OutOfRange)
+        );
+        assert_eq!(
+            fresh_tables_to_unmap(&s2, &arena, beyond),
+            Err(S2Error::OutOfRange)
+        );
+        assert_eq!(
+            fresh_tables_to_unmap(&s2, &arena, odd),
+            Err(S2Error::Misaligned)
         );
     }
 
@@ -658,6 +755,47 @@ mod tests {
                 } else {
                     prop_assert!(s2.map(&mut none, &mut NoTlb, Ipa(base), r.base, size, attrs).is_ok());
                 }
+            }
+        }
+
+        /// An unmap run through tables prepared as [`fresh_tables_to_unmap`] says (with
+        /// room for [`tables_to_unmap`]) never falls short, and draws exactly the fresh
+        /// ones from memory: the rest are tables it freed on the way, handed out again.
+        #[test]
+        fn unmaps_through_prepared_tables_draw_only_the_fresh_ones(
+            ops in proptest::collection::vec(
+                (0u64..(RAM.size / PAGE), prop_oneof![1u64..8, 1u64..600, 1u64..300_000], 0u8..3),
+                1..24,
+            )
+        ) {
+            let mut arena = Arena::new(8 << 20);
+            let mut s2 = tree(&mut arena);
+            let geom = s2.geometry();
+            for (start, pages, kind) in ops {
+                let base = RAM.base.get() + start * PAGE;
+                let size = pages.min(RAM.end().saturating_sub(base) / PAGE).max(1) * PAGE;
+                let r = PhysRange::new(base, size);
+                if kind != 2 {
+                    // Maps and unmaps of small runs leave level-3 tables about.
+                    let attrs = if kind == 1 { HOST_RAM.with_sw(1) } else { HOST_RAM };
+                    let small = PhysRange::new(base, size.min(64 * PAGE));
+                    s2.map(&mut arena, &mut NoTlb, Ipa(base), r.base, small.size, attrs).unwrap();
+                    if kind == 1 {
+                        s2.unmap(&mut arena, &mut NoTlb, Ipa(base), PAGE).unwrap();
+                    }
+                    continue;
+                }
+                let need = tables_to_unmap(&s2, &arena, r).unwrap();
+                let fresh = fresh_tables_to_unmap(&s2, &arena, r).unwrap();
+                prop_assert!(fresh <= need);
+                let mut counting = Counting { inner: &mut arena, allocs: 0 };
+                {
+                    let mut prepared =
+                        PreparedTables::with_room(&mut counting, geom, fresh, need).unwrap();
+                    prop_assert!(s2.unmap(&mut prepared, &mut NoTlb, Ipa(base), size).is_ok(), "{:?}", r);
+                }
+                prop_assert_eq!(counting.allocs, fresh, "{:?}", r);
+                prop_assert!(range_is(&s2, &arena, r, PageState::HypOwned), "{:?}", r);
             }
         }
     }
