@@ -100,6 +100,21 @@ const BREAK_MASK: u64 =
 /// no break.
 const PERM_MASK: u64 = S2AP_READ | S2AP_WRITE | AF | XN_MASK;
 
+/// Table descriptors keep the count of valid entries of the table they point to in bits
+/// that every walker ignores in a table descriptor (Arm ARM D8.3.1, VMSAv8-64 table
+/// descriptor, 48-bit OA, no FEAT_LPA2 and no FEAT_HAFT: bits 58:51 and 11:2 are IGNORED,
+/// in stage 1 and stage 2 alike, for the CPU and the SMMU): the low 8 bits of the count in
+/// bits 58:51, the high 6 in bits 7:2. So finding out whether an unmap emptied a table
+/// is O(1), without a side table. Changing these bits of a live table descriptor needs no
+/// break-before-make and no TLB maintenance (nothing a walker uses changes).
+const TABLE_COUNT_LO_SHIFT: u32 = 51;
+const TABLE_COUNT_LO_BITS: u32 = 8;
+const TABLE_COUNT_LO: u64 = 0xff << TABLE_COUNT_LO_SHIFT;
+const TABLE_COUNT_HI_SHIFT: u32 = 2;
+const TABLE_COUNT_HI: u64 = 0x3f << TABLE_COUNT_HI_SHIFT;
+/// Every bit of a table descriptor's count of valid entries.
+const TABLE_COUNT_MASK: u64 = TABLE_COUNT_LO | TABLE_COUNT_HI;
+
 /// Deepest level.
 const LAST_LEVEL: u8 = 3;
 /// Largest supported IPA and PA size (no 52-bit / LPA2).
@@ -573,6 +588,34 @@ impl Descriptor {
     const fn table(table: PhysAddr) -> Self {
         Self((table.0 & OA_MASK) | DESC_TABLE_OR_PAGE | DESC_VALID)
     }
+
+    /// The count of valid entries in the table this table descriptor points to (kept in
+    /// bits the walkers ignore, see [`TABLE_COUNT_MASK`]).
+    const fn table_count(self) -> usize {
+        (((self.0 & TABLE_COUNT_LO) >> TABLE_COUNT_LO_SHIFT)
+            | (((self.0 & TABLE_COUNT_HI) >> TABLE_COUNT_HI_SHIFT) << TABLE_COUNT_LO_BITS))
+            as usize
+    }
+
+    /// This table descriptor with its count of valid entries set to `n` (at most 8192, the
+    /// entries of a 64 KiB-granule table).
+    const fn with_table_count(self, n: usize) -> Self {
+        let n = n as u64;
+        Self(
+            (self.0 & !TABLE_COUNT_MASK)
+                | ((n << TABLE_COUNT_LO_SHIFT) & TABLE_COUNT_LO)
+                | (((n >> TABLE_COUNT_LO_BITS) << TABLE_COUNT_HI_SHIFT) & TABLE_COUNT_HI),
+        )
+    }
+
+    /// The descriptor as the module's users see it: a table descriptor without its count.
+    const fn public(self, level: u8) -> Self {
+        if self.is_table(level) {
+            Self(self.0 & !TABLE_COUNT_MASK)
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Debug for Descriptor {
@@ -930,7 +973,8 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        let result = up.map_in(root, ipa.0, end, &req);
+        // The root is never freed: its count is not kept.
+        let result = up.map_in(root, ipa.0, end, &req, &mut 0);
         up.g.sync();
         match (result, up.conflict) {
             (Ok(()), _) => Ok(()),
@@ -981,7 +1025,10 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        let result = up.unmap_in(root, ipa.0, end);
+        // The root is never freed: its count is not kept (start from the most valid
+        // entries it can have, so that it cannot go below zero).
+        let mut root_count = self.geom.entries(self.geom.start_level);
+        let result = up.unmap_in(root, ipa.0, end, &mut root_count);
         up.g.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
@@ -1100,7 +1147,7 @@ impl<R: Regime> Stage2<R> {
             let entry_end = entry_base + (1u64 << shift);
             let idx = ((addr - node.base) >> shift) as usize;
             let desc = read_desc(&self.geom, mem, node, idx);
-            f(Ipa(entry_base), desc, node.level)?;
+            f(Ipa(entry_base), desc.public(node.level), node.level)?;
             if desc.is_table(node.level) {
                 let child = Node {
                     pa: desc.address(),
@@ -1183,6 +1230,17 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         }
     }
 
+    /// Writes table descriptor `idx` of `node` whose count of valid entries (and nothing
+    /// else) changed. No clean, no barrier: the walkers ignore those bits, so it does not
+    /// matter when a non-coherent walker sees the new value (a later clean of the line
+    /// publishes it; nothing else writes the tables).
+    fn write_count(&mut self, node: Node, idx: usize, desc: Descriptor) {
+        debug_assert!(idx < self.geom.entries(node.level));
+        let table = self.mem.table_ptr(node.pa);
+        // SAFETY: as in `write`.
+        unsafe { table.add(idx).write_volatile(desc.0) };
+    }
+
     /// The one place a descriptor changes from `old` to `new`: break-before-make and TLB
     /// maintenance for live tables (see the module docs), a plain write otherwise. A
     /// table that `old` pointed to may be freed once this returns.
@@ -1232,7 +1290,15 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
 
     /// Maps `[start, end)` (inside `node`'s span) as `req` says. `Err(at)`: out of memory
     /// with everything below `at` done and the rest unchanged.
-    fn map_in(&mut self, node: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
+    /// `count` is `node`'s count of valid entries, kept up to date.
+    fn map_in(
+        &mut self,
+        node: Node,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> Result<(), u64> {
         let level = node.level;
         let shift = self.geom.granule.level_shift(level);
         let entry_size = 1u64 << shift;
@@ -1260,6 +1326,9 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
             {
                 let leaf = Descriptor::leaf_bits(pa, req.attrs, level);
                 self.set(node, idx, old, leaf);
+                if !old.is_valid() {
+                    *count += 1;
+                }
                 if old.is_table(level) {
                     self.free_subtree(old.address(), level + 1);
                 }
@@ -1270,13 +1339,25 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                     level: level + 1,
                     live: node.live,
                 };
-                self.map_in(child, addr, sub_end, req)?;
+                let before = old.table_count();
+                let mut c = before;
+                let result = self.map_in(child, addr, sub_end, req, &mut c);
+                if c != before {
+                    self.write_count(node, idx, old.with_table_count(c));
+                }
+                result?;
             } else if same {
                 // A block already maps this part exactly as asked: keep it.
             } else {
-                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
-                    up.map_in(child, addr, sub_end, req)
-                })?;
+                self.replace_with_table(
+                    node,
+                    idx,
+                    old,
+                    entry_base,
+                    addr,
+                    count,
+                    |up, child, c| up.map_in(child, addr, sub_end, req, c),
+                )?;
             }
             addr = sub_end;
         }
@@ -1285,7 +1366,8 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
 
     /// Unmaps `[start, end)` (inside `node`'s span). `Err(at)`: out of memory with
     /// everything below `at` unmapped and the rest unchanged.
-    fn unmap_in(&mut self, node: Node, start: u64, end: u64) -> Result<(), u64> {
+    /// `count` is `node`'s count of valid entries, kept up to date.
+    fn unmap_in(&mut self, node: Node, start: u64, end: u64, count: &mut usize) -> Result<(), u64> {
         let level = node.level;
         let shift = self.geom.granule.level_shift(level);
         let entry_size = 1u64 << shift;
@@ -1301,6 +1383,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                 // Nothing mapped here.
             } else if whole {
                 self.set(node, idx, old, Descriptor::INVALID);
+                *count -= 1;
                 if old.is_table(level) {
                     self.free_subtree(old.address(), level + 1);
                 }
@@ -1311,17 +1394,28 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                     level: level + 1,
                     live: node.live,
                 };
-                let result = self.unmap_in(child, addr, sub_end);
-                if !self.g.keeps_empty_tables() && self.is_empty(child) {
+                let before = old.table_count();
+                let mut c = before;
+                let result = self.unmap_in(child, addr, sub_end, &mut c);
+                if c == 0 && !self.g.keeps_empty_tables() {
                     self.set(node, idx, old, Descriptor::INVALID);
+                    *count -= 1;
                     self.free_table(child.pa, child.level);
+                } else if c != before {
+                    self.write_count(node, idx, old.with_table_count(c));
                 }
                 result?;
             } else {
                 // A block partly unmapped: split it.
-                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
-                    up.unmap_in(child, addr, sub_end)
-                })?;
+                self.replace_with_table(
+                    node,
+                    idx,
+                    old,
+                    entry_base,
+                    addr,
+                    count,
+                    |up, child, c| up.unmap_in(child, addr, sub_end, c),
+                )?;
             }
             addr = sub_end;
         }
@@ -1332,7 +1426,9 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
     /// table: allocates it, fills it with the block's equivalent entries, lets `fill` apply
     /// the operation to it while no walker can see it, then links it in one step. If
     /// `fill` did nothing (out of memory at `at`), the new table is dropped and the entry
-    /// stays as it was; if the table ends up empty, the entry becomes invalid.
+    /// stays as it was; if the table ends up empty, the entry becomes invalid. `count` is
+    /// `node`'s count of valid entries, kept up to date; `fill` gets the new table's.
+    #[allow(clippy::too_many_arguments)]
     fn replace_with_table(
         &mut self,
         node: Node,
@@ -1340,7 +1436,8 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         old: Descriptor,
         entry_base: u64,
         at: u64,
-        fill: impl FnOnce(&mut Self, Node) -> Result<(), u64>,
+        count: &mut usize,
+        fill: impl FnOnce(&mut Self, Node, &mut usize) -> Result<(), u64>,
     ) -> Result<(), u64> {
         let level = node.level;
         if level >= LAST_LEVEL {
@@ -1356,32 +1453,36 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
             level: level + 1,
             live: false,
         };
+        let mut c = 0;
         if old.is_leaf(level) {
             let child_size = self.geom.entry_size(child.level);
-            for i in 0..self.geom.entries(child.level) {
+            c = self.geom.entries(child.level);
+            for i in 0..c {
                 let out = old.address().0 + i as u64 * child_size;
                 let attrs = old.0 & R::ATTR_MASK;
                 self.write(child, i, Descriptor::leaf_bits(out, attrs, child.level));
             }
         }
-        let result = fill(self, child);
+        let result = fill(self, child, &mut c);
         let progressed = match result {
             Ok(()) => true,
             Err(stop) => stop > at,
         };
         if !progressed {
             self.free_table(pa, child.level);
-        } else if self.is_empty(child) {
+        } else if c == 0 {
             self.set(node, idx, old, Descriptor::INVALID);
+            if old.is_valid() {
+                *count -= 1;
+            }
             self.free_table(pa, child.level);
         } else {
-            self.set(node, idx, old, Descriptor::table(pa));
+            self.set(node, idx, old, Descriptor::table(pa).with_table_count(c));
+            if !old.is_valid() {
+                *count += 1;
+            }
         }
         result
-    }
-
-    fn is_empty(&self, node: Node) -> bool {
-        (0..self.geom.entries(node.level)).all(|i| !self.read(node, i).is_valid())
     }
 
     /// Frees the table at `pa` (level `level`) and every table below it. Nothing may refer
