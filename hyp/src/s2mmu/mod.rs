@@ -717,24 +717,100 @@ pub trait S2Tlb {
     }
 }
 
-/// A borrowed [`S2Tlb`], so that a one-operation [`Gather`] can wrap the caller's.
-struct Borrowed<'a, T: ?Sized>(&'a mut T);
+/// What the update code records what it owes the walkers into: a [`Gather`], or, for the
+/// one-operation calls ([`Stage2::map`], [`Stage2::unmap`], [`Stage2::map_new`]), an
+/// [`Eager`] that does what an eager gather does without its lists.
+trait Owed {
+    /// As [`Gather::sync`].
+    fn sync(&mut self);
+    /// As [`Gather::invalidate`].
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool);
+    /// As [`Gather::complete`].
+    fn complete(&mut self) -> bool;
+    /// As [`Gather::keeps_empty_tables`].
+    fn keeps_empty_tables(&self) -> bool;
+    /// As [`Gather::retire_table`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Gather::retire_table`].
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64;
+}
 
-impl<T: S2Tlb + ?Sized> S2Tlb for Borrowed<'_, T> {
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
-        self.0.invalidate_ipa_range(ipa, size, last_level_only);
-    }
-    fn invalidate_all(&mut self) {
-        self.0.invalidate_all();
-    }
+impl<T: S2Tlb> Owed for Gather<T> {
     fn sync(&mut self) {
-        self.0.sync();
+        Gather::sync(self);
+    }
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        Gather::invalidate(self, ipa, size, last_level_only);
     }
     fn complete(&mut self) -> bool {
-        self.0.complete()
+        Gather::complete(self)
     }
-    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
-        self.0.issue(ranges, all)
+    fn keeps_empty_tables(&self) -> bool {
+        Gather::keeps_empty_tables(self)
+    }
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { Gather::retire_table(self, mem, pa, size) }
+    }
+}
+
+/// The caller's [`S2Tlb`] used as an eager gather ([`Gather::eager`]): every invalidation
+/// goes to it at once, a table is freed once the invalidations before it completed, and
+/// a failed completion is remembered. Needs no lists, so costs nothing to set up.
+struct Eager<'a, T: ?Sized> {
+    tlb: &'a mut T,
+    failed: bool,
+}
+
+impl<'a, T: S2Tlb + ?Sized> Eager<'a, T> {
+    fn new(tlb: &'a mut T) -> Self {
+        Self { tlb, failed: false }
+    }
+}
+
+impl<T: S2Tlb + ?Sized> Owed for Eager<'_, T> {
+    fn sync(&mut self) {
+        self.tlb.sync();
+    }
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        self.tlb.invalidate_ipa_range(ipa, size, last_level_only);
+    }
+    fn complete(&mut self) -> bool {
+        if !self.tlb.complete() {
+            self.failed = true;
+        }
+        !self.failed
+    }
+    fn keeps_empty_tables(&self) -> bool {
+        false
+    }
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64 {
+        // No walker may still hold the table through a pending invalidation.
+        if !self.complete() {
+            log::error!("stage-2 table {pa:?} kept: invalidation unconfirmed");
+            return size as u64;
+        }
+        // SAFETY: by the caller's contract nothing refers to the table, and the
+        // invalidation of its entry completed.
+        unsafe { mem.free(pa, size) };
+        0
     }
 }
 
@@ -894,8 +970,13 @@ impl<R: Regime> Stage2<R> {
         size: u64,
         attrs: R::Attrs,
     ) -> Result<(), S2Error> {
-        let mut g = Gather::eager(Borrowed(tlb));
-        self.map_gathered(mem, &mut g, ipa, pa, size, attrs)
+        let mut g = Eager::new(tlb);
+        match self.map_req(mem, &mut g, ipa, pa, size, R::bits(attrs), false) {
+            Ok(()) => Ok(()),
+            Err(MapNewError::Table(e)) => Err(e),
+            // Not reachable: only add-only requests conflict.
+            Err(MapNewError::Conflict { at }) => Err(S2Error::OutOfMemory { done: at.0 - ipa.0 }),
+        }
     }
 
     /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with `attrs` where nothing is mapped
@@ -913,7 +994,7 @@ impl<R: Regime> Stage2<R> {
         size: u64,
         attrs: R::Attrs,
     ) -> Result<(), MapNewError> {
-        let mut g = Gather::eager(Borrowed(tlb));
+        let mut g = Eager::new(tlb);
         self.map_req(mem, &mut g, ipa, pa, size, R::bits(attrs), true)
     }
 
@@ -937,10 +1018,10 @@ impl<R: Regime> Stage2<R> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn map_req<M: TableMemory + ?Sized, T: S2Tlb>(
+    fn map_req<M: TableMemory + ?Sized, G: Owed>(
         &mut self,
         mem: &mut M,
-        g: &mut Gather<T>,
+        g: &mut G,
         ipa: Ipa,
         pa: PhysAddr,
         size: u64,
@@ -999,8 +1080,8 @@ impl<R: Regime> Stage2<R> {
         ipa: Ipa,
         size: u64,
     ) -> Result<(), S2Error> {
-        let mut g = Gather::eager(Borrowed(tlb));
-        self.unmap_gathered(mem, &mut g, ipa, size)
+        let mut g = Eager::new(tlb);
+        self.unmap_req(mem, &mut g, ipa, size)
     }
 
     /// [`unmap`](Self::unmap), recording into `g` (which also decides whether tables the
@@ -1009,6 +1090,16 @@ impl<R: Regime> Stage2<R> {
         &mut self,
         mem: &mut M,
         g: &mut Gather<T>,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<(), S2Error> {
+        self.unmap_req(mem, g, ipa, size)
+    }
+
+    fn unmap_req<M: TableMemory + ?Sized, G: Owed>(
+        &mut self,
+        mem: &mut M,
+        g: &mut G,
         ipa: Ipa,
         size: u64,
     ) -> Result<(), S2Error> {
@@ -1096,10 +1187,11 @@ impl<R: Regime> Stage2<R> {
     /// The caller must first make sure no walker uses the tables any more: `VTTBR_EL2`
     /// and STEs point elsewhere and the VMID's TLB entries are invalidated.
     pub fn destroy<M: TableMemory + ?Sized>(mut self, mem: &mut M) {
+        let mut tlb = NoTlb;
         let mut up = Updater {
             geom: self.geom,
             mem,
-            g: &mut Gather::eager(NoTlb),
+            g: &mut Eager::new(&mut tlb),
             leaked: &mut self.leaked,
             conflict: None,
             regime: PhantomData::<R>,
@@ -1201,11 +1293,11 @@ fn read_desc<M: TableMemory + ?Sized>(
 }
 
 /// Changes descriptors: map, unmap, split, free. Holds the seams for one operation.
-struct Updater<'a, M: ?Sized, T, R> {
+struct Updater<'a, M: ?Sized, G, R> {
     geom: S2Geometry,
     mem: &'a mut M,
     /// What the operation owes the walkers.
-    g: &'a mut Gather<T>,
+    g: &'a mut G,
     /// Where an add-only map found a conflicting entry.
     conflict: Option<u64>,
     regime: PhantomData<R>,
@@ -1213,7 +1305,7 @@ struct Updater<'a, M: ?Sized, T, R> {
     leaked: &'a mut u64,
 }
 
-impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
+impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     fn read(&self, node: Node, idx: usize) -> Descriptor {
         read_desc(&self.geom, &*self.mem, node, idx)
     }
@@ -1300,9 +1392,12 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         count: &mut usize,
     ) -> Result<(), u64> {
         let level = node.level;
+        let mut addr = start;
+        if level == LAST_LEVEL {
+            addr = self.map_run(node, start, end, req, count);
+        }
         let shift = self.geom.granule.level_shift(level);
         let entry_size = 1u64 << shift;
-        let mut addr = start;
         while addr < end {
             let idx = ((addr - node.base) >> shift) as usize;
             let entry_base = addr & !(entry_size - 1);
@@ -1362,6 +1457,49 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
             addr = sub_end;
         }
         Ok(())
+    }
+
+    /// Fills the invalid last-level entries of `node` from `start` on with the pages `req`
+    /// asks for, up to `end` or the first valid entry, and returns where it stopped. This
+    /// is what [`set`](Self::set) does for invalid → page (a plain write; no barrier, no
+    /// invalidation), in one pass, with one clean for the whole run.
+    fn map_run(
+        &mut self,
+        node: Node,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> u64 {
+        let shift = self.geom.granule.shift();
+        let first = ((start - node.base) >> shift) as usize;
+        let n = ((end - start) >> shift) as usize;
+        debug_assert!(first + n <= self.geom.entries(node.level));
+        let table = self.mem.table_ptr(node.pa);
+        // The output address stays below the PA size (checked by `map_req`), so adding a
+        // page to the descriptor adds it to its address field.
+        let mut desc = Descriptor::leaf_bits(req.pa + (start - req.ipa), req.attrs, LAST_LEVEL).0;
+        let mut done = 0;
+        while done < n {
+            // SAFETY: as in `read_desc`: `node.pa` is a table of this tree (or one being
+            // built for it) and `first + done` is below its number of entries, since
+            // `[start, end)` lies inside its span.
+            let entry = unsafe { table.add(first + done) };
+            // SAFETY: as above.
+            if unsafe { entry.read_volatile() } & DESC_VALID != 0 {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { entry.write_volatile(desc) };
+            desc += 1 << shift;
+            done += 1;
+        }
+        if done > 0 && node.live {
+            self.mem
+                .clean(PhysAddr(node.pa.0 + first as u64 * 8), done * 8);
+        }
+        *count += done;
+        start + ((done as u64) << shift)
     }
 
     /// Unmaps `[start, end)` (inside `node`'s span). `Err(at)`: out of memory with
