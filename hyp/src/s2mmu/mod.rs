@@ -902,6 +902,22 @@ struct Node {
     live: bool,
 }
 
+/// One table entry passed on the way down to the table that holds a whole range: the
+/// table, the entry's index and the entry (a table descriptor) as read.
+#[derive(Clone, Copy)]
+struct Step {
+    node: Node,
+    idx: usize,
+    desc: Descriptor,
+}
+
+/// The table entries above the table an operation starts in, root first (at most one per
+/// level above the last).
+struct Path {
+    steps: [Step; LAST_LEVEL as usize],
+    len: usize,
+}
+
 /// What [`Stage2::map`] maps.
 struct MapReq {
     ipa: u64,
@@ -1054,8 +1070,7 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        // The root is never freed: its count is not kept.
-        let result = up.map_in(root, ipa.0, end, &req, &mut 0);
+        let result = up.map_from_root(root, ipa.0, end, &req);
         up.g.sync();
         match (result, up.conflict) {
             (Ok(()), _) => Ok(()),
@@ -1116,10 +1131,7 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        // The root is never freed: its count is not kept (start from the most valid
-        // entries it can have, so that it cannot go below zero).
-        let mut root_count = self.geom.entries(self.geom.start_level);
-        let result = up.unmap_in(root, ipa.0, end, &mut root_count);
+        let result = up.unmap_from_root(root, ipa.0, end);
         up.g.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
@@ -1378,6 +1390,95 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
                 self.g.invalidate(entry_ipa, entry_size, true);
             }
         }
+    }
+
+    /// Goes down from `root` through the table entries whose span holds all of
+    /// `[start, end)` (without covering the whole entry, which the operation might
+    /// replace), as [`map_in`](Self::map_in) and [`unmap_in`](Self::unmap_in) would
+    /// through their one iteration at those levels, and returns the deepest table reached
+    /// and the entries above it.
+    fn descend(&self, root: Node, start: u64, end: u64) -> (Node, Path) {
+        let step = Step {
+            node: root,
+            idx: 0,
+            desc: Descriptor::INVALID,
+        };
+        let mut path = Path {
+            steps: [step; LAST_LEVEL as usize],
+            len: 0,
+        };
+        let mut node = root;
+        while node.level < LAST_LEVEL && path.len < path.steps.len() {
+            let shift = self.geom.granule.level_shift(node.level);
+            let entry_base = start & !((1u64 << shift) - 1);
+            let entry_end = entry_base + (1u64 << shift);
+            if end > entry_end || (start == entry_base && end == entry_end) {
+                break;
+            }
+            let idx = ((start - node.base) >> shift) as usize;
+            let desc = self.read(node, idx);
+            if !desc.is_table(node.level) {
+                break;
+            }
+            path.steps[path.len] = Step { node, idx, desc };
+            path.len += 1;
+            node = Node {
+                pa: desc.address(),
+                base: entry_base,
+                level: node.level + 1,
+                live: node.live,
+            };
+        }
+        (node, path)
+    }
+
+    /// [`map_in`](Self::map_in) on the root, without recursing through the levels where
+    /// the range sits in one table entry (see [`descend`](Self::descend)); the counts of
+    /// the tables on the way are updated on the way back.
+    fn map_from_root(&mut self, root: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
+        let (node, path) = self.descend(root, start, end);
+        // The root is never freed: its count is not kept.
+        let mut count = match path.len {
+            0 => 0,
+            n => path.steps[n - 1].desc.table_count(),
+        };
+        let result = self.map_in(node, start, end, req, &mut count);
+        // A map never invalidates an entry: the tables above keep their counts.
+        if let Some(last) = path.steps[..path.len].last()
+            && count != last.desc.table_count()
+        {
+            self.write_count(last.node, last.idx, last.desc.with_table_count(count));
+        }
+        result
+    }
+
+    /// [`unmap_in`](Self::unmap_in) on the root, as [`map_from_root`](Self::map_from_root):
+    /// on the way back, each table the unmap emptied is unlinked and freed (unless the
+    /// gather keeps them), innermost first, and the counts above are updated.
+    fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
+        let (node, path) = self.descend(root, start, end);
+        // The root is never freed: its count is not kept (start from the most valid
+        // entries it can have, so that it cannot go below zero).
+        let root_count = self.geom.entries(self.geom.start_level);
+        let count_above = |i: usize| match i {
+            0 => root_count,
+            i => path.steps[i - 1].desc.table_count(),
+        };
+        let mut count = count_above(path.len);
+        let result = self.unmap_in(node, start, end, &mut count);
+        for i in (0..path.len).rev() {
+            let Step { node, idx, desc } = path.steps[i];
+            let mut parent_count = count_above(i);
+            if count == 0 && !self.g.keeps_empty_tables() {
+                self.set(node, idx, desc, Descriptor::INVALID);
+                parent_count -= 1;
+                self.free_table(desc.address(), node.level + 1);
+            } else if count != desc.table_count() {
+                self.write_count(node, idx, desc.with_table_count(count));
+            }
+            count = parent_count;
+        }
+        result
     }
 
     /// Maps `[start, end)` (inside `node`'s span) as `req` says. `Err(at)`: out of memory
