@@ -918,6 +918,22 @@ struct Path {
     len: usize,
 }
 
+impl Path {
+    const EMPTY: Self = Self {
+        steps: [Step {
+            node: Node {
+                pa: PhysAddr(0),
+                base: 0,
+                level: 0,
+                live: false,
+            },
+            idx: 0,
+            desc: Descriptor::INVALID,
+        }; LAST_LEVEL as usize],
+        len: 0,
+    };
+}
+
 /// What [`Stage2::map`] maps.
 struct MapReq {
     ipa: u64,
@@ -1397,19 +1413,13 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// replace), as [`map_in`](Self::map_in) and [`unmap_in`](Self::unmap_in) would
     /// through their one iteration at those levels, and returns the deepest table reached
     /// and the entries above it.
-    fn descend(&self, root: Node, start: u64, end: u64) -> (Node, Path) {
-        let step = Step {
-            node: root,
-            idx: 0,
-            desc: Descriptor::INVALID,
-        };
-        let mut path = Path {
-            steps: [step; LAST_LEVEL as usize],
-            len: 0,
-        };
+    #[inline(always)]
+    fn descend(&self, root: Node, start: u64, end: u64, path: &mut Path) -> Node {
         let mut node = root;
+        let gshift = self.geom.granule.shift();
+        let stride = self.geom.granule.stride();
+        let mut shift = gshift + stride * u32::from(LAST_LEVEL - node.level);
         while node.level < LAST_LEVEL && path.len < path.steps.len() {
-            let shift = self.geom.granule.level_shift(node.level);
             let entry_base = start & !((1u64 << shift) - 1);
             let entry_end = entry_base + (1u64 << shift);
             if end > entry_end || (start == entry_base && end == entry_end) {
@@ -1428,15 +1438,17 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
                 level: node.level + 1,
                 live: node.live,
             };
+            shift -= stride;
         }
-        (node, path)
+        node
     }
 
     /// [`map_in`](Self::map_in) on the root, without recursing through the levels where
     /// the range sits in one table entry (see [`descend`](Self::descend)); the counts of
     /// the tables on the way are updated on the way back.
     fn map_from_root(&mut self, root: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
-        let (node, path) = self.descend(root, start, end);
+        let mut path = Path::EMPTY;
+        let node = self.descend(root, start, end, &mut path);
         // The root is never freed: its count is not kept.
         let mut count = match path.len {
             0 => 0,
@@ -1456,7 +1468,8 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// on the way back, each table the unmap emptied is unlinked and freed (unless the
     /// gather keeps them), innermost first, and the counts above are updated.
     fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
-        let (node, path) = self.descend(root, start, end);
+        let mut path = Path::EMPTY;
+        let node = self.descend(root, start, end, &mut path);
         // The root is never freed: its count is not kept (start from the most valid
         // entries it can have, so that it cannot go below zero).
         let root_count = self.geom.entries(self.geom.start_level);
