@@ -1454,7 +1454,10 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             0 => 0,
             n => path.steps[n - 1].desc.table_count(),
         };
-        let result = self.map_in(node, start, end, req, &mut count);
+        let result = match self.map_one(node, start, end, req, &mut count) {
+            Ok(at) if at < end => self.map_in(node, at, end, req, &mut count),
+            done => done.map(|_| ()),
+        };
         // A map never invalidates an entry: the tables above keep their counts.
         if let Some(last) = path.steps[..path.len].last()
             && count != last.desc.table_count()
@@ -1478,7 +1481,11 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             i => path.steps[i - 1].desc.table_count(),
         };
         let mut count = count_above(path.len);
-        let result = self.unmap_in(node, start, end, &mut count);
+        let result = if self.unmap_one(node, start, end, &mut count) {
+            Ok(())
+        } else {
+            self.unmap_in(node, start, end, &mut count)
+        };
         for i in (0..path.len).rev() {
             let Step { node, idx, desc } = path.steps[i];
             let mut parent_count = count_above(i);
@@ -1492,6 +1499,62 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             count = parent_count;
         }
         result
+    }
+
+    /// The common cases of [`map_in`](Self::map_in), done without its loop: pages into
+    /// invalid last-level entries, or one whole invalid entry that becomes a block. Returns
+    /// where it stopped (`start` if it did nothing); `map_in` does the rest.
+    #[inline(always)]
+    fn map_one(
+        &mut self,
+        node: Node,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> Result<u64, u64> {
+        let level = node.level;
+        if level == LAST_LEVEL {
+            return Ok(self.map_run(node, start, end, req, count));
+        }
+        let shift = self.geom.granule.level_shift(level);
+        let pa = req.pa + (start - req.ipa);
+        if end - start != 1u64 << shift
+            || start & ((1u64 << shift) - 1) != 0
+            || pa & ((1u64 << shift) - 1) != 0
+            || !self.geom.granule.leaf_allowed(level)
+        {
+            return Ok(start);
+        }
+        let idx = ((start - node.base) >> shift) as usize;
+        let old = self.read(node, idx);
+        if old.is_valid() {
+            return Ok(start);
+        }
+        self.set(node, idx, old, Descriptor::leaf_bits(pa, req.attrs, level));
+        *count += 1;
+        Ok(end)
+    }
+
+    /// The common case of [`unmap_in`](Self::unmap_in), done without its loop: one whole
+    /// entry that is invalid or a leaf. Returns whether it was that case (and is done).
+    #[inline(always)]
+    fn unmap_one(&mut self, node: Node, start: u64, end: u64, count: &mut usize) -> bool {
+        let level = node.level;
+        let shift = self.geom.granule.level_shift(level);
+        if end - start != 1u64 << shift || start & ((1u64 << shift) - 1) != 0 {
+            return false;
+        }
+        let idx = ((start - node.base) >> shift) as usize;
+        let old = self.read(node, idx);
+        if old.is_table(level) {
+            return false;
+        }
+        if old.is_valid() {
+            self.set(node, idx, old, Descriptor::INVALID);
+            *count -= 1;
+        }
+        true
     }
 
     /// Maps `[start, end)` (inside `node`'s span) as `req` says. `Err(at)`: out of memory
