@@ -1237,6 +1237,7 @@ impl<R: Regime> Stage2<R> {
     }
 
     /// Checks a granule-aligned IPA range and returns its end.
+    #[inline]
     fn check_range(&self, ipa: Ipa, size: u64) -> Result<u64, S2Error> {
         let granule = self.geom.granule.size();
         if !ipa.is_aligned(granule) || !size.is_multiple_of(granule) {
@@ -1364,6 +1365,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// The one place a descriptor changes from `old` to `new`: break-before-make and TLB
     /// maintenance for live tables (see the module docs), a plain write otherwise. A
     /// table that `old` pointed to may be freed once this returns.
+    #[inline]
     fn set(&mut self, node: Node, idx: usize, old: Descriptor, new: Descriptor) {
         if old == new {
             return;
@@ -1412,9 +1414,9 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// `[start, end)` (without covering the whole entry, which the operation might
     /// replace), as [`map_in`](Self::map_in) and [`unmap_in`](Self::unmap_in) would
     /// through their one iteration at those levels, and returns the deepest table reached
-    /// and the entries above it.
+    /// and the entries above it, and the log2 of its entries' span.
     #[inline(always)]
-    fn descend(&self, root: Node, start: u64, end: u64, path: &mut Path) -> Node {
+    fn descend(&self, root: Node, start: u64, end: u64, path: &mut Path) -> (Node, u32) {
         let mut node = root;
         let gshift = self.geom.granule.shift();
         let stride = self.geom.granule.stride();
@@ -1440,7 +1442,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             };
             shift -= stride;
         }
-        node
+        (node, shift)
     }
 
     /// [`map_in`](Self::map_in) on the root, without recursing through the levels where
@@ -1448,13 +1450,13 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// the tables on the way are updated on the way back.
     fn map_from_root(&mut self, root: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
         let mut path = Path::EMPTY;
-        let node = self.descend(root, start, end, &mut path);
+        let (node, shift) = self.descend(root, start, end, &mut path);
         // The root is never freed: its count is not kept.
         let mut count = match path.len {
             0 => 0,
             n => path.steps[n - 1].desc.table_count(),
         };
-        let result = match self.map_one(node, start, end, req, &mut count) {
+        let result = match self.map_one(node, shift, start, end, req, &mut count) {
             Ok(at) if at < end => self.map_in(node, at, end, req, &mut count),
             done => done.map(|_| ()),
         };
@@ -1472,7 +1474,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// gather keeps them), innermost first, and the counts above are updated.
     fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
         let mut path = Path::EMPTY;
-        let node = self.descend(root, start, end, &mut path);
+        let (node, shift) = self.descend(root, start, end, &mut path);
         // The root is never freed: its count is not kept (start from the most valid
         // entries it can have, so that it cannot go below zero).
         let root_count = self.geom.entries(self.geom.start_level);
@@ -1481,7 +1483,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             i => path.steps[i - 1].desc.table_count(),
         };
         let mut count = count_above(path.len);
-        let result = if self.unmap_one(node, start, end, &mut count) {
+        let result = if self.unmap_one(node, shift, start, end, &mut count) {
             Ok(())
         } else {
             self.unmap_in(node, start, end, &mut count)
@@ -1508,6 +1510,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     fn map_one(
         &mut self,
         node: Node,
+        shift: u32,
         start: u64,
         end: u64,
         req: &MapReq,
@@ -1517,7 +1520,6 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         if level == LAST_LEVEL {
             return Ok(self.map_run(node, start, end, req, count));
         }
-        let shift = self.geom.granule.level_shift(level);
         let pa = req.pa + (start - req.ipa);
         if end - start != 1u64 << shift
             || start & ((1u64 << shift) - 1) != 0
@@ -1539,9 +1541,15 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// The common case of [`unmap_in`](Self::unmap_in), done without its loop: one whole
     /// entry that is invalid or a leaf. Returns whether it was that case (and is done).
     #[inline(always)]
-    fn unmap_one(&mut self, node: Node, start: u64, end: u64, count: &mut usize) -> bool {
+    fn unmap_one(
+        &mut self,
+        node: Node,
+        shift: u32,
+        start: u64,
+        end: u64,
+        count: &mut usize,
+    ) -> bool {
         let level = node.level;
-        let shift = self.geom.granule.level_shift(level);
         if end - start != 1u64 << shift || start & ((1u64 << shift) - 1) != 0 {
             return false;
         }
