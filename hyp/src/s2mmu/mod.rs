@@ -1490,15 +1490,18 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         };
         for i in (0..path.len).rev() {
             let Step { node, idx, desc } = path.steps[i];
-            let mut parent_count = count_above(i);
             if count == 0 && !self.g.keeps_empty_tables() {
                 self.set(node, idx, desc, Descriptor::INVALID);
-                parent_count -= 1;
                 self.free_table(desc.address(), node.level + 1);
-            } else if count != desc.table_count() {
-                self.write_count(node, idx, desc.with_table_count(count));
+                count = count_above(i) - 1;
+            } else {
+                if count != desc.table_count() {
+                    self.write_count(node, idx, desc.with_table_count(count));
+                }
+                // The entry stays valid: the counts above do not change (and are not
+                // zero: each of those tables holds the entry below it).
+                break;
             }
-            count = parent_count;
         }
         result
     }
