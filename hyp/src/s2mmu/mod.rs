@@ -919,6 +919,7 @@ struct Path {
 }
 
 impl Path {
+    /// No step.
     const EMPTY: Self = Self {
         steps: [Step {
             node: Node {
@@ -932,6 +933,14 @@ impl Path {
         }; LAST_LEVEL as usize],
         len: 0,
     };
+
+    /// Appends a step (there is at most one per level above the last).
+    fn push(&mut self, step: Step) {
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = step;
+            self.len += 1;
+        }
+    }
 }
 
 /// What [`Stage2::map`] maps.
@@ -1414,14 +1423,14 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// `[start, end)` (without covering the whole entry, which the operation might
     /// replace), as [`map_in`](Self::map_in) and [`unmap_in`](Self::unmap_in) would
     /// through their one iteration at those levels, and returns the deepest table reached
-    /// and the entries above it, and the log2 of its entries' span.
+    /// and the log2 of its entries' span; `step` gets the entries above it, root first.
     #[inline(always)]
-    fn descend(&self, root: Node, start: u64, end: u64, path: &mut Path) -> (Node, u32) {
+    fn descend(&self, root: Node, start: u64, end: u64, mut step: impl FnMut(Step)) -> (Node, u32) {
         let mut node = root;
         let gshift = self.geom.granule.shift();
         let stride = self.geom.granule.stride();
         let mut shift = gshift + stride * u32::from(LAST_LEVEL - node.level);
-        while node.level < LAST_LEVEL && path.len < path.steps.len() {
+        while node.level < LAST_LEVEL {
             let entry_base = start & !((1u64 << shift) - 1);
             let entry_end = entry_base + (1u64 << shift);
             if end > entry_end || (start == entry_base && end == entry_end) {
@@ -1432,8 +1441,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             if !desc.is_table(node.level) {
                 break;
             }
-            path.steps[path.len] = Step { node, idx, desc };
-            path.len += 1;
+            step(Step { node, idx, desc });
             node = Node {
                 pa: desc.address(),
                 base: entry_base,
@@ -1449,19 +1457,16 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// the range sits in one table entry (see [`descend`](Self::descend)); the counts of
     /// the tables on the way are updated on the way back.
     fn map_from_root(&mut self, root: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
-        let mut path = Path::EMPTY;
-        let (node, shift) = self.descend(root, start, end, &mut path);
+        let mut last = None;
+        let (node, shift) = self.descend(root, start, end, |s| last = Some(s));
         // The root is never freed: its count is not kept.
-        let mut count = match path.len {
-            0 => 0,
-            n => path.steps[n - 1].desc.table_count(),
-        };
+        let mut count = last.map_or(0, |s: Step| s.desc.table_count());
         let result = match self.map_one(node, shift, start, end, req, &mut count) {
             Ok(at) if at < end => self.map_in(node, at, end, req, &mut count),
             done => done.map(|_| ()),
         };
         // A map never invalidates an entry: the tables above keep their counts.
-        if let Some(last) = path.steps[..path.len].last()
+        if let Some(last) = last
             && count != last.desc.table_count()
         {
             self.write_count(last.node, last.idx, last.desc.with_table_count(count));
@@ -1473,20 +1478,38 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     /// on the way back, each table the unmap emptied is unlinked and freed (unless the
     /// gather keeps them), innermost first, and the counts above are updated.
     fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
-        let mut path = Path::EMPTY;
-        let (node, shift) = self.descend(root, start, end, &mut path);
+        let mut last = None;
+        let (node, shift) = self.descend(root, start, end, |s| last = Some(s));
         // The root is never freed: its count is not kept (start from the most valid
         // entries it can have, so that it cannot go below zero).
         let root_count = self.geom.entries(self.geom.start_level);
-        let count_above = |i: usize| match i {
-            0 => root_count,
-            i => path.steps[i - 1].desc.table_count(),
+        let Some(last) = last else {
+            let mut count = root_count;
+            return if self.unmap_one(node, shift, start, end, &mut count) {
+                Ok(())
+            } else {
+                self.unmap_in(node, start, end, &mut count)
+            };
         };
-        let mut count = count_above(path.len);
+        let mut count = last.desc.table_count();
         let result = if self.unmap_one(node, shift, start, end, &mut count) {
             Ok(())
         } else {
             self.unmap_in(node, start, end, &mut count)
+        };
+        if count != 0 || self.g.keeps_empty_tables() {
+            if count != last.desc.table_count() {
+                self.write_count(last.node, last.idx, last.desc.with_table_count(count));
+            }
+            return result;
+        }
+        // The table emptied (rare: once per table): walk down again for every entry on
+        // the way (nothing above the table changed), and free from the bottom up.
+        let mut path = Path::EMPTY;
+        self.descend(root, start, end, |s| path.push(s));
+        let count_above = |i: usize| match i {
+            0 => root_count,
+            i => path.steps[i - 1].desc.table_count(),
         };
         for i in (0..path.len).rev() {
             let Step { node, idx, desc } = path.steps[i];
