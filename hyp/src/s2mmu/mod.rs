@@ -160,25 +160,23 @@ impl fmt::Display for S2Error {
 
 impl core::error::Error for S2Error {}
 
-/// Translation granule.
+/// Translation granule. The discriminant is the log2 of the page size, so that
+/// [`shift`](Self::shift), which the walker needs at every level, is free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Granule {
     /// 4 KiB pages; blocks of 1 GiB (L1) and 2 MiB (L2).
-    Size4K,
+    Size4K = 12,
     /// 16 KiB pages; blocks of 32 MiB (L2).
-    Size16K,
+    Size16K = 14,
     /// 64 KiB pages; blocks of 512 MiB (L2).
-    Size64K,
+    Size64K = 16,
 }
 
 impl Granule {
     /// log2 of the page size.
     pub const fn shift(self) -> u32 {
-        match self {
-            Granule::Size4K => 12,
-            Granule::Size16K => 14,
-            Granule::Size64K => 16,
-        }
+        self as u32
     }
 
     /// Page size in bytes.
