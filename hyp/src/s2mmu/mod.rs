@@ -1246,8 +1246,8 @@ impl<R: Regime> Stage2<R> {
     /// Checks a granule-aligned IPA range and returns its end.
     #[inline]
     fn check_range(&self, ipa: Ipa, size: u64) -> Result<u64, S2Error> {
-        let granule = self.geom.granule.size();
-        if !ipa.is_aligned(granule) || !size.is_multiple_of(granule) {
+        // The granule is a power of two.
+        if (ipa.0 | size) & (self.geom.granule.size() - 1) != 0 {
             return Err(S2Error::Misaligned);
         }
         match ipa.checked_add(size) {
@@ -1546,8 +1546,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         }
         let pa = req.pa + (start - req.ipa);
         if end - start != 1u64 << shift
-            || start & ((1u64 << shift) - 1) != 0
-            || pa & ((1u64 << shift) - 1) != 0
+            || (start | pa) & ((1u64 << shift) - 1) != 0
             || !self.geom.granule.leaf_allowed(level)
         {
             return Ok(start);
