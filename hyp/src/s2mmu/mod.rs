@@ -1429,14 +1429,21 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         let stride = self.geom.granule.stride();
         let mut shift = gshift + stride * u32::from(LAST_LEVEL - node.level);
         while node.level < LAST_LEVEL {
-            let entry_base = start & !((1u64 << shift) - 1);
-            let entry_end = entry_base + (1u64 << shift);
-            if end > entry_end || (start == entry_base && end == entry_end) {
+            let size = 1u64 << shift;
+            // `off` bytes of the entry lie before the range, `spare` after it (wrapping
+            // to above `size` if the range goes past the entry; ranges are below 2^49).
+            // Both are below `size` exactly when the range ends inside the entry, and
+            // then both are zero exactly when it covers the entry whole: one compare.
+            let off = start & (size - 1);
+            let spare = size.wrapping_sub(off + (end - start));
+            if (off | spare).wrapping_sub(1) >= size - 1 {
                 break;
             }
+            let entry_base = start - off;
             let idx = ((start - node.base) >> shift) as usize;
             let desc = self.read(node, idx);
-            if !desc.is_table(node.level) {
+            // A table descriptor (the level is above the last).
+            if desc.0 & (DESC_VALID | DESC_TABLE_OR_PAGE) != DESC_VALID | DESC_TABLE_OR_PAGE {
                 break;
             }
             step(Step { node, idx, desc });
