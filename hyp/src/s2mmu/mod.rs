@@ -1485,11 +1485,10 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
         let mut last = None;
         let (node, shift) = self.descend(root, start, end, |s| last = Some(s));
-        // The root is never freed: its count is not kept (start from the most valid
-        // entries it can have, so that it cannot go below zero).
-        let root_count = self.geom.entries(self.geom.start_level);
         let Some(last) = last else {
-            let mut count = root_count;
+            // The root is never freed: its count is not kept (start from the most valid
+            // entries it can have, so that it cannot go below zero).
+            let mut count = self.geom.entries(self.geom.start_level);
             return if self.unmap_one(node, shift, start, end, &mut count) {
                 Ok(())
             } else {
@@ -1512,6 +1511,7 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         // the way (nothing above the table changed), and free from the bottom up.
         let mut path = Path::EMPTY;
         self.descend(root, start, end, |s| path.push(s));
+        let root_count = self.geom.entries(self.geom.start_level);
         let count_above = |i: usize| match i {
             0 => root_count,
             i => path.steps[i - 1].desc.table_count(),
@@ -1552,8 +1552,9 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
             return Ok(self.map_run(node, start, end, req, count));
         }
         let pa = req.pa + (start - req.ipa);
-        if end - start != 1u64 << shift
-            || (start | pa) & ((1u64 << shift) - 1) != 0
+        let size = 1u64 << shift;
+        // One whole entry, its output aligned to it: the differences OR-ed, zero.
+        if ((end - start) ^ size) | ((start | pa) & (size - 1)) != 0
             || !self.geom.granule.leaf_allowed(level)
         {
             return Ok(start);
@@ -1580,7 +1581,9 @@ impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
         count: &mut usize,
     ) -> bool {
         let level = node.level;
-        if end - start != 1u64 << shift || start & ((1u64 << shift) - 1) != 0 {
+        let size = 1u64 << shift;
+        // One whole entry: the differences OR-ed, zero.
+        if ((end - start) ^ size) | (start & (size - 1)) != 0 {
             return false;
         }
         let idx = ((start - node.base) >> shift) as usize;
