@@ -1469,13 +1469,15 @@ fn table_counts_follow_maps_splits_and_unmaps() {
     assert_eq!(((c[1].1 >> 51) & 0xff) | (((c[1].1 >> 2) & 0x3f) << 8), 511);
     // What users see of a table descriptor carries no count.
     let mut tables = Vec::new();
-    s2.walk(&arena, Ipa(2 * GIB), 4 * KIB, |_, d, level| {
-        if d.is_table(level) {
-            tables.push(d.bits());
-        }
-        ControlFlow::<()>::Continue(())
-    })
-    .unwrap();
+    let flow = s2
+        .walk(&arena, Ipa(2 * GIB), 4 * KIB, |_, d, level| {
+            if d.is_table(level) {
+                tables.push(d.bits());
+            }
+            ControlFlow::<()>::Continue(())
+        })
+        .unwrap();
+    assert_eq!(flow, ControlFlow::Continue(()));
     assert_eq!(tables.len(), 2);
     assert!(tables.iter().all(|d| d & TABLE_COUNT_MASK == 0));
     // Unmapping the pages one by one frees the L3 and L2 tables at the last one.
