@@ -105,19 +105,27 @@ const BREAK_MASK: u64 =
 const PERM_MASK: u64 = S2AP_READ | S2AP_WRITE | AF | XN_MASK;
 
 /// Table descriptors keep the count of valid entries of the table they point to in bits
-/// that every walker ignores in a table descriptor (Arm ARM D8.3.1, VMSAv8-64 table
-/// descriptor, 48-bit OA, no FEAT_LPA2 and no FEAT_HAFT: bits 58:51 and 11:2 are IGNORED,
-/// in stage 1 and stage 2 alike, for the CPU and the SMMU): the low 8 bits of the count in
-/// bits 58:51, the high 6 in bits 7:2. So finding out whether an unmap emptied a table
-/// is O(1), without a side table. Changing these bits of a live table descriptor needs no
-/// break-before-make and no TLB maintenance (nothing a walker uses changes).
-const TABLE_COUNT_LO_SHIFT: u32 = 51;
-const TABLE_COUNT_LO_BITS: u32 = 8;
-const TABLE_COUNT_LO: u64 = 0xff << TABLE_COUNT_LO_SHIFT;
+/// that every walker ignores in a table descriptor (Arm ARM, VMSAv8-64 table descriptor,
+/// 48-bit OA, no FEAT_LPA2: bits 11:2 and 58:52 are IGNORED, in stage 1 and stage 2 alike,
+/// for the CPU and the SMMU; bits 51:48 are RES0 — a set bit there would be an output
+/// address bit, an Address size fault — and bits 63:59 are RES0 in stage 2): the low 7
+/// bits of the count in bits 58:52, the high 7 in bits 8:2 (bit 10 stays clear: FEAT_HAFT
+/// makes it the table's Access flag when enabled). So finding out whether an unmap
+/// emptied a table is O(1), without a side table. Changing these bits of a live table
+/// descriptor needs no break-before-make and no TLB maintenance (nothing a walker uses
+/// changes).
+const TABLE_COUNT_LO_SHIFT: u32 = 52;
+const TABLE_COUNT_LO_BITS: u32 = 7;
+const TABLE_COUNT_LO: u64 = 0x7f << TABLE_COUNT_LO_SHIFT;
 const TABLE_COUNT_HI_SHIFT: u32 = 2;
-const TABLE_COUNT_HI: u64 = 0x3f << TABLE_COUNT_HI_SHIFT;
+const TABLE_COUNT_HI: u64 = 0x7f << TABLE_COUNT_HI_SHIFT;
 /// Every bit of a table descriptor's count of valid entries.
 const TABLE_COUNT_MASK: u64 = TABLE_COUNT_LO | TABLE_COUNT_HI;
+// The count never touches the table address, the RES0 bits 51:48 and 63:59, or bits 11:9
+// (bit 10: FEAT_HAFT's table Access flag), and holds a 64 KiB table's 8192 entries.
+const _: () =
+    assert!(TABLE_COUNT_MASK & (OA_MASK | (0xf << 48) | (0x1f << 59) | (0b111 << 9)) == 0);
+const _: () = assert!(TABLE_COUNT_MASK.count_ones() >= 14);
 
 /// Deepest level.
 const LAST_LEVEL: u8 = 3;

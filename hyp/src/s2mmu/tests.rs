@@ -1401,7 +1401,7 @@ proptest! {
 // ---- the tables' counts of valid entries against a full recount ----
 
 /// Checks every table descriptor reachable from the root: the count of valid entries it
-/// carries (bits 58:51 low, 7:2 high, decoded here independently) equals a recount of
+/// carries (bits 58:52 low, 8:2 high, decoded here independently) equals a recount of
 /// its table. Returns the number of tables checked.
 fn check_counts(view: &View, g: &S2Geometry, root: u64) -> usize {
     fn visit(view: &View, g: &S2Geometry, table: u64, level: u8, checked: &mut usize) {
@@ -1412,7 +1412,12 @@ fn check_counts(view: &View, g: &S2Geometry, root: u64) -> usize {
                 let valid = (0..g.entries(level + 1) as u64)
                     .filter(|&j| view.read(child + 8 * j) & 1 != 0)
                     .count() as u64;
-                let kept = ((d >> 51) & 0xff) | (((d >> 2) & 0x3f) << 8);
+                let kept = ((d >> 52) & 0x7f) | (((d >> 2) & 0x7f) << 7);
+                assert_eq!(
+                    d & (0xf << 48 | 0x1f << 59 | 0b111 << 9),
+                    0,
+                    "count in a RES0 or HAFT bit"
+                );
                 assert_eq!(
                     kept,
                     valid,
@@ -1448,9 +1453,9 @@ fn table_counts_follow_maps_splits_and_unmaps() {
     .unwrap();
     assert_eq!(check_counts(&view, &g, root), 2);
     let l2 = chain(&view, &g, root, GIB);
-    assert_eq!(l2[0].1 & 0x3f << 2, 0, "count 1 has no high bits");
-    assert_eq!((l2[0].1 >> 51) & 0xff, 1);
-    assert_eq!((l2[1].1 >> 51) & 0xff, 3);
+    assert_eq!(l2[0].1 & 0x7f << 2, 0, "count 1 has no high bits");
+    assert_eq!((l2[0].1 >> 52) & 0x7f, 1);
+    assert_eq!((l2[1].1 >> 52) & 0x7f, 3);
     // A 1 GiB block split by a page unmap: 511 pages and 511 blocks.
     s2.map(
         &mut arena,
@@ -1465,8 +1470,8 @@ fn table_counts_follow_maps_splits_and_unmaps() {
         .unwrap();
     assert_eq!(check_counts(&view, &g, root), 4);
     let c = chain(&view, &g, root, 2 * GIB);
-    assert_eq!(((c[0].1 >> 51) & 0xff) | (((c[0].1 >> 2) & 0x3f) << 8), 512);
-    assert_eq!(((c[1].1 >> 51) & 0xff) | (((c[1].1 >> 2) & 0x3f) << 8), 511);
+    assert_eq!(((c[0].1 >> 52) & 0x7f) | (((c[0].1 >> 2) & 0x7f) << 7), 512);
+    assert_eq!(((c[1].1 >> 52) & 0x7f) | (((c[1].1 >> 2) & 0x7f) << 7), 511);
     // What users see of a table descriptor carries no count.
     let mut tables = Vec::new();
     let flow = s2
