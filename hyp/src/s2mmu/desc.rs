@@ -5,7 +5,8 @@
 use bitfield_struct::bitfield;
 
 /// A stage-2 descriptor, field by field (block, page or table; table descriptors use only
-/// `valid`, `table_or_page` and `oa`).
+/// `valid`, `table_or_page` and `oa` as declared here, and keep Warden's count of valid
+/// entries in bits the walkers ignore: see the parent module's `TABLE_COUNT_MASK`).
 #[bitfield(u64)]
 pub(super) struct S2Desc {
     /// Bit 0: valid.

@@ -50,18 +50,22 @@
 //! |-------|--------------------------------------------------|---------------------------|
 //! | 0     | valid = 1                                        | valid = 1                 |
 //! | 1     | 0 = block (L1/L2), 1 = page (L3)                 | 1                         |
-//! | 5:2   | MemAttr: 0b1111 Normal WB, 0b0001 Device-nGnRE   | ignored (0)               |
-//! | 6     | `S2AP[0]`: read allowed                          | ignored (0)               |
-//! | 7     | `S2AP[1]`: write allowed                         | ignored (0)               |
+//! | 5:2   | MemAttr: 0b1111 Normal WB, 0b0001 Device-nGnRE   | ignored: count bits 11:8  |
+//! | 6     | `S2AP[0]`: read allowed                          | ignored: count bit 12     |
+//! | 7     | `S2AP[1]`: write allowed                         | ignored: count bit 13     |
 //! | 9:8   | SH: 0b11 inner shareable (Normal), 0b00 (Device) | ignored (0)               |
 //! | 10    | AF: always 1 (no access-flag faults)             | ignored (0)               |
 //! | 47:n  | output address (n = block or page shift)         | next table (47:granule)   |
-//! | 51    | DBM: 0                                           | —                         |
-//! | 52    | Contiguous: 0                                    | —                         |
-//! | 53    | `XN[0]` (FEAT_XNX): 0                            | —                         |
-//! | 54    | `XN[1]`: execute never (EL1, EL0)                | —                         |
-//! | 58:55 | software: reserved for Warden's ownership states | ignored (0)               |
+//! | 51    | DBM: 0                                           | ignored: count bit 0      |
+//! | 52    | Contiguous: 0                                    | ignored: count bit 1      |
+//! | 53    | `XN[0]` (FEAT_XNX): 0                            | ignored: count bit 2      |
+//! | 54    | `XN[1]`: execute never (EL1, EL0)                | ignored: count bit 3      |
+//! | 58:55 | software: reserved for Warden's ownership states | ignored: count bits 7:4   |
 //! | 63:59 | ignored / PBHA: 0                                | ignored (0)               |
+//!
+//! A table descriptor's "count" is the number of valid entries in the table it points to
+//! (0..=8192), in bits every walker ignores there; it makes "did this unmap empty the
+//! table?" O(1). [`Stage2::walk`] shows table descriptors without it.
 //!
 //! Leaves per granule (no 52-bit / LPA2): 4 KiB: L1 1 GiB blocks, L2 2 MiB blocks, L3
 //! pages; 16 KiB: L2 32 MiB blocks, L3 pages; 64 KiB: L2 512 MiB blocks, L3 pages.
@@ -99,6 +103,29 @@ const BREAK_MASK: u64 =
 /// Leaf fields the walker uses for permission checks: a change needs TLB invalidation but
 /// no break.
 const PERM_MASK: u64 = S2AP_READ | S2AP_WRITE | AF | XN_MASK;
+
+/// Table descriptors keep the count of valid entries of the table they point to in bits
+/// that every walker ignores in a table descriptor (Arm ARM, VMSAv8-64 table descriptor,
+/// 48-bit OA, no FEAT_LPA2: bits 11:2 and 58:52 are IGNORED, in stage 1 and stage 2 alike,
+/// for the CPU and the SMMU; bits 51:48 are RES0 — a set bit there would be an output
+/// address bit, an Address size fault — and bits 63:59 are RES0 in stage 2): the low 7
+/// bits of the count in bits 58:52, the high 7 in bits 8:2 (bit 10 stays clear: FEAT_HAFT
+/// makes it the table's Access flag when enabled). So finding out whether an unmap
+/// emptied a table is O(1), without a side table. Changing these bits of a live table
+/// descriptor needs no break-before-make and no TLB maintenance (nothing a walker uses
+/// changes).
+const TABLE_COUNT_LO_SHIFT: u32 = 52;
+const TABLE_COUNT_LO_BITS: u32 = 7;
+const TABLE_COUNT_LO: u64 = 0x7f << TABLE_COUNT_LO_SHIFT;
+const TABLE_COUNT_HI_SHIFT: u32 = 2;
+const TABLE_COUNT_HI: u64 = 0x7f << TABLE_COUNT_HI_SHIFT;
+/// Every bit of a table descriptor's count of valid entries.
+const TABLE_COUNT_MASK: u64 = TABLE_COUNT_LO | TABLE_COUNT_HI;
+// The count never touches the table address, the RES0 bits 51:48 and 63:59, or bits 11:9
+// (bit 10: FEAT_HAFT's table Access flag), and holds a 64 KiB table's 8192 entries.
+const _: () =
+    assert!(TABLE_COUNT_MASK & (OA_MASK | (0xf << 48) | (0x1f << 59) | (0b111 << 9)) == 0);
+const _: () = assert!(TABLE_COUNT_MASK.count_ones() >= 14);
 
 /// Deepest level.
 const LAST_LEVEL: u8 = 3;
@@ -145,25 +172,23 @@ impl fmt::Display for S2Error {
 
 impl core::error::Error for S2Error {}
 
-/// Translation granule.
+/// Translation granule. The discriminant is the log2 of the page size, so that
+/// [`shift`](Self::shift), which the walker needs at every level, is free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum Granule {
     /// 4 KiB pages; blocks of 1 GiB (L1) and 2 MiB (L2).
-    Size4K,
+    Size4K = 12,
     /// 16 KiB pages; blocks of 32 MiB (L2).
-    Size16K,
+    Size16K = 14,
     /// 64 KiB pages; blocks of 512 MiB (L2).
-    Size64K,
+    Size64K = 16,
 }
 
 impl Granule {
     /// log2 of the page size.
     pub const fn shift(self) -> u32 {
-        match self {
-            Granule::Size4K => 12,
-            Granule::Size16K => 14,
-            Granule::Size64K => 16,
-        }
+        self as u32
     }
 
     /// Page size in bytes.
@@ -573,6 +598,34 @@ impl Descriptor {
     const fn table(table: PhysAddr) -> Self {
         Self((table.0 & OA_MASK) | DESC_TABLE_OR_PAGE | DESC_VALID)
     }
+
+    /// The count of valid entries in the table this table descriptor points to (kept in
+    /// bits the walkers ignore, see [`TABLE_COUNT_MASK`]).
+    const fn table_count(self) -> usize {
+        (((self.0 & TABLE_COUNT_LO) >> TABLE_COUNT_LO_SHIFT)
+            | (((self.0 & TABLE_COUNT_HI) >> TABLE_COUNT_HI_SHIFT) << TABLE_COUNT_LO_BITS))
+            as usize
+    }
+
+    /// This table descriptor with its count of valid entries set to `n` (at most 8192, the
+    /// entries of a 64 KiB-granule table).
+    const fn with_table_count(self, n: usize) -> Self {
+        let n = n as u64;
+        Self(
+            (self.0 & !TABLE_COUNT_MASK)
+                | ((n << TABLE_COUNT_LO_SHIFT) & TABLE_COUNT_LO)
+                | (((n >> TABLE_COUNT_LO_BITS) << TABLE_COUNT_HI_SHIFT) & TABLE_COUNT_HI),
+        )
+    }
+
+    /// The descriptor as the module's users see it: a table descriptor without its count.
+    const fn public(self, level: u8) -> Self {
+        if self.is_table(level) {
+            Self(self.0 & !TABLE_COUNT_MASK)
+        } else {
+            self
+        }
+    }
 }
 
 impl fmt::Debug for Descriptor {
@@ -674,24 +727,100 @@ pub trait S2Tlb {
     }
 }
 
-/// A borrowed [`S2Tlb`], so that a one-operation [`Gather`] can wrap the caller's.
-struct Borrowed<'a, T: ?Sized>(&'a mut T);
+/// What the update code records what it owes the walkers into: a [`Gather`], or, for the
+/// one-operation calls ([`Stage2::map`], [`Stage2::unmap`], [`Stage2::map_new`]), an
+/// [`Eager`] that does what an eager gather does without its lists.
+trait Owed {
+    /// As [`Gather::sync`].
+    fn sync(&mut self);
+    /// As [`Gather::invalidate`].
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool);
+    /// As [`Gather::complete`].
+    fn complete(&mut self) -> bool;
+    /// As [`Gather::keeps_empty_tables`].
+    fn keeps_empty_tables(&self) -> bool;
+    /// As [`Gather::retire_table`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Gather::retire_table`].
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64;
+}
 
-impl<T: S2Tlb + ?Sized> S2Tlb for Borrowed<'_, T> {
-    fn invalidate_ipa_range(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
-        self.0.invalidate_ipa_range(ipa, size, last_level_only);
-    }
-    fn invalidate_all(&mut self) {
-        self.0.invalidate_all();
-    }
+impl<T: S2Tlb> Owed for Gather<T> {
     fn sync(&mut self) {
-        self.0.sync();
+        Gather::sync(self);
+    }
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        Gather::invalidate(self, ipa, size, last_level_only);
     }
     fn complete(&mut self) -> bool {
-        self.0.complete()
+        Gather::complete(self)
     }
-    fn issue(&mut self, ranges: &[InvRange], all: bool) -> bool {
-        self.0.issue(ranges, all)
+    fn keeps_empty_tables(&self) -> bool {
+        Gather::keeps_empty_tables(self)
+    }
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64 {
+        // SAFETY: forwarded under the caller's contract.
+        unsafe { Gather::retire_table(self, mem, pa, size) }
+    }
+}
+
+/// The caller's [`S2Tlb`] used as an eager gather ([`Gather::eager`]): every invalidation
+/// goes to it at once, a table is freed once the invalidations before it completed, and
+/// a failed completion is remembered. Needs no lists, so costs nothing to set up.
+struct Eager<'a, T: ?Sized> {
+    tlb: &'a mut T,
+    failed: bool,
+}
+
+impl<'a, T: S2Tlb + ?Sized> Eager<'a, T> {
+    fn new(tlb: &'a mut T) -> Self {
+        Self { tlb, failed: false }
+    }
+}
+
+impl<T: S2Tlb + ?Sized> Owed for Eager<'_, T> {
+    fn sync(&mut self) {
+        self.tlb.sync();
+    }
+    fn invalidate(&mut self, ipa: Ipa, size: u64, last_level_only: bool) {
+        self.tlb.invalidate_ipa_range(ipa, size, last_level_only);
+    }
+    fn complete(&mut self) -> bool {
+        if !self.tlb.complete() {
+            self.failed = true;
+        }
+        !self.failed
+    }
+    fn keeps_empty_tables(&self) -> bool {
+        false
+    }
+    unsafe fn retire_table<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        pa: PhysAddr,
+        size: usize,
+    ) -> u64 {
+        // No walker may still hold the table through a pending invalidation.
+        if !self.complete() {
+            log::error!("stage-2 table {pa:?} kept: invalidation unconfirmed");
+            return size as u64;
+        }
+        // SAFETY: by the caller's contract nothing refers to the table, and the
+        // invalidation of its entry completed.
+        unsafe { mem.free(pa, size) };
+        0
     }
 }
 
@@ -783,6 +912,47 @@ struct Node {
     live: bool,
 }
 
+/// One table entry passed on the way down to the table that holds a whole range: the
+/// table, the entry's index and the entry (a table descriptor) as read.
+#[derive(Clone, Copy)]
+struct Step {
+    node: Node,
+    idx: usize,
+    desc: Descriptor,
+}
+
+/// The table entries above the table an operation starts in, root first (at most one per
+/// level above the last).
+struct Path {
+    steps: [Step; LAST_LEVEL as usize],
+    len: usize,
+}
+
+impl Path {
+    /// No step.
+    const EMPTY: Self = Self {
+        steps: [Step {
+            node: Node {
+                pa: PhysAddr(0),
+                base: 0,
+                level: 0,
+                live: false,
+            },
+            idx: 0,
+            desc: Descriptor::INVALID,
+        }; LAST_LEVEL as usize],
+        len: 0,
+    };
+
+    /// Appends a step (there is at most one per level above the last).
+    fn push(&mut self, step: Step) {
+        if let Some(slot) = self.steps.get_mut(self.len) {
+            *slot = step;
+            self.len += 1;
+        }
+    }
+}
+
 /// What [`Stage2::map`] maps.
 struct MapReq {
     ipa: u64,
@@ -851,8 +1021,13 @@ impl<R: Regime> Stage2<R> {
         size: u64,
         attrs: R::Attrs,
     ) -> Result<(), S2Error> {
-        let mut g = Gather::eager(Borrowed(tlb));
-        self.map_gathered(mem, &mut g, ipa, pa, size, attrs)
+        let mut g = Eager::new(tlb);
+        match self.map_req(mem, &mut g, ipa, pa, size, R::bits(attrs), false) {
+            Ok(()) => Ok(()),
+            Err(MapNewError::Table(e)) => Err(e),
+            // Not reachable: only add-only requests conflict.
+            Err(MapNewError::Conflict { at }) => Err(S2Error::OutOfMemory { done: at.0 - ipa.0 }),
+        }
     }
 
     /// Maps `[ipa, ipa + size)` to `[pa, pa + size)` with `attrs` where nothing is mapped
@@ -870,7 +1045,7 @@ impl<R: Regime> Stage2<R> {
         size: u64,
         attrs: R::Attrs,
     ) -> Result<(), MapNewError> {
-        let mut g = Gather::eager(Borrowed(tlb));
+        let mut g = Eager::new(tlb);
         self.map_req(mem, &mut g, ipa, pa, size, R::bits(attrs), true)
     }
 
@@ -894,10 +1069,10 @@ impl<R: Regime> Stage2<R> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn map_req<M: TableMemory + ?Sized, T: S2Tlb>(
+    fn map_req<M: TableMemory + ?Sized, G: Owed>(
         &mut self,
         mem: &mut M,
-        g: &mut Gather<T>,
+        g: &mut G,
         ipa: Ipa,
         pa: PhysAddr,
         size: u64,
@@ -930,7 +1105,7 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        let result = up.map_in(root, ipa.0, end, &req);
+        let result = up.map_from_root(root, ipa.0, end, &req);
         up.g.sync();
         match (result, up.conflict) {
             (Ok(()), _) => Ok(()),
@@ -955,8 +1130,8 @@ impl<R: Regime> Stage2<R> {
         ipa: Ipa,
         size: u64,
     ) -> Result<(), S2Error> {
-        let mut g = Gather::eager(Borrowed(tlb));
-        self.unmap_gathered(mem, &mut g, ipa, size)
+        let mut g = Eager::new(tlb);
+        self.unmap_req(mem, &mut g, ipa, size)
     }
 
     /// [`unmap`](Self::unmap), recording into `g` (which also decides whether tables the
@@ -965,6 +1140,16 @@ impl<R: Regime> Stage2<R> {
         &mut self,
         mem: &mut M,
         g: &mut Gather<T>,
+        ipa: Ipa,
+        size: u64,
+    ) -> Result<(), S2Error> {
+        self.unmap_req(mem, g, ipa, size)
+    }
+
+    fn unmap_req<M: TableMemory + ?Sized, G: Owed>(
+        &mut self,
+        mem: &mut M,
+        g: &mut G,
         ipa: Ipa,
         size: u64,
     ) -> Result<(), S2Error> {
@@ -981,7 +1166,7 @@ impl<R: Regime> Stage2<R> {
             conflict: None,
             regime: PhantomData::<R>,
         };
-        let result = up.unmap_in(root, ipa.0, end);
+        let result = up.unmap_from_root(root, ipa.0, end);
         up.g.sync();
         result.map_err(|at| S2Error::OutOfMemory { done: at - ipa.0 })
     }
@@ -1049,10 +1234,11 @@ impl<R: Regime> Stage2<R> {
     /// The caller must first make sure no walker uses the tables any more: `VTTBR_EL2`
     /// and STEs point elsewhere and the VMID's TLB entries are invalidated.
     pub fn destroy<M: TableMemory + ?Sized>(mut self, mem: &mut M) {
+        let mut tlb = NoTlb;
         let mut up = Updater {
             geom: self.geom,
             mem,
-            g: &mut Gather::eager(NoTlb),
+            g: &mut Eager::new(&mut tlb),
             leaked: &mut self.leaked,
             conflict: None,
             regime: PhantomData::<R>,
@@ -1070,9 +1256,10 @@ impl<R: Regime> Stage2<R> {
     }
 
     /// Checks a granule-aligned IPA range and returns its end.
+    #[inline]
     fn check_range(&self, ipa: Ipa, size: u64) -> Result<u64, S2Error> {
-        let granule = self.geom.granule.size();
-        if !ipa.is_aligned(granule) || !size.is_multiple_of(granule) {
+        // The granule is a power of two.
+        if (ipa.0 | size) & (self.geom.granule.size() - 1) != 0 {
             return Err(S2Error::Misaligned);
         }
         match ipa.checked_add(size) {
@@ -1100,7 +1287,7 @@ impl<R: Regime> Stage2<R> {
             let entry_end = entry_base + (1u64 << shift);
             let idx = ((addr - node.base) >> shift) as usize;
             let desc = read_desc(&self.geom, mem, node, idx);
-            f(Ipa(entry_base), desc, node.level)?;
+            f(Ipa(entry_base), desc.public(node.level), node.level)?;
             if desc.is_table(node.level) {
                 let child = Node {
                     pa: desc.address(),
@@ -1154,11 +1341,11 @@ fn read_desc<M: TableMemory + ?Sized>(
 }
 
 /// Changes descriptors: map, unmap, split, free. Holds the seams for one operation.
-struct Updater<'a, M: ?Sized, T, R> {
+struct Updater<'a, M: ?Sized, G, R> {
     geom: S2Geometry,
     mem: &'a mut M,
     /// What the operation owes the walkers.
-    g: &'a mut Gather<T>,
+    g: &'a mut G,
     /// Where an add-only map found a conflicting entry.
     conflict: Option<u64>,
     regime: PhantomData<R>,
@@ -1166,7 +1353,7 @@ struct Updater<'a, M: ?Sized, T, R> {
     leaked: &'a mut u64,
 }
 
-impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
+impl<M: TableMemory + ?Sized, G: Owed, R: Regime> Updater<'_, M, G, R> {
     fn read(&self, node: Node, idx: usize) -> Descriptor {
         read_desc(&self.geom, &*self.mem, node, idx)
     }
@@ -1183,9 +1370,21 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         }
     }
 
+    /// Writes table descriptor `idx` of `node` whose count of valid entries (and nothing
+    /// else) changed. No clean, no barrier: the walkers ignore those bits, so it does not
+    /// matter when a non-coherent walker sees the new value (a later clean of the line
+    /// publishes it; nothing else writes the tables).
+    fn write_count(&mut self, node: Node, idx: usize, desc: Descriptor) {
+        debug_assert!(idx < self.geom.entries(node.level));
+        let table = self.mem.table_ptr(node.pa);
+        // SAFETY: as in `write`.
+        unsafe { table.add(idx).write_volatile(desc.0) };
+    }
+
     /// The one place a descriptor changes from `old` to `new`: break-before-make and TLB
     /// maintenance for live tables (see the module docs), a plain write otherwise. A
     /// table that `old` pointed to may be freed once this returns.
+    #[inline]
     fn set(&mut self, node: Node, idx: usize, old: Descriptor, new: Descriptor) {
         if old == new {
             return;
@@ -1230,13 +1429,205 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         }
     }
 
+    /// Goes down from `root` through the table entries whose span holds all of
+    /// `[start, end)` (without covering the whole entry, which the operation might
+    /// replace), as [`map_in`](Self::map_in) and [`unmap_in`](Self::unmap_in) would
+    /// through their one iteration at those levels, and returns the deepest table reached
+    /// and the log2 of its entries' span; `step` gets the entries above it, root first.
+    #[inline(always)]
+    fn descend(&self, root: Node, start: u64, end: u64, mut step: impl FnMut(Step)) -> (Node, u32) {
+        let mut node = root;
+        let gshift = self.geom.granule.shift();
+        let stride = self.geom.granule.stride();
+        let mut shift = gshift + stride * u32::from(LAST_LEVEL - node.level);
+        while node.level < LAST_LEVEL {
+            let size = 1u64 << shift;
+            // `off` bytes of the entry lie before the range, `spare` after it (wrapping
+            // to above `size` if the range goes past the entry; ranges are below 2^49).
+            // Both are below `size` exactly when the range ends inside the entry, and
+            // then both are zero exactly when it covers the entry whole: one compare.
+            let off = start & (size - 1);
+            let spare = size.wrapping_sub(off + (end - start));
+            if (off | spare).wrapping_sub(1) >= size - 1 {
+                break;
+            }
+            let entry_base = start - off;
+            let idx = ((start - node.base) >> shift) as usize;
+            let desc = self.read(node, idx);
+            // A table descriptor (the level is above the last).
+            if desc.0 & (DESC_VALID | DESC_TABLE_OR_PAGE) != DESC_VALID | DESC_TABLE_OR_PAGE {
+                break;
+            }
+            step(Step { node, idx, desc });
+            node = Node {
+                pa: desc.address(),
+                base: entry_base,
+                level: node.level + 1,
+                live: node.live,
+            };
+            shift -= stride;
+        }
+        (node, shift)
+    }
+
+    /// [`map_in`](Self::map_in) on the root, without recursing through the levels where
+    /// the range sits in one table entry (see [`descend`](Self::descend)); the counts of
+    /// the tables on the way are updated on the way back.
+    fn map_from_root(&mut self, root: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
+        let mut last = None;
+        let (node, shift) = self.descend(root, start, end, |s| last = Some(s));
+        // The root is never freed: its count is not kept.
+        let mut count = last.map_or(0, |s: Step| s.desc.table_count());
+        let result = match self.map_one(node, shift, start, end, req, &mut count) {
+            Ok(at) if at < end => self.map_in(node, at, end, req, &mut count),
+            done => done.map(|_| ()),
+        };
+        // A map never invalidates an entry: the tables above keep their counts.
+        if let Some(last) = last
+            && count != last.desc.table_count()
+        {
+            self.write_count(last.node, last.idx, last.desc.with_table_count(count));
+        }
+        result
+    }
+
+    /// [`unmap_in`](Self::unmap_in) on the root, as [`map_from_root`](Self::map_from_root):
+    /// on the way back, each table the unmap emptied is unlinked and freed (unless the
+    /// gather keeps them), innermost first, and the counts above are updated.
+    fn unmap_from_root(&mut self, root: Node, start: u64, end: u64) -> Result<(), u64> {
+        let mut last = None;
+        let (node, shift) = self.descend(root, start, end, |s| last = Some(s));
+        let Some(last) = last else {
+            // The root is never freed: its count is not kept (start from the most valid
+            // entries it can have, so that it cannot go below zero).
+            let mut count = self.geom.entries(self.geom.start_level);
+            return if self.unmap_one(node, shift, start, end, &mut count) {
+                Ok(())
+            } else {
+                self.unmap_in(node, start, end, &mut count)
+            };
+        };
+        let mut count = last.desc.table_count();
+        let result = if self.unmap_one(node, shift, start, end, &mut count) {
+            Ok(())
+        } else {
+            self.unmap_in(node, start, end, &mut count)
+        };
+        if count != 0 || self.g.keeps_empty_tables() {
+            if count != last.desc.table_count() {
+                self.write_count(last.node, last.idx, last.desc.with_table_count(count));
+            }
+            return result;
+        }
+        // The table emptied (rare: once per table): walk down again for every entry on
+        // the way (nothing above the table changed), and free from the bottom up.
+        let mut path = Path::EMPTY;
+        self.descend(root, start, end, |s| path.push(s));
+        let root_count = self.geom.entries(self.geom.start_level);
+        let count_above = |i: usize| match i {
+            0 => root_count,
+            i => path.steps[i - 1].desc.table_count(),
+        };
+        for i in (0..path.len).rev() {
+            let Step { node, idx, desc } = path.steps[i];
+            if count == 0 && !self.g.keeps_empty_tables() {
+                self.set(node, idx, desc, Descriptor::INVALID);
+                self.free_table(desc.address(), node.level + 1);
+                count = count_above(i) - 1;
+            } else {
+                if count != desc.table_count() {
+                    self.write_count(node, idx, desc.with_table_count(count));
+                }
+                // The entry stays valid: the counts above do not change (and are not
+                // zero: each of those tables holds the entry below it).
+                break;
+            }
+        }
+        result
+    }
+
+    /// The common cases of [`map_in`](Self::map_in), done without its loop: pages into
+    /// invalid last-level entries, or one whole invalid entry that becomes a block. Returns
+    /// where it stopped (`start` if it did nothing); `map_in` does the rest.
+    #[inline(always)]
+    fn map_one(
+        &mut self,
+        node: Node,
+        shift: u32,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> Result<u64, u64> {
+        let level = node.level;
+        if level == LAST_LEVEL {
+            return Ok(self.map_run(node, start, end, req, count));
+        }
+        let pa = req.pa + (start - req.ipa);
+        let size = 1u64 << shift;
+        // One whole entry, its output aligned to it: the differences OR-ed, zero.
+        if ((end - start) ^ size) | ((start | pa) & (size - 1)) != 0
+            || !self.geom.granule.leaf_allowed(level)
+        {
+            return Ok(start);
+        }
+        let idx = ((start - node.base) >> shift) as usize;
+        let old = self.read(node, idx);
+        if old.is_valid() {
+            return Ok(start);
+        }
+        self.set(node, idx, old, Descriptor::leaf_bits(pa, req.attrs, level));
+        *count += 1;
+        Ok(end)
+    }
+
+    /// The common case of [`unmap_in`](Self::unmap_in), done without its loop: one whole
+    /// entry that is invalid or a leaf. Returns whether it was that case (and is done).
+    #[inline(always)]
+    fn unmap_one(
+        &mut self,
+        node: Node,
+        shift: u32,
+        start: u64,
+        end: u64,
+        count: &mut usize,
+    ) -> bool {
+        let level = node.level;
+        let size = 1u64 << shift;
+        // One whole entry: the differences OR-ed, zero.
+        if ((end - start) ^ size) | (start & (size - 1)) != 0 {
+            return false;
+        }
+        let idx = ((start - node.base) >> shift) as usize;
+        let old = self.read(node, idx);
+        if old.is_table(level) {
+            return false;
+        }
+        if old.is_valid() {
+            self.set(node, idx, old, Descriptor::INVALID);
+            *count -= 1;
+        }
+        true
+    }
+
     /// Maps `[start, end)` (inside `node`'s span) as `req` says. `Err(at)`: out of memory
     /// with everything below `at` done and the rest unchanged.
-    fn map_in(&mut self, node: Node, start: u64, end: u64, req: &MapReq) -> Result<(), u64> {
+    /// `count` is `node`'s count of valid entries, kept up to date.
+    fn map_in(
+        &mut self,
+        node: Node,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> Result<(), u64> {
         let level = node.level;
+        let mut addr = start;
+        if level == LAST_LEVEL {
+            addr = self.map_run(node, start, end, req, count);
+        }
         let shift = self.geom.granule.level_shift(level);
         let entry_size = 1u64 << shift;
-        let mut addr = start;
         while addr < end {
             let idx = ((addr - node.base) >> shift) as usize;
             let entry_base = addr & !(entry_size - 1);
@@ -1260,6 +1651,9 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
             {
                 let leaf = Descriptor::leaf_bits(pa, req.attrs, level);
                 self.set(node, idx, old, leaf);
+                if !old.is_valid() {
+                    *count += 1;
+                }
                 if old.is_table(level) {
                     self.free_subtree(old.address(), level + 1);
                 }
@@ -1270,22 +1664,78 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                     level: level + 1,
                     live: node.live,
                 };
-                self.map_in(child, addr, sub_end, req)?;
+                let before = old.table_count();
+                let mut c = before;
+                let result = self.map_in(child, addr, sub_end, req, &mut c);
+                if c != before {
+                    self.write_count(node, idx, old.with_table_count(c));
+                }
+                result?;
             } else if same {
                 // A block already maps this part exactly as asked: keep it.
             } else {
-                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
-                    up.map_in(child, addr, sub_end, req)
-                })?;
+                self.replace_with_table(
+                    node,
+                    idx,
+                    old,
+                    entry_base,
+                    addr,
+                    count,
+                    |up, child, c| up.map_in(child, addr, sub_end, req, c),
+                )?;
             }
             addr = sub_end;
         }
         Ok(())
     }
 
+    /// Fills the invalid last-level entries of `node` from `start` on with the pages `req`
+    /// asks for, up to `end` or the first valid entry, and returns where it stopped. This
+    /// is what [`set`](Self::set) does for invalid → page (a plain write; no barrier, no
+    /// invalidation), in one pass, with one clean for the whole run.
+    fn map_run(
+        &mut self,
+        node: Node,
+        start: u64,
+        end: u64,
+        req: &MapReq,
+        count: &mut usize,
+    ) -> u64 {
+        let shift = self.geom.granule.shift();
+        let first = ((start - node.base) >> shift) as usize;
+        let n = ((end - start) >> shift) as usize;
+        debug_assert!(first + n <= self.geom.entries(node.level));
+        let table = self.mem.table_ptr(node.pa);
+        // The output address stays below the PA size (checked by `map_req`), so adding a
+        // page to the descriptor adds it to its address field.
+        let mut desc = Descriptor::leaf_bits(req.pa + (start - req.ipa), req.attrs, LAST_LEVEL).0;
+        let mut done = 0;
+        while done < n {
+            // SAFETY: as in `read_desc`: `node.pa` is a table of this tree (or one being
+            // built for it) and `first + done` is below its number of entries, since
+            // `[start, end)` lies inside its span.
+            let entry = unsafe { table.add(first + done) };
+            // SAFETY: as above.
+            if unsafe { entry.read_volatile() } & DESC_VALID != 0 {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { entry.write_volatile(desc) };
+            desc += 1 << shift;
+            done += 1;
+        }
+        if done > 0 && node.live {
+            self.mem
+                .clean(PhysAddr(node.pa.0 + first as u64 * 8), done * 8);
+        }
+        *count += done;
+        start + ((done as u64) << shift)
+    }
+
     /// Unmaps `[start, end)` (inside `node`'s span). `Err(at)`: out of memory with
     /// everything below `at` unmapped and the rest unchanged.
-    fn unmap_in(&mut self, node: Node, start: u64, end: u64) -> Result<(), u64> {
+    /// `count` is `node`'s count of valid entries, kept up to date.
+    fn unmap_in(&mut self, node: Node, start: u64, end: u64, count: &mut usize) -> Result<(), u64> {
         let level = node.level;
         let shift = self.geom.granule.level_shift(level);
         let entry_size = 1u64 << shift;
@@ -1301,6 +1751,7 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                 // Nothing mapped here.
             } else if whole {
                 self.set(node, idx, old, Descriptor::INVALID);
+                *count -= 1;
                 if old.is_table(level) {
                     self.free_subtree(old.address(), level + 1);
                 }
@@ -1311,17 +1762,28 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
                     level: level + 1,
                     live: node.live,
                 };
-                let result = self.unmap_in(child, addr, sub_end);
-                if !self.g.keeps_empty_tables() && self.is_empty(child) {
+                let before = old.table_count();
+                let mut c = before;
+                let result = self.unmap_in(child, addr, sub_end, &mut c);
+                if c == 0 && !self.g.keeps_empty_tables() {
                     self.set(node, idx, old, Descriptor::INVALID);
+                    *count -= 1;
                     self.free_table(child.pa, child.level);
+                } else if c != before {
+                    self.write_count(node, idx, old.with_table_count(c));
                 }
                 result?;
             } else {
                 // A block partly unmapped: split it.
-                self.replace_with_table(node, idx, old, entry_base, addr, |up, child| {
-                    up.unmap_in(child, addr, sub_end)
-                })?;
+                self.replace_with_table(
+                    node,
+                    idx,
+                    old,
+                    entry_base,
+                    addr,
+                    count,
+                    |up, child, c| up.unmap_in(child, addr, sub_end, c),
+                )?;
             }
             addr = sub_end;
         }
@@ -1332,7 +1794,9 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
     /// table: allocates it, fills it with the block's equivalent entries, lets `fill` apply
     /// the operation to it while no walker can see it, then links it in one step. If
     /// `fill` did nothing (out of memory at `at`), the new table is dropped and the entry
-    /// stays as it was; if the table ends up empty, the entry becomes invalid.
+    /// stays as it was; if the table ends up empty, the entry becomes invalid. `count` is
+    /// `node`'s count of valid entries, kept up to date; `fill` gets the new table's.
+    #[allow(clippy::too_many_arguments)]
     fn replace_with_table(
         &mut self,
         node: Node,
@@ -1340,7 +1804,8 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
         old: Descriptor,
         entry_base: u64,
         at: u64,
-        fill: impl FnOnce(&mut Self, Node) -> Result<(), u64>,
+        count: &mut usize,
+        fill: impl FnOnce(&mut Self, Node, &mut usize) -> Result<(), u64>,
     ) -> Result<(), u64> {
         let level = node.level;
         if level >= LAST_LEVEL {
@@ -1356,32 +1821,36 @@ impl<M: TableMemory + ?Sized, T: S2Tlb, R: Regime> Updater<'_, M, T, R> {
             level: level + 1,
             live: false,
         };
+        let mut c = 0;
         if old.is_leaf(level) {
             let child_size = self.geom.entry_size(child.level);
-            for i in 0..self.geom.entries(child.level) {
+            c = self.geom.entries(child.level);
+            for i in 0..c {
                 let out = old.address().0 + i as u64 * child_size;
                 let attrs = old.0 & R::ATTR_MASK;
                 self.write(child, i, Descriptor::leaf_bits(out, attrs, child.level));
             }
         }
-        let result = fill(self, child);
+        let result = fill(self, child, &mut c);
         let progressed = match result {
             Ok(()) => true,
             Err(stop) => stop > at,
         };
         if !progressed {
             self.free_table(pa, child.level);
-        } else if self.is_empty(child) {
+        } else if c == 0 {
             self.set(node, idx, old, Descriptor::INVALID);
+            if old.is_valid() {
+                *count -= 1;
+            }
             self.free_table(pa, child.level);
         } else {
-            self.set(node, idx, old, Descriptor::table(pa));
+            self.set(node, idx, old, Descriptor::table(pa).with_table_count(c));
+            if !old.is_valid() {
+                *count += 1;
+            }
         }
         result
-    }
-
-    fn is_empty(&self, node: Node) -> bool {
-        (0..self.geom.entries(node.level)).all(|i| !self.read(node, i).is_valid())
     }
 
     /// Frees the table at `pa` (level `level`) and every table below it. Nothing may refer

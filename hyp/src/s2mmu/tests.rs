@@ -1397,3 +1397,196 @@ proptest! {
         run_ops(Granule::Size64K, 48, GIB, &ops);
     }
 }
+
+// ---- the tables' counts of valid entries against a full recount ----
+
+/// Checks every table descriptor reachable from the root: the count of valid entries it
+/// carries (bits 58:52 low, 8:2 high, decoded here independently) equals a recount of
+/// its table. Returns the number of tables checked.
+fn check_counts(view: &View, g: &S2Geometry, root: u64) -> usize {
+    fn visit(view: &View, g: &S2Geometry, table: u64, level: u8, checked: &mut usize) {
+        for i in 0..g.entries(level) as u64 {
+            let d = view.read(table + 8 * i);
+            if level < 3 && d & 3 == 3 {
+                let child = d & OA_MASK;
+                let valid = (0..g.entries(level + 1) as u64)
+                    .filter(|&j| view.read(child + 8 * j) & 1 != 0)
+                    .count() as u64;
+                let kept = ((d >> 52) & 0x7f) | (((d >> 2) & 0x7f) << 7);
+                assert_eq!(
+                    d & (0xf << 48 | 0x1f << 59 | 0b111 << 9),
+                    0,
+                    "count in a RES0 or HAFT bit"
+                );
+                assert_eq!(
+                    kept,
+                    valid,
+                    "count of table {child:#x} (level {})",
+                    level + 1
+                );
+                *checked += 1;
+                visit(view, g, child, level + 1, checked);
+            }
+        }
+    }
+    let mut checked = 0;
+    visit(view, g, root, g.start_level(), &mut checked);
+    checked
+}
+
+#[test]
+fn table_counts_follow_maps_splits_and_unmaps() {
+    let (mut arena, mut s2, mut tlb) = setup(Granule::Size4K, 40, 40);
+    let view = view_of(&arena);
+    let root = s2.root().0;
+    let g = s2.geometry();
+    let a = S2Attrs::NORMAL_RW;
+    // 3 pages in one L3 table: L1 -> L2 (1 entry) -> L3 (3 entries).
+    s2.map(
+        &mut arena,
+        &mut tlb,
+        Ipa(GIB),
+        PhysAddr(GIB),
+        3 * 4 * KIB,
+        a,
+    )
+    .unwrap();
+    assert_eq!(check_counts(&view, &g, root), 2);
+    let l2 = chain(&view, &g, root, GIB);
+    assert_eq!(l2[0].1 & 0x7f << 2, 0, "count 1 has no high bits");
+    assert_eq!((l2[0].1 >> 52) & 0x7f, 1);
+    assert_eq!((l2[1].1 >> 52) & 0x7f, 3);
+    // A 1 GiB block split by a page unmap: 511 pages and 511 blocks.
+    s2.map(
+        &mut arena,
+        &mut tlb,
+        Ipa(2 * GIB),
+        PhysAddr(2 * GIB),
+        GIB,
+        a,
+    )
+    .unwrap();
+    s2.unmap(&mut arena, &mut tlb, Ipa(2 * GIB + 4 * KIB), 4 * KIB)
+        .unwrap();
+    assert_eq!(check_counts(&view, &g, root), 4);
+    let c = chain(&view, &g, root, 2 * GIB);
+    assert_eq!(((c[0].1 >> 52) & 0x7f) | (((c[0].1 >> 2) & 0x7f) << 7), 512);
+    assert_eq!(((c[1].1 >> 52) & 0x7f) | (((c[1].1 >> 2) & 0x7f) << 7), 511);
+    // What users see of a table descriptor carries no count.
+    let mut tables = Vec::new();
+    let flow = s2
+        .walk(&arena, Ipa(2 * GIB), 4 * KIB, |_, d, level| {
+            if d.is_table(level) {
+                tables.push(d.bits());
+            }
+            ControlFlow::<()>::Continue(())
+        })
+        .unwrap();
+    assert_eq!(flow, ControlFlow::Continue(()));
+    assert_eq!(tables.len(), 2);
+    assert!(tables.iter().all(|d| d & TABLE_COUNT_MASK == 0));
+    // Unmapping the pages one by one frees the L3 and L2 tables at the last one.
+    for p in 0..3 {
+        assert_eq!(arena.live_count(), 5);
+        s2.unmap(&mut arena, &mut tlb, Ipa(GIB + p * 4 * KIB), 4 * KIB)
+            .unwrap();
+    }
+    assert_eq!(arena.live_count(), 3);
+    assert_eq!(check_counts(&view, &g, root), 2);
+}
+
+/// One random operation for the count property: map or unmap, through an eager gather
+/// or a clipped one that keeps emptied tables, with an optional allocation budget.
+#[derive(Clone, Debug)]
+struct CountOp {
+    op: Op,
+    keep_empty: bool,
+}
+
+fn count_ops(window_pages: u64, block_pages: u64) -> impl Strategy<Value = Vec<CountOp>> {
+    (
+        ops(window_pages, block_pages),
+        prop::collection::vec(any::<bool>(), 14),
+    )
+        .prop_map(|(ops, keep)| {
+            ops.into_iter()
+                .zip(keep)
+                .map(|(op, keep_empty)| CountOp { op, keep_empty })
+                .collect()
+        })
+}
+
+fn run_count_ops(granule: Granule, ipa_bits: u32, window: u64, ops: &[CountOp]) {
+    let (mut arena, mut s2, _) = setup(granule, ipa_bits, ipa_bits);
+    let view = view_of(&arena);
+    let page = granule.size();
+    let window_pages = window / page;
+    for CountOp { op, keep_empty } in ops {
+        let (start, pages, budget) = match *op {
+            Op::Map {
+                start,
+                pages,
+                budget,
+                ..
+            }
+            | Op::Unmap {
+                start,
+                pages,
+                budget,
+            } => (start, pages.min(window_pages - start), budget),
+        };
+        let ipa = WINDOW_BASE + start * page;
+        let size = pages * page;
+        let mut g = if *keep_empty {
+            Gather::clipped(NoTlb, ipa, ipa + size, crate::inval::Limits::NONE)
+                .keep_empty_tables(true)
+        } else {
+            Gather::eager(NoTlb)
+        };
+        arena.budget = budget;
+        let result = match *op {
+            Op::Map { pa_off, attrs, .. } => {
+                let pa = PA_BASE + (start + pa_off) * page;
+                s2.map_gathered(
+                    &mut arena,
+                    &mut g,
+                    Ipa(ipa),
+                    PhysAddr(pa),
+                    size,
+                    ATTRS[attrs],
+                )
+            }
+            Op::Unmap { .. } => s2.unmap_gathered(&mut arena, &mut g, Ipa(ipa), size),
+        };
+        arena.budget = None;
+        match result {
+            Ok(()) => {}
+            Err(S2Error::OutOfMemory { done }) => assert!(budget.is_some() && done < size),
+            Err(e) => panic!("{op:?}: {e:?}"),
+        }
+        assert!(g.complete());
+        g.free_tables(&mut arena);
+        check_counts(&view, &s2.geometry(), s2.root().0);
+    }
+    s2.unmap(&mut arena, &mut NoTlb, Ipa(WINDOW_BASE), window)
+        .unwrap();
+    assert_eq!(check_counts(&view, &s2.geometry(), s2.root().0), 0);
+    assert_eq!(arena.live_count(), 1);
+    s2.destroy(&mut arena);
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+    #[test]
+    fn prop_4k_counts_match_a_recount(ops in count_ops(16 * MIB / (4 * KIB), 512)) {
+        run_count_ops(Granule::Size4K, 40, 16 * MIB, &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(8))]
+    #[test]
+    fn prop_64k_counts_match_a_recount(ops in count_ops(GIB / (64 * KIB), 8192)) {
+        run_count_ops(Granule::Size64K, 48, GIB, &ops);
+    }
+}
