@@ -41,13 +41,13 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
             return Err(Error::NoEnt);
         }
         let owners = &mut owner[smmu_idx];
-        let pos = owners.binary_search_by_key(&sid, |&(s, _)| s);
-        let cur = pos.ok().map(|p| owners[p].1);
+        let cur = owners.get(&sid).copied();
         if let Target::Managed(idx, _) = target {
             if cur == Some(idx) {
                 return Ok(());
             }
-            if pos.is_err() && owners.try_reserve(1).is_err() {
+            // Room for the new entry first: the inserts below then cannot allocate.
+            if cur.is_none() && owners.try_reserve(1).is_err() {
                 return Err(Error::NoMem);
             }
             // Before the STE can use the domain: its invalidations reach this SMMU.
@@ -65,13 +65,13 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 if let Some(old) = cur {
                     self.slots[old].attached.fetch_sub(1, Ordering::Relaxed);
                 }
-                match (target, pos) {
-                    (Target::Managed(idx, _), Ok(p)) => owners[p].1 = idx,
-                    (Target::Managed(idx, _), Err(p)) => owners.insert(p, (sid, idx)),
-                    (_, Ok(p)) => {
-                        owners.remove(p);
+                match target {
+                    Target::Managed(idx, _) => {
+                        owners.insert(sid, idx);
                     }
-                    (_, Err(_)) => {}
+                    Target::Host | Target::Blocked => {
+                        owners.remove(&sid);
+                    }
                 }
                 if let Target::Managed(idx, _) = target {
                     self.slots[idx].attached.fetch_add(1, Ordering::Relaxed);
@@ -90,10 +90,8 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                 log::error!("smmu{smmu_idx}: STE update for sid {sid:#x} failed: {e}");
                 if let Target::Managed(idx, _) = target {
                     self.slots[idx].attached.fetch_add(1, Ordering::Relaxed);
-                    if pos.is_err()
-                        && let Err(p) = owners.binary_search_by_key(&sid, |&(s, _)| s)
-                    {
-                        owners.insert(p, (sid, idx));
+                    if cur.is_none() {
+                        owners.insert(sid, idx);
                     }
                 }
                 Err(e.into())

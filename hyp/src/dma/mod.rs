@@ -74,6 +74,7 @@ use crate::smmu::{S2Config, Smmu, SmmuIo};
 use crate::vmid_alloc::{Vmid, VmidAllocator};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use hashbrown::HashMap;
 use host_abi::Error;
 use spin::Mutex;
 
@@ -237,8 +238,9 @@ struct HostState {
 /// The SMMUs and which managed domain each endpoint is attached to.
 struct SmmuSet<I: SmmuIo, M: TableMemory> {
     smmus: Vec<Smmu<I, M>>,
-    /// Per SMMU: sorted (StreamID, domain slot) for endpoints attached to a managed domain.
-    owner: Vec<Vec<(u32, usize)>>,
+    /// Per SMMU: StreamID → domain slot, for endpoints attached to a managed domain
+    /// (room reserved with `try_reserve` before an insert).
+    owner: Vec<HashMap<u32, usize>>,
 }
 
 /// The SMMUs of the set, for the invalidation fan-out ([`crate::inval::DomainFanout`]).
@@ -396,7 +398,7 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
         let mut slots = with_capacity(usize::from(cfg.max_domains))?;
         slots.extend((0..cfg.max_domains).map(|_| Slot::new()));
         let mut owner = with_capacity(smmus.len())?;
-        owner.extend(smmus.iter().map(|_| Vec::new()));
+        owner.extend(smmus.iter().map(|_| HashMap::new()));
         let events = EventRing::with_capacity(cfg.event_ring).ok_or(Error::NoMem)?;
         let host_ste = S2Config::for_stage2(&host.s2, host_vmid);
         Ok(Self {
