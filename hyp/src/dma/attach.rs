@@ -66,9 +66,15 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
                     self.slots[old].attached.fetch_sub(1, Ordering::Relaxed);
                 }
                 match target {
-                    Target::Managed(idx, _) => {
-                        owners.insert(sid, idx);
-                    }
+                    // An endpoint that moves keeps its entry: only the value changes
+                    // (`insert` would reserve room for a new key first, and grow the
+                    // table infallibly when it is full).
+                    Target::Managed(idx, _) => match owners.get_mut(&sid) {
+                        Some(slot) => *slot = idx,
+                        None => {
+                            owners.insert(sid, idx);
+                        }
+                    },
                     Target::Host | Target::Blocked => {
                         owners.remove(&sid);
                     }

@@ -50,18 +50,18 @@
 //! |-------|--------------------------------------------------|---------------------------|
 //! | 0     | valid = 1                                        | valid = 1                 |
 //! | 1     | 0 = block (L1/L2), 1 = page (L3)                 | 1                         |
-//! | 5:2   | MemAttr: 0b1111 Normal WB, 0b0001 Device-nGnRE   | ignored: count bits 11:8  |
-//! | 6     | `S2AP[0]`: read allowed                          | ignored: count bit 12     |
-//! | 7     | `S2AP[1]`: write allowed                         | ignored: count bit 13     |
-//! | 9:8   | SH: 0b11 inner shareable (Normal), 0b00 (Device) | ignored (0)               |
-//! | 10    | AF: always 1 (no access-flag faults)             | ignored (0)               |
+//! | 5:2   | MemAttr: 0b1111 Normal WB, 0b0001 Device-nGnRE   | ignored: count bits 10:7  |
+//! | 6     | `S2AP[0]`: read allowed                          | ignored: count bit 11     |
+//! | 7     | `S2AP[1]`: write allowed                         | ignored: count bit 12     |
+//! | 9:8   | SH: 0b11 inner shareable (Normal), 0b00 (Device) | 8: count bit 13; 9: (0)   |
+//! | 10    | AF: always 1 (no access-flag faults)             | ignored (0; `FEAT_HAFT`)  |
 //! | 47:n  | output address (n = block or page shift)         | next table (47:granule)   |
-//! | 51    | DBM: 0                                           | ignored: count bit 0      |
-//! | 52    | Contiguous: 0                                    | ignored: count bit 1      |
-//! | 53    | `XN[0]` (FEAT_XNX): 0                            | ignored: count bit 2      |
-//! | 54    | `XN[1]`: execute never (EL1, EL0)                | ignored: count bit 3      |
-//! | 58:55 | software: reserved for Warden's ownership states | ignored: count bits 7:4   |
-//! | 63:59 | ignored / PBHA: 0                                | ignored (0)               |
+//! | 51    | DBM: 0                                           | RES0 (0)                  |
+//! | 52    | Contiguous: 0                                    | ignored: count bit 0      |
+//! | 53    | `XN[0]` (FEAT_XNX): 0                            | ignored: count bit 1      |
+//! | 54    | `XN[1]`: execute never (EL1, EL0)                | ignored: count bit 2      |
+//! | 58:55 | software: reserved for Warden's ownership states | ignored: count bits 6:3   |
+//! | 63:59 | ignored / PBHA: 0                                | RES0 (0)                  |
 //!
 //! A table descriptor's "count" is the number of valid entries in the table it points to
 //! (0..=8192), in bits every walker ignores there; it makes "did this unmap empty the

@@ -1496,22 +1496,28 @@ fn table_counts_follow_maps_splits_and_unmaps() {
 }
 
 /// One random operation for the count property: map or unmap, through an eager gather
-/// or a clipped one that keeps emptied tables, with an optional allocation budget.
+/// or a clipped one that keeps emptied tables, with an optional allocation budget; a map
+/// may be add-only ([`Stage2::map_new`], eager).
 #[derive(Clone, Debug)]
 struct CountOp {
     op: Op,
     keep_empty: bool,
+    add_only: bool,
 }
 
 fn count_ops(window_pages: u64, block_pages: u64) -> impl Strategy<Value = Vec<CountOp>> {
     (
         ops(window_pages, block_pages),
-        prop::collection::vec(any::<bool>(), 14),
+        prop::collection::vec((any::<bool>(), any::<bool>()), 14),
     )
-        .prop_map(|(ops, keep)| {
+        .prop_map(|(ops, flags)| {
             ops.into_iter()
-                .zip(keep)
-                .map(|(op, keep_empty)| CountOp { op, keep_empty })
+                .zip(flags)
+                .map(|(op, (keep_empty, add_only))| CountOp {
+                    op,
+                    keep_empty,
+                    add_only,
+                })
                 .collect()
         })
 }
@@ -1521,7 +1527,12 @@ fn run_count_ops(granule: Granule, ipa_bits: u32, window: u64, ops: &[CountOp]) 
     let view = view_of(&arena);
     let page = granule.size();
     let window_pages = window / page;
-    for CountOp { op, keep_empty } in ops {
+    for CountOp {
+        op,
+        keep_empty,
+        add_only,
+    } in ops
+    {
         let (start, pages, budget) = match *op {
             Op::Map {
                 start,
@@ -1545,6 +1556,20 @@ fn run_count_ops(granule: Granule, ipa_bits: u32, window: u64, ops: &[CountOp]) 
         };
         arena.budget = budget;
         let result = match *op {
+            Op::Map { pa_off, attrs, .. } if *add_only => {
+                let pa = PA_BASE + (start + pa_off) * page;
+                match s2.map_new(
+                    &mut arena,
+                    &mut NoTlb,
+                    Ipa(ipa),
+                    PhysAddr(pa),
+                    size,
+                    ATTRS[attrs],
+                ) {
+                    Ok(()) | Err(MapNewError::Conflict { .. }) => Ok(()),
+                    Err(MapNewError::Table(e)) => Err(e),
+                }
+            }
             Op::Map { pa_off, attrs, .. } => {
                 let pa = PA_BASE + (start + pa_off) * page;
                 s2.map_gathered(
@@ -1580,6 +1605,14 @@ proptest! {
     #[test]
     fn prop_4k_counts_match_a_recount(ops in count_ops(16 * MIB / (4 * KIB), 512)) {
         run_count_ops(Granule::Size4K, 40, 16 * MIB, &ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(8))]
+    #[test]
+    fn prop_16k_counts_match_a_recount(ops in count_ops(128 * MIB / (16 * KIB), 2048)) {
+        run_count_ops(Granule::Size16K, 42, 128 * MIB, &ops);
     }
 }
 

@@ -977,7 +977,10 @@ impl SmmuModel {
             }
             let is_table = desc & 2 != 0 && level < 3;
             if is_table {
-                table = desc & oa_mask(c.gshift);
+                // Bits 51:48 are the table address's top with a 52-bit output and RES0
+                // otherwise: set with PS below 52 bits, an Address size fault. Bits
+                // 58:52 and 11:2 are ignored.
+                table = desc & ((1u64 << 52) - 1) & !((1u64 << c.gshift) - 1);
                 if table >> c.pa_bits != 0 {
                     return fault(DmaFault::AddrSize, evt::F_ADDR_SIZE);
                 }

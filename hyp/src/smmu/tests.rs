@@ -546,6 +546,29 @@ fn stage2_ste_translates_through_a_real_stage2() {
 }
 
 #[test]
+fn table_descriptor_ignored_bits_are_ignored_and_bits_51_48_are_address() {
+    // Bits 58:52 and 11:2 of a table descriptor are IGNORED (Warden keeps its count of
+    // valid entries there); bits 51:48 are not: with a 48-bit (or smaller) output size a
+    // set bit there is a table address beyond PS, an Address size fault.
+    let (mut mem, model) = setup(ModelConfig::default());
+    let (_smmu, mut s2) = attached(&model, &mut mem);
+    map(&mut s2, &mut mem, 0x4000_0000, OUT, PAGE);
+    map(&mut s2, &mut mem, 0x4020_0000, OUT + 0x20_0000, PAGE);
+    // The root entries above each page (a table descriptor each).
+    let ram = mem.ram();
+    let shift = 12 + 9 * (3 - u32::from(s2.geometry().start_level()));
+    let entry = |ipa: u64| s2.root().0 + 8 * (ipa >> shift);
+    let (a, b) = (entry(0x4000_0000), entry(0x4020_0000));
+    assert_ne!(a, b);
+    let (da, db) = (ram.read_u64(a), ram.read_u64(b));
+    assert_eq!((da & 3, db & 3), (3, 3), "table descriptors");
+    ram.write_u64(a, da | 0x7f << 52 | 0x3ff << 2);
+    assert_eq!(model.dma(SID, 0x4000_0000, false), Ok(PhysAddr(OUT)));
+    ram.write_u64(b, db | 1 << 51);
+    assert_eq!(model.dma(SID, 0x4020_0000, false), Err(DmaFault::AddrSize));
+}
+
+#[test]
 fn stage2_ste_with_16k_and_64k_granules() {
     for granule in [Granule::Size16K, Granule::Size64K] {
         let (mut mem, model) = setup(ModelConfig::default());

@@ -201,3 +201,27 @@ fn every_call_under_a_failing_allocator_fails_cleanly_or_succeeds() {
         }
     }
 }
+
+#[test]
+fn moving_an_endpoint_between_domains_with_the_endpoint_map_full_allocates_nothing() {
+    // Three endpoints on one SMMU fill the map's first table (no room left for a new
+    // key). Moving one of them to another domain only changes its value: with the
+    // allocator refusing, it succeeds (an insert that reserves room first would grow
+    // the table infallibly and abort here).
+    let w = world(false);
+    let a = w.alloc(0).unwrap();
+    let b = w.alloc(0).unwrap();
+    for sid in SIDS {
+        w.attach(a, 0, sid).unwrap();
+    }
+    let (r, refused) = testalloc::failing(|| w.attach(b, 0, SIDS[0]));
+    assert_eq!((r, refused), (Ok(()), 0));
+    // The map follows: `a` is still busy (two endpoints), `b` too (one).
+    assert_eq!(w.free(a), Err(Error::Busy));
+    w.attach(domain::HOST, 0, SIDS[1]).unwrap();
+    w.attach(domain::HOST, 0, SIDS[2]).unwrap();
+    assert_eq!(w.free(a), Ok(()));
+    assert_eq!(w.free(b), Err(Error::Busy));
+    w.attach(domain::BLOCKED, 0, SIDS[0]).unwrap();
+    assert_eq!(w.free(b), Ok(()));
+}
