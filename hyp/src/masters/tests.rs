@@ -1,3 +1,6 @@
+//! Host tests of the DMA-master decisions: the checked-in QEMU DTBs and synthetic ones,
+//! each node's decision, the host DTB edits and the host stage-2 holes that follow.
+
 use std::string::ToString;
 use std::vec;
 use std::vec::Vec;
