@@ -16,8 +16,8 @@
 use crate::addr::{PhysAddr, PhysRange};
 use alloc::vec::Vec;
 
-/// Bytes per page.
-pub const PAGE: u64 = 4096;
+/// Bytes per page: the crate's one `PAGE`.
+pub use crate::PAGE;
 
 /// No memory for the bookkeeping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

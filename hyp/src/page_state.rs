@@ -471,7 +471,7 @@ mod tests {
     use proptest::prelude::*;
     use std::vec;
 
-    const PAGE: u64 = 4096;
+    use crate::PAGE;
     const MB: u64 = 1 << 20;
     const GB: u64 = 1 << 30;
     /// RAM: two 1 GiB blocks and then 2 MiB blocks, as a boot map makes them.

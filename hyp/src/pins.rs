@@ -26,8 +26,8 @@
 use crate::addr::PhysRange;
 use alloc::vec::Vec;
 
-/// Bytes per pinned page.
-pub const PAGE: u64 = 4096;
+/// Bytes per pinned page: the crate's one `PAGE`.
+pub use crate::PAGE;
 /// Spare entries reserved along with what an operation needs, so that most unpins need
 /// no allocation.
 const SPARE: usize = 4;

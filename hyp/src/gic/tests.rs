@@ -6,7 +6,7 @@ use super::{DataAccess, GicEmu};
 use crate::addr::PhysRange;
 use host_abi::Error;
 
-const PAGE: u64 = 0x1000;
+use crate::PAGE;
 /// Host pages used below (all host-owned RAM).
 const QUEUE: u64 = HOST;
 const DT: u64 = HOST + 0x1_0000; // 64 KiB device table (8192 entries)

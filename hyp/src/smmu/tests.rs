@@ -14,7 +14,7 @@ use std::vec::Vec;
 
 const SID: u32 = 0x10;
 const VMID: u16 = 1;
-const PAGE: u64 = 4096;
+use crate::PAGE;
 /// Where test mappings send DMA (outside the arena: the model never touches data).
 const OUT: u64 = 0x10_0000_0000;
 
