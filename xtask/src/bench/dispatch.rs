@@ -286,7 +286,7 @@ pub fn run(rounds: usize, out_dir: &Path) -> Result<(Section, Vec<String>)> {
              domain with one endpoint attached and one other page mapped beside the \
              workload. Instructions (callgrind) of the calls only, the models' own work \
              included, per operation: one MAP + UNMAP pair (batched: the FLUSH shared by \
-             the 256 pairs) or one MEM_DONATE; median of {rounds} rounds. Commands per \
+             the 256 pairs) or one MEM_DONATE; median of {rounds} round(s). Commands per \
              operation from STATS (equal to what the SMMU and CPU models executed), each \
              with its floor: SMMU commands are TLBI_S2_IPA + TLBI_S12_VMALL + CFGI_STE, \
              CMD_SYNC counted apart. Checked: no count above its floor."
