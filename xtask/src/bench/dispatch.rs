@@ -196,7 +196,7 @@ impl Counts {
 
 /// `n` per operation of `ops`: a whole number, or `n/ops`.
 pub fn per_op(n: u64, ops: u64) -> String {
-    if ops != 0 && n % ops == 0 {
+    if ops != 0 && n.is_multiple_of(ops) {
         (n / ops).to_string()
     } else {
         format!("{n}/{ops}")
