@@ -32,9 +32,13 @@ pub struct Floor {
 
 /// A workload: `hypcore` scenario, what the table calls it, the chart's label, its floor.
 pub struct Scenario {
+    /// `hypcore`'s argument.
     pub name: &'static str,
+    /// The table's row name.
     pub what: &'static str,
+    /// The chart's bar label.
     pub label: &'static str,
+    /// The most commands it may take.
     pub floor: Floor,
 }
 
@@ -105,7 +109,9 @@ pub const SCENARIOS: [Scenario; 8] = [
 /// What one `hypcore` run reported: `ops N` and the `stat NAME VALUE` lines.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Counts {
+    /// Operations made (MAP + UNMAP pairs or donations).
     pub ops: u64,
+    /// Counter name → how much it grew over the counted calls.
     pub stat: BTreeMap<String, u64>,
 }
 
