@@ -84,7 +84,7 @@ test options:
   --image PATH         boot this flat image instead of building target/warden.bin
   --direct             boot Linux without Warden (to check the Linux side: the
                        Warden-specific checks are then expected to fail)
-  steps: fmt, clippy (both), clippy-aarch64, unit, fuzz-smoke, image, boot (all Linux boots),
+  steps: fmt, clippy (both), clippy-aarch64, unit, fuzz-smoke, bench, image, boot (all Linux boots),
          boot:<variant> or just <variant>; variants: max-gicv3, a57-gicv2, n1-5g, relocated;
          edu (all edu DMA boots), edu:<variant> (max-gicv3, a57-gicv2, n1-5g);
          conf (all conformance boots), conf:<variant> (the same three);

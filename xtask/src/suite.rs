@@ -21,12 +21,17 @@ pub fn step_names() -> Vec<String> {
     // The hypercall fuzz harness's smoke, right after the unit tests.
     let at = names.iter().position(|s| s == "unit").map_or(0, |i| i + 1);
     names.insert(at, "fuzz-smoke".into());
+    // `bench --quick`'s deterministic checks (host only), right after the fuzz smoke.
+    names.insert(at + 1, "bench".into());
     names.extend(VARIANTS.iter().map(|v| format!("boot:{}", v.name)));
     names.extend(group_steps("edu", &edutest::VARIANT_NAMES));
     names.extend(group_steps("conf", &conformance::VARIANT_NAMES));
     names.extend(group_steps("gic", &gictest::VARIANT_NAMES));
     names
 }
+
+/// The `cargo xtask bench` sections the `bench` step runs (with `--quick`).
+pub const BENCH_SECTIONS: [&str; 2] = ["s2", "core"];
 
 /// The steps of a group: `<prefix>:<variant>` for each variant.
 fn group_steps(prefix: &str, variants: &[&str]) -> Vec<String> {
@@ -268,6 +273,24 @@ pub fn run(opts: &Options) -> Result<bool> {
                 "--",
                 "--include-ignored",
             ]),
+            // Sections 1 and 2 only: host-side callgrind counts whose checks are
+            // deterministic; sections 3 and 4 boot QEMU and measure, they check nothing
+            // the boot steps do not.
+            "bench" => {
+                let o = crate::bench::Options {
+                    quick: true,
+                    only: BENCH_SECTIONS.iter().map(|s| s.to_string()).collect(),
+                };
+                println!(
+                    "    $ cargo xtask bench --quick --only {}",
+                    BENCH_SECTIONS.join(",")
+                );
+                match crate::bench::run(&o) {
+                    Ok(true) => Outcome::Pass,
+                    Ok(false) => Outcome::Fail("a deterministic bench check failed".into()),
+                    Err(e) => Outcome::Fail(format!("{e:#}")),
+                }
+            }
             "image" => match build::build_image(false) {
                 Ok(_) => {
                     image_ok = true;
@@ -420,6 +443,10 @@ mod tests {
         assert!(no_qemu.contains(&"image".to_string()));
         assert_eq!(sel(&["boot"], &["n1-5g"]).len(), 1 + VARIANTS.len() - 1);
         assert!(!no_qemu.iter().any(|s| s.starts_with("edu:")));
+        // The bench step is host only: right after the fuzz smoke, kept by --skip-qemu.
+        assert_eq!(sel(&["fuzz-smoke", "bench"], &[]), ["fuzz-smoke", "bench"]);
+        assert!(no_qemu.contains(&"bench".to_string()));
+        assert_eq!(sel(&["bench"], &[]), ["bench"]);
     }
 
     #[test]

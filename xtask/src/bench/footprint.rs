@@ -20,17 +20,24 @@ pub struct BootFigures {
     pub carve_out_mib: Option<u64>,
 }
 
-/// The number before `word` in `line` (`586 KiB`, `(32 MiB)`).
-fn number_before(line: &str, word: &str) -> Option<u64> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words
-        .iter()
-        .position(|w| w.trim_end_matches([')', ';', ',']) == word)?;
-    words
-        .get(i.checked_sub(1)?)?
-        .trim_start_matches('(')
-        .parse()
-        .ok()
+/// The first size in `text` written as Warden's `ByteSize` writes it (`586.7 KiB`,
+/// `34 MiB`, `512 bytes`), in KiB, rounded.
+fn size_kib(text: &str) -> Option<u64> {
+    const UNITS: [(&str, f64); 6] = [
+        ("byte", 1.0 / 1024.0),
+        ("bytes", 1.0 / 1024.0),
+        ("KiB", 1.0),
+        ("MiB", 1024.0),
+        ("GiB", 1024.0 * 1024.0),
+        ("TiB", 1024.0 * 1024.0 * 1024.0),
+    ];
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words.iter().enumerate().skip(1).find_map(|(i, w)| {
+        let w = w.trim_end_matches([')', ';', ',']);
+        let (_, scale) = UNITS.iter().find(|(u, _)| *u == w)?;
+        let n: f64 = words[i - 1].trim_start_matches('(').parse().ok()?;
+        Some((n * scale).round() as u64)
+    })
 }
 
 /// Reads [`BootFigures`] from Warden's boot log lines.
@@ -42,12 +49,12 @@ pub fn parse_boot(log: &str) -> BootFigures {
         };
         if let Some(h) = rest.strip_prefix("heap ") {
             let mut parts = h.split(" used of ");
-            f.heap_used_kib = parts.next().and_then(|p| number_before(p, "KiB"));
-            f.heap_total_kib = parts.next().and_then(|p| number_before(p, "KiB"));
+            f.heap_used_kib = parts.next().and_then(size_kib);
+            f.heap_total_kib = parts.next().and_then(size_kib);
         } else if rest.starts_with("pool ") {
-            f.pool_mib = number_before(rest, "MiB");
+            f.pool_mib = size_kib(rest).map(|k| k / 1024);
         } else if rest.starts_with("carve-out ") {
-            f.carve_out_mib = number_before(rest, "MiB");
+            f.carve_out_mib = size_kib(rest).map(|k| k / 1024);
         }
     }
     f
@@ -137,6 +144,22 @@ mod tests {
                 carve_out_mib: Some(36),
             }
         );
+        // As Warden writes sizes today (`ByteSize`: one decimal, the largest unit).
+        let log = "warden: carve-out 0x4020_0000..0x4260_0000 (36 MiB)\n\
+                   warden: pool 0x4060_0000..0x4260_0000 (32 MiB)\n\
+                   warden: heap 586.7 KiB used of 34 MiB; starting the host\n";
+        assert_eq!(
+            parse_boot(log),
+            BootFigures {
+                heap_used_kib: Some(587),
+                heap_total_kib: Some(34816),
+                pool_mib: Some(32),
+                carve_out_mib: Some(36),
+            }
+        );
+        assert_eq!(size_kib("512 bytes"), Some(1));
+        assert_eq!(size_kib("1.5 GiB"), Some(1536 * 1024));
+        assert_eq!(size_kib("no size"), None);
         assert_eq!(parse_boot("nothing\n"), BootFigures::default());
     }
 }

@@ -3,10 +3,11 @@
 //! one SVG bar chart per measured section, and fails only on deterministic checks.
 //!
 //! Sections: 1 `s2` stage-2 tables vs aarch64-paging ([`s2`]); 2 `core` the hypercall
-//! core on the models (not yet measured); 3 `blk` Linux block I/O in QEMU ([`blk`]);
+//! core on the models ([`dispatch`]); 3 `blk` Linux block I/O in QEMU ([`blk`]);
 //! 4 `footprint` (what Warden reports of its memory use, [`footprint`]).
 
 mod blk;
+mod dispatch;
 mod footprint;
 mod report;
 mod s2;
@@ -55,19 +56,6 @@ pub fn out_dir() -> PathBuf {
     util::target_dir().join("bench")
 }
 
-/// Section 2's slot: it needs the restructured hypercall core.
-fn core_placeholder() -> Section {
-    Section {
-        id: "core".into(),
-        title: "2. The hypercall core on the models".into(),
-        about: "Not yet measured: instructions per 4 KiB MAP + UNMAP through `dispatch` \
-                (strict and batched, BTM on and off) and SMMU commands / CMD_SYNCs / CPU \
-                TLBIs per operation from STATS wait for the restructured core (issue 10)."
-            .into(),
-        ..Default::default()
-    }
-}
-
 fn print_section(s: &Section) {
     println!("\n== {}", s.title);
     if !s.header.is_empty() {
@@ -104,7 +92,7 @@ pub fn run(o: &Options) -> Result<bool> {
         record("s2", s2::run(rounds, &dir));
     }
     if o.wants("core") {
-        record("core", Ok((core_placeholder(), Vec::new())));
+        record("core", dispatch::run(rounds, &dir));
     }
     if o.wants("blk") {
         record("blk", blk::run(o.quick, rounds, &dir));
