@@ -69,37 +69,42 @@ const PROBES: usize = 24;
 /// A StreamID no SMMU describes.
 const STRAY_SID: u32 = 0x13;
 
-/// A broken invariant: what and where.
+/// A broken invariant: what and where (shared by every fuzz harness of the crate).
 #[derive(Debug)]
 pub struct Finding(pub String);
 
 type Check = Result<(), Finding>;
 
+/// Returns a [`Finding`] made of the `format!` arguments.
 macro_rules! fail {
     ($($t:tt)*) => {
-        return Err(Finding(format!($($t)*)))
+        return Err($crate::fuzzing::Finding(format!($($t)*)))
     };
 }
+pub(crate) use fail;
 
-/// The input, read front to back; zeros once it runs out.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// A fuzz input, read front to back; zeros once it runs out (shared by every harness).
+pub(crate) struct Input<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl Input<'_> {
-    fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
-    fn u8(&mut self) -> u8 {
+    pub(crate) fn u8(&mut self) -> u8 {
         let b = self.data.get(self.pos).copied().unwrap_or(0);
         self.pos += 1;
         b
     }
-    fn u16(&mut self) -> u16 {
+    pub(crate) fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
-    fn u64(&mut self) -> u64 {
+    pub(crate) fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    pub(crate) fn u64(&mut self) -> u64 {
         let mut b = [0u8; 8];
         for x in &mut b {
             *x = self.u8();
@@ -1159,14 +1164,15 @@ pub fn generate(seed: u64, len: usize) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
+    /// The checked-in corpus of fuzz target `target`, sorted by path.
+    pub(crate) fn corpus_of(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/corpus")
-            .join(TARGET);
+            .join(target);
         let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .map(|e| {
@@ -1179,13 +1185,12 @@ mod tests {
         v
     }
 
-    fn hex(data: &[u8]) -> String {
-        data.iter().map(|b| format!("{b:02x}")).collect()
+    fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
+        corpus_of(TARGET)
     }
 
-    /// Replays the files named by `WARDEN_FUZZ_REPLAY` (colon-separated), for debugging.
-    #[test]
-    fn replay() {
+    /// Runs `run` on each file named by `WARDEN_FUZZ_REPLAY` (colon-separated), if set.
+    pub(crate) fn replay_env(run: impl Fn(&[u8]) -> Result<(), Finding>) {
         let Some(list) = std::env::var_os("WARDEN_FUZZ_REPLAY") else {
             return;
         };
@@ -1195,6 +1200,24 @@ mod tests {
                 panic!("{}: {}", p.display(), e.0);
             }
         }
+    }
+
+    /// How many generated inputs a smoke test runs (`WARDEN_FUZZ_SMOKE`, default 3000).
+    pub(crate) fn smoke_count() -> u64 {
+        std::env::var("WARDEN_FUZZ_SMOKE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3000)
+    }
+
+    fn hex(data: &[u8]) -> String {
+        data.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Replays the files named by `WARDEN_FUZZ_REPLAY` (colon-separated), for debugging.
+    #[test]
+    fn replay() {
+        replay_env(run);
     }
 
     /// The checked-in corpus (seeds, and the inputs of past findings) replays clean.
@@ -1214,11 +1237,7 @@ mod tests {
     #[test]
     #[ignore = "the fuzz-smoke step runs it"]
     fn generated_inputs_run_clean() {
-        let n: u64 = std::env::var("WARDEN_FUZZ_SMOKE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
-        for seed in 0..n {
+        for seed in 0..smoke_count() {
             let data = generate(seed, 16 + (seed as usize * 7) % 300);
             if let Err(e) = run(&data) {
                 panic!("seed {seed}: {}\ninput {}", e.0, hex(&data));

@@ -46,41 +46,8 @@ const RINGS: [[u64; 3]; 2] = [
 const BUF0: u64 = RAM + 0x8000;
 const BUF_END: u64 = RAM + RAM_LEN as u64;
 
-/// A broken invariant: what and where.
-#[derive(Debug)]
-pub struct Finding(pub String);
-
-macro_rules! fail {
-    ($($t:tt)*) => {
-        return Err(Finding(format!($($t)*)))
-    };
-}
-
-/// The input, read front to back; zeros once it runs out.
-struct Input<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Input<'_> {
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-}
+pub use crate::fuzzing::Finding;
+use crate::fuzzing::{Input, fail};
 
 /// Host memory: the arena minus an optional range the host gave away.
 struct Mem {
@@ -766,28 +733,12 @@ fn run_stats(data: &[u8]) -> Result<Stats, Finding> {
 mod tests {
     use super::*;
     use crate::fuzzing::generate;
-    use std::path::PathBuf;
-
-    fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("fuzz/corpus")
-            .join(TARGET);
-        let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-            .map(|e| {
-                let p = e.unwrap().path();
-                let data = std::fs::read(&p).unwrap();
-                (p, data)
-            })
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::fuzzing::tests::{corpus_of, replay_env, smoke_count};
 
     /// The checked-in corpus replays clean.
     #[test]
     fn corpus_replays_clean() {
-        let c = corpus();
+        let c = corpus_of(TARGET);
         assert!(!c.is_empty(), "empty corpus");
         for (p, data) in c {
             if let Err(e) = run(&data) {
@@ -799,15 +750,7 @@ mod tests {
     /// Replays the files named by `WARDEN_FUZZ_REPLAY` (colon-separated), for debugging.
     #[test]
     fn replay() {
-        let Some(list) = std::env::var_os("WARDEN_FUZZ_REPLAY") else {
-            return;
-        };
-        for p in std::env::split_paths(&list) {
-            let data = std::fs::read(&p).unwrap();
-            if let Err(e) = run(&data) {
-                panic!("{}: {}", p.display(), e.0);
-            }
-        }
+        replay_env(run);
     }
 
     /// Generated inputs (`WARDEN_FUZZ_SMOKE` sets how many): run by the `fuzz-smoke` step
@@ -815,11 +758,7 @@ mod tests {
     #[test]
     #[ignore = "the fuzz-smoke step runs it"]
     fn generated_inputs_run_clean() {
-        let n: u64 = std::env::var("WARDEN_FUZZ_SMOKE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
-        for seed in 0..n {
+        for seed in 0..smoke_count() {
             let data = generate(seed ^ 0x5649_4f4d, 16 + (seed as usize * 13) % 600);
             if let Err(e) = run(&data) {
                 panic!("seed {seed}: {}", e.0);
