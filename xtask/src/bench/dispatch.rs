@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::report::{Chart, Section, Stat, show_grouped};
-use super::s2::parse_callgrind_total;
+use super::s2::callgrind;
 use crate::util::{self, say};
 
 const PACKAGE: &str = "hypcore";
@@ -225,35 +224,9 @@ fn build() -> Result<PathBuf> {
 /// One run under callgrind: instructions counted, and the counters.
 fn run_one(bin: &Path, out_dir: &Path, name: &str) -> Result<(u64, Counts)> {
     let out_file = out_dir.join(format!("callgrind.core.{name}.out"));
-    let mut cmd = Command::new("valgrind");
-    cmd.args([
-        "--tool=callgrind",
-        "--collect-atstart=no",
-        "--toggle-collect=*bench_region*",
-    ])
-    .arg(format!("--callgrind-out-file={}", out_file.display()))
-    .arg(bin)
-    .arg(name);
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "`hypcore {name}` failed ({}): {}",
-            out.status,
-            stdout.trim()
-        );
-    }
+    let (total, stdout) = callgrind(bin, &[name], &out_file, &format!("hypcore {name}"))?;
     let counts = Counts::parse(&stdout)
         .with_context(|| format!("`hypcore {name}` printed no counts: {}", stdout.trim()))?;
-    let text = std::fs::read_to_string(&out_file)
-        .with_context(|| format!("cannot read {}", out_file.display()))?;
-    let total = parse_callgrind_total(&text)
-        .with_context(|| format!("no instruction total in {}", out_file.display()))?;
-    if total == 0 {
-        bail!("callgrind counted nothing in `hypcore {name}` (bench_region not found?)");
-    }
     Ok((total, counts))
 }
 

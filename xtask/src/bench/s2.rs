@@ -75,9 +75,10 @@ pub fn run_plain(side: &str, work: &str) -> Result<String> {
     util::output(Command::new(bin).args([side, work]))
 }
 
-/// One run: instructions counted, and `s2peer`'s standard output.
-fn run_one(bin: &Path, out_dir: &Path, side: &str, work: &str) -> Result<(u64, String)> {
-    let out_file = out_dir.join(format!("callgrind.{side}.{work}.out"));
+/// Runs `bin ARGS` under callgrind, counting only `bench_region` (and what it calls), and
+/// returns the instructions counted and the program's standard output; `what` names the
+/// run in errors, `out_file` receives callgrind's profile. Shared by sections 1 and 2.
+pub fn callgrind(bin: &Path, args: &[&str], out_file: &Path, what: &str) -> Result<(u64, String)> {
     let mut cmd = Command::new("valgrind");
     cmd.args([
         "--tool=callgrind",
@@ -86,14 +87,14 @@ fn run_one(bin: &Path, out_dir: &Path, side: &str, work: &str) -> Result<(u64, S
     ])
     .arg(format!("--callgrind-out-file={}", out_file.display()))
     .arg(bin)
-    .args([side, work]);
+    .args(args);
     let out = cmd
         .output()
         .with_context(|| format!("cannot start `{}`", util::describe(&cmd)))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "`s2peer {side} {work}` failed ({}): {}{}",
+            "`{what}` failed ({}): {}{}",
             out.status,
             stdout.trim(),
             String::from_utf8_lossy(&out.stderr)
@@ -102,14 +103,25 @@ fn run_one(bin: &Path, out_dir: &Path, side: &str, work: &str) -> Result<(u64, S
                 .unwrap_or("")
         );
     }
-    let text = std::fs::read_to_string(&out_file)
+    let text = std::fs::read_to_string(out_file)
         .with_context(|| format!("cannot read {}", out_file.display()))?;
     let total = parse_callgrind_total(&text)
         .with_context(|| format!("no instruction total in {}", out_file.display()))?;
     if total == 0 {
-        bail!("callgrind counted nothing in `s2peer {side} {work}` (bench_region not found?)");
+        bail!("callgrind counted nothing in `{what}` (bench_region not found?)");
     }
     Ok((total, stdout))
+}
+
+/// One run: instructions counted, and `s2peer`'s standard output.
+fn run_one(bin: &Path, out_dir: &Path, side: &str, work: &str) -> Result<(u64, String)> {
+    let out_file = out_dir.join(format!("callgrind.{side}.{work}.out"));
+    callgrind(
+        bin,
+        &[side, work],
+        &out_file,
+        &format!("s2peer {side} {work}"),
+    )
 }
 
 /// Runs the section: `rounds` rounds, each running every workload on Warden then on the
