@@ -25,7 +25,7 @@
 //!    a pinned page cannot have changed owner);
 //! 4. **prepare** everything that can fail: list capacity (`try_reserve`, the pin set's
 //!    prepare half) and every table the stage-2 change will allocate
-//!    ([`page_state::tables_to_map`] / [`page_state::fresh_tables_to_unmap`], allocated
+//!    ([`page_state::tables_to_map`] / [`page_state::unmap_table_needs`], allocated
 //!    up front in a [`PreparedTables`]): NOMEM, nothing changed;
 //! 5. **commit**: change the stage-2 (drawing tables only from the prepared ones, and a
 //!    donation also from tables its unmap freed on the way), wait for the invalidation,
@@ -271,12 +271,10 @@ impl HostMem {
         // and every table the unmap will split blocks into (less those a table it frees
         // on the way, taken back, can be).
         self.donated.try_reserve(1).map_err(|_| Error::NoMem)?;
-        let need = page_state::tables_to_unmap(&self.s2, mem, r).map_err(|_| Error::Invalid)?;
-        let fresh =
-            page_state::fresh_tables_to_unmap(&self.s2, mem, r).map_err(|_| Error::Invalid)?;
+        // One walk: the splits' tables, and how many of them must come from the pool.
+        let (need, fresh) = page_state::unmap_table_needs(&self.s2, mem, r)?;
         let geom = self.s2.geometry();
-        let mut tables =
-            PreparedTables::with_room(mem, geom, fresh, need).map_err(|_| Error::NoMem)?;
+        let mut tables = PreparedTables::with_room(mem, geom, fresh, need)?;
         // Commit: nothing below can run out of memory.
         let unmapped = self.s2.unmap(&mut tables, tlb, Ipa(r.base.get()), r.size);
         drop(tables);
@@ -383,10 +381,9 @@ impl HostMem {
         if left.size != 0 && right.size != 0 && self.donated.try_reserve(1).is_err() {
             return Err(Error::NoMem);
         }
-        let need =
-            page_state::tables_to_map(&self.s2, mem, give, HOST_RAM).map_err(|_| Error::Invalid)?;
+        let need = page_state::tables_to_map(&self.s2, mem, give, HOST_RAM)?;
         let geom = self.s2.geometry();
-        let mut tables = PreparedTables::new(mem, geom, need).map_err(|_| Error::NoMem)?;
+        let mut tables = PreparedTables::new(mem, geom, need)?;
         // Commit: nothing below can run out of memory.
         let mapped = self.s2.map(
             &mut tables,

@@ -218,45 +218,50 @@ pub fn tables_to_unmap<M: TableMemory + ?Sized>(
     mem: &M,
     r: PhysRange,
 ) -> Result<usize, S2Error> {
-    let geom = s2.geometry();
-    count(s2, mem, r, |base, desc, level, from, to| {
-        let whole = from == base && to == base + geom.entry_size(level);
-        if desc.is_leaf(level) && !whole {
-            unmap_need(&geom, level, from, to)
-        } else {
-            0
-        }
-    })
+    unmap_table_needs(s2, mem, r).map(|(need, _)| need)
 }
 
-/// Fresh tables to prepare for [`Stage2::unmap`] of `r` run through
-/// [`PreparedTables::with_room`]`(.., fresh, `[`tables_to_unmap`]`)`: the splits'
-/// allocations less those a table freed earlier in the same walk can serve. The walk
-/// goes in address order, and a table whose whole span lies inside `r` is freed (after
-/// its invalidation completed) when the walk reaches it, before any later split; the
-/// prepared tables take it back and hand it out again, as the pool did when the walk
-/// drew from it as it went. Tables emptied by the unmap are not counted (they may be
-/// freed too: never fewer tables than needed). Checks `r` as [`tables_to_unmap`] does.
+/// Fresh tables to prepare for [`Stage2::unmap`] of `r`: see [`unmap_table_needs`].
 pub fn fresh_tables_to_unmap<M: TableMemory + ?Sized>(
     s2: &Stage2,
     mem: &M,
     r: PhysRange,
 ) -> Result<usize, S2Error> {
+    unmap_table_needs(s2, mem, r).map(|(_, fresh)| fresh)
+}
+
+/// In one walk of `r`: the tables [`Stage2::unmap`] allocates (as [`tables_to_unmap`]),
+/// and the fresh ones to prepare when it runs through
+/// [`PreparedTables::with_room`]`(.., fresh, need)`: the splits' allocations less those a
+/// table freed earlier in the same walk can serve. The walk goes in address order, and a
+/// table whose whole span lies inside `r` is freed (after its invalidation completed)
+/// when the walk reaches it, before any later split; the prepared tables take it back
+/// and hand it out again, as the pool did when the walk drew from it as it went. Tables
+/// emptied by the unmap are not counted (they may be freed too: never fewer tables than
+/// needed).
+pub fn unmap_table_needs<M: TableMemory + ?Sized>(
+    s2: &Stage2,
+    mem: &M,
+    r: PhysRange,
+) -> Result<(usize, usize), S2Error> {
     let geom = s2.geometry();
     let (mut fresh, mut freed) = (0usize, 0usize);
-    count(s2, mem, r, |base, desc, level, from, to| {
+    let need = count(s2, mem, r, |base, desc, level, from, to| {
         let whole = from == base && to == base + geom.entry_size(level);
         if desc.is_leaf(level) && !whole {
             let n = unmap_need(&geom, level, from, to);
             let reused = n.min(freed);
             freed -= reused;
             fresh = fresh.saturating_add(n - reused);
-        } else if desc.is_table(level) && whole {
-            freed = freed.saturating_add(1);
+            n
+        } else {
+            if desc.is_table(level) && whole {
+                freed = freed.saturating_add(1);
+            }
+            0
         }
-        0
     })?;
-    Ok(fresh)
+    Ok((need, fresh))
 }
 
 /// Sums `need(entry base, descriptor, level, from, to)` over the entries that intersect
@@ -350,9 +355,8 @@ fn unmap_need(geom: &S2Geometry, level: u8, from: u64, to: u64) -> usize {
     n
 }
 
-/// No memory to prepare a change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NoMem;
+/// No memory to prepare a change (the crate's one out-of-memory error).
+pub use crate::frames::NoMem;
 
 /// Granule-sized tables allocated before a table change, and the memory they came from:
 /// a [`TableMemory`] whose allocations are served from those tables only (everything
