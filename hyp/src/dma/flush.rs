@@ -9,7 +9,7 @@ use crate::PAGE;
 use crate::addr::{Iova, Ipa, PhysRange};
 use crate::domain::{Domain, Leaf};
 use crate::host_mem::HostMem;
-use crate::inval::{CpuInval, DomainFanout, Gather, Limits};
+use crate::inval::{CpuInval, DomainFanout, Fanout, Gather, InvalidationCounts, Limits};
 use crate::s2mmu::{Granule, S2Tlb};
 use crate::smmu::{SmmuIo, TLBI_RANGE_MAX_PAGES};
 use core::sync::atomic::Ordering;
@@ -45,22 +45,32 @@ impl<I: SmmuIo, M: PagePool, C: CpuSeams> Hyp<I, M, C> {
     /// `TLBI VMALLS12E1IS` on the CPU-TLBI path): the quarantine of a freed domain's VMID.
     /// `false` if an SMMU did not confirm it.
     pub(super) fn invalidate_vmid_everywhere(&self, vmid: u16) -> bool {
-        let mut ok = true;
-        {
-            let mut mem = self.pool.clone();
+        // The one fan-out, aimed at every SMMU whatever the domain was attached to, with
+        // the CPUs too on the CPU-TLBI path.
+        let cpu = VmidCpu {
+            cpu: self.cpu.clone(),
+            vmid,
+        };
+        let mut mem = self.pool.clone();
+        let mut counts = InvalidationCounts::default();
+        let ok = {
             let mut set = self.smmus.lock();
-            for (i, smmu) in set.smmus.iter_mut().enumerate() {
-                smmu.tlbi_vmall(&mut mem, vmid);
-                if let Err(e) = smmu.sync(&mut mem) {
-                    log::error!("smmu{i}: VMID {vmid} quarantine invalidation failed: {e}");
-                    ok = false;
-                }
-            }
-        }
-        if self.cpu_path() {
-            self.cpu.clone().tlbi_vmid_all(vmid);
-            self.stats.domain_cpu_tlbis.fetch_add(1, Ordering::Relaxed);
-        }
+            let mut fan = Fanout::new(
+                cpu,
+                self.cpu_path(),
+                false,
+                &mut set.smmus,
+                &mut mem,
+                vmid,
+                Granule::Size4K,
+                &mut counts,
+            );
+            fan.invalidate_all();
+            fan.complete()
+        };
+        self.stats
+            .domain_cpu_tlbis
+            .fetch_add(counts.cpu_tlbi, Ordering::Relaxed);
         ok
     }
 
